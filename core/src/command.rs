@@ -1,0 +1,124 @@
+//! The closed set of commands that change shard state, and the queries that
+//! read it.
+//!
+//! Commands are journaled (rkyv): the variant order of [`Command`] is part of
+//! the on-disk format. Append new variants at the end; never reorder.
+
+use crate::ids::{Fingerprint, Millis, ReservationId};
+
+/// A state-changing command. Each carries everything needed to apply it
+/// deterministically; the time is supplied separately by the shard loop.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Command {
+    /// 0: inbound stock for `(sku, warehouse)`; creates the row if new.
+    Receive(Receive),
+    /// 1: move `qty` from available to reserved for an order line.
+    Reserve(Reserve),
+    /// 2: payment succeeded: move a hold from reserved to sold.
+    Confirm(Confirm),
+    /// 3: return a hold to available (cancel).
+    Release(Release),
+    /// 4: release the listed holds whose `expire_at` has passed (F5). Issued
+    /// by the shard loop's timer; the ids make replay independent of timers.
+    Expire(Expire),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Receive {
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
+    pub idem_key: String,
+    /// Caller's reference (e.g. a purchase order); recorded on the txn.
+    pub reference: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Reserve {
+    pub order_id: String,
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
+    pub idem_key: String,
+    /// Hold duration, already resolved against the service default.
+    pub ttl_ms: Millis,
+    /// Whether the caller asked for `ttl_ms` explicitly. Only an explicit TTL
+    /// is part of the request fingerprint, so a retry is not a conflict just
+    /// because the service default changed in between.
+    pub ttl_explicit: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Confirm {
+    pub reservation_id: ReservationId,
+    pub payment_id: String,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Release {
+    pub reservation_id: ReservationId,
+    pub reason: String,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Expire {
+    pub ids: Vec<ReservationId>,
+}
+
+impl Command {
+    /// The idempotency key, for commands that carry one.
+    pub fn idem_key(&self) -> Option<&str> {
+        match self {
+            Command::Receive(c) => Some(&c.idem_key),
+            Command::Reserve(c) => Some(&c.idem_key),
+            Command::Confirm(c) => Some(&c.idem_key),
+            Command::Release(c) => Some(&c.idem_key),
+            Command::Expire(_) => None,
+        }
+    }
+
+    /// Fingerprint of the request without its idempotency key: the same key
+    /// with a different fingerprint is a conflict (F6).
+    pub fn fingerprint(&self) -> u64 {
+        let f = Fingerprint::default();
+        match self {
+            Command::Receive(c) => f.tag(0).str(&c.sku_id).str(&c.warehouse_id).u64(c.qty).str(&c.reference),
+            Command::Reserve(c) => {
+                let f = f.tag(1).str(&c.order_id).str(&c.sku_id).str(&c.warehouse_id).u64(c.qty);
+                if c.ttl_explicit {
+                    f.u64(c.ttl_ms)
+                } else {
+                    f.u64(u64::MAX)
+                }
+            }
+            Command::Confirm(c) => f.tag(2).u64(c.reservation_id.0).str(&c.payment_id),
+            Command::Release(c) => f.tag(3).u64(c.reservation_id.0).str(&c.reason),
+            Command::Expire(c) => c.ids.iter().fold(f.tag(4), |f, id| f.u64(id.0)),
+        }
+        .finish()
+    }
+
+    /// Short stable name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Receive(_) => "receive",
+            Command::Reserve(_) => "reserve",
+            Command::Confirm(_) => "confirm",
+            Command::Release(_) => "release",
+            Command::Expire(_) => "expire",
+        }
+    }
+}
+
+/// Read-only requests. Never journaled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// All warehouse rows of one SKU (F1).
+    Stock { sku_id: String },
+    /// One reservation.
+    Reservation { id: ReservationId },
+    /// Every hold of one order held by this shard.
+    Order { order_id: String },
+}

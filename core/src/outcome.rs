@@ -1,0 +1,94 @@
+//! What applying a command produced: a result, or a rejection as data.
+//!
+//! Rejections are stable result codes, mapped to HTTP statuses in exactly one
+//! place in the gateway. They are values, never panics or error strings.
+
+use crate::ids::{Millis, ReservationId};
+use crate::state::{Levels, ReservationStatus};
+
+/// The result of a command, stored verbatim under its idempotency key so a
+/// repeat renders byte-identically. `Copy`: no heap data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Received {
+        levels: Levels,
+        version: u64,
+        updated_at: Millis,
+    },
+    Reserved {
+        reservation_id: ReservationId,
+        expire_at: Millis,
+    },
+    Confirmed {
+        reservation_id: ReservationId,
+    },
+    /// `status` is `Released` or `Expired` (a hold released by its timeout).
+    Released {
+        reservation_id: ReservationId,
+        status: ReservationStatus,
+    },
+    Expired {
+        count: u32,
+    },
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No stock row for this `(sku, warehouse)`.
+    SkuNotFound,
+    /// Not enough available; nothing changed.
+    InsufficientStock {
+        available: u64,
+    },
+    /// The order line `(orderId, skuId)` already has a hold that this request
+    /// does not match (F7).
+    DuplicateOrderLine {
+        existing: ReservationId,
+        status: ReservationStatus,
+    },
+    ReservationNotFound,
+    ReservationExpired,
+    ReservationReleased,
+    ReservationConfirmed,
+    /// The hold was already confirmed by a different payment.
+    PaymentMismatch,
+    /// Same idempotency key, different request (F6).
+    IdempotencyKeyReused,
+    /// Receiving this quantity would overflow the counters.
+    QuantityOverflow,
+    /// Quantities must be positive.
+    InvalidQuantity,
+    /// The SKU already has the maximum number of warehouse rows.
+    TooManyWarehouses,
+}
+
+impl Rejection {
+    /// Stable machine-readable code, used as the `code` of error responses.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::SkuNotFound => "SKU_NOT_FOUND",
+            Rejection::InsufficientStock { .. } => "INSUFFICIENT_STOCK",
+            Rejection::DuplicateOrderLine { .. } => "DUPLICATE_ORDER_LINE",
+            Rejection::ReservationNotFound => "RESERVATION_NOT_FOUND",
+            Rejection::ReservationExpired => "RESERVATION_EXPIRED",
+            Rejection::ReservationReleased => "RESERVATION_RELEASED",
+            Rejection::ReservationConfirmed => "RESERVATION_CONFIRMED",
+            Rejection::PaymentMismatch => "PAYMENT_MISMATCH",
+            Rejection::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Rejection::QuantityOverflow => "QUANTITY_OVERFLOW",
+            Rejection::InvalidQuantity => "INVALID_QUANTITY",
+            Rejection::TooManyWarehouses => "TOO_MANY_WAREHOUSES",
+        }
+    }
+}
+
+/// Outcome plus what the caller needs to know about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// State changed: the command must be journaled before anyone hears of it.
+    pub changed: bool,
+    /// The outcome was replayed from the idempotency table.
+    pub replayed: bool,
+}

@@ -1,0 +1,174 @@
+//! The records a shard owns and the transaction records it emits.
+
+use crate::command::Command;
+use crate::ids::{Millis, ReservationId};
+
+/// The three counters of a stock row (F1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Levels {
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+}
+
+impl Levels {
+    pub fn total(&self) -> u64 {
+        self.available + self.reserved + self.sold
+    }
+}
+
+/// One `(sku, warehouse)` stock row. Invariant:
+/// `levels.available + levels.reserved + levels.sold == received`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StockRow {
+    pub levels: Levels,
+    /// Total ever received into this row.
+    pub received: u64,
+    /// Bumped on every change of the row.
+    pub version: u64,
+    pub updated_at: Millis,
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub enum ReservationStatus {
+    Reserved,
+    Confirmed,
+    Released,
+    Expired,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Reserved => "RESERVED",
+            ReservationStatus::Confirmed => "CONFIRMED",
+            ReservationStatus::Released => "RELEASED",
+            ReservationStatus::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// A hold as the shard stores it: SKU and warehouse by dense index.
+#[derive(Clone, Debug)]
+pub(crate) struct Hold {
+    pub order_id: Box<str>,
+    pub sku: u32,
+    pub warehouse: u16,
+    pub qty: u64,
+    pub expire_at: Millis,
+    pub idem_key: Box<str>,
+    pub created_at: Millis,
+    pub change: HoldChange,
+}
+
+/// The part of a hold that changes after creation (what the undo log saves).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HoldChange {
+    pub status: ReservationStatus,
+    pub updated_at: Millis,
+    pub payment_id: Option<Box<str>>,
+    pub release_reason: Option<Box<str>>,
+}
+
+/// A reservation as queries return it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationView {
+    pub reservation_id: ReservationId,
+    pub order_id: String,
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
+    pub status: ReservationStatus,
+    pub expire_at: Millis,
+    pub idem_key: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub payment_id: Option<String>,
+    pub release_reason: Option<String>,
+}
+
+/// One warehouse row of an SKU as queries return it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarehouseStock {
+    pub warehouse_id: String,
+    pub row: StockRow,
+}
+
+/// Every row of one SKU (F1, F14).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkuStock {
+    pub sku_id: String,
+    pub warehouses: Vec<WarehouseStock>,
+}
+
+impl SkuStock {
+    pub fn total(&self) -> Levels {
+        self.warehouses.iter().fold(Levels::default(), |t, w| Levels {
+            available: t.available + w.row.levels.available,
+            reserved: t.reserved + w.row.levels.reserved,
+            sold: t.sold + w.row.levels.sold,
+        })
+    }
+
+    pub fn updated_at(&self) -> Millis {
+        self.warehouses.iter().map(|w| w.row.updated_at).max().unwrap_or(0)
+    }
+}
+
+/// Kind of counter change. Stable numbering: part of the journal format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum TxnKind {
+    /// 0: `available += qty`.
+    Receive,
+    /// 1: `available -= qty; reserved += qty`.
+    Reserve,
+    /// 2: `reserved -= qty; sold += qty`.
+    Confirm,
+    /// 3: `reserved -= qty; available += qty` (reason `TIMEOUT` on expiry).
+    Release,
+}
+
+impl TxnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxnKind::Receive => "RECEIVE",
+            TxnKind::Reserve => "RESERVE",
+            TxnKind::Confirm => "CONFIRM",
+            TxnKind::Release => "RELEASE",
+        }
+    }
+}
+
+/// One change of a stock row's counters (F8): the unit of history, audit
+/// and reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Txn {
+    /// Unique across shards: shard in the high 16 bits.
+    pub txn_id: u64,
+    pub kind: TxnKind,
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
+    /// Reservation id for hold changes, the caller's reference for receipts.
+    pub ref_id: String,
+    /// Order of the hold; empty for receipts.
+    pub order_id: String,
+    /// Release reason (`TIMEOUT` on expiry), payment id on confirm.
+    pub detail: String,
+    pub before: Levels,
+    pub after: Levels,
+    pub at: Millis,
+}
+
+/// The durable record of one applied command: what a journal stores. Replay
+/// re-applies `command` at `at` and must reproduce `txns` exactly.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Entry {
+    /// Per-shard sequence, gapless from 1.
+    pub seq: u64,
+    pub at: Millis,
+    pub command: Command,
+    pub txns: Vec<Txn>,
+}

@@ -1,0 +1,363 @@
+//! Unit tests of every transition and rejection of [`Shard`].
+
+use crate::*;
+
+const T0: Millis = 1_700_000_000_000;
+const TTL: Millis = 15 * 60 * SECOND_MS;
+
+fn shard() -> Shard {
+    Shard::new(ShardConfig::new(3))
+}
+
+fn receive(sku: &str, wh: &str, qty: u64, key: &str) -> Command {
+    Command::Receive(Receive {
+        sku_id: sku.into(),
+        warehouse_id: wh.into(),
+        qty,
+        idem_key: key.into(),
+        reference: String::new(),
+    })
+}
+
+fn reserve(order: &str, sku: &str, qty: u64, key: &str) -> Command {
+    Command::Reserve(Reserve {
+        order_id: order.into(),
+        sku_id: sku.into(),
+        warehouse_id: DEFAULT_WAREHOUSE.into(),
+        qty,
+        idem_key: key.into(),
+        ttl_ms: TTL,
+        ttl_explicit: false,
+    })
+}
+
+fn confirm(id: ReservationId, payment: &str, key: &str) -> Command {
+    Command::Confirm(Confirm { reservation_id: id, payment_id: payment.into(), idem_key: key.into() })
+}
+
+fn release(id: ReservationId, key: &str) -> Command {
+    Command::Release(Release { reservation_id: id, reason: "CANCELLED".into(), idem_key: key.into() })
+}
+
+/// Applies and checks every invariant afterwards.
+fn apply(s: &mut Shard, at: Millis, c: &Command) -> (Applied, Vec<Txn>) {
+    let mut txns = Vec::new();
+    let applied = s.apply(at, c, &mut txns);
+    s.check_invariants().unwrap();
+    assert_eq!(applied.changed, !txns.is_empty(), "a change is exactly a command that produced txns");
+    (applied, txns)
+}
+
+fn levels(s: &Shard, sku: &str) -> Levels {
+    s.stock(sku).unwrap().total()
+}
+
+fn lv(available: u64, reserved: u64, sold: u64) -> Levels {
+    Levels { available, reserved, sold }
+}
+
+fn reserved_id(a: &Applied) -> ReservationId {
+    match a.outcome {
+        Outcome::Reserved { reservation_id, .. } => reservation_id,
+        other => panic!("expected Reserved, got {other:?}"),
+    }
+}
+
+fn stocked(qty: u64) -> Shard {
+    let mut s = shard();
+    apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, qty, "rcv-1"));
+    s
+}
+
+#[test]
+fn receive_creates_row_and_adds_to_it() {
+    let mut s = shard();
+    let (a, txns) = apply(&mut s, T0, &receive("sku-1", "w1", 10, "k1"));
+    assert!(a.changed);
+    assert_eq!(a.outcome, Outcome::Received { levels: lv(10, 0, 0), version: 1, updated_at: T0 });
+    assert_eq!(txns.len(), 1);
+    assert_eq!(
+        (txns[0].kind, txns[0].qty, txns[0].before, txns[0].after),
+        (TxnKind::Receive, 10, lv(0, 0, 0), lv(10, 0, 0))
+    );
+    apply(&mut s, T0 + 1, &receive("sku-1", "w1", 5, "k2"));
+    apply(&mut s, T0 + 2, &receive("sku-1", "w2", 7, "k3"));
+    let stock = s.stock("sku-1").unwrap();
+    assert_eq!(stock.total(), lv(22, 0, 0));
+    assert_eq!(stock.warehouses.len(), 2);
+    assert_eq!(stock.warehouses[0].row.version, 2);
+    assert_eq!(stock.updated_at(), T0 + 2);
+    assert!(s.stock("sku-2").is_none());
+}
+
+#[test]
+fn receive_rejects_zero_and_overflow() {
+    let mut s = stocked(10);
+    let before = s.dump();
+    assert_eq!(
+        apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, 0, "k0")).0.outcome,
+        Outcome::Rejected(Rejection::InvalidQuantity)
+    );
+    let (a, _) = apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, u64::MAX, "k9"));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::QuantityOverflow));
+    assert_eq!(s.dump(), before);
+}
+
+#[test]
+fn reserve_moves_available_to_reserved() {
+    let mut s = stocked(10);
+    let (a, txns) = apply(&mut s, T0 + 5, &reserve("o1", "sku-1", 3, "t:o1:reserve"));
+    let id = reserved_id(&a);
+    assert_eq!(id.shard(), 3);
+    assert_eq!(a.outcome, Outcome::Reserved { reservation_id: id, expire_at: T0 + 5 + TTL });
+    assert_eq!(levels(&s, "sku-1"), lv(7, 3, 0));
+    assert_eq!(txns[0].kind, TxnKind::Reserve);
+    assert_eq!((txns[0].before, txns[0].after), (lv(10, 0, 0), lv(7, 3, 0)));
+    assert_eq!(txns[0].ref_id, id.to_string());
+    assert_eq!(txns[0].order_id, "o1");
+    let view = s.reservation(id).unwrap();
+    assert_eq!((view.status, view.qty, view.order_id.as_str()), (ReservationStatus::Reserved, 3, "o1"));
+}
+
+#[test]
+fn reserve_with_short_stock_changes_nothing() {
+    let mut s = stocked(2);
+    let before = s.dump();
+    let (a, txns) = apply(&mut s, T0, &reserve("o1", "sku-1", 3, "k"));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::InsufficientStock { available: 2 }));
+    assert!(!a.changed && txns.is_empty());
+    assert_eq!(s.dump(), before);
+    // Not remembered: the retry is evaluated again and succeeds once stock arrives.
+    apply(&mut s, T0 + 1, &receive("sku-1", DEFAULT_WAREHOUSE, 1, "rcv-2"));
+    assert!(matches!(apply(&mut s, T0 + 2, &reserve("o1", "sku-1", 3, "k")).0.outcome, Outcome::Reserved { .. }));
+}
+
+#[test]
+fn reserve_of_unknown_sku_or_warehouse_is_not_found() {
+    let mut s = stocked(2);
+    assert_eq!(apply(&mut s, T0, &reserve("o1", "nope", 1, "k")).0.outcome, Outcome::Rejected(Rejection::SkuNotFound));
+    let mut c = reserve("o1", "sku-1", 1, "k2");
+    if let Command::Reserve(r) = &mut c {
+        r.warehouse_id = "elsewhere".into();
+    }
+    assert_eq!(apply(&mut s, T0, &c).0.outcome, Outcome::Rejected(Rejection::SkuNotFound));
+}
+
+#[test]
+fn one_hold_per_order_line() {
+    let mut s = stocked(10);
+    let first = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 2, "k1")).0);
+    // Same line, same request, new key: the existing hold, no second one.
+    let (a, txns) = apply(&mut s, T0 + 1, &reserve("o1", "sku-1", 2, "k2"));
+    assert_eq!(reserved_id(&a), first);
+    assert!(!a.changed && txns.is_empty());
+    // Same line, different quantity: a conflict.
+    let (a, _) = apply(&mut s, T0 + 1, &reserve("o1", "sku-1", 3, "k3"));
+    assert_eq!(
+        a.outcome,
+        Outcome::Rejected(Rejection::DuplicateOrderLine { existing: first, status: ReservationStatus::Reserved })
+    );
+    // Once the hold is finished, the line stays taken.
+    apply(&mut s, T0 + 2, &release(first, "rel"));
+    let (a, _) = apply(&mut s, T0 + 3, &reserve("o1", "sku-1", 2, "k4"));
+    assert_eq!(
+        a.outcome,
+        Outcome::Rejected(Rejection::DuplicateOrderLine { existing: first, status: ReservationStatus::Released })
+    );
+    assert_eq!(levels(&s, "sku-1"), lv(10, 0, 0));
+    assert_eq!(s.order("o1").len(), 1);
+}
+
+#[test]
+fn idempotent_repeat_replays_the_stored_outcome() {
+    let mut s = stocked(10);
+    let (first, _) = apply(&mut s, T0, &reserve("o1", "sku-1", 2, "k1"));
+    let id = reserved_id(&first);
+    apply(&mut s, T0 + 1, &confirm(id, "pay-1", "k-confirm"));
+    // The hold is confirmed now, yet the reserve's key still answers what it answered.
+    let (again, txns) = apply(&mut s, T0 + 2, &reserve("o1", "sku-1", 2, "k1"));
+    assert_eq!(again.outcome, first.outcome);
+    assert!(again.replayed && !again.changed && txns.is_empty());
+    assert_eq!(levels(&s, "sku-1"), lv(8, 0, 2));
+}
+
+#[test]
+fn reused_key_with_different_request_is_a_conflict() {
+    let mut s = stocked(10);
+    apply(&mut s, T0, &reserve("o1", "sku-1", 2, "k1"));
+    let before = s.dump();
+    for c in
+        [reserve("o1", "sku-1", 3, "k1"), reserve("o2", "sku-1", 2, "k1"), receive("sku-1", DEFAULT_WAREHOUSE, 2, "k1")]
+    {
+        let (a, txns) = apply(&mut s, T0 + 1, &c);
+        assert_eq!(a.outcome, Outcome::Rejected(Rejection::IdempotencyKeyReused), "{c:?}");
+        assert!(txns.is_empty());
+    }
+    assert_eq!(s.dump(), before);
+}
+
+#[test]
+fn explicit_ttl_is_part_of_the_fingerprint_default_is_not() {
+    let mut a = reserve("o1", "sku-1", 1, "k");
+    let mut b = a.clone();
+    if let (Command::Reserve(x), Command::Reserve(y)) = (&mut a, &mut b) {
+        x.ttl_ms = 1_000;
+        y.ttl_ms = 2_000;
+        assert_eq!(a.fingerprint(), b.fingerprint());
+    }
+    if let (Command::Reserve(x), Command::Reserve(y)) = (&mut a, &mut b) {
+        x.ttl_explicit = true;
+        y.ttl_explicit = true;
+    }
+    assert_ne!(a.fingerprint(), b.fingerprint());
+}
+
+#[test]
+fn idempotency_keys_expire_after_their_ttl() {
+    let mut s = Shard::new(ShardConfig { index: 0, idempotency_ttl_ms: 1_000 });
+    apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, 10, "k"));
+    assert!(apply(&mut s, T0 + 999, &receive("sku-1", DEFAULT_WAREHOUSE, 10, "k")).0.replayed);
+    // After the TTL the key is new again: this receive adds stock.
+    let (a, _) = apply(&mut s, T0 + 1_000, &receive("sku-1", DEFAULT_WAREHOUSE, 10, "k"));
+    assert!(a.changed && !a.replayed);
+    assert_eq!(levels(&s, "sku-1"), lv(20, 0, 0));
+    assert_eq!(s.stats().idempotency_keys, 1);
+    assert_eq!(s.purge_idempotency(T0 + 2_000, 10), 2);
+    assert_eq!(s.stats().idempotency_keys, 0);
+}
+
+#[test]
+fn confirm_moves_reserved_to_sold_once() {
+    let mut s = stocked(10);
+    let id = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 4, "k1")).0);
+    let (a, txns) = apply(&mut s, T0 + 1, &confirm(id, "pay-1", "k2"));
+    assert_eq!(a.outcome, Outcome::Confirmed { reservation_id: id });
+    assert_eq!((txns[0].kind, txns[0].after, txns[0].detail.as_str()), (TxnKind::Confirm, lv(6, 0, 4), "pay-1"));
+    // A repeated payment callback under another key: same answer, nothing deducted.
+    let (a, txns) = apply(&mut s, T0 + 2, &confirm(id, "pay-1", "k3"));
+    assert_eq!(a.outcome, Outcome::Confirmed { reservation_id: id });
+    assert!(!a.changed && txns.is_empty());
+    assert_eq!(levels(&s, "sku-1"), lv(6, 0, 4));
+    assert_eq!(
+        apply(&mut s, T0 + 3, &confirm(id, "pay-2", "k4")).0.outcome,
+        Outcome::Rejected(Rejection::PaymentMismatch)
+    );
+    assert_eq!(apply(&mut s, T0 + 3, &release(id, "k5")).0.outcome, Outcome::Rejected(Rejection::ReservationConfirmed));
+    let view = s.reservation(id).unwrap();
+    assert_eq!((view.status, view.payment_id.as_deref()), (ReservationStatus::Confirmed, Some("pay-1")));
+}
+
+#[test]
+fn confirm_after_expire_at_expires_the_hold_even_before_the_timer() {
+    let mut s = stocked(10);
+    let id = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 4, "k1")).0);
+    let (a, txns) = apply(&mut s, T0 + TTL, &confirm(id, "pay-1", "k2"));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::ReservationExpired));
+    assert!(a.changed);
+    assert_eq!((txns[0].kind, txns[0].detail.as_str()), (TxnKind::Release, REASON_TIMEOUT));
+    assert_eq!(levels(&s, "sku-1"), lv(10, 0, 0));
+    assert_eq!(s.reservation(id).unwrap().status, ReservationStatus::Expired);
+    // The stored answer for that key, and the state-derived answer for a new one.
+    assert_eq!(apply(&mut s, T0 + TTL + 1, &confirm(id, "pay-1", "k2")).0.outcome, a.outcome);
+    assert_eq!(apply(&mut s, T0 + TTL + 1, &confirm(id, "pay-1", "k3")).0.outcome, a.outcome);
+}
+
+#[test]
+fn confirm_and_release_of_missing_or_finished_holds() {
+    let mut s = stocked(10);
+    let id = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 4, "k1")).0);
+    let missing = ReservationId::new(3, 999);
+    let foreign = ReservationId::new(4, id.seq());
+    for bad in [missing, foreign] {
+        assert_eq!(
+            apply(&mut s, T0, &confirm(bad, "p", "x1")).0.outcome,
+            Outcome::Rejected(Rejection::ReservationNotFound)
+        );
+        assert_eq!(apply(&mut s, T0, &release(bad, "x2")).0.outcome, Outcome::Rejected(Rejection::ReservationNotFound));
+        assert!(s.reservation(bad).is_none());
+    }
+    let (a, txns) = apply(&mut s, T0 + 1, &release(id, "k2"));
+    assert_eq!(a.outcome, Outcome::Released { reservation_id: id, status: ReservationStatus::Released });
+    assert_eq!((txns[0].kind, txns[0].detail.as_str()), (TxnKind::Release, "CANCELLED"));
+    assert_eq!(levels(&s, "sku-1"), lv(10, 0, 0));
+    // Releasing again changes nothing and says so.
+    let (a, txns) = apply(&mut s, T0 + 2, &release(id, "k3"));
+    assert_eq!(a.outcome, Outcome::Released { reservation_id: id, status: ReservationStatus::Released });
+    assert!(!a.changed && txns.is_empty());
+    assert_eq!(
+        apply(&mut s, T0 + 3, &confirm(id, "p", "k4")).0.outcome,
+        Outcome::Rejected(Rejection::ReservationReleased)
+    );
+}
+
+#[test]
+fn expire_releases_only_due_holds_with_reason_timeout() {
+    let mut s = stocked(10);
+    let a = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 1, "k1")).0);
+    let b = reserved_id(&apply(&mut s, T0 + 10, &reserve("o2", "sku-1", 2, "k2")).0);
+    let c = reserved_id(&apply(&mut s, T0 + 20, &reserve("o3", "sku-1", 3, "k3")).0);
+    apply(&mut s, T0 + 21, &confirm(c, "p", "k4"));
+    let now = T0 + TTL + 10;
+    assert_eq!(s.due_expirations(now, 100), vec![a, b]);
+    assert_eq!(s.due_expirations(now, 1), vec![a]);
+    assert_eq!(s.expiry_backlog(now), 2);
+    // An id that is not due (or not a hold) is skipped.
+    let (x, txns) = apply(&mut s, now, &Command::Expire(Expire { ids: vec![a, b, c, ReservationId::new(3, 77)] }));
+    assert_eq!(x.outcome, Outcome::Expired { count: 2 });
+    assert!(txns.iter().all(|t| t.kind == TxnKind::Release && t.detail == REASON_TIMEOUT));
+    assert_eq!(levels(&s, "sku-1"), lv(7, 0, 3));
+    assert_eq!(s.expiry_backlog(now), 0);
+    assert_eq!(s.reservation(b).unwrap().status, ReservationStatus::Expired);
+    assert_eq!(
+        apply(&mut s, now, &release(a, "k5")).0.outcome,
+        Outcome::Released { reservation_id: a, status: ReservationStatus::Expired }
+    );
+    let (nothing, _) = apply(&mut s, now, &Command::Expire(Expire { ids: vec![a] }));
+    assert!(!nothing.changed);
+}
+
+#[test]
+fn rollback_restores_exactly_the_state_before_the_batch() {
+    let mut s = stocked(10);
+    let id = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 2, "k1")).0);
+    let confirmed = reserved_id(&apply(&mut s, T0, &reserve("o9", "sku-1", 1, "k9")).0);
+    let before = s.dump();
+    s.begin_batch();
+    apply(&mut s, T0 + 1, &receive("sku-new", "w-new", 5, "k2"));
+    apply(&mut s, T0 + 1, &receive("sku-1", "w2", 5, "k3"));
+    apply(&mut s, T0 + 1, &reserve("o2", "sku-1", 3, "k4"));
+    apply(&mut s, T0 + 1, &confirm(confirmed, "p", "k5"));
+    apply(&mut s, T0 + TTL, &Command::Expire(Expire { ids: vec![id] }));
+    apply(&mut s, T0 + TTL, &reserve("o1", "sku-new", 1, "k1-other-key"));
+    s.rollback_batch();
+    s.check_invariants().unwrap();
+    assert_eq!(s.dump(), before);
+    assert!(s.stock("sku-new").is_none());
+    // Ids handed out in the rolled-back batch are handed out again.
+    s.begin_batch();
+    let again = reserved_id(&apply(&mut s, T0 + TTL, &reserve("o3", "sku-1", 1, "k6")).0);
+    s.commit_batch();
+    assert_eq!(again.seq(), confirmed.seq() + 1);
+}
+
+#[test]
+fn order_query_lists_the_orders_holds() {
+    let mut s = stocked(10);
+    apply(&mut s, T0, &receive("sku-2", DEFAULT_WAREHOUSE, 10, "rcv-2"));
+    let a = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 1, "k1")).0);
+    let b = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-2", 1, "k2")).0);
+    apply(&mut s, T0, &reserve("o2", "sku-2", 1, "k3"));
+    let ids: Vec<_> = s.order("o1").iter().map(|v| v.reservation_id).collect();
+    assert_eq!(ids, vec![a, b]);
+    assert!(s.order("nobody").is_empty());
+}
+
+#[test]
+fn sku_routing_is_stable_and_spread() {
+    assert_eq!(shard_for_sku("sku-1", 1), 0);
+    let counts = (0..10_000).fold([0u32; 4], |mut c, i| {
+        c[shard_for_sku(&format!("sku-{i}"), 4) as usize] += 1;
+        c
+    });
+    assert!(counts.iter().all(|&c| c > 2_000), "{counts:?}");
+}
