@@ -1,1 +1,77 @@
-//! placeholder
+//! The write-ahead journal of the reservation shards.
+//!
+//! Owns: the on-disk record format (rkyv [`Entry`] + CRC32C framing), the
+//! [`Journal`] trait that a shard loop appends each batch to before it
+//! acknowledges anything, the sled implementation ([`SledStore`]), an
+//! in-memory one and a fault-injecting wrapper for tests, and [`replay`],
+//! which rebuilds a [`Shard`](inventory_core::Shard) from its journal.
+//!
+//! Never: decides anything about stock. It stores and returns entries; the
+//! core alone interprets them. See `DESIGN.md` for the layout and the write
+//! path step by step.
+
+mod codec;
+mod fault;
+mod memory;
+mod replay;
+mod sled_store;
+
+use inventory_core::Entry;
+
+pub use codec::{decode, encode, FORMAT_VERSION};
+pub use fault::{FaultHandle, FaultyJournal};
+pub use memory::MemJournal;
+pub use replay::{replay, ReplayStats};
+pub use sled_store::{SledJournal, SledStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("corrupt journal record (shard {shard}, seq {seq}): {reason}")]
+    Corrupt { shard: u16, seq: u64, reason: String },
+    #[error("journal sequence gap in shard {shard}: expected {expected}, found {found}")]
+    Gap { shard: u16, expected: u64, found: u64 },
+    #[error("replay of shard {shard} diverged at seq {seq}: {reason}")]
+    Diverged { shard: u16, seq: u64, reason: String },
+    #[error("data dir was created with {stored} shards, {requested} requested; start with --shards {stored}")]
+    ShardCountMismatch { stored: u16, requested: u16 },
+    #[error("injected journal fault")]
+    Injected,
+}
+
+/// One shard's journal: an append-only sequence of entries numbered 1, 2, 3..
+///
+/// `append` writes a whole batch and returns only once it is durable. If it
+/// fails, the batch may or may not have reached the disk: the caller must not
+/// acknowledge it, and must call `recover` before appending again.
+pub trait Journal: Send {
+    /// Writes `batch` (consecutive sequence numbers following the last
+    /// entry) and makes it durable with one flush.
+    fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError>;
+
+    /// Removes every entry with `seq >= next_seq` and makes that durable, so
+    /// the journal again holds exactly what was acknowledged.
+    fn recover(&mut self, next_seq: u64) -> Result<(), JournalError>;
+
+    /// Entries with `seq >= from`, in order.
+    fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError>;
+
+    /// The shard this journal belongs to (for error messages).
+    fn shard(&self) -> u16;
+}
+
+impl<J: Journal + ?Sized> Journal for Box<J> {
+    fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
+        (**self).append(batch)
+    }
+    fn recover(&mut self, next_seq: u64) -> Result<(), JournalError> {
+        (**self).recover(next_seq)
+    }
+    fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
+        (**self).read_from(from)
+    }
+    fn shard(&self) -> u16 {
+        (**self).shard()
+    }
+}
