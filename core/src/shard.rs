@@ -697,6 +697,12 @@ impl Shard {
         purged
     }
 
+    /// Live idempotency keys (hash and expiry), e.g. to rebuild a
+    /// cross-shard index after replay.
+    pub fn idempotency_keys(&self) -> impl Iterator<Item = (u128, Millis)> + '_ {
+        self.idem.iter().map(|(&k, r)| (k, r.expires_at))
+    }
+
     pub fn stats(&self) -> ShardStats {
         ShardStats {
             skus: self.skus.len(),

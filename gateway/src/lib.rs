@@ -1,1 +1,22 @@
-//! placeholder
+//! The inventory reservation service's gateway: HTTP in, shard loops behind.
+//!
+//! Owns: the hyper server and its JSON API ([`http`], [`api`]), routing of
+//! requests to shards over bounded queues ([`router`]), the pinned shard
+//! loops that own the core state and group-commit to the journal
+//! ([`shard_loop`]), and start-up/shutdown ([`server`]).
+//!
+//! Never: touches stock state outside a shard loop, acknowledges a write
+//! before its journal flush, or blocks a request on a full queue (it sheds
+//! load with `503 OVERLOADED` instead).
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod router;
+pub mod server;
+pub mod shard_loop;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+pub use server::{run, run_with, ServerError};

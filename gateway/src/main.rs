@@ -1,1 +1,67 @@
-fn main() {}
+//! `inventoryd`: the inventory reservation service.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use inventory_gateway::{config::default_shards, Config};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "inventoryd",
+    version,
+    about = "Inventory reservation service: sharded in-memory core, journal before every acknowledgement"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    /// Log format: text or json.
+    #[arg(long, env = "INVENTORY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let config = cli.config;
+    let threads = config.http_threads.unwrap_or(default_shards() as usize).max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("inventoryd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        // A stable line for scripts and tests that start us on port 0.
+        println!("inventoryd listening on http://{addr}");
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
+        inventory_gateway::run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "inventoryd failed");
+            eprintln!("inventoryd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,385 @@
+//! The HTTP API's JSON shapes, input validation, and the one place where
+//! outcomes and rejections become HTTP statuses.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use hyper::StatusCode;
+use inventory_core::{Levels, Millis, Outcome, Rejection, ReservationId, ReservationView, SkuStock};
+use serde::{Deserialize, Serialize};
+
+/// Longest SKU, warehouse, order, payment or reservation id, in bytes.
+pub const ID_BYTES_MAX: usize = 128;
+/// Longest idempotency key, release reason or receipt reference, in bytes.
+pub const TEXT_BYTES_MAX: usize = 256;
+/// Longest hold a caller may ask for (`ttlSeconds`): 7 days.
+pub const TTL_SECONDS_MAX: u64 = 7 * 24 * 3600;
+/// Largest request body.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// An error response: `{code, message}` plus optional detail fields.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds, for `Retry-After` on 503s.
+    pub retry_after: Option<u32>,
+    pub detail: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after: None, detail: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_FIELD", message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let mut value = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(serde_json::Value::Object(detail)) = &self.detail {
+            value.as_object_mut().unwrap().extend(detail.clone());
+        }
+        serde_json::to_vec(&value).expect("json")
+    }
+}
+
+/// The HTTP status of each rejection. Nowhere else maps rejections.
+pub fn rejection_error(rejection: Rejection) -> ApiError {
+    use Rejection::*;
+    let (status, message, detail) = match rejection {
+        SkuNotFound => (StatusCode::NOT_FOUND, "no stock row for this SKU and warehouse".to_string(), None),
+        InsufficientStock { available } => (
+            StatusCode::CONFLICT,
+            format!("not enough stock: {available} available"),
+            Some(serde_json::json!({ "available": available })),
+        ),
+        DuplicateOrderLine { existing, status } => (
+            StatusCode::CONFLICT,
+            format!("order line already has hold {existing} ({})", status.as_str()),
+            Some(serde_json::json!({ "reservationId": existing.to_string(), "status": status.as_str() })),
+        ),
+        ReservationNotFound => (StatusCode::NOT_FOUND, "no such reservation".to_string(), None),
+        ReservationExpired => (StatusCode::CONFLICT, "the reservation expired".to_string(), None),
+        ReservationReleased => (StatusCode::CONFLICT, "the reservation was released".to_string(), None),
+        ReservationConfirmed => (StatusCode::CONFLICT, "the reservation is already confirmed".to_string(), None),
+        PaymentMismatch => {
+            (StatusCode::CONFLICT, "the reservation was confirmed by a different payment".to_string(), None)
+        }
+        IdempotencyKeyReused => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this idempotency key was used for a different request".to_string(),
+            None,
+        ),
+        QuantityOverflow => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "this quantity would overflow the stock counters".to_string(), None)
+        }
+        InvalidQuantity => (StatusCode::BAD_REQUEST, "qty must be positive".to_string(), None),
+        TooManyWarehouses => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this SKU already has the maximum number of warehouses".to_string(),
+            None,
+        ),
+    };
+    ApiError { detail, ..ApiError::new(status, rejection.code(), message) }
+}
+
+pub fn rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+// ----- requests -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiveBody {
+    pub sku_id: String,
+    pub warehouse_id: Option<String>,
+    pub qty: u64,
+    pub idem_key: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReserveBody {
+    pub order_id: String,
+    pub sku_id: String,
+    pub qty: u64,
+    pub idem_key: Option<String>,
+    pub warehouse_id: Option<String>,
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfirmBody {
+    pub reservation_id: String,
+    pub payment_id: String,
+    pub idem_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseBody {
+    pub reservation_id: String,
+    pub reason: String,
+    pub idem_key: Option<String>,
+}
+
+/// Parses a JSON body, naming the offending field in the error.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let message = inner.to_string();
+                if path == "." {
+                    ApiError::invalid(message)
+                } else {
+                    ApiError::invalid(format!("{path}: {message}"))
+                }
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_JSON",
+                format!("request body is not valid JSON: {inner}"),
+            ),
+        }
+    })
+}
+
+/// Checks an id-like field: present, not blank, bounded, no control characters.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(format!("{field} must not be empty")));
+    }
+    if value.len() > max {
+        return Err(ApiError::invalid(format!("{field} is {} bytes long; at most {max} allowed", value.len())));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+pub fn check_qty(qty: u64, max: u64) -> Result<(), ApiError> {
+    if qty == 0 || qty > max {
+        return Err(ApiError::invalid(format!("qty must be between 1 and {max}, got {qty}")));
+    }
+    Ok(())
+}
+
+pub fn parse_reservation_id(field: &str, value: &str) -> Result<ReservationId, ApiError> {
+    check_text(field, value, ID_BYTES_MAX)?;
+    value
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("{field} {value:?} is not a reservation id (rsv-<shard>-<seq>)")))
+}
+
+/// The idempotency key from the body or the `Idempotency-Key` header.
+pub fn idem_key(body: Option<String>, header: Option<&str>) -> Result<String, ApiError> {
+    let key = match (body, header) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(ApiError::invalid("idemKey in the body differs from the Idempotency-Key header"));
+        }
+        (Some(b), _) => b,
+        (None, Some(h)) => h.to_string(),
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "IDEMPOTENCY_KEY_REQUIRED",
+                "every write needs an idempotency key: idemKey in the body or an Idempotency-Key header",
+            ))
+        }
+    };
+    check_text("idemKey", &key, TEXT_BYTES_MAX)?;
+    Ok(key)
+}
+
+// ----- responses ------------------------------------------------------------
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowJson<'a> {
+    pub sku_id: &'a str,
+    pub warehouse_id: &'a str,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub version: u64,
+    pub updated_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldJson {
+    pub reservation_id: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<String>,
+}
+
+/// The success body of a write, or its rejection. `sku`/`warehouse` name the
+/// row a receive acted on.
+pub fn outcome_json(outcome: Outcome, sku: &str, warehouse: &str) -> Result<Vec<u8>, ApiError> {
+    let json = match outcome {
+        Outcome::Received { levels: Levels { available, reserved, sold }, version, updated_at } => {
+            serde_json::to_vec(&RowJson {
+                sku_id: sku,
+                warehouse_id: warehouse,
+                available,
+                reserved,
+                sold,
+                version,
+                updated_at: rfc3339(updated_at),
+            })
+        }
+        Outcome::Reserved { reservation_id, expire_at } => serde_json::to_vec(&HoldJson {
+            reservation_id: reservation_id.to_string(),
+            status: "RESERVED",
+            expire_at: Some(rfc3339(expire_at)),
+        }),
+        Outcome::Confirmed { reservation_id } => serde_json::to_vec(&HoldJson {
+            reservation_id: reservation_id.to_string(),
+            status: "CONFIRMED",
+            expire_at: None,
+        }),
+        Outcome::Released { reservation_id, status } => serde_json::to_vec(&HoldJson {
+            reservation_id: reservation_id.to_string(),
+            status: status.as_str(),
+            expire_at: None,
+        }),
+        Outcome::Rejected(rejection) => return Err(rejection_error(rejection)),
+        Outcome::Expired { .. } => unreachable!("expiry is internal"),
+    };
+    Ok(json.expect("json"))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WarehouseJson<'a> {
+    warehouse_id: &'a str,
+    available: u64,
+    reserved: u64,
+    sold: u64,
+    version: u64,
+    updated_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StockJson<'a> {
+    sku_id: &'a str,
+    available: u64,
+    reserved: u64,
+    sold: u64,
+    updated_at: String,
+    warehouses: Vec<WarehouseJson<'a>>,
+}
+
+pub fn stock_json(stock: &SkuStock) -> Vec<u8> {
+    let total = stock.total();
+    serde_json::to_vec(&StockJson {
+        sku_id: &stock.sku_id,
+        available: total.available,
+        reserved: total.reserved,
+        sold: total.sold,
+        updated_at: rfc3339(stock.updated_at()),
+        warehouses: stock
+            .warehouses
+            .iter()
+            .map(|w| WarehouseJson {
+                warehouse_id: &w.warehouse_id,
+                available: w.row.levels.available,
+                reserved: w.row.levels.reserved,
+                sold: w.row.levels.sold,
+                version: w.row.version,
+                updated_at: rfc3339(w.row.updated_at),
+            })
+            .collect(),
+    })
+    .expect("json")
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationJson {
+    reservation_id: String,
+    order_id: String,
+    sku_id: String,
+    warehouse_id: String,
+    qty: u64,
+    status: &'static str,
+    expire_at: String,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release_reason: Option<String>,
+}
+
+impl From<ReservationView> for ReservationJson {
+    fn from(v: ReservationView) -> Self {
+        ReservationJson {
+            reservation_id: v.reservation_id.to_string(),
+            order_id: v.order_id,
+            sku_id: v.sku_id,
+            warehouse_id: v.warehouse_id,
+            qty: v.qty,
+            status: v.status.as_str(),
+            expire_at: rfc3339(v.expire_at),
+            created_at: rfc3339(v.created_at),
+            updated_at: rfc3339(v.updated_at),
+            payment_id: v.payment_id,
+            release_reason: v.release_reason,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderJson {
+    pub order_id: String,
+    pub reservations: Vec<ReservationJson>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let e = parse::<ReserveBody>(br#"{"orderId":"o","skuId":"s","qty":-1}"#).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "INVALID_FIELD"));
+        assert!(e.message.starts_with("qty:"), "{}", e.message);
+        let e = parse::<ReserveBody>(br#"{"orderId":"o","qty":1}"#).unwrap_err();
+        assert!(e.message.contains("skuId"), "{}", e.message);
+        let e = parse::<ReserveBody>(br#"{"orderId":"o","#).unwrap_err();
+        assert_eq!(e.code, "MALFORMED_JSON");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn idem_key_from_body_or_header() {
+        assert_eq!(idem_key(Some("a".into()), None).unwrap(), "a");
+        assert_eq!(idem_key(None, Some("b")).unwrap(), "b");
+        assert_eq!(idem_key(Some("a".into()), Some("a")).unwrap(), "a");
+        assert!(idem_key(Some("a".into()), Some("b")).is_err());
+        assert_eq!(idem_key(None, None).unwrap_err().code, "IDEMPOTENCY_KEY_REQUIRED");
+        assert!(idem_key(Some(" ".into()), None).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! Service configuration: command-line flags, each also settable by an
+//! environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "INVENTORY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory holding the journal.
+    #[arg(long, env = "INVENTORY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Number of shard loops (default: number of cores). Fixed when the data
+    /// dir is created; later starts must pass the same number or none.
+    #[arg(long, env = "INVENTORY_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: Option<u16>,
+    /// Default hold duration when a reserve names no `ttlSeconds`.
+    #[arg(long, env = "INVENTORY_RESERVATION_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub reservation_ttl_secs: u64,
+    /// Largest `qty` one request may carry.
+    #[arg(long, env = "INVENTORY_MAX_QTY", default_value_t = 1_000_000)]
+    pub max_qty: u64,
+    /// Requests queued per shard before the gateway sheds load with 503.
+    #[arg(long, env = "INVENTORY_QUEUE_CAPACITY", default_value_t = 16_384)]
+    pub queue_capacity: usize,
+    /// Most requests one shard applies per journal flush.
+    #[arg(long, env = "INVENTORY_BATCH_MAX", default_value_t = 1_024)]
+    pub batch_max: usize,
+    /// Pin each shard loop to a core.
+    #[arg(long, env = "INVENTORY_PIN_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_threads: bool,
+    /// HTTP worker threads (default: number of cores).
+    #[arg(long, env = "INVENTORY_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
+}
+
+impl Config {
+    /// Defaults, with the journal under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            data_dir: data_dir.into(),
+            shards: None,
+            reservation_ttl_secs: 900,
+            max_qty: 1_000_000,
+            queue_capacity: 16_384,
+            batch_max: 1_024,
+            pin_threads: true,
+            http_threads: None,
+        }
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.data_dir.join("journal")
+    }
+}
+
+pub fn default_shards() -> u16 {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(1024) as u16
+}

@@ -1,0 +1,342 @@
+//! Request handling: routing, body limits, and turning requests into shard
+//! commands and replies into responses.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request as HttpRequest, Response, StatusCode};
+use inventory_core::{
+    key_hash, Applied, Command, Confirm, Query, QueryResult, Receive, Release, Reserve, DEFAULT_WAREHOUSE, SECOND_MS,
+};
+use percent_encoding::percent_decode_str;
+use tokio::sync::oneshot;
+
+use crate::api::{self, ApiError, BODY_BYTES_MAX, ID_BYTES_MAX, TEXT_BYTES_MAX, TTL_SECONDS_MAX};
+use crate::clock::Clock;
+use crate::router::{Claim, IdemIndex, Router, SendError};
+use crate::shard_loop::{Request, WriteReply};
+
+pub type Body = Full<Bytes>;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    pub router: Arc<Router>,
+    pub idem: Arc<IdemIndex>,
+    pub clock: Arc<dyn Clock>,
+    pub default_ttl_ms: u64,
+    pub max_qty: u64,
+}
+
+const WRITE_PATHS: [&str; 4] = ["receive", "reserve", "confirm", "release"];
+
+pub async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> Result<Response<Body>, Infallible> {
+    let response = match route(&app, req).await {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    Ok(response)
+}
+
+async fn route(app: &App, req: HttpRequest<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), &method) {
+        (["healthz"], &Method::GET) => Ok(json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
+        (["readyz"], &Method::GET) => {
+            if app.router.is_ready() {
+                Ok(json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec()))
+            } else {
+                Err(not_ready())
+            }
+        }
+        (["api", "inventory", action], &Method::POST) if WRITE_PATHS.contains(action) => {
+            let action = action.to_string();
+            let header_key = header_key(&req)?;
+            let body = read_body(req).await?;
+            ready(app)?;
+            match action.as_str() {
+                "receive" => receive(app, &body, header_key.as_deref()).await,
+                "reserve" => reserve(app, &body, header_key.as_deref()).await,
+                "confirm" => confirm(app, &body, header_key.as_deref()).await,
+                _ => release(app, &body, header_key.as_deref()).await,
+            }
+        }
+        (["api", "inventory", action], _) if WRITE_PATHS.contains(action) => Err(method_not_allowed("POST")),
+        (["api", "inventory", sku], &Method::GET) => {
+            let sku = decode_segment("skuId", sku)?;
+            ready(app)?;
+            let shard = app.router.shard_for_sku(&sku);
+            match read(app, shard, Query::Stock { sku_id: sku.clone() }).await? {
+                QueryResult::Stock(Some(stock)) => Ok(json(StatusCode::OK, api::stock_json(&stock))),
+                _ => Err(ApiError::new(StatusCode::NOT_FOUND, "SKU_NOT_FOUND", format!("no stock for SKU {sku:?}"))),
+            }
+        }
+        (["api", "reservations", id], &Method::GET) => {
+            let id = decode_segment("reservationId", id)?;
+            let id = api::parse_reservation_id("reservationId", &id)?;
+            ready(app)?;
+            let not_found =
+                || ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}"));
+            let shard = app.router.shard_for_reservation(id).ok_or_else(not_found)?;
+            match read(app, shard, Query::Reservation { id }).await? {
+                QueryResult::Reservation(Some(view)) => {
+                    Ok(json(StatusCode::OK, serde_json::to_vec(&api::ReservationJson::from(view)).expect("json")))
+                }
+                _ => Err(not_found()),
+            }
+        }
+        (["api", "orders", order, "inventory-status"], &Method::GET) => {
+            let order = decode_segment("orderId", order)?;
+            ready(app)?;
+            order_status(app, order).await
+        }
+        (["api", "inventory", _] | ["api", "reservations", _] | ["api", "orders", _, "inventory-status"], _) => {
+            Err(method_not_allowed("GET"))
+        }
+        (["healthz"] | ["readyz"], _) => Err(method_not_allowed("GET")),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {path}"))),
+    }
+}
+
+// ----- writes ---------------------------------------------------------------
+
+async fn receive(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let b: api::ReceiveBody = api::parse(body)?;
+    let idem_key = api::idem_key(b.idem_key, header_key)?;
+    api::check_text("skuId", &b.sku_id, ID_BYTES_MAX)?;
+    let warehouse_id = warehouse(b.warehouse_id)?;
+    api::check_qty(b.qty, app.max_qty)?;
+    let reference = b.reference.unwrap_or_default();
+    if !reference.is_empty() {
+        api::check_text("ref", &reference, TEXT_BYTES_MAX)?;
+    }
+    let shard = app.router.shard_for_sku(&b.sku_id);
+    let sku = b.sku_id.clone();
+    let command = Command::Receive(Receive {
+        sku_id: b.sku_id,
+        warehouse_id: warehouse_id.clone(),
+        qty: b.qty,
+        idem_key,
+        reference,
+    });
+    let applied = write(app, shard, command).await?;
+    outcome_response(applied, &sku, &warehouse_id)
+}
+
+async fn reserve(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let b: api::ReserveBody = api::parse(body)?;
+    let idem_key = api::idem_key(b.idem_key, header_key)?;
+    api::check_text("orderId", &b.order_id, ID_BYTES_MAX)?;
+    api::check_text("skuId", &b.sku_id, ID_BYTES_MAX)?;
+    let warehouse_id = warehouse(b.warehouse_id)?;
+    api::check_qty(b.qty, app.max_qty)?;
+    let ttl_ms = match b.ttl_seconds {
+        Some(s) if s == 0 || s > TTL_SECONDS_MAX => {
+            return Err(ApiError::invalid(format!("ttlSeconds must be between 1 and {TTL_SECONDS_MAX}, got {s}")));
+        }
+        Some(s) => s * SECOND_MS,
+        None => app.default_ttl_ms,
+    };
+    let shard = app.router.shard_for_sku(&b.sku_id);
+    let command = Command::Reserve(Reserve {
+        order_id: b.order_id,
+        sku_id: b.sku_id,
+        warehouse_id,
+        qty: b.qty,
+        idem_key,
+        ttl_ms,
+        ttl_explicit: b.ttl_seconds.is_some(),
+    });
+    let applied = write(app, shard, command).await?;
+    outcome_response(applied, "", "")
+}
+
+async fn confirm(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let b: api::ConfirmBody = api::parse(body)?;
+    let idem_key = api::idem_key(b.idem_key, header_key)?;
+    let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
+    api::check_text("paymentId", &b.payment_id, ID_BYTES_MAX)?;
+    let shard = own_shard(app, id)?;
+    let command = Command::Confirm(Confirm { reservation_id: id, payment_id: b.payment_id, idem_key });
+    let applied = write(app, shard, command).await?;
+    outcome_response(applied, "", "")
+}
+
+async fn release(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let b: api::ReleaseBody = api::parse(body)?;
+    let idem_key = api::idem_key(b.idem_key, header_key)?;
+    let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
+    api::check_text("reason", &b.reason, TEXT_BYTES_MAX)?;
+    let shard = own_shard(app, id)?;
+    let command = Command::Release(Release { reservation_id: id, reason: b.reason, idem_key });
+    let applied = write(app, shard, command).await?;
+    outcome_response(applied, "", "")
+}
+
+fn warehouse(id: Option<String>) -> Result<String, ApiError> {
+    let id = id.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string());
+    api::check_text("warehouseId", &id, ID_BYTES_MAX)?;
+    Ok(id)
+}
+
+fn own_shard(app: &App, id: inventory_core::ReservationId) -> Result<u16, ApiError> {
+    app.router
+        .shard_for_reservation(id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}")))
+}
+
+/// Sends a command to its shard and waits for the durable outcome.
+async fn write(app: &App, shard: u16, command: Command) -> Result<Applied, ApiError> {
+    let key = key_hash(command.idem_key().expect("writes carry a key"));
+    let claim = app.idem.claim(key, shard, app.clock.now_ms());
+    if claim == Claim::Conflict {
+        return Err(api::rejection_error(inventory_core::Rejection::IdempotencyKeyReused));
+    }
+    let (reply, answer) = oneshot::channel();
+    if let Err(e) = app.router.send(shard, Request::Write { command, reply }) {
+        if claim == Claim::Fresh {
+            app.idem.unclaim(key, shard);
+        }
+        return Err(send_error(e));
+    }
+    match answer.await {
+        Ok(WriteReply::Applied(applied)) => Ok(applied),
+        Ok(WriteReply::JournalUnavailable) => Err(ApiError::unavailable(
+            "JOURNAL_UNAVAILABLE",
+            "the journal could not make this change durable; nothing was acknowledged, retry with the same idempotency key",
+        )),
+        Err(_) => Err(stopping()),
+    }
+}
+
+fn outcome_response(applied: Applied, sku: &str, warehouse: &str) -> Result<Response<Body>, ApiError> {
+    let body = api::outcome_json(applied.outcome, sku, warehouse)?;
+    let mut response = json(StatusCode::OK, body);
+    if applied.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+// ----- reads ----------------------------------------------------------------
+
+async fn read(app: &App, shard: u16, query: Query) -> Result<QueryResult, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    app.router.send(shard, Request::Read { query, reply }).map_err(send_error)?;
+    answer.await.map_err(|_| stopping())
+}
+
+async fn order_status(app: &App, order_id: String) -> Result<Response<Body>, ApiError> {
+    // Holds of one order live on the shards of their SKUs: ask every shard.
+    let mut answers = Vec::with_capacity(app.router.shards() as usize);
+    for shard in 0..app.router.shards() {
+        let (reply, answer) = oneshot::channel();
+        app.router
+            .send(shard, Request::Read { query: Query::Order { order_id: order_id.clone() }, reply })
+            .map_err(send_error)?;
+        answers.push(answer);
+    }
+    let mut holds = Vec::new();
+    for answer in answers {
+        if let QueryResult::Order(views) = answer.await.map_err(|_| stopping())? {
+            holds.extend(views);
+        }
+    }
+    holds.sort_by_key(|v| (v.created_at, v.reservation_id));
+    let body = api::OrderJson { order_id, reservations: holds.into_iter().map(Into::into).collect() };
+    Ok(json(StatusCode::OK, serde_json::to_vec(&body).expect("json")))
+}
+
+// ----- plumbing -------------------------------------------------------------
+
+fn ready(app: &App) -> Result<(), ApiError> {
+    if app.router.is_ready() {
+        Ok(())
+    } else {
+        Err(not_ready())
+    }
+}
+
+fn not_ready() -> ApiError {
+    ApiError::unavailable("NOT_READY", "the service is replaying its journal")
+}
+
+fn stopping() -> ApiError {
+    ApiError::unavailable("SHUTTING_DOWN", "the service is shutting down")
+}
+
+fn send_error(e: SendError) -> ApiError {
+    match e {
+        SendError::Overloaded => ApiError::unavailable("OVERLOADED", "the shard's queue is full; retry shortly"),
+        SendError::Stopped => stopping(),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    let mut e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("use {allow} here"));
+    e.detail = Some(serde_json::json!({ "allow": allow }));
+    e
+}
+
+fn header_key(req: &HttpRequest<Incoming>) -> Result<Option<String>, ApiError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::invalid("Idempotency-Key header must be visible ASCII")),
+    }
+}
+
+fn decode_segment(field: &str, raw: &str) -> Result<String, ApiError> {
+    let value = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid(format!("{field} in the path is not UTF-8")))?
+        .into_owned();
+    api::check_text(field, &value, ID_BYTES_MAX)?;
+    Ok(value)
+}
+
+async fn read_body(req: HttpRequest<Incoming>) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+        )
+    };
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(error: &ApiError) -> Response<Body> {
+    let mut response = json(error.status, error.body());
+    if let Some(seconds) = error.retry_after {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if error.status == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(allow) = error.detail.as_ref().and_then(|d| d["allow"].as_str()) {
+            response.headers_mut().insert(ALLOW, HeaderValue::from_str(allow).expect("static"));
+        }
+    }
+    response
+}

@@ -1,0 +1,187 @@
+//! Starting and stopping the service: shard threads, the accept loop, and
+//! an orderly shutdown that answers and flushes everything in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use inventory_core::{ShardConfig, IDEMPOTENCY_TTL_MS, SECOND_MS};
+use inventory_journal::{Journal, JournalError, SledStore};
+use tokio::net::TcpListener;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{default_shards, Config};
+use crate::http::{handle, App};
+use crate::router::{IdemIndex, Router};
+use crate::shard_loop::{self, LoopConfig};
+
+/// How long shutdown waits for open connections to finish their requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("shard {0} stopped during start-up")]
+    ShardLost(u16),
+}
+
+/// Runs the service on `listener` with the sled journal under the data dir,
+/// until `shutdown` completes.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let dir = config.journal_dir();
+    let (store, journals) = tokio::task::spawn_blocking(move || -> Result<_, JournalError> {
+        let store = SledStore::open(&dir, config.shards, default_shards())?;
+        let journals = (0..store.shards())
+            .map(|i| Ok(Box::new(store.journal(i)?) as Box<dyn Journal>))
+            .collect::<Result<Vec<_>, JournalError>>()?;
+        Ok((store, journals))
+    })
+    .await
+    .expect("journal open panicked")?;
+    let result = run_with(config, listener, journals, Arc::new(SystemClock), shutdown).await;
+    store.flush()?;
+    result
+}
+
+/// Runs the service over the given journals (one per shard) and clock.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    journals: Vec<Box<dyn Journal>>,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let shards = journals.len() as u16;
+    let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS));
+    let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    let mut queues = Vec::with_capacity(shards as usize);
+    let mut threads = Vec::with_capacity(shards as usize);
+    for (i, journal) in journals.into_iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        queues.push(tx);
+        let loop_config = LoopConfig {
+            shard: ShardConfig::new(i as u16),
+            batch_max: config.batch_max,
+            core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
+        };
+        let (clock, idem, ready) = (clock.clone(), idem.clone(), ready_tx.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || shard_loop::run(loop_config, journal, clock, rx, idem, ready))?,
+        );
+    }
+    drop(ready_tx);
+    let router = Arc::new(Router::new(queues));
+    let app = Arc::new(App {
+        router: router.clone(),
+        idem: idem.clone(),
+        clock: clock.clone(),
+        default_ttl_ms: config.reservation_ttl_secs * SECOND_MS,
+        max_qty: config.max_qty,
+    });
+
+    // Replay runs on the shard threads while the listener already answers
+    // /healthz and /readyz (not ready yet).
+    let replayed = {
+        let router = router.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+            for _ in 0..shards {
+                match ready_rx.recv() {
+                    Ok((_, Ok(_))) => {}
+                    Ok((_, Err(e))) => return Err(e.into()),
+                    Err(_) => return Err(ServerError::ShardLost(0)),
+                }
+            }
+            router.set_ready();
+            tracing::info!(shards, "ready");
+            Ok(())
+        })
+    };
+    let purger = {
+        let (idem, clock) = (idem.clone(), clock.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                idem.purge(clock.now_ms());
+            }
+        })
+    };
+
+    let result = serve(listener, app, shutdown, replayed).await;
+    purger.abort();
+    // Queue a stop marker behind every request already queued, then wait
+    // for the loops to answer and flush them.
+    tokio::task::spawn_blocking(move || {
+        router.stop_all();
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await
+    .expect("shard shutdown panicked");
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    replayed: tokio::task::JoinHandle<Result<(), ServerError>>,
+) -> Result<(), ServerError> {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true);
+    tokio::pin!(shutdown);
+    tokio::pin!(replayed);
+    let mut replay_pending = true;
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(app.clone(), req)));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            done = &mut replayed, if replay_pending => {
+                replay_pending = false;
+                if let Err(e) = done.expect("replay watcher panicked") {
+                    tracing::error!(error = %e, "start-up failed");
+                    result = Err(e);
+                    break;
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
+    }
+    result
+}
