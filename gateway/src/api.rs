@@ -95,7 +95,7 @@ pub fn rfc3339(ms: Millis) -> String {
 
 // ----- requests -------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiveBody {
     pub sku_id: String,
@@ -106,7 +106,7 @@ pub struct ReceiveBody {
     pub reference: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReserveBody {
     pub order_id: String,
@@ -117,7 +117,7 @@ pub struct ReserveBody {
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfirmBody {
     pub reservation_id: String,
@@ -125,7 +125,7 @@ pub struct ConfirmBody {
     pub idem_key: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseBody {
     pub reservation_id: String,

@@ -40,12 +40,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // Install the handlers before announcing the address, so a SIGTERM
+        // that follows the announcement is always a graceful shutdown.
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         // A stable line for scripts and tests that start us on port 0.
         println!("inventoryd listening on http://{addr}");
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
-        inventory_gateway::run(config, listener, shutdown_signal()).await
+        inventory_gateway::run(config, listener, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,11 +60,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }

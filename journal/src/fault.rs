@@ -17,6 +17,8 @@ struct Faults {
     /// When an append fails, write the batch through anyway first (a flush
     /// that failed after the data reached the disk).
     write_through: AtomicBool,
+    /// Sleep this long in every append (a slow disk).
+    delay_ms: AtomicU64,
     appends: AtomicU64,
     failures: AtomicU64,
 }
@@ -34,6 +36,9 @@ impl FaultHandle {
     }
     pub fn set_write_through(&self, on: bool) {
         self.0.write_through.store(on, Ordering::SeqCst);
+    }
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.0.delay_ms.store(ms, Ordering::SeqCst);
     }
     /// Successful appends so far.
     pub fn appends(&self) -> u64 {
@@ -64,6 +69,10 @@ impl<J: Journal> FaultyJournal<J> {
 
 impl<J: Journal> Journal for FaultyJournal<J> {
     fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
+        let delay = self.faults.0.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         if self.should_fail() {
             if self.faults.0.write_through.load(Ordering::SeqCst) {
                 self.inner.append(batch)?;

@@ -1,1 +1,11 @@
+//! The integration tests: the real server, in process on port 0 or as the
+//! `inventoryd` binary, driven over HTTP.
 
+mod support;
+
+mod api;
+mod bad_input;
+mod concurrency;
+mod crash;
+mod journal_faults;
+mod lifecycle;
