@@ -672,6 +672,11 @@ impl Shard {
             .collect()
     }
 
+    /// When a hold of this shard expires (or expired).
+    pub fn expire_at(&self, id: ReservationId) -> Option<Millis> {
+        self.own_hold(id).map(|h| h.expire_at)
+    }
+
     /// Holds past `expire_at` and not yet released (the F5 backlog).
     pub fn expiry_backlog(&self, at: Millis) -> usize {
         self.expiry.range(..(at.saturating_add(1), 0)).count()
@@ -711,6 +716,31 @@ impl Shard {
             active_holds: self.expiry.len(),
             idempotency_keys: self.idem.len(),
         }
+    }
+
+    /// Checks the SKUs with dense index `from..from + max` for oversold
+    /// rows (`sold + reserved > received`). Returns where the next call
+    /// should start (0 after the last SKU: the sweep wrapped) and how many
+    /// oversold rows were found. Lets a loop sweep a large shard a slice at
+    /// a time.
+    pub fn scan_oversold(&self, from: usize, max: usize) -> (usize, u64) {
+        let end = from.saturating_add(max).min(self.skus.len());
+        let start = from.min(end);
+        let found = self.skus[start..end]
+            .iter()
+            .flat_map(|s| s.warehouses.iter())
+            .filter(|(_, row)| row.levels.sold + row.levels.reserved > row.received)
+            .count() as u64;
+        (if end >= self.skus.len() { 0 } else { end }, found)
+    }
+
+    /// Overwrites a row's counters without any check: only for tests of the
+    /// invariant monitors, which must see what a corrupted row looks like.
+    #[cfg(feature = "testing")]
+    pub fn corrupt_row_for_testing(&mut self, sku_id: &str, warehouse_id: &str, levels: Levels) {
+        let sku = self.find_sku(sku_id).expect("no such sku");
+        let warehouse = self.find_warehouse(sku, warehouse_id).expect("no such warehouse");
+        self.skus[sku as usize].warehouses[warehouse as usize].1.levels = levels;
     }
 
     /// Every stock row, in creation order.

@@ -297,7 +297,7 @@ fn run(seed: u64, steps: usize) {
                 panic!("seed {seed} step {step}: {e} after {command:?}");
             }
             if applied.changed {
-                pending.push(Entry { seq: 0, at, command, txns });
+                pending.push(Entry { seq: 0, at, trace_id: 0, operator: String::new(), command, txns });
             } else {
                 assert!(txns.is_empty(), "seed {seed} step {step}: txns without a change");
             }

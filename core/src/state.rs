@@ -169,6 +169,11 @@ pub struct Entry {
     /// Per-shard sequence, gapless from 1.
     pub seq: u64,
     pub at: Millis,
+    /// W3C trace id of the request that caused it (0 for the service's own
+    /// commands, e.g. expiry). Recorded for traceability; never interpreted.
+    pub trace_id: u128,
+    /// Who asked for it (`system` for the service's own commands).
+    pub operator: String,
     pub command: Command,
     pub txns: Vec<Txn>,
 }

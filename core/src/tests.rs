@@ -361,3 +361,15 @@ fn sku_routing_is_stable_and_spread() {
     });
     assert!(counts.iter().all(|&c| c > 2_000), "{counts:?}");
 }
+
+#[test]
+fn oversold_scan_walks_the_shard_in_slices() {
+    let mut s = shard();
+    for i in 0..5 {
+        apply(&mut s, T0, &receive(&format!("sku-{i}"), DEFAULT_WAREHOUSE, 3, &format!("k{i}")));
+    }
+    assert_eq!(s.scan_oversold(0, 2), (2, 0));
+    assert_eq!(s.scan_oversold(2, 2), (4, 0));
+    assert_eq!(s.scan_oversold(4, 2), (0, 0), "wraps after the last SKU");
+    assert_eq!(s.scan_oversold(99, 2), (0, 0));
+}

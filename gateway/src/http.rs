@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,8 +18,10 @@ use tokio::sync::oneshot;
 
 use crate::api::{self, ApiError, BODY_BYTES_MAX, ID_BYTES_MAX, TEXT_BYTES_MAX, TTL_SECONDS_MAX};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::router::{Claim, IdemIndex, Router, SendError};
-use crate::shard_loop::{Request, WriteReply};
+use crate::shard_loop::{Meta, Request, WriteReply};
+use crate::trace::{TraceContext, TraceIds};
 
 pub type Body = Full<Bytes>;
 
@@ -27,26 +30,93 @@ pub struct App {
     pub router: Arc<Router>,
     pub idem: Arc<IdemIndex>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub trace_ids: TraceIds,
     pub default_ttl_ms: u64,
     pub max_qty: u64,
 }
 
 const WRITE_PATHS: [&str; 4] = ["receive", "reserve", "confirm", "release"];
 
+/// Operator recorded when a request names none.
+pub const ANONYMOUS_OPERATOR: &str = "anonymous";
+
+/// Per-request context carried to the shard with each write.
+struct Ctx {
+    trace: TraceContext,
+    operator: String,
+}
+
+impl Ctx {
+    fn meta(&self) -> Meta {
+        Meta { trace_id: self.trace.trace_id, operator: self.operator.clone() }
+    }
+}
+
 pub async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> Result<Response<Body>, Infallible> {
-    let response = match route(&app, req).await {
-        Ok(response) => response,
-        Err(error) => error_response(&error),
+    let started = Instant::now();
+    let endpoint = endpoint_label(req.method(), req.uri().path());
+    let trace = app.trace_ids.accept(req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let (mut response, code) = match operator(&req) {
+        Ok(operator) => {
+            let ctx = Ctx { trace, operator };
+            match route(&app, &ctx, req).await {
+                Ok(response) => (response, "OK"),
+                Err(error) => (error_response(&error), error.code),
+            }
+        }
+        Err(error) => (error_response(&error), error.code),
     };
+    let headers = response.headers_mut();
+    headers.insert("traceparent", HeaderValue::from_str(&trace.traceparent()).expect("hex"));
+    headers.insert("x-request-id", HeaderValue::from_str(&trace.request_id()).expect("hex"));
+    app.metrics.record_request(endpoint, code, response.status().as_u16(), started.elapsed());
     Ok(response)
 }
 
-async fn route(app: &App, req: HttpRequest<Incoming>) -> Result<Response<Body>, ApiError> {
+/// The `endpoint` label of a request: a small fixed set, whatever the path.
+fn endpoint_label(method: &Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (_, ["api", "inventory", "receive"]) => "receive",
+        (_, ["api", "inventory", "reserve"]) => "reserve",
+        (_, ["api", "inventory", "confirm"]) => "confirm",
+        (_, ["api", "inventory", "release"]) => "release",
+        (_, ["api", "inventory", _]) => "stock",
+        (_, ["api", "reservations", _]) => "reservation",
+        (_, ["api", "orders", _, "inventory-status"]) => "order_status",
+        (_, ["healthz"] | ["readyz"]) => "health",
+        (_, ["metrics"]) => "metrics",
+        (_, ["api", "admin", ..]) => "admin",
+        _ => "other",
+    }
+}
+
+fn operator(req: &HttpRequest<Incoming>) -> Result<String, ApiError> {
+    match req.headers().get("x-operator") {
+        None => Ok(ANONYMOUS_OPERATOR.to_string()),
+        Some(v) => {
+            let v = v.to_str().map_err(|_| ApiError::invalid("X-Operator header must be visible ASCII"))?;
+            api::check_text("X-Operator", v, ID_BYTES_MAX)?;
+            Ok(v.to_string())
+        }
+    }
+}
+
+async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     match (segments.as_slice(), &method) {
         (["healthz"], &Method::GET) => Ok(json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
+        (["metrics"], &Method::GET) => {
+            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render(&app.router.queue_depths()))));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            Ok(response)
+        }
         (["readyz"], &Method::GET) => {
             if app.router.is_ready() {
                 Ok(json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec()))
@@ -60,10 +130,10 @@ async fn route(app: &App, req: HttpRequest<Incoming>) -> Result<Response<Body>, 
             let body = read_body(req).await?;
             ready(app)?;
             match action.as_str() {
-                "receive" => receive(app, &body, header_key.as_deref()).await,
-                "reserve" => reserve(app, &body, header_key.as_deref()).await,
-                "confirm" => confirm(app, &body, header_key.as_deref()).await,
-                _ => release(app, &body, header_key.as_deref()).await,
+                "receive" => receive(app, ctx, &body, header_key.as_deref()).await,
+                "reserve" => reserve(app, ctx, &body, header_key.as_deref()).await,
+                "confirm" => confirm(app, ctx, &body, header_key.as_deref()).await,
+                _ => release(app, ctx, &body, header_key.as_deref()).await,
             }
         }
         (["api", "inventory", action], _) if WRITE_PATHS.contains(action) => Err(method_not_allowed("POST")),
@@ -98,14 +168,14 @@ async fn route(app: &App, req: HttpRequest<Incoming>) -> Result<Response<Body>, 
         (["api", "inventory", _] | ["api", "reservations", _] | ["api", "orders", _, "inventory-status"], _) => {
             Err(method_not_allowed("GET"))
         }
-        (["healthz"] | ["readyz"], _) => Err(method_not_allowed("GET")),
+        (["healthz"] | ["readyz"] | ["metrics"], _) => Err(method_not_allowed("GET")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {path}"))),
     }
 }
 
 // ----- writes ---------------------------------------------------------------
 
-async fn receive(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn receive(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
     let b: api::ReceiveBody = api::parse(body)?;
     let idem_key = api::idem_key(b.idem_key, header_key)?;
     api::check_text("skuId", &b.sku_id, ID_BYTES_MAX)?;
@@ -124,11 +194,11 @@ async fn receive(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Res
         idem_key,
         reference,
     });
-    let applied = write(app, shard, command).await?;
+    let applied = write(app, shard, command, ctx.meta()).await?;
     outcome_response(applied, &sku, &warehouse_id)
 }
 
-async fn reserve(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn reserve(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
     let b: api::ReserveBody = api::parse(body)?;
     let idem_key = api::idem_key(b.idem_key, header_key)?;
     api::check_text("orderId", &b.order_id, ID_BYTES_MAX)?;
@@ -152,29 +222,29 @@ async fn reserve(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Res
         ttl_ms,
         ttl_explicit: b.ttl_seconds.is_some(),
     });
-    let applied = write(app, shard, command).await?;
+    let applied = write(app, shard, command, ctx.meta()).await?;
     outcome_response(applied, "", "")
 }
 
-async fn confirm(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn confirm(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
     let b: api::ConfirmBody = api::parse(body)?;
     let idem_key = api::idem_key(b.idem_key, header_key)?;
     let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
     api::check_text("paymentId", &b.payment_id, ID_BYTES_MAX)?;
     let shard = own_shard(app, id)?;
     let command = Command::Confirm(Confirm { reservation_id: id, payment_id: b.payment_id, idem_key });
-    let applied = write(app, shard, command).await?;
+    let applied = write(app, shard, command, ctx.meta()).await?;
     outcome_response(applied, "", "")
 }
 
-async fn release(app: &App, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn release(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
     let b: api::ReleaseBody = api::parse(body)?;
     let idem_key = api::idem_key(b.idem_key, header_key)?;
     let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
     api::check_text("reason", &b.reason, TEXT_BYTES_MAX)?;
     let shard = own_shard(app, id)?;
     let command = Command::Release(Release { reservation_id: id, reason: b.reason, idem_key });
-    let applied = write(app, shard, command).await?;
+    let applied = write(app, shard, command, ctx.meta()).await?;
     outcome_response(applied, "", "")
 }
 
@@ -191,21 +261,26 @@ fn own_shard(app: &App, id: inventory_core::ReservationId) -> Result<u16, ApiErr
 }
 
 /// Sends a command to its shard and waits for the durable outcome.
-async fn write(app: &App, shard: u16, command: Command) -> Result<Applied, ApiError> {
+async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Applied, ApiError> {
     let key = key_hash(command.idem_key().expect("writes carry a key"));
     let claim = app.idem.claim(key, shard, app.clock.now_ms());
     if claim == Claim::Conflict {
         return Err(api::rejection_error(inventory_core::Rejection::IdempotencyKeyReused));
     }
     let (reply, answer) = oneshot::channel();
-    if let Err(e) = app.router.send(shard, Request::Write { command, reply }) {
+    if let Err(e) = app.router.send(shard, Request::Write { command, meta, reply }) {
         if claim == Claim::Fresh {
             app.idem.unclaim(key, shard);
         }
-        return Err(send_error(e));
+        return Err(app.send_error(e));
     }
     match answer.await {
-        Ok(WriteReply::Applied(applied)) => Ok(applied),
+        Ok(WriteReply::Applied(applied)) => {
+            if applied.replayed {
+                app.metrics.idempotent_replays.inc();
+            }
+            Ok(applied)
+        }
         Ok(WriteReply::JournalUnavailable) => Err(ApiError::unavailable(
             "JOURNAL_UNAVAILABLE",
             "the journal could not make this change durable; nothing was acknowledged, retry with the same idempotency key",
@@ -227,7 +302,7 @@ fn outcome_response(applied: Applied, sku: &str, warehouse: &str) -> Result<Resp
 
 async fn read(app: &App, shard: u16, query: Query) -> Result<QueryResult, ApiError> {
     let (reply, answer) = oneshot::channel();
-    app.router.send(shard, Request::Read { query, reply }).map_err(send_error)?;
+    app.router.send(shard, Request::Read { query, reply }).map_err(|e| app.send_error(e))?;
     answer.await.map_err(|_| stopping())
 }
 
@@ -238,7 +313,7 @@ async fn order_status(app: &App, order_id: String) -> Result<Response<Body>, Api
         let (reply, answer) = oneshot::channel();
         app.router
             .send(shard, Request::Read { query: Query::Order { order_id: order_id.clone() }, reply })
-            .map_err(send_error)?;
+            .map_err(|e| app.send_error(e))?;
         answers.push(answer);
     }
     let mut holds = Vec::new();
@@ -270,10 +345,15 @@ fn stopping() -> ApiError {
     ApiError::unavailable("SHUTTING_DOWN", "the service is shutting down")
 }
 
-fn send_error(e: SendError) -> ApiError {
-    match e {
-        SendError::Overloaded => ApiError::unavailable("OVERLOADED", "the shard's queue is full; retry shortly"),
-        SendError::Stopped => stopping(),
+impl App {
+    fn send_error(&self, e: SendError) -> ApiError {
+        match e {
+            SendError::Overloaded => {
+                self.metrics.overload_refusals.inc();
+                ApiError::unavailable("OVERLOADED", "the shard's queue is full; retry shortly")
+            }
+            SendError::Stopped => stopping(),
+        }
     }
 }
 

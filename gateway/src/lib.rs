@@ -13,9 +13,11 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod shard_loop;
+pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;

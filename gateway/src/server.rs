@@ -15,8 +15,9 @@ use tokio::net::TcpListener;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{default_shards, Config};
 use crate::http::{handle, App};
+use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
-use crate::shard_loop::{self, LoopConfig};
+use crate::shard_loop::{self, LoopConfig, LoopContext};
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +60,7 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     let shards = journals.len() as u16;
     let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS));
+    let metrics = Arc::new(Metrics::new());
     let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut queues = Vec::with_capacity(shards as usize);
@@ -71,11 +73,12 @@ pub async fn run_with(
             batch_max: config.batch_max,
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
         };
-        let (clock, idem, ready) = (clock.clone(), idem.clone(), ready_tx.clone());
+        let context = LoopContext { clock: clock.clone(), idem_index: idem.clone(), metrics: metrics.clone() };
+        let ready = ready_tx.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("shard-{i}"))
-                .spawn(move || shard_loop::run(loop_config, journal, clock, rx, idem, ready))?,
+                .spawn(move || shard_loop::run(loop_config, journal, context, rx, ready))?,
         );
     }
     drop(ready_tx);
@@ -84,6 +87,8 @@ pub async fn run_with(
         router: router.clone(),
         idem: idem.clone(),
         clock: clock.clone(),
+        metrics,
+        trace_ids: crate::trace::TraceIds::new(),
         default_ttl_ms: config.reservation_ttl_secs * SECOND_MS,
         max_qty: config.max_qty,
     });

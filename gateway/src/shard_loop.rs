@@ -18,11 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use inventory_core::{Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, ShardStats};
+use inventory_core::{
+    Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, ShardStats, Txn, TxnKind,
+    REASON_TIMEOUT,
+};
 use inventory_journal::{replay, Journal, JournalError};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
+use crate::metrics::{Metrics, ShardLabels};
 use crate::router::IdemIndex;
 
 /// How often a loop looks for due holds (F5: released within about a second).
@@ -33,6 +37,20 @@ pub const EXPIRE_BATCH_MAX: usize = 4_096;
 pub const PURGE_BATCH_MAX: usize = 8_192;
 /// How often a loop whose journal failed tries to recover it.
 pub const JOURNAL_RETRY_MS: u64 = 500;
+/// How often the timeout-backlog gauge is refreshed.
+pub const BACKLOG_EVERY_MS: u64 = 1_000;
+/// SKUs checked for oversell per tick: a full sweep of a large shard is
+/// spread over many ticks instead of stalling one batch.
+pub const OVERSELL_SWEEP_SKUS: usize = 65_536;
+/// Operator recorded for the service's own commands.
+pub const SYSTEM_OPERATOR: &str = "system";
+
+/// Who asked for a write, recorded in its journal entry (N4).
+#[derive(Clone, Debug, Default)]
+pub struct Meta {
+    pub trace_id: u128,
+    pub operator: String,
+}
 
 /// What a write request gets back.
 #[derive(Debug)]
@@ -45,6 +63,7 @@ pub enum WriteReply {
 pub enum Request {
     Write {
         command: Command,
+        meta: Meta,
         reply: oneshot::Sender<WriteReply>,
     },
     Read {
@@ -56,6 +75,9 @@ pub enum Request {
     },
     /// Finish what is queued before this, then stop.
     Shutdown,
+    /// Runs a closure on the shard between batches (unit tests only).
+    #[cfg(test)]
+    Mutate(Box<dyn FnOnce(&mut Shard) + Send>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,16 +95,43 @@ pub struct LoopConfig {
     pub core: Option<core_affinity::CoreId>,
 }
 
+/// What a shard loop is connected to.
+pub struct LoopContext {
+    pub clock: Arc<dyn Clock>,
+    pub idem_index: Arc<IdemIndex>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs one shard loop on the current thread until shutdown. `ready`
 /// receives the replay result; on a replay error the loop returns at once.
+///
+/// A panic inside the loop means a broken invariant: the process aborts
+/// rather than serve from state it can no longer trust. A restart replays
+/// the journal, which holds only acknowledged changes.
 pub fn run(
     config: LoopConfig,
     journal: Box<dyn Journal>,
-    clock: Arc<dyn Clock>,
+    context: LoopContext,
     requests: Receiver<Request>,
-    idem_index: Arc<IdemIndex>,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
+    let index = config.shard.index;
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(config, journal, context, requests, ready)));
+    if outcome.is_err() {
+        tracing::error!(shard = index, "shard loop panicked: aborting so a restart replays the journal");
+        std::process::abort();
+    }
+}
+
+fn run_inner(
+    config: LoopConfig,
+    journal: Box<dyn Journal>,
+    context: LoopContext,
+    requests: Receiver<Request>,
+    ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
+) {
+    let LoopContext { clock, idem_index, metrics } = context;
     if let Some(core) = config.core {
         core_affinity::set_for_current(core);
     }
@@ -107,16 +156,24 @@ pub fn run(
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
+    let labels = ShardLabels { shard: index };
+    metrics.journal_healthy.get_or_create(&labels).set(1);
+    metrics.journal_entries.get_or_create(&labels).set(next_seq - 1);
     let mut state = LoopState {
         shard,
         journal,
         clock,
+        metrics,
+        labels,
         next_seq,
         healthy: true,
         last_now: 0,
         next_tick: 0,
         next_retry: 0,
         batch_max: config.batch_max.max(1),
+        next_backlog: 0,
+        sweep_cursor: 0,
+        sweep_found: 0,
         entries: Vec::new(),
         writes: Vec::new(),
         reads: Vec::new(),
@@ -131,12 +188,17 @@ struct LoopState {
     shard: Shard,
     journal: Box<dyn Journal>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    labels: ShardLabels,
     next_seq: u64,
     healthy: bool,
     last_now: Millis,
     next_tick: Millis,
     next_retry: Millis,
     batch_max: usize,
+    next_backlog: Millis,
+    sweep_cursor: usize,
+    sweep_found: u64,
     // Reused per batch, so steady state allocates no buffers.
     entries: Vec<Entry>,
     writes: Vec<(oneshot::Sender<WriteReply>, Applied)>,
@@ -171,6 +233,9 @@ impl LoopState {
     }
 
     fn process(&mut self, batch: &mut Vec<Request>) {
+        if !batch.is_empty() {
+            self.metrics.batch_size.observe(batch.len() as f64);
+        }
         let now = self.clock.now_ms().max(self.last_now);
         self.last_now = now;
         if !self.healthy && now >= self.next_retry {
@@ -182,30 +247,42 @@ impl LoopState {
         let mut txns = Vec::new();
         for request in batch.drain(..) {
             match request {
-                Request::Write { command, reply } => {
+                Request::Write { command, meta, reply } => {
                     if !self.healthy {
                         let _ = reply.send(WriteReply::JournalUnavailable);
                         continue;
                     }
                     let applied = self.shard.apply(now, &command, &mut txns);
                     if applied.changed {
-                        self.push_entry(now, command, &mut txns);
+                        self.push_entry(now, meta, command, &mut txns);
                     }
                     self.writes.push((reply, applied));
                 }
                 read @ (Request::Read { .. } | Request::Stats { .. }) => self.reads.push(read),
+                #[cfg(test)]
+                Request::Mutate(f) => f(&mut self.shard),
                 Request::Shutdown => unreachable!("handled by run"),
             }
         }
         if now >= self.next_tick && self.healthy {
             let due = self.shard.due_expirations(now, EXPIRE_BATCH_MAX);
             if !due.is_empty() {
+                for id in &due {
+                    let expire_at = self.shard.expire_at(*id).unwrap_or(now);
+                    self.metrics.release_delay.observe(now.saturating_sub(expire_at) as f64 / 1_000.0);
+                }
                 let command = Command::Expire(Expire { ids: due });
                 if self.shard.apply(now, &command, &mut txns).changed {
-                    self.push_entry(now, command, &mut txns);
+                    let meta = Meta { trace_id: 0, operator: SYSTEM_OPERATOR.to_string() };
+                    self.push_entry(now, meta, command, &mut txns);
                 }
             }
             self.shard.purge_idempotency(now, PURGE_BATCH_MAX);
+            self.sweep_oversold();
+        }
+        if now >= self.next_backlog {
+            self.next_backlog = now + BACKLOG_EVERY_MS;
+            self.metrics.timeout_backlog.get_or_create(&self.labels).set(self.shard.expiry_backlog(now) as i64);
         }
         if now >= self.next_tick {
             self.next_tick = now + EXPIRY_TICK_MS;
@@ -231,18 +308,69 @@ impl LoopState {
         }
     }
 
-    fn push_entry(&mut self, at: Millis, command: Command, txns: &mut Vec<inventory_core::Txn>) {
+    fn push_entry(&mut self, at: Millis, meta: Meta, command: Command, txns: &mut Vec<Txn>) {
         let seq = self.next_seq + self.entries.len() as u64;
-        self.entries.push(Entry { seq, at, command, txns: std::mem::take(txns) });
+        let Meta { trace_id, operator } = meta;
+        self.entries.push(Entry { seq, at, trace_id, operator, command, txns: std::mem::take(txns) });
+    }
+
+    /// One slice of the invariant sweep; publishes the gauge when it wraps.
+    fn sweep_oversold(&mut self) {
+        let (next, found) = self.shard.scan_oversold(self.sweep_cursor, OVERSELL_SWEEP_SKUS);
+        self.sweep_found += found;
+        self.sweep_cursor = next;
+        if next == 0 {
+            if self.sweep_found > 0 {
+                tracing::error!(
+                    shard = self.shard.index(),
+                    rows = self.sweep_found,
+                    "OVERSELL: stock rows with sold + reserved > received"
+                );
+                self.metrics.oversell_detected.inc_by(self.sweep_found);
+            }
+            self.metrics.oversell_rows.get_or_create(&self.labels).set(self.sweep_found as i64);
+            self.sweep_found = 0;
+        }
+    }
+
+    /// Counts hold transitions and logs each stock change (receipts at info,
+    /// hold changes at debug: never info-level logging per hot-path command).
+    fn record_committed(&self) {
+        let (mut reserved, mut confirmed, mut released, mut expired) = (0, 0, 0, 0);
+        for entry in &self.entries {
+            for txn in &entry.txns {
+                match txn.kind {
+                    TxnKind::Reserve => reserved += 1,
+                    TxnKind::Confirm => confirmed += 1,
+                    TxnKind::Release if txn.detail == REASON_TIMEOUT => expired += 1,
+                    TxnKind::Release => released += 1,
+                    TxnKind::Receive => {}
+                }
+                let trace_id = format_args!("{:032x}", entry.trace_id);
+                if txn.kind == TxnKind::Receive {
+                    tracing::info!(target: "inventory::txn", %trace_id, operator = %entry.operator, sku_id = %txn.sku_id, warehouse_id = %txn.warehouse_id, kind = txn.kind.as_str(), qty = txn.qty, ref_id = %txn.ref_id, available = txn.after.available, "stock change");
+                } else {
+                    tracing::debug!(target: "inventory::txn", %trace_id, operator = %entry.operator, order_id = %txn.order_id, sku_id = %txn.sku_id, warehouse_id = %txn.warehouse_id, kind = txn.kind.as_str(), qty = txn.qty, ref_id = %txn.ref_id, "stock change");
+                }
+            }
+        }
+        self.metrics.reservation_events("reserved", reserved);
+        self.metrics.reservation_events("confirmed", confirmed);
+        self.metrics.reservation_events("released", released);
+        self.metrics.reservation_events("expired", expired);
     }
 
     /// Makes the batch durable, then answers its writes.
     fn commit(&mut self) {
+        let started = Instant::now();
         let durable = self.entries.is_empty()
             || {
-                match self.journal.append(&self.entries) {
+                let result = self.journal.append(&self.entries);
+                self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+                match result {
                     Ok(()) => true,
                     Err(e) => {
+                        self.metrics.journal_failures.inc();
                         tracing::error!(shard = self.shard.index(), error = %e, entries = self.entries.len(), "journal append failed; batch rolled back, writes refused until the journal recovers");
                         false
                     }
@@ -251,12 +379,17 @@ impl LoopState {
         if durable {
             self.shard.commit_batch();
             self.next_seq += self.entries.len() as u64;
+            if !self.entries.is_empty() {
+                self.record_committed();
+                self.metrics.journal_entries.get_or_create(&self.labels).set(self.next_seq - 1);
+            }
             for (reply, applied) in self.writes.drain(..) {
                 let _ = reply.send(WriteReply::Applied(applied));
             }
         } else {
             self.shard.rollback_batch();
             self.healthy = false;
+            self.metrics.journal_healthy.get_or_create(&self.labels).set(0);
             self.next_retry = self.last_now + JOURNAL_RETRY_MS;
             for (reply, _) in self.writes.drain(..) {
                 let _ = reply.send(WriteReply::JournalUnavailable);
@@ -281,5 +414,63 @@ impl LoopState {
                 self.next_retry = now + JOURNAL_RETRY_MS;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use inventory_core::{Levels, Receive, DEFAULT_WAREHOUSE};
+    use inventory_journal::MemJournal;
+
+    fn metric(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn the_invariant_sweep_reports_a_corrupted_row() {
+        let metrics = Arc::new(Metrics::new());
+        let context = LoopContext {
+            clock: Arc::new(SystemClock),
+            idem_index: Arc::new(IdemIndex::new(1_000)),
+            metrics: metrics.clone(),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let config = LoopConfig { shard: ShardConfig::new(0), batch_max: 16, core: None };
+        let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
+        ready_rx.recv().unwrap().1.unwrap();
+        let (reply, answer) = oneshot::channel();
+        let receive = Receive {
+            sku_id: "s".into(),
+            warehouse_id: DEFAULT_WAREHOUSE.into(),
+            qty: 5,
+            idem_key: "k".into(),
+            reference: String::new(),
+        };
+        tx.send(Request::Write { command: Command::Receive(receive), meta: Meta::default(), reply }).unwrap();
+        assert!(matches!(answer.blocking_recv().unwrap(), WriteReply::Applied(_)));
+
+        let wait_for = |series: &str, value: f64| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let text = metrics.render(&[]);
+                if metric(&text, series) == Some(value) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{series} never reached {value}:\n{text}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for(r#"inventory_oversell_rows{shard="0"}"#, 0.0);
+        // Sell more than was received, behind the core's back.
+        let corrupt = Levels { available: 0, reserved: 3, sold: 4 };
+        tx.send(Request::Mutate(Box::new(move |s| s.corrupt_row_for_testing("s", DEFAULT_WAREHOUSE, corrupt))))
+            .unwrap();
+        wait_for(r#"inventory_oversell_rows{shard="0"}"#, 1.0);
+        assert!(metric(&metrics.render(&[]), "inventory_oversell_detected_total").unwrap() >= 1.0);
+        tx.send(Request::Shutdown).unwrap();
+        thread.join().unwrap();
     }
 }

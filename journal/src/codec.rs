@@ -50,7 +50,14 @@ mod tests {
     use inventory_core::{Command, Expire, ReservationId};
 
     fn entry() -> Entry {
-        Entry { seq: 7, at: 42, command: Command::Expire(Expire { ids: vec![ReservationId::new(1, 2)] }), txns: vec![] }
+        Entry {
+            seq: 7,
+            at: 42,
+            trace_id: 7,
+            operator: "op".into(),
+            command: Command::Expire(Expire { ids: vec![ReservationId::new(1, 2)] }),
+            txns: vec![],
+        }
     }
 
     #[test]

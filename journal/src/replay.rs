@@ -68,7 +68,7 @@ mod tests {
             let (command, at) = receive(seq, seq);
             let mut txns = Vec::new();
             assert!(live.apply(at, &command, &mut txns).changed);
-            j.append(&[Entry { seq, at, command, txns }]).unwrap();
+            j.append(&[Entry { seq, at, trace_id: 0, operator: String::new(), command, txns }]).unwrap();
         }
         (j, live)
     }
@@ -94,13 +94,13 @@ mod tests {
         let (mut j, _) = journal_of(5);
         j.recover(3).unwrap();
         let (command, at) = receive(9, 1);
-        j.append(&[Entry { seq: 4, at, command, txns: vec![] }]).unwrap();
+        j.append(&[Entry { seq: 4, at, trace_id: 0, operator: String::new(), command, txns: vec![] }]).unwrap();
         let err = replay(&mut Shard::new(ShardConfig::new(0)), &j).unwrap_err();
         assert!(matches!(err, JournalError::Gap { expected: 3, found: 4, .. }), "{err}");
 
         let (mut j, _) = journal_of(2);
         let (command, at) = receive(3, 7);
-        j.append(&[Entry { seq: 3, at, command, txns: vec![] }]).unwrap();
+        j.append(&[Entry { seq: 3, at, trace_id: 0, operator: String::new(), command, txns: vec![] }]).unwrap();
         let err = replay(&mut Shard::new(ShardConfig::new(0)), &j).unwrap_err();
         assert!(matches!(err, JournalError::Diverged { seq: 3, .. }), "{err}");
     }

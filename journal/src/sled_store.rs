@@ -117,7 +117,14 @@ mod tests {
     use inventory_core::{Command, Expire};
 
     fn entry(seq: u64) -> Entry {
-        Entry { seq, at: seq * 10, command: Command::Expire(Expire { ids: vec![] }), txns: vec![] }
+        Entry {
+            seq,
+            at: seq * 10,
+            trace_id: 0,
+            operator: String::new(),
+            command: Command::Expire(Expire { ids: vec![] }),
+            txns: vec![],
+        }
     }
 
     #[test]

@@ -9,3 +9,4 @@ mod concurrency;
 mod crash;
 mod journal_faults;
 mod lifecycle;
+mod observability;
