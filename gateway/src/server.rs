@@ -17,7 +17,8 @@ use crate::config::{default_shards, Config};
 use crate::http::{handle, App};
 use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
-use crate::shard_loop::{self, LoopConfig, LoopContext};
+use crate::shard_loop::{self, AuditFeed, LoopConfig, LoopContext};
+use inventory_journal::audit::AuditLog;
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +62,13 @@ pub async fn run_with(
     let shards = journals.len() as u16;
     let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS));
     let metrics = Arc::new(Metrics::new());
+    let audit_dir = config.data_dir.join("audit");
+    let audit_log =
+        tokio::task::spawn_blocking(move || AuditLog::open(&audit_dir)).await.expect("audit open panicked")?;
+    let audited_upto: Vec<u64> = (0..shards).map(|i| audit_log.audited_upto(i)).collect();
+    let (audit_tx, audit_rx) = crossbeam_channel::unbounded();
+    let audit_thread =
+        std::thread::Builder::new().name("audit".into()).spawn(move || audit_writer(audit_log, audit_rx))?;
     let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut queues = Vec::with_capacity(shards as usize);
@@ -73,7 +81,8 @@ pub async fn run_with(
             batch_max: config.batch_max,
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
         };
-        let context = LoopContext { clock: clock.clone(), idem_index: idem.clone(), metrics: metrics.clone() };
+        let audit = Some(AuditFeed { events: audit_tx.clone(), audited_upto: audited_upto[i] });
+        let context = LoopContext { clock: clock.clone(), idem_index: idem.clone(), metrics: metrics.clone(), audit };
         let ready = ready_tx.clone();
         threads.push(
             std::thread::Builder::new()
@@ -82,6 +91,7 @@ pub async fn run_with(
         );
     }
     drop(ready_tx);
+    drop(audit_tx);
     let router = Arc::new(Router::new(queues));
     let app = Arc::new(App {
         router: router.clone(),
@@ -130,6 +140,8 @@ pub async fn run_with(
         for t in threads {
             let _ = t.join();
         }
+        // The loops held the last senders: the audit thread drains and ends.
+        let _ = audit_thread.join();
     })
     .await
     .expect("shard shutdown panicked");
@@ -189,4 +201,23 @@ async fn serve(
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
     }
     result
+}
+
+/// Appends audited changes in arrival order. If the log cannot be written,
+/// it stops appending (so nothing is skipped) and the next start audits
+/// again, from the journal, everything after the last entry it holds.
+fn audit_writer(mut log: AuditLog, events: crossbeam_channel::Receiver<Vec<inventory_journal::audit::AuditEvent>>) {
+    let mut broken = false;
+    while let Ok(mut batch) = events.recv() {
+        while let Ok(more) = events.try_recv() {
+            batch.extend(more);
+        }
+        if broken {
+            continue;
+        }
+        if let Err(e) = log.append(batch) {
+            tracing::error!(error = %e, "audit log write failed; auditing resumes from the journal at the next start");
+            broken = true;
+        }
+    }
 }

@@ -22,7 +22,8 @@ use inventory_core::{
     Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, ShardStats, Txn, TxnKind,
     REASON_TIMEOUT,
 };
-use inventory_journal::{replay, Journal, JournalError};
+use inventory_journal::audit::{events_of, AuditEvent};
+use inventory_journal::{replay_with, Journal, JournalError};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -100,6 +101,15 @@ pub struct LoopContext {
     pub clock: Arc<dyn Clock>,
     pub idem_index: Arc<IdemIndex>,
     pub metrics: Arc<Metrics>,
+    pub audit: Option<AuditFeed>,
+}
+
+/// Where a loop sends audited changes, and how far the log already has them.
+#[derive(Clone)]
+pub struct AuditFeed {
+    pub events: crossbeam_channel::Sender<Vec<AuditEvent>>,
+    /// Entries of this shard up to this sequence are already in the log.
+    pub audited_upto: u64,
 }
 
 /// Runs one shard loop on the current thread until shutdown. `ready`
@@ -131,14 +141,26 @@ fn run_inner(
     requests: Receiver<Request>,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
-    let LoopContext { clock, idem_index, metrics } = context;
+    let LoopContext { clock, idem_index, metrics, audit } = context;
     if let Some(core) = config.core {
         core_affinity::set_for_current(core);
     }
     let index = config.shard.index;
     let mut shard = Shard::new(config.shard);
     let started = Instant::now();
-    let next_seq = match replay(&mut shard, &*journal) {
+    // Replay, and audit again whatever a crash kept out of the audit log.
+    let mut missing = Vec::new();
+    let upto = audit.as_ref().map_or(u64::MAX, |a| a.audited_upto);
+    let replayed = replay_with(&mut shard, &*journal, |entry| {
+        if entry.seq > upto {
+            missing.extend(events_of(index, entry));
+        }
+    });
+    if let (Some(audit), false) = (&audit, missing.is_empty()) {
+        tracing::warn!(shard = index, entries = missing.len(), "auditing changes missing from the audit log");
+        let _ = audit.events.send(missing);
+    }
+    let next_seq = match replayed {
         Ok(stats) => {
             tracing::info!(
                 shard = index,
@@ -164,6 +186,7 @@ fn run_inner(
         journal,
         clock,
         metrics,
+        audit,
         labels,
         next_seq,
         healthy: true,
@@ -189,6 +212,7 @@ struct LoopState {
     journal: Box<dyn Journal>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    audit: Option<AuditFeed>,
     labels: ShardLabels,
     next_seq: u64,
     healthy: bool,
@@ -354,6 +378,12 @@ impl LoopState {
                 }
             }
         }
+        if let Some(audit) = &self.audit {
+            let events: Vec<AuditEvent> = self.entries.iter().flat_map(|e| events_of(self.shard.index(), e)).collect();
+            if !events.is_empty() {
+                let _ = audit.events.send(events);
+            }
+        }
         self.metrics.reservation_events("reserved", reserved);
         self.metrics.reservation_events("confirmed", confirmed);
         self.metrics.reservation_events("released", released);
@@ -435,6 +465,7 @@ mod tests {
             clock: Arc::new(SystemClock),
             idem_index: Arc::new(IdemIndex::new(1_000)),
             metrics: metrics.clone(),
+            audit: None,
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();

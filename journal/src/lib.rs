@@ -10,6 +10,7 @@
 //! core alone interprets them. See `DESIGN.md` for the layout and the write
 //! path step by step.
 
+pub mod audit;
 mod codec;
 mod fault;
 mod memory;
@@ -21,7 +22,7 @@ use inventory_core::Entry;
 pub use codec::{decode, encode, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
 pub use memory::MemJournal;
-pub use replay::{replay, ReplayStats};
+pub use replay::{replay, replay_with, ReplayStats};
 pub use sled_store::{SledJournal, SledStore};
 
 #[derive(Debug, thiserror::Error)]

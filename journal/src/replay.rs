@@ -16,6 +16,15 @@ pub struct ReplayStats {
 /// that sequence numbers are gapless and that each command reproduces exactly
 /// the transactions that were journaled with it.
 pub fn replay(shard: &mut Shard, journal: &dyn Journal) -> Result<ReplayStats, JournalError> {
+    replay_with(shard, journal, |_| {})
+}
+
+/// [`replay`], calling `on_entry` with every entry after it is applied.
+pub fn replay_with(
+    shard: &mut Shard,
+    journal: &dyn Journal,
+    mut on_entry: impl FnMut(&inventory_core::Entry),
+) -> Result<ReplayStats, JournalError> {
     let id = journal.shard();
     let mut stats = ReplayStats { next_seq: 1, ..ReplayStats::default() };
     let mut txns: Vec<Txn> = Vec::new();
@@ -36,6 +45,7 @@ pub fn replay(shard: &mut Shard, journal: &dyn Journal) -> Result<ReplayStats, J
         if txns != entry.txns {
             return Err(diverged(format!("{} produced different transactions", entry.command.name())));
         }
+        on_entry(&entry);
         stats.entries += 1;
         stats.txns += txns.len() as u64;
         stats.next_seq += 1;

@@ -140,3 +140,49 @@ async fn trace_context_is_returned_and_journaled_with_the_operator() {
     assert_eq!(reserve.operator, "checkout-svc");
     assert_eq!(entries[0].operator, "anonymous");
 }
+
+fn ctl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_are_audited_and_tampering_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options { data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let server = TestServer::start_with(options()).await;
+    for (i, sku) in ["a-1", "a-2", "a-3"].iter().enumerate() {
+        server.client.receive(sku, 10 + i as u64).await;
+    }
+    // Holds are not audited: they are the ordinary flow.
+    server.client.reserve("o", "a-1", 1, "k").await;
+    server.stop().await;
+
+    let audit = dir.path().join("audit");
+    let data_dir = dir.path().to_str().unwrap();
+    let (ok, out) = ctl(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 entries"), "{out}");
+
+    // A copy with one quantity changed.
+    let copy = tempfile::tempdir().unwrap();
+    let log = std::fs::read_to_string(audit.join("audit.jsonl")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let tampered = lines[1].replace("\"qty\":11", "\"qty\":111");
+    assert_ne!(tampered, lines[1]);
+    std::fs::write(copy.path().join("audit.jsonl"), format!("{}\n{tampered}\n{}\n", lines[0], lines[2])).unwrap();
+    std::fs::copy(audit.join("audit.head"), copy.path().join("audit.head")).unwrap();
+    let (ok, out) = ctl(&["audit", "verify", "--dir", copy.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("line 2: entry 2 was altered"), "{out}");
+
+    // Lost audit files are written again from the journal at the next start.
+    std::fs::remove_dir_all(&audit).unwrap();
+    let server = TestServer::start_with(options()).await;
+    server.client.receive("a-4", 1).await;
+    server.stop().await;
+    let (ok, out) = ctl(&["audit", "verify", "--data-dir", data_dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains("4 entries"), "{out}");
+}

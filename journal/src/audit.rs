@@ -1,0 +1,370 @@
+//! The audit log: every stock change outside the reserve/confirm/release
+//! flow (receipts now; adjustments and repairs as they arrive), as a
+//! hash-chained JSON-lines file.
+//!
+//! Each line carries `index` (1, 2, ...), `prevHash` and `hash =
+//! SHA-256(prevHash || "\n" || the line's other fields as JSON)`. Altering,
+//! removing or reordering a line breaks the chain at that line;
+//! `audit.head` (replaced atomically after every append) records the last
+//! index and hash, so removing lines from the end is caught too. The log is
+//! derived from the journal: entries missing after a crash are written again
+//! at the next start from the journaled commands.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use inventory_core::{Entry, Levels, Millis, TxnKind};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const LOG_FILE: &str = "audit.jsonl";
+pub const HEAD_FILE: &str = "audit.head";
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelsJson {
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+}
+
+impl From<Levels> for LevelsJson {
+    fn from(l: Levels) -> Self {
+        LevelsJson { available: l.available, reserved: l.reserved, sold: l.sold }
+    }
+}
+
+/// What is audited about one change (everything but the chain fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub shard: u16,
+    pub seq: u64,
+    pub at_ms: Millis,
+    pub action: String,
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
+    pub before: LevelsJson,
+    pub after: LevelsJson,
+    pub reason: String,
+    pub operator: String,
+    pub trace_id: String,
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub index: u64,
+    pub prev_hash: String,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Hashed<'a> {
+    index: u64,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
+fn chain_hash(prev_hash: &str, index: u64, event: &AuditEvent) -> String {
+    let body = serde_json::to_vec(&Hashed { index, event }).expect("json");
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(&body);
+    hex::encode(h.finalize())
+}
+
+/// The audited changes in one journal entry (receipts only, for now).
+pub fn events_of(shard: u16, entry: &Entry) -> Vec<AuditEvent> {
+    entry
+        .txns
+        .iter()
+        .filter(|t| t.kind == TxnKind::Receive)
+        .map(|t| AuditEvent {
+            shard,
+            seq: entry.seq,
+            at_ms: entry.at,
+            action: t.kind.as_str().to_string(),
+            sku_id: t.sku_id.clone(),
+            warehouse_id: t.warehouse_id.clone(),
+            qty: t.qty,
+            before: t.before.into(),
+            after: t.after.into(),
+            reason: t.ref_id.clone(),
+            operator: entry.operator.clone(),
+            trace_id: format!("{:032x}", entry.trace_id),
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Head {
+    index: u64,
+    hash: String,
+}
+
+/// The writer. Single-threaded: the service feeds it from one audit thread.
+pub struct AuditLog {
+    dir: PathBuf,
+    file: File,
+    index: u64,
+    hash: String,
+    /// Highest journal sequence audited per shard, to resume after a crash.
+    audited: BTreeMap<u16, u64>,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `dir`. A final line cut short by a
+    /// crash is dropped (its change is still in the journal and is audited
+    /// again); anything else that does not check out is an error.
+    pub fn open(dir: &Path) -> std::io::Result<AuditLog> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(LOG_FILE);
+        let mut index = 0;
+        let mut hash = GENESIS.to_string();
+        let mut audited = BTreeMap::new();
+        if path.exists() {
+            let bytes = fs::read(&path)?;
+            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if complete < bytes.len() {
+                OpenOptions::new().write(true).open(&path)?.set_len(complete as u64)?;
+            }
+            let report = verify(dir)?;
+            if let Some(problem) = report.problems.first() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("audit log {}: {problem}", path.display()),
+                ));
+            }
+            for line in bytes[..complete].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let record: AuditRecord = serde_json::from_slice(line).map_err(std::io::Error::other)?;
+                let max = audited.entry(record.event.shard).or_insert(0);
+                *max = (*max).max(record.event.seq);
+                index = record.index;
+                hash = record.hash;
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(AuditLog { dir: dir.to_path_buf(), file, index, hash, audited })
+    }
+
+    /// Highest journal sequence of `shard` already in the log.
+    pub fn audited_upto(&self, shard: u16) -> u64 {
+        self.audited.get(&shard).copied().unwrap_or(0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.index
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index == 0
+    }
+
+    /// Appends events, syncs the file, then moves the head.
+    pub fn append(&mut self, events: Vec<AuditEvent>) -> std::io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        for event in events {
+            let index = self.index + 1;
+            let hash = chain_hash(&self.hash, index, &event);
+            let max = self.audited.entry(event.shard).or_insert(0);
+            *max = (*max).max(event.seq);
+            let record = AuditRecord { index, prev_hash: std::mem::replace(&mut self.hash, hash.clone()), event, hash };
+            serde_json::to_writer(&mut out, &record).expect("json");
+            out.push(b'\n');
+            self.index = index;
+        }
+        self.file.write_all(&out)?;
+        self.file.sync_data()?;
+        let head = serde_json::to_vec(&Head { index: self.index, hash: self.hash.clone() }).expect("json");
+        let tmp = self.dir.join(format!("{HEAD_FILE}.tmp"));
+        fs::write(&tmp, head)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(tmp, self.dir.join(HEAD_FILE))?;
+        Ok(())
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub entries: u64,
+    /// One line per problem, naming the line and entry.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the whole chain in `dir` (a live log or a copy).
+pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let file = File::open(dir.join(LOG_FILE))?;
+    let mut expected_index = 1;
+    let mut prev_hash = GENESIS.to_string();
+    let mut last: Option<(u64, String)> = None;
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line_no = n + 1;
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        let record: AuditRecord = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problems.push(format!("line {line_no}: unreadable entry ({e})"));
+                continue;
+            }
+        };
+        report.entries += 1;
+        let i = record.index;
+        if chain_hash(&record.prev_hash, i, &record.event) != record.hash {
+            report
+                .problems
+                .push(format!("line {line_no}: entry {i} was altered (its hash does not match its contents)"));
+        }
+        if i > expected_index {
+            report.problems.push(format!(
+                "line {line_no}: entry {i} follows entry {}: entries {expected_index}..{} were removed",
+                expected_index - 1,
+                i - 1
+            ));
+        } else if i < expected_index {
+            report.problems.push(format!(
+                "line {line_no}: entry {i} appears after entry {}: entries were reordered or duplicated",
+                expected_index - 1
+            ));
+        } else if record.prev_hash != prev_hash {
+            report.problems.push(format!(
+                "line {line_no}: entry {i} does not chain to the entry before it (altered, removed or reordered)"
+            ));
+        }
+        expected_index = i + 1;
+        prev_hash = record.hash.clone();
+        last = Some((i, record.hash));
+    }
+    match fs::read(dir.join(HEAD_FILE)) {
+        Ok(bytes) => match serde_json::from_slice::<Head>(&bytes) {
+            Ok(head) => {
+                let (index, hash) = last.clone().unwrap_or((0, GENESIS.to_string()));
+                if head.index > index {
+                    report.problems.push(format!("the log ends at entry {index} but the head records entry {}: entries were removed from the end", head.index));
+                } else if head.index == index && head.hash != hash {
+                    report.problems.push(format!("entry {index}, the last, does not match the recorded head"));
+                } else if head.index < index {
+                    report.problems.push(format!("the head records entry {} but the log goes on to {index}: entries were appended outside the service", head.index));
+                }
+            }
+            Err(e) => report.problems.push(format!("{HEAD_FILE} is unreadable ({e})")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && last.is_none() => {}
+        Err(e) => report.problems.push(format!("{HEAD_FILE} is missing ({e})")),
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, qty: u64) -> AuditEvent {
+        AuditEvent {
+            shard: 0,
+            seq,
+            at_ms: 1_000 * seq,
+            action: "RECEIVE".into(),
+            sku_id: format!("sku-{seq}"),
+            warehouse_id: "default".into(),
+            qty,
+            before: Levels::default().into(),
+            after: Levels { available: qty, reserved: 0, sold: 0 }.into(),
+            reason: "po".into(),
+            operator: "ops".into(),
+            trace_id: "0".repeat(32),
+        }
+    }
+
+    fn log_with(n: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path()).unwrap();
+        log.append((1..=n).map(|i| event(i, i * 10)).collect()).unwrap();
+        dir
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir.join(LOG_FILE)).unwrap().lines().map(str::to_string).collect()
+    }
+
+    fn write_lines(dir: &Path, lines: &[String]) {
+        fs::write(dir.join(LOG_FILE), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_reopens_where_it_left_off() {
+        let dir = log_with(4);
+        let report = verify(dir.path()).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.entries, 4);
+        let mut log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!((log.len(), log.audited_upto(0)), (4, 4));
+        log.append(vec![event(5, 1)]).unwrap();
+        assert!(verify(dir.path()).unwrap().ok());
+    }
+
+    #[test]
+    fn tampering_is_detected_and_named() {
+        let dir = log_with(4);
+        let original = lines(dir.path());
+
+        let mut altered = original.clone();
+        altered[1] = altered[1].replace("\"qty\":20", "\"qty\":25");
+        write_lines(dir.path(), &altered);
+        let r = verify(dir.path()).unwrap();
+        assert!(r.problems[0].starts_with("line 2: entry 2 was altered"), "{:?}", r.problems);
+
+        let mut removed = original.clone();
+        removed.remove(1);
+        write_lines(dir.path(), &removed);
+        let r = verify(dir.path()).unwrap();
+        assert!(r.problems.iter().any(|p| p.contains("entries 2..2 were removed")), "{:?}", r.problems);
+
+        let mut reordered = original.clone();
+        reordered.swap(1, 2);
+        write_lines(dir.path(), &reordered);
+        let r = verify(dir.path()).unwrap();
+        assert!(r.problems.iter().any(|p| p.contains("reordered")), "{:?}", r.problems);
+
+        write_lines(dir.path(), &original[..3]);
+        let r = verify(dir.path()).unwrap();
+        assert!(r.problems.iter().any(|p| p.contains("removed from the end")), "{:?}", r.problems);
+
+        write_lines(dir.path(), &original);
+        assert!(verify(dir.path()).unwrap().ok());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_on_open() {
+        let dir = log_with(2);
+        let mut bytes = fs::read(dir.path().join(LOG_FILE)).unwrap();
+        bytes.extend_from_slice(b"{\"index\":3,\"prev");
+        fs::write(dir.path().join(LOG_FILE), bytes).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!(log.len(), 2);
+        assert!(verify(dir.path()).unwrap().ok());
+    }
+}
