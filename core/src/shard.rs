@@ -292,7 +292,7 @@ impl Shard {
             String::new(),
             String::new(),
             before,
-            row.levels,
+            row,
             at,
         );
         txns.push(txn);
@@ -369,7 +369,7 @@ impl Shard {
             c.order_id.clone(),
             String::new(),
             before,
-            row.levels,
+            row,
             at,
         );
         txns.push(txn);
@@ -415,7 +415,7 @@ impl Shard {
                     order_id,
                     c.payment_id.clone(),
                     before,
-                    row.levels,
+                    row,
                     at,
                 );
                 txns.push(txn);
@@ -478,7 +478,7 @@ impl Shard {
             order_id,
             reason.to_string(),
             before,
-            row.levels,
+            row,
             at,
         );
         txns.push(txn);
@@ -555,7 +555,7 @@ impl Shard {
         order_id: String,
         detail: String,
         before: Levels,
-        after: Levels,
+        after: StockRow,
         at: Millis,
     ) -> Txn {
         let txn_id = ((self.config.index as u64) << ReservationId::SEQ_BITS) | self.next_txn_seq;
@@ -571,7 +571,8 @@ impl Shard {
             order_id,
             detail,
             before,
-            after,
+            after: after.levels,
+            version: after.version,
             at,
         }
     }

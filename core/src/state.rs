@@ -159,6 +159,8 @@ pub struct Txn {
     pub detail: String,
     pub before: Levels,
     pub after: Levels,
+    /// The row's version after this change.
+    pub version: u64,
     pub at: Millis,
 }
 

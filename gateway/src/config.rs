@@ -34,6 +34,26 @@ pub struct Config {
     /// HTTP worker threads (default: number of cores).
     #[arg(long, env = "INVENTORY_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// PostgreSQL to persist the journal to, asynchronously (e.g.
+    /// `postgres://root@127.0.0.1/test`). Without it nothing leaves the
+    /// local journal.
+    #[arg(long, env = "INVENTORY_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema for the service's tables.
+    #[arg(long, env = "INVENTORY_POSTGRES_SCHEMA", default_value = "inventory")]
+    pub postgres_schema: String,
+    /// Most journal entries per PostgreSQL transaction.
+    #[arg(long, env = "INVENTORY_POSTGRES_BATCH_MAX", default_value_t = 2_048)]
+    pub postgres_batch_max: usize,
+    /// Reservation partitions are dropped this long after their day ends.
+    #[arg(long, env = "INVENTORY_RESERVATION_RETENTION_HOURS", default_value_t = 48)]
+    pub reservation_retention_hours: u64,
+    /// Transaction-history partitions are dropped this long after their day ends.
+    #[arg(long, env = "INVENTORY_TXN_RETENTION_HOURS", default_value_t = 30 * 24)]
+    pub txn_retention_hours: u64,
+    /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
+    #[arg(skip)]
+    pub writer_faults: std::sync::Arc<inventory_persistence::WriterFaults>,
 }
 
 impl Config {
@@ -49,6 +69,12 @@ impl Config {
             batch_max: 1_024,
             pin_threads: true,
             http_threads: None,
+            postgres_url: None,
+            postgres_schema: "inventory".to_string(),
+            postgres_batch_max: 2_048,
+            reservation_retention_hours: 48,
+            txn_retention_hours: 30 * 24,
+            writer_faults: Default::default(),
         }
     }
 

@@ -32,6 +32,10 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub trace_ids: TraceIds,
+    pub progress: Vec<Arc<inventory_persistence::ShardProgress>>,
+    /// Read handles on every shard's journal (reconciliation).
+    pub readers: Vec<Arc<dyn inventory_journal::Journal + Sync>>,
+    pub postgres: Option<inventory_persistence::WriterConfig>,
     pub default_ttl_ms: u64,
     pub max_qty: u64,
 }
@@ -160,6 +164,12 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
                 _ => Err(not_found()),
             }
         }
+        (["api", "admin", "persistence"], &Method::GET) => Ok(crate::admin::persistence_status(app)),
+        (["api", "admin", "reconcile"], &Method::POST) => {
+            let body = read_body(req).await?;
+            ready(app)?;
+            crate::admin::reconcile(app, &body).await
+        }
         (["api", "orders", order, "inventory-status"], &Method::GET) => {
             let order = decode_segment("orderId", order)?;
             ready(app)?;
@@ -168,7 +178,8 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
         (["api", "inventory", _] | ["api", "reservations", _] | ["api", "orders", _, "inventory-status"], _) => {
             Err(method_not_allowed("GET"))
         }
-        (["healthz"] | ["readyz"] | ["metrics"], _) => Err(method_not_allowed("GET")),
+        (["healthz"] | ["readyz"] | ["metrics"] | ["api", "admin", "persistence"], _) => Err(method_not_allowed("GET")),
+        (["api", "admin", "reconcile"], _) => Err(method_not_allowed("POST")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {path}"))),
     }
 }
@@ -329,7 +340,7 @@ async fn order_status(app: &App, order_id: String) -> Result<Response<Body>, Api
 
 // ----- plumbing -------------------------------------------------------------
 
-fn ready(app: &App) -> Result<(), ApiError> {
+pub(crate) fn ready(app: &App) -> Result<(), ApiError> {
     if app.router.is_ready() {
         Ok(())
     } else {
@@ -382,7 +393,7 @@ fn decode_segment(field: &str, raw: &str) -> Result<String, ApiError> {
     Ok(value)
 }
 
-async fn read_body(req: HttpRequest<Incoming>) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: HttpRequest<Incoming>) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -401,7 +412,7 @@ async fn read_body(req: HttpRequest<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

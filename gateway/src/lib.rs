@@ -9,6 +9,7 @@
 //! before its journal flush, or blocks a request on a full queue (it sheds
 //! load with `503 OVERLOADED` instead).
 
+pub mod admin;
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub idempotent_replays: Counter,
     pub overload_refusals: Counter,
     pub journal_entries: Family<ShardLabels, Gauge<u64, AtomicU64>>,
+    pub persistence_lag_records: Family<ShardLabels, Gauge<u64, AtomicU64>>,
+    pub persistence_lag_seconds: Family<ShardLabels, Gauge<f64, AtomicU64>>,
+    pub outbox_backlog: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -165,8 +168,14 @@ impl Metrics {
         );
         let journal_entries = Family::default();
         registry.register("journal_entries", "Entries in each shard's journal", journal_entries.clone());
+        let persistence_lag_records = Family::default();
+        let persistence_lag_seconds = Family::default();
+        let outbox_backlog = Gauge::default();
         Metrics {
             registry,
+            persistence_lag_records,
+            persistence_lag_seconds,
+            outbox_backlog,
             requests,
             latency,
             reservations,
@@ -183,6 +192,21 @@ impl Metrics {
             overload_refusals,
             journal_entries,
         }
+    }
+
+    /// Adds the PostgreSQL writer's series; called once when it is configured.
+    pub fn register_persistence(&mut self) {
+        self.registry.register(
+            "persistence_lag_records",
+            "Journal entries not yet applied to PostgreSQL",
+            self.persistence_lag_records.clone(),
+        );
+        self.registry.register(
+            "persistence_lag_seconds",
+            "How far PostgreSQL is behind the journal, in journal time",
+            self.persistence_lag_seconds.clone(),
+        );
+        self.registry.register("outbox_backlog", "Outbox events not yet published", self.outbox_backlog.clone());
     }
 
     pub fn record_request(&self, endpoint: &'static str, code: &'static str, status: u16, took: Duration) {

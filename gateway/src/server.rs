@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
 use crate::shard_loop::{self, AuditFeed, LoopConfig, LoopContext};
 use inventory_journal::audit::AuditLog;
+use inventory_persistence::{spawn_writers, Schema, ShardProgress, WriterConfig};
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +32,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("shard {0} stopped during start-up")]
     ShardLost(u16),
+    #[error(transparent)]
+    Persistence(#[from] inventory_persistence::PersistenceError),
 }
 
 /// Runs the service on `listener` with the sled journal under the data dir,
@@ -61,7 +64,23 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     let shards = journals.len() as u16;
     let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS));
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if config.postgres_url.is_some() {
+        metrics.register_persistence();
+    }
+    let metrics = Arc::new(metrics);
+    let progress: Vec<Arc<ShardProgress>> = (0..shards).map(|_| Arc::default()).collect();
+    let readers: Vec<Arc<dyn Journal + Sync>> = journals.iter().map(|j| Arc::from(j.reader())).collect();
+    let postgres = config.postgres_url.clone().map(|url| -> Result<WriterConfig, ServerError> {
+        Ok(WriterConfig {
+            url,
+            schema: Schema::new(&config.postgres_schema)?,
+            batch_max: config.postgres_batch_max.max(1),
+            reservation_retention_ms: config.reservation_retention_hours * 3_600_000,
+            txn_retention_ms: config.txn_retention_hours * 3_600_000,
+        })
+    });
+    let postgres = postgres.transpose()?;
     let audit_dir = config.data_dir.join("audit");
     let audit_log =
         tokio::task::spawn_blocking(move || AuditLog::open(&audit_dir)).await.expect("audit open panicked")?;
@@ -82,7 +101,13 @@ pub async fn run_with(
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
         };
         let audit = Some(AuditFeed { events: audit_tx.clone(), audited_upto: audited_upto[i] });
-        let context = LoopContext { clock: clock.clone(), idem_index: idem.clone(), metrics: metrics.clone(), audit };
+        let context = LoopContext {
+            clock: clock.clone(),
+            idem_index: idem.clone(),
+            metrics: metrics.clone(),
+            audit,
+            progress: progress.clone()[i].clone(),
+        };
         let ready = ready_tx.clone();
         threads.push(
             std::thread::Builder::new()
@@ -93,7 +118,20 @@ pub async fn run_with(
     drop(ready_tx);
     drop(audit_tx);
     let router = Arc::new(Router::new(queues));
+    let mut background = Vec::new();
+    if let Some(writer) = &postgres {
+        let own_readers = journals_readers(&readers);
+        background.extend(spawn_writers(writer.clone(), own_readers, progress.clone(), config.writer_faults.clone()));
+        background.push(tokio::spawn(crate::admin::persistence_gauges(
+            writer.clone(),
+            progress.clone(),
+            metrics.clone(),
+        )));
+    }
     let app = Arc::new(App {
+        progress,
+        readers,
+        postgres,
         router: router.clone(),
         idem: idem.clone(),
         clock: clock.clone(),
@@ -133,6 +171,9 @@ pub async fn run_with(
 
     let result = serve(listener, app, shutdown, replayed).await;
     purger.abort();
+    for task in background {
+        task.abort();
+    }
     // Queue a stop marker behind every request already queued, then wait
     // for the loops to answer and flush them.
     tokio::task::spawn_blocking(move || {
@@ -220,4 +261,9 @@ fn audit_writer(mut log: AuditLog, events: crossbeam_channel::Receiver<Vec<inven
             broken = true;
         }
     }
+}
+
+/// Fresh reader handles for the PostgreSQL writers.
+fn journals_readers(readers: &[Arc<dyn Journal + Sync>]) -> Vec<Box<dyn Journal + Sync>> {
+    readers.iter().map(|r| r.reader()).collect()
 }

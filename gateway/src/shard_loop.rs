@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::metrics::{Metrics, ShardLabels};
 use crate::router::IdemIndex;
+use inventory_persistence::ShardProgress;
 
 /// How often a loop looks for due holds (F5: released within about a second).
 pub const EXPIRY_TICK_MS: u64 = 100;
@@ -74,12 +75,20 @@ pub enum Request {
     Stats {
         reply: oneshot::Sender<LoopStats>,
     },
+    /// Every stock row, with the last acknowledged sequence they reflect.
+    Rows {
+        reply: oneshot::Sender<RowsAt>,
+    },
     /// Finish what is queued before this, then stop.
     Shutdown,
     /// Runs a closure on the shard between batches (unit tests only).
     #[cfg(test)]
     Mutate(Box<dyn FnOnce(&mut Shard) + Send>),
 }
+
+/// Every `(sku, warehouse, row)` of a shard and the last acknowledged
+/// sequence they reflect.
+pub type RowsAt = (u64, Vec<(String, String, inventory_core::StockRow)>);
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoopStats {
@@ -102,6 +111,8 @@ pub struct LoopContext {
     pub idem_index: Arc<IdemIndex>,
     pub metrics: Arc<Metrics>,
     pub audit: Option<AuditFeed>,
+    /// Where this shard publishes its last acknowledged entry.
+    pub progress: Arc<ShardProgress>,
 }
 
 /// Where a loop sends audited changes, and how far the log already has them.
@@ -141,7 +152,7 @@ fn run_inner(
     requests: Receiver<Request>,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
-    let LoopContext { clock, idem_index, metrics, audit } = context;
+    let LoopContext { clock, idem_index, metrics, audit, progress } = context;
     if let Some(core) = config.core {
         core_affinity::set_for_current(core);
     }
@@ -151,7 +162,9 @@ fn run_inner(
     // Replay, and audit again whatever a crash kept out of the audit log.
     let mut missing = Vec::new();
     let upto = audit.as_ref().map_or(u64::MAX, |a| a.audited_upto);
+    let mut last_at = 0;
     let replayed = replay_with(&mut shard, &*journal, |entry| {
+        last_at = entry.at;
         if entry.seq > upto {
             missing.extend(events_of(index, entry));
         }
@@ -178,6 +191,7 @@ fn run_inner(
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
+    publish(&progress, next_seq - 1, last_at);
     let labels = ShardLabels { shard: index };
     metrics.journal_healthy.get_or_create(&labels).set(1);
     metrics.journal_entries.get_or_create(&labels).set(next_seq - 1);
@@ -187,6 +201,7 @@ fn run_inner(
         clock,
         metrics,
         audit,
+        progress,
         labels,
         next_seq,
         healthy: true,
@@ -213,6 +228,7 @@ struct LoopState {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     audit: Option<AuditFeed>,
+    progress: Arc<ShardProgress>,
     labels: ShardLabels,
     next_seq: u64,
     healthy: bool,
@@ -282,7 +298,7 @@ impl LoopState {
                     }
                     self.writes.push((reply, applied));
                 }
-                read @ (Request::Read { .. } | Request::Stats { .. }) => self.reads.push(read),
+                read @ (Request::Read { .. } | Request::Stats { .. } | Request::Rows { .. }) => self.reads.push(read),
                 #[cfg(test)]
                 Request::Mutate(f) => f(&mut self.shard),
                 Request::Shutdown => unreachable!("handled by run"),
@@ -326,6 +342,10 @@ impl LoopState {
                         next_seq: self.next_seq,
                         expiry_backlog: self.shard.expiry_backlog(now),
                     });
+                }
+                Request::Rows { reply } => {
+                    let rows = self.shard.rows().map(|(s, w, r)| (s.to_string(), w.to_string(), *r)).collect();
+                    let _ = reply.send((self.next_seq - 1, rows));
                 }
                 _ => unreachable!(),
             }
@@ -409,7 +429,8 @@ impl LoopState {
         if durable {
             self.shard.commit_batch();
             self.next_seq += self.entries.len() as u64;
-            if !self.entries.is_empty() {
+            if let Some(last) = self.entries.last() {
+                publish(&self.progress, last.seq, last.at);
                 self.record_committed();
                 self.metrics.journal_entries.get_or_create(&self.labels).set(self.next_seq - 1);
             }
@@ -447,6 +468,14 @@ impl LoopState {
     }
 }
 
+/// Publishes the last acknowledged entry (time first: a reader that sees
+/// the new sequence also sees its time).
+fn publish(progress: &ShardProgress, seq: u64, at: Millis) {
+    use std::sync::atomic::Ordering;
+    progress.durable_at.store(at, Ordering::Release);
+    progress.durable.store(seq, Ordering::Release);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +495,7 @@ mod tests {
             idem_index: Arc::new(IdemIndex::new(1_000)),
             metrics: metrics.clone(),
             audit: None,
+            progress: Arc::default(),
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();

@@ -6,7 +6,8 @@
 //! SHA-256(prevHash || "\n" || the line's other fields as JSON)`. Altering,
 //! removing or reordering a line breaks the chain at that line;
 //! `audit.head` (replaced atomically after every append) records the last
-//! index and hash, so removing lines from the end is caught too. The log is
+//! index and hash, so removing lines from the end is caught too (after a
+//! crash the head may lag the synced lines; the next start moves it on). The log is
 //! derived from the journal: entries missing after a crash are written again
 //! at the next start from the journaled commands.
 
@@ -154,7 +155,19 @@ impl AuditLog {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(AuditLog { dir: dir.to_path_buf(), file, index, hash, audited })
+        let log = AuditLog { dir: dir.to_path_buf(), file, index, hash, audited };
+        if index > 0 {
+            log.write_head()?; // a crash may have left it behind the log
+        }
+        Ok(log)
+    }
+
+    fn write_head(&self) -> std::io::Result<()> {
+        let head = serde_json::to_vec(&Head { index: self.index, hash: self.hash.clone() }).expect("json");
+        let tmp = self.dir.join(format!("{HEAD_FILE}.tmp"));
+        fs::write(&tmp, head)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(tmp, self.dir.join(HEAD_FILE))
     }
 
     /// Highest journal sequence of `shard` already in the log.
@@ -188,12 +201,7 @@ impl AuditLog {
         }
         self.file.write_all(&out)?;
         self.file.sync_data()?;
-        let head = serde_json::to_vec(&Head { index: self.index, hash: self.hash.clone() }).expect("json");
-        let tmp = self.dir.join(format!("{HEAD_FILE}.tmp"));
-        fs::write(&tmp, head)?;
-        File::open(&tmp)?.sync_all()?;
-        fs::rename(tmp, self.dir.join(HEAD_FILE))?;
-        Ok(())
+        self.write_head()
     }
 }
 
@@ -218,6 +226,16 @@ pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
     let mut expected_index = 1;
     let mut prev_hash = GENESIS.to_string();
     let mut last: Option<(u64, String)> = None;
+    let head = match fs::read(dir.join(HEAD_FILE)) {
+        Ok(bytes) => Some(serde_json::from_slice::<Head>(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let head_index = match &head {
+        Some(Ok(h)) => h.index,
+        _ => 0,
+    };
+    let mut hash_at_head: Option<String> = None;
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line_no = n + 1;
         let line = line?;
@@ -255,25 +273,30 @@ pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
             ));
         }
         expected_index = i + 1;
+        if i == head_index {
+            hash_at_head = Some(record.hash.clone());
+        }
         prev_hash = record.hash.clone();
         last = Some((i, record.hash));
     }
-    match fs::read(dir.join(HEAD_FILE)) {
-        Ok(bytes) => match serde_json::from_slice::<Head>(&bytes) {
-            Ok(head) => {
-                let (index, hash) = last.clone().unwrap_or((0, GENESIS.to_string()));
-                if head.index > index {
-                    report.problems.push(format!("the log ends at entry {index} but the head records entry {}: entries were removed from the end", head.index));
-                } else if head.index == index && head.hash != hash {
-                    report.problems.push(format!("entry {index}, the last, does not match the recorded head"));
-                } else if head.index < index {
-                    report.problems.push(format!("the head records entry {} but the log goes on to {index}: entries were appended outside the service", head.index));
-                }
+    // The head is moved after the lines are synced, so after a crash it may
+    // lag the log (the service moves it forward on its next start). It may
+    // never be ahead, and the entry it names must be the one it recorded.
+    match head {
+        Some(Ok(head)) => {
+            let (index, _) = last.clone().unwrap_or((0, GENESIS.to_string()));
+            if head.index > index {
+                report.problems.push(format!(
+                    "the log ends at entry {index} but the head records entry {}: entries were removed from the end",
+                    head.index
+                ));
+            } else if head.index > 0 && hash_at_head.as_deref() != Some(head.hash.as_str()) {
+                report.problems.push(format!("entry {}, recorded as the head, was altered or replaced", head.index));
             }
-            Err(e) => report.problems.push(format!("{HEAD_FILE} is unreadable ({e})")),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && last.is_none() => {}
-        Err(e) => report.problems.push(format!("{HEAD_FILE} is missing ({e})")),
+        }
+        Some(Err(e)) => report.problems.push(format!("{HEAD_FILE} is unreadable ({e})")),
+        None if last.is_some() => report.problems.push(format!("{HEAD_FILE} is missing")),
+        None => {}
     }
     Ok(report)
 }
@@ -355,6 +378,19 @@ mod tests {
 
         write_lines(dir.path(), &original);
         assert!(verify(dir.path()).unwrap().ok());
+    }
+
+    #[test]
+    fn a_head_left_behind_by_a_crash_is_moved_forward() {
+        let dir = log_with(2);
+        let head = fs::read(dir.path().join(HEAD_FILE)).unwrap();
+        AuditLog::open(dir.path()).unwrap().append(vec![event(3, 1)]).unwrap();
+        fs::write(dir.path().join(HEAD_FILE), head).unwrap(); // the crash: lines synced, head not moved
+        assert!(verify(dir.path()).unwrap().ok());
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!(log.len(), 3);
+        let head: Head = serde_json::from_slice(&fs::read(dir.path().join(HEAD_FILE)).unwrap()).unwrap();
+        assert_eq!(head.index, 3);
     }
 
     #[test]

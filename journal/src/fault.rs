@@ -99,4 +99,8 @@ impl<J: Journal> Journal for FaultyJournal<J> {
     fn shard(&self) -> u16 {
         self.inner.shard()
     }
+
+    fn reader(&self) -> Box<dyn Journal + Sync> {
+        self.inner.reader()
+    }
 }

@@ -22,7 +22,7 @@ use inventory_core::Entry;
 pub use codec::{decode, encode, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
 pub use memory::MemJournal;
-pub use replay::{replay, replay_with, ReplayStats};
+pub use replay::{replay, replay_upto, replay_with, ReplayStats};
 pub use sled_store::{SledJournal, SledStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,12 @@ pub trait Journal: Send {
 
     /// The shard this journal belongs to (for error messages).
     fn shard(&self) -> u16;
+
+    /// An independent handle for reading this journal from another thread
+    /// while the owner appends (the PostgreSQL writer, reconciliation).
+    /// Readers must not read past the last acknowledged sequence: entries
+    /// beyond it may be rolled back.
+    fn reader(&self) -> Box<dyn Journal + Sync>;
 }
 
 impl<J: Journal + ?Sized> Journal for Box<J> {
@@ -74,5 +80,8 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
     }
     fn shard(&self) -> u16 {
         (**self).shard()
+    }
+    fn reader(&self) -> Box<dyn Journal + Sync> {
+        (**self).reader()
     }
 }

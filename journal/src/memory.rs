@@ -58,4 +58,8 @@ impl Journal for MemJournal {
     fn shard(&self) -> u16 {
         self.shard
     }
+
+    fn reader(&self) -> Box<dyn Journal + Sync> {
+        Box::new(self.clone())
+    }
 }

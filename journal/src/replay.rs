@@ -23,6 +23,16 @@ pub fn replay(shard: &mut Shard, journal: &dyn Journal) -> Result<ReplayStats, J
 pub fn replay_with(
     shard: &mut Shard,
     journal: &dyn Journal,
+    on_entry: impl FnMut(&inventory_core::Entry),
+) -> Result<ReplayStats, JournalError> {
+    replay_upto(shard, journal, u64::MAX, on_entry)
+}
+
+/// [`replay_with`], stopping after entry `last_seq`.
+pub fn replay_upto(
+    shard: &mut Shard,
+    journal: &dyn Journal,
+    last_seq: u64,
     mut on_entry: impl FnMut(&inventory_core::Entry),
 ) -> Result<ReplayStats, JournalError> {
     let id = journal.shard();
@@ -30,6 +40,9 @@ pub fn replay_with(
     let mut txns: Vec<Txn> = Vec::new();
     for entry in journal.read_from(1)? {
         let entry = entry?;
+        if entry.seq > last_seq {
+            break;
+        }
         if entry.seq != stats.next_seq {
             return Err(JournalError::Gap { shard: id, expected: stats.next_seq, found: entry.seq });
         }

@@ -109,6 +109,10 @@ impl Journal for SledJournal {
     fn shard(&self) -> u16 {
         self.shard
     }
+
+    fn reader(&self) -> Box<dyn Journal + Sync> {
+        Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard })
+    }
 }
 
 #[cfg(test)]

@@ -10,3 +10,5 @@ mod crash;
 mod journal_faults;
 mod lifecycle;
 mod observability;
+mod persistence;
+mod pg;

@@ -30,11 +30,24 @@ pub struct Options {
     pub batch_max: usize,
     pub max_qty: u64,
     pub data_dir: Option<PathBuf>,
+    /// `(url, schema)` of a PostgreSQL to persist to.
+    pub postgres: Option<(String, String)>,
+    pub postgres_batch_max: usize,
+    pub writer_faults: Arc<inventory_persistence::WriterFaults>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { shards: 2, queue_capacity: 4_096, batch_max: 512, max_qty: 1_000_000, data_dir: None }
+        Options {
+            shards: 2,
+            queue_capacity: 4_096,
+            batch_max: 512,
+            max_qty: 1_000_000,
+            data_dir: None,
+            postgres: None,
+            postgres_batch_max: 2_048,
+            writer_faults: Arc::default(),
+        }
     }
 }
 
@@ -59,6 +72,12 @@ impl TestServer {
         config.batch_max = options.batch_max;
         config.max_qty = options.max_qty;
         config.pin_threads = false;
+        if let Some((url, schema)) = &options.postgres {
+            config.postgres_url = Some(url.clone());
+            config.postgres_schema = schema.clone();
+        }
+        config.postgres_batch_max = options.postgres_batch_max;
+        config.writer_faults = options.writer_faults.clone();
         let faults = FaultHandle::default();
         let store = SledStore::open(&config.journal_dir(), config.shards, 1).unwrap();
         let journals: Vec<Box<dyn Journal>> = (0..store.shards())

@@ -1,0 +1,274 @@
+//! Admin endpoints: PostgreSQL writer progress, and reconciliation (F9).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::{Response, StatusCode};
+use inventory_core::{Shard, ShardConfig, StockRow};
+use inventory_journal::replay_upto;
+use inventory_persistence::reconcile::{self, History, PgRow};
+use inventory_persistence::{connect, ShardProgress, WriterConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::api::{self, ApiError};
+use crate::http::{json, App, Body};
+use crate::metrics::{Metrics, ShardLabels};
+use crate::shard_loop::Request;
+
+/// How long reconciliation waits for the writer to reach the rows it checks.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Most mismatches listed in a report.
+const DETAILS_MAX: usize = 100;
+pub const REPAIR_REASON: &str = "AUTO_RECONCILE";
+
+pub fn persistence_status(app: &App) -> Response<Body> {
+    let shards: Vec<_> = app
+        .progress
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "shard": i,
+                "durableSeq": p.durable.load(Ordering::Acquire),
+                "appliedSeq": p.applied.load(Ordering::Acquire),
+                "lagRecords": p.lag_records(),
+                "lagSeconds": p.lag_ms() as f64 / 1_000.0,
+                "connected": p.connected.load(Ordering::Acquire),
+                "lastError": p.last_error.get(),
+            })
+        })
+        .collect();
+    let body = json!({
+        "enabled": app.postgres.is_some(),
+        "schema": app.postgres.as_ref().map(|p| p.schema.name().to_string()),
+        "shards": shards,
+    });
+    json(StatusCode::OK, serde_json::to_vec(&body).expect("json"))
+}
+
+/// Keeps the lag and outbox gauges current.
+pub async fn persistence_gauges(config: WriterConfig, progress: Vec<Arc<ShardProgress>>, metrics: Arc<Metrics>) {
+    let mut client = None;
+    let mut tick = 0u64;
+    loop {
+        for (i, p) in progress.iter().enumerate() {
+            let labels = ShardLabels { shard: i as u16 };
+            metrics.persistence_lag_records.get_or_create(&labels).set(p.lag_records());
+            metrics.persistence_lag_seconds.get_or_create(&labels).set(p.lag_ms() as f64 / 1_000.0);
+        }
+        if tick.is_multiple_of(10) {
+            if client.is_none() {
+                client = connect(&config.url, &config.schema).await.ok();
+            }
+            if let Some(c) = &client {
+                match c.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await {
+                    Ok(row) => {
+                        metrics.outbox_backlog.set(row.get::<_, i64>(0));
+                    }
+                    Err(_) => client = None,
+                }
+            }
+        }
+        tick += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ReconcileBody {
+    #[serde(default)]
+    repair: bool,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    repair: bool,
+    checked: u64,
+    mismatched: u64,
+    repaired: u64,
+    /// Rows where the live core differs from a replay of its journal.
+    core_mismatches: u64,
+    postgres: Option<PgReport>,
+    details: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PgReport {
+    compared: u64,
+    /// Rows PostgreSQL has that the core does not, or at an older version.
+    mismatched: u64,
+    repaired: u64,
+    /// Rows whose transaction history in PostgreSQL has a gap, a repeat or
+    /// does not end at the row's value.
+    history_broken: u64,
+    /// Rows changed after the checked point (compared next time).
+    skipped_newer: u64,
+}
+
+fn row_json(row: &StockRow) -> serde_json::Value {
+    json!({"available": row.levels.available, "reserved": row.levels.reserved, "sold": row.levels.sold, "version": row.version})
+}
+
+fn pg_json(row: &PgRow) -> serde_json::Value {
+    json!({"available": row.levels.available, "reserved": row.levels.reserved, "sold": row.levels.sold, "version": row.version})
+}
+
+/// Rebuilds every row from the journal and compares it with the live core
+/// and, when configured, with PostgreSQL's row and transaction history. In
+/// repair mode a wrong PostgreSQL row is set to the core's value and the
+/// repair recorded in `reconcile_audit` with reason `AUTO_RECONCILE`.
+pub async fn reconcile(app: &App, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let request: ReconcileBody =
+        if body.iter().all(u8::is_ascii_whitespace) { ReconcileBody::default() } else { api::parse(body)? };
+    let mut report = Report { repair: request.repair, ..Report::default() };
+    // Per shard: the live rows at a sequence, and the journal replayed to it.
+    let mut core: BTreeMap<(String, String), (u16, StockRow)> = BTreeMap::new();
+    let mut seqs = Vec::new();
+    for shard in 0..app.router.shards() {
+        let (reply, answer) = oneshot::channel();
+        app.router
+            .send(shard, Request::Rows { reply })
+            .map_err(|_| ApiError::unavailable("OVERLOADED", "shard queue full"))?;
+        let (seq, live) =
+            answer.await.map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
+        let reader = app.readers[shard as usize].clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let mut replica = Shard::new(ShardConfig::new(shard));
+            replay_upto(&mut replica, &*reader, seq, |_| {}).map(|_| replica.dump().rows)
+        })
+        .await
+        .expect("replay panicked")
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "JOURNAL_UNREADABLE", e.to_string()))?;
+        let rebuilt: BTreeMap<_, _> = rebuilt.into_iter().map(|(s, w, r)| ((s, w), r)).collect();
+        for (sku, wh, row) in live {
+            report.checked += 1;
+            let key = (sku, wh);
+            let from_history = rebuilt.get(&key);
+            if from_history != Some(&row) {
+                report.core_mismatches += 1;
+                report.mismatched += 1;
+                push_detail(
+                    &mut report,
+                    json!({
+                        "skuId": key.0, "warehouseId": key.1, "side": "core",
+                        "core": row_json(&row), "journal": from_history.map(row_json),
+                        "action": "none: the core disagrees with its own journal; freeze the SKU and investigate",
+                    }),
+                );
+            }
+            core.insert(key, (shard, row));
+        }
+        seqs.push(seq);
+    }
+    if let Some(config) = &app.postgres {
+        report.postgres = Some(reconcile_postgres(app, config, &core, &seqs, request.repair, &mut report).await?);
+    }
+    Ok(json(StatusCode::OK, serde_json::to_vec(&report).expect("json")))
+}
+
+fn push_detail(report: &mut Report, detail: serde_json::Value) {
+    if report.details.len() < DETAILS_MAX {
+        report.details.push(detail);
+    }
+}
+
+async fn reconcile_postgres(
+    app: &App,
+    config: &WriterConfig,
+    core: &BTreeMap<(String, String), (u16, StockRow)>,
+    seqs: &[u64],
+    repair: bool,
+    report: &mut Report,
+) -> Result<PgReport, ApiError> {
+    let pg_error =
+        |e: inventory_persistence::PersistenceError| ApiError::unavailable("POSTGRES_UNAVAILABLE", e.to_string());
+    // PostgreSQL must have applied at least what the core rows reflect.
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    for (shard, &seq) in seqs.iter().enumerate() {
+        while app.progress[shard].applied.load(Ordering::Acquire) < seq {
+            if Instant::now() > deadline {
+                return Err(ApiError::unavailable(
+                    "PERSISTENCE_LAGGING",
+                    format!("shard {shard}: PostgreSQL has not caught up to entry {seq}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut client = connect(&config.url, &config.schema).await.map_err(pg_error)?;
+    let rows = reconcile::inventory_rows(&client).await.map_err(pg_error)?;
+    let history = reconcile::txn_history(&client).await.map_err(pg_error)?;
+    let mut pg = PgReport::default();
+    let now = app.clock.now_ms();
+    for (key, (_, row)) in core {
+        pg.compared += 1;
+        let want = PgRow { levels: row.levels, version: row.version };
+        let have = rows.get(key).copied();
+        match have {
+            Some(h) if h.version > want.version => {
+                pg.skipped_newer += 1;
+                continue;
+            }
+            Some(h) if h == want => {}
+            _ => {
+                pg.mismatched += 1;
+                report.mismatched += 1;
+                let mut action = "reported";
+                if repair {
+                    reconcile::repair_row(&mut client, key, have, want, now, REPAIR_REASON).await.map_err(pg_error)?;
+                    pg.repaired += 1;
+                    report.repaired += 1;
+                    action = "postgres row set to the core's value";
+                }
+                push_detail(
+                    report,
+                    json!({
+                        "skuId": key.0, "warehouseId": key.1, "side": "postgres",
+                        "core": row_json(row), "postgres": have.as_ref().map(pg_json), "action": action,
+                    }),
+                );
+            }
+        }
+        match history.get(key) {
+            Some(History::Broken(reason)) => {
+                pg.history_broken += 1;
+                push_detail(
+                    report,
+                    json!({"skuId": key.0, "warehouseId": key.1, "side": "postgres_history", "problem": reason}),
+                );
+            }
+            Some(History::Rebuilt(h)) if h.version == want.version && h.levels != want.levels => {
+                pg.history_broken += 1;
+                push_detail(
+                    report,
+                    json!({"skuId": key.0, "warehouseId": key.1, "side": "postgres_history",
+                    "problem": "history ends at a different value", "core": row_json(row), "history": pg_json(h)}),
+                );
+            }
+            Some(History::Rebuilt(h)) if h.version < want.version => {
+                pg.history_broken += 1;
+                push_detail(
+                    report,
+                    json!({"skuId": key.0, "warehouseId": key.1, "side": "postgres_history",
+                    "problem": format!("history ends at version {} but the row is at version {}", h.version, want.version)}),
+                );
+            }
+            None => {
+                pg.history_broken += 1;
+                push_detail(
+                    report,
+                    json!({"skuId": key.0, "warehouseId": key.1, "side": "postgres_history", "problem": "no history"}),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(pg)
+}

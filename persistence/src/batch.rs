@@ -1,0 +1,297 @@
+//! Turning journal entries into the rows of one PostgreSQL transaction.
+//! Rows touched more than once in a batch are collapsed to their final
+//! state, so each statement touches each row at most once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use inventory_core::{Command, Entry, Levels, TxnKind, REASON_TIMEOUT};
+use serde_json::json;
+use tokio_postgres::Transaction;
+
+use crate::schema::{day_of, to_system_time};
+use crate::PersistenceError;
+
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// Final state per `(sku, warehouse)`: levels, version, time.
+    inventory: BTreeMap<(String, String), (Levels, u64, u64)>,
+    new_holds: Vec<NewHold>,
+    new_index: BTreeMap<String, usize>,
+    /// Holds created in earlier batches: final status per reservation id.
+    hold_updates: BTreeMap<String, HoldUpdate>,
+    txns: Txns,
+    events: Events,
+    pub(crate) days: BTreeSet<i64>,
+}
+
+struct NewHold {
+    id: String,
+    order_id: String,
+    sku_id: String,
+    warehouse_id: String,
+    qty: i64,
+    expire_at: u64,
+    idem_key: String,
+    created_at: u64,
+    update: HoldUpdate,
+}
+
+#[derive(Clone)]
+struct HoldUpdate {
+    status: &'static str,
+    updated_at: u64,
+    payment_id: Option<String>,
+    release_reason: Option<String>,
+}
+
+#[derive(Default)]
+struct Txns {
+    txn_id: Vec<i64>,
+    sku: Vec<String>,
+    warehouse: Vec<String>,
+    kind: Vec<String>,
+    qty: Vec<i64>,
+    ref_id: Vec<String>,
+    order_id: Vec<String>,
+    detail: Vec<String>,
+    before: [Vec<i64>; 3],
+    after: [Vec<i64>; 3],
+    version: Vec<i64>,
+    shard: Vec<i16>,
+    seq: Vec<i64>,
+    trace: Vec<String>,
+    operator: Vec<String>,
+    at: Vec<SystemTime>,
+}
+
+#[derive(Default)]
+struct Events {
+    id: Vec<String>,
+    kind: Vec<String>,
+    aggregate: Vec<String>,
+    payload: Vec<serde_json::Value>,
+    at: Vec<SystemTime>,
+}
+
+fn levels(l: Levels) -> serde_json::Value {
+    json!({"available": l.available, "reserved": l.reserved, "sold": l.sold})
+}
+
+impl Batch {
+    pub(crate) fn build(shard: u16, entries: &[Entry]) -> Batch {
+        let mut b = Batch::default();
+        for entry in entries {
+            let trace = format!("{:032x}", entry.trace_id);
+            for t in &entry.txns {
+                b.days.insert(day_of(t.at));
+                b.inventory.insert((t.sku_id.clone(), t.warehouse_id.clone()), (t.after, t.version, t.at));
+                let x = &mut b.txns;
+                x.txn_id.push(t.txn_id as i64);
+                x.sku.push(t.sku_id.clone());
+                x.warehouse.push(t.warehouse_id.clone());
+                x.kind.push(t.kind.as_str().to_string());
+                x.qty.push(t.qty as i64);
+                x.ref_id.push(t.ref_id.clone());
+                x.order_id.push(t.order_id.clone());
+                x.detail.push(t.detail.clone());
+                for (i, (before, after)) in [
+                    (t.before.available, t.after.available),
+                    (t.before.reserved, t.after.reserved),
+                    (t.before.sold, t.after.sold),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    x.before[i].push(before as i64);
+                    x.after[i].push(after as i64);
+                }
+                x.version.push(t.version as i64);
+                x.shard.push(shard as i16);
+                x.seq.push(entry.seq as i64);
+                x.trace.push(trace.clone());
+                x.operator.push(entry.operator.clone());
+                x.at.push(to_system_time(t.at));
+
+                let (event, aggregate) = match t.kind {
+                    TxnKind::Receive => ("INVENTORY_RECEIVED", format!("{}/{}", t.sku_id, t.warehouse_id)),
+                    TxnKind::Reserve => ("INVENTORY_RESERVED", t.ref_id.clone()),
+                    TxnKind::Confirm => ("INVENTORY_CONFIRMED", t.ref_id.clone()),
+                    TxnKind::Release => ("INVENTORY_RELEASED", t.ref_id.clone()),
+                };
+                let event_id = format!("evt-{:016x}", t.txn_id);
+                b.events.payload.push(json!({
+                    "eventId": event_id, "type": event, "txnId": t.txn_id, "skuId": t.sku_id,
+                    "warehouseId": t.warehouse_id, "qty": t.qty, "refId": t.ref_id, "orderId": t.order_id,
+                    "detail": t.detail, "before": levels(t.before), "after": levels(t.after),
+                    "version": t.version, "atMs": t.at, "traceId": trace,
+                }));
+                b.events.id.push(event_id);
+                b.events.kind.push(event.to_string());
+                b.events.aggregate.push(aggregate);
+                b.events.at.push(to_system_time(t.at));
+
+                let update = match t.kind {
+                    TxnKind::Receive => continue,
+                    TxnKind::Reserve => {
+                        let Command::Reserve(r) = &entry.command else { continue };
+                        b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
+                        b.new_holds.push(NewHold {
+                            id: t.ref_id.clone(),
+                            order_id: t.order_id.clone(),
+                            sku_id: t.sku_id.clone(),
+                            warehouse_id: t.warehouse_id.clone(),
+                            qty: t.qty as i64,
+                            expire_at: entry.at.saturating_add(r.ttl_ms),
+                            idem_key: r.idem_key.clone(),
+                            created_at: t.at,
+                            update: HoldUpdate {
+                                status: "RESERVED",
+                                updated_at: t.at,
+                                payment_id: None,
+                                release_reason: None,
+                            },
+                        });
+                        continue;
+                    }
+                    TxnKind::Confirm => HoldUpdate {
+                        status: "CONFIRMED",
+                        updated_at: t.at,
+                        payment_id: Some(t.detail.clone()),
+                        release_reason: None,
+                    },
+                    TxnKind::Release => HoldUpdate {
+                        status: if t.detail == REASON_TIMEOUT { "EXPIRED" } else { "RELEASED" },
+                        updated_at: t.at,
+                        payment_id: None,
+                        release_reason: Some(t.detail.clone()),
+                    },
+                };
+                match b.new_index.get(&t.ref_id) {
+                    Some(&i) => b.new_holds[i].update = update,
+                    None => {
+                        b.hold_updates.insert(t.ref_id.clone(), update);
+                    }
+                }
+            }
+        }
+        b
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.txns.txn_id.is_empty()
+    }
+
+    /// Writes the inventory rows only (also used to inject a stale re-apply).
+    pub(crate) async fn write_inventory(&self, tx: &Transaction<'_>) -> Result<(), PersistenceError> {
+        if self.inventory.is_empty() {
+            return Ok(());
+        }
+        let rows = &self.inventory;
+        let sku: Vec<&str> = rows.keys().map(|(s, _)| s.as_str()).collect();
+        let warehouse: Vec<&str> = rows.keys().map(|(_, w)| w.as_str()).collect();
+        let level = |f: fn(&Levels) -> u64| rows.values().map(|(l, _, _)| f(l) as i64).collect::<Vec<i64>>();
+        let version: Vec<i64> = rows.values().map(|(_, v, _)| *v as i64).collect();
+        let at: Vec<SystemTime> = rows.values().map(|(_, _, at)| to_system_time(*at)).collect();
+        tx.execute(
+            "INSERT INTO inventory (sku_id, warehouse_id, available, reserved, sold, version, updated_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[])
+             ON CONFLICT (sku_id, warehouse_id) DO UPDATE SET available = EXCLUDED.available, reserved = EXCLUDED.reserved,
+                 sold = EXCLUDED.sold, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+            &[&sku, &warehouse, &level(|l| l.available), &level(|l| l.reserved), &level(|l| l.sold), &version, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes everything (inside the caller's transaction).
+    pub(crate) async fn write(&self, tx: &Transaction<'_>) -> Result<(), PersistenceError> {
+        self.write_inventory(tx).await?;
+        if !self.new_holds.is_empty() {
+            let h = &self.new_holds;
+            let text = |f: fn(&NewHold) -> &str| h.iter().map(f).collect::<Vec<&str>>();
+            let time = |f: fn(&NewHold) -> u64| h.iter().map(|x| to_system_time(f(x))).collect::<Vec<SystemTime>>();
+            let qty: Vec<i64> = h.iter().map(|x| x.qty).collect();
+            let status: Vec<&str> = h.iter().map(|x| x.update.status).collect();
+            let payment: Vec<Option<&str>> = h.iter().map(|x| x.update.payment_id.as_deref()).collect();
+            let reason: Vec<Option<&str>> = h.iter().map(|x| x.update.release_reason.as_deref()).collect();
+            tx.execute(
+                "INSERT INTO reservation (reservation_id, order_id, sku_id, warehouse_id, qty, status, expire_at, idem_key,
+                                          created_at, updated_at, payment_id, release_reason)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                                      $7::timestamptz[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[])",
+                &[
+                    &text(|x| &x.id),
+                    &text(|x| &x.order_id),
+                    &text(|x| &x.sku_id),
+                    &text(|x| &x.warehouse_id),
+                    &qty,
+                    &status,
+                    &time(|x| x.expire_at),
+                    &text(|x| &x.idem_key),
+                    &time(|x| x.created_at),
+                    &time(|x| x.update.updated_at),
+                    &payment,
+                    &reason,
+                ],
+            )
+            .await?;
+        }
+        if !self.hold_updates.is_empty() {
+            let ids: Vec<&str> = self.hold_updates.keys().map(String::as_str).collect();
+            let u: Vec<&HoldUpdate> = self.hold_updates.values().collect();
+            let status: Vec<&str> = u.iter().map(|x| x.status).collect();
+            let at: Vec<SystemTime> = u.iter().map(|x| to_system_time(x.updated_at)).collect();
+            let payment: Vec<Option<&str>> = u.iter().map(|x| x.payment_id.as_deref()).collect();
+            let reason: Vec<Option<&str>> = u.iter().map(|x| x.release_reason.as_deref()).collect();
+            tx.execute(
+                "UPDATE reservation r SET status = u.status, updated_at = u.updated_at,
+                        payment_id = COALESCE(u.payment_id, r.payment_id), release_reason = COALESCE(u.reason, r.release_reason)
+                   FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[]) AS u(id, status, updated_at, payment_id, reason)
+                  WHERE r.reservation_id = u.id",
+                &[&ids, &status, &at, &payment, &reason],
+            )
+            .await?;
+        }
+        let x = &self.txns;
+        tx.execute(
+            "INSERT INTO inventory_txn (txn_id, sku_id, warehouse_id, type, qty, ref_id, order_id, detail, before_qty, after_qty,
+                                        before_reserved, after_reserved, before_sold, after_sold, version, shard, seq, trace_id,
+                                        operator, created_at)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
+                                  $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
+                                  $16::smallint[], $17::bigint[], $18::text[], $19::text[], $20::timestamptz[])",
+            &[
+                &x.txn_id,
+                &x.sku,
+                &x.warehouse,
+                &x.kind,
+                &x.qty,
+                &x.ref_id,
+                &x.order_id,
+                &x.detail,
+                &x.before[0],
+                &x.after[0],
+                &x.before[1],
+                &x.after[1],
+                &x.before[2],
+                &x.after[2],
+                &x.version,
+                &x.shard,
+                &x.seq,
+                &x.trace,
+                &x.operator,
+                &x.at,
+            ],
+        )
+        .await?;
+        let e = &self.events;
+        tx.execute(
+            "INSERT INTO outbox (event_id, event_type, aggregate_id, payload, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[])",
+            &[&e.id, &e.kind, &e.aggregate, &e.payload, &e.at],
+        )
+        .await?;
+        Ok(())
+    }
+}

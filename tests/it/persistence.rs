@@ -1,0 +1,302 @@
+//! The PostgreSQL writer against the real local PostgreSQL: rows equal the
+//! core's state, exactly once across crashes and outages, retention, and
+//! reconciliation catching corrupted rows and writer faults.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use inventory_persistence::{schema, Schema, WriterFaults};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::pg::{url_for, wait_caught_up, PgProxy, TestSchema, PG_ADDR};
+use crate::support::{Client, Daemon, Options, TestServer};
+
+fn pg_options(schema: &TestSchema, url: String) -> Options {
+    Options { postgres: Some((url, schema.name.clone())), ..Default::default() }
+}
+
+/// A mixed workload; returns the SKUs it touched.
+async fn workload(c: &Client, tag: &str) -> Vec<String> {
+    let skus: Vec<String> = (0..6).map(|i| format!("{tag}-sku-{i}")).collect();
+    for sku in &skus {
+        c.receive(sku, 20).await;
+    }
+    for (i, sku) in skus.iter().enumerate() {
+        for n in 0..4 {
+            let order = format!("{tag}-o{i}-{n}");
+            let r = c.reserve(&order, sku, 1 + n % 2, &format!("{order}:r")).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let id = r.body["reservationId"].as_str().unwrap().to_string();
+            match n {
+                0 | 1 => assert_eq!(
+                    c.confirm(&id, &format!("pay-{order}"), &format!("{order}:c")).await.status,
+                    StatusCode::OK
+                ),
+                2 => assert_eq!(c.release(&id, &format!("{order}:x")).await.status, StatusCode::OK),
+                _ => {}
+            }
+        }
+    }
+    skus
+}
+
+async fn pg_inventory(schema: &TestSchema) -> BTreeMap<String, (i64, i64, i64)> {
+    let rows = schema.client.query("SELECT sku_id, available, reserved, sold FROM inventory", &[]).await.unwrap();
+    rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3)))).collect()
+}
+
+async fn assert_pg_matches_core(c: &Client, schema: &TestSchema, skus: &[String]) {
+    let pg = pg_inventory(schema).await;
+    for sku in skus {
+        let (a, r, s) = c.levels(sku).await;
+        assert_eq!(pg.get(sku), Some(&(a as i64, r as i64, s as i64)), "{sku}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_equal_the_core_after_a_mixed_workload() {
+    let Some(schema) = TestSchema::create("mixed").await else { return };
+    let server = TestServer::start_with(pg_options(&schema, url_for(PG_ADDR))).await;
+    let c = &server.client;
+    let skus = workload(c, "mx").await;
+    // One hold left to expire.
+    c.receive("mx-exp", 1).await;
+    let r = c
+        .post(
+            "/api/inventory/reserve",
+            json!({"orderId": "mx-e", "skuId": "mx-exp", "qty": 1, "idemKey": "mx-e", "ttlSeconds": 1}),
+        )
+        .await;
+    let expiring = r.body["reservationId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let status = wait_caught_up(c, Duration::from_secs(20)).await;
+    assert_eq!(status["enabled"], true);
+
+    assert_pg_matches_core(c, &schema, &skus).await;
+    // Holds: 24 from the workload plus the expired one, each with the core's status.
+    let holds = schema.client.query("SELECT reservation_id, status FROM reservation", &[]).await.unwrap();
+    assert_eq!(holds.len(), 25);
+    for row in &holds {
+        let id: String = row.get(0);
+        let core = c.get(&format!("/api/reservations/{id}")).await.body["status"].as_str().unwrap().to_string();
+        assert_eq!(row.get::<_, String>(1), core, "{id}");
+    }
+    let expired: String = schema
+        .client
+        .query_one("SELECT status FROM reservation WHERE reservation_id = $1", &[&expiring])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(expired, "EXPIRED");
+    // One txn per counter change, one event per txn, each event id unique.
+    // 7 receipts + 25 reserves + 12 confirms + 6 releases + 1 expiry.
+    assert_eq!(schema.count("SELECT count(*) FROM inventory_txn").await, 51);
+    assert_eq!(schema.count("SELECT count(DISTINCT event_id) FROM outbox").await, 51);
+    assert_eq!(schema.count("SELECT count(*) FROM outbox WHERE event_type = 'INVENTORY_RESERVED'").await, 25);
+    let checkpoint: i64 = schema.count("SELECT sum(seq)::bigint FROM writer_checkpoint").await;
+    let durable: u64 = status["shards"].as_array().unwrap().iter().map(|s| s["durableSeq"].as_u64().unwrap()).sum();
+    assert_eq!(checkpoint as u64, durable);
+    server.stop().await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_during_load_is_caught_up_exactly_once() {
+    let Some(schema) = TestSchema::create("outage").await else { return };
+    let proxy = PgProxy::start().await;
+    let server = TestServer::start_with(Options { postgres_batch_max: 8, ..pg_options(&schema, proxy.url()) }).await;
+    let c = &server.client;
+    let first = workload(c, "ou1").await;
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    // PostgreSQL goes away mid-load: the service keeps serving.
+    proxy.stop();
+    let second = workload(c, "ou2").await;
+    let lagging = c.get("/api/admin/persistence").await.body;
+    assert!(lagging["shards"].as_array().unwrap().iter().any(|s| s["lagRecords"].as_u64().unwrap() > 0), "{lagging}");
+    let metrics = c.get("/metrics").await.text;
+    assert!(metrics.contains("inventory_persistence_lag_records"), "lag is exported");
+    proxy.start_again();
+    wait_caught_up(c, Duration::from_secs(30)).await;
+    assert_pg_matches_core(c, &schema, &[first, second].concat()).await;
+    // Exactly once: as many txn rows as changes, no more (txn_id is a key).
+    assert_eq!(schema.count("SELECT count(*) FROM inventory_txn").await, 2 * (6 + 24 + 12 + 6));
+    server.stop().await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_service_mid_batch_lands_every_entry_once() {
+    let Some(schema) = TestSchema::create("kill").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--shards",
+        "2",
+        "--postgres-url",
+        &url_for(PG_ADDR),
+        "--postgres-schema",
+        &schema.name,
+        "--postgres-batch-max",
+        "4",
+    ];
+    let daemon = Daemon::spawn(dir.path(), &args);
+    let c = Client::new(&daemon.url);
+    c.wait_ready().await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let sku = format!("k-{t}-{n}");
+                let Ok(r) = c
+                    .try_post(
+                        "/api/inventory/receive",
+                        json!({"skuId": sku, "qty": 5, "idemKey": format!("{sku}:rcv")}),
+                    )
+                    .await
+                else {
+                    break;
+                };
+                if r.status != StatusCode::OK {
+                    break;
+                }
+                if c.try_post(
+                    "/api/inventory/reserve",
+                    json!({"orderId": format!("o-{sku}"), "skuId": sku, "qty": 2, "idemKey": format!("{sku}:r")}),
+                )
+                .await
+                .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    daemon.signal(libc::SIGKILL);
+    daemon.wait();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let daemon = Daemon::spawn(dir.path(), &args);
+    let c = Client::new(&daemon.url);
+    c.wait_ready().await;
+    let status = wait_caught_up(&c, Duration::from_secs(30)).await;
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait().success());
+    // Every journaled change is in PostgreSQL exactly once.
+    let store = inventory_journal::SledStore::open(&dir.path().join("journal"), None, 1).unwrap();
+    let mut txns = 0;
+    for shard in 0..store.shards() {
+        use inventory_journal::Journal;
+        for entry in store.journal(shard).unwrap().read_from(1).unwrap() {
+            txns += entry.unwrap().txns.len() as i64;
+        }
+    }
+    assert!(txns > 20, "too little load: {txns}");
+    assert_eq!(schema.count("SELECT count(*) FROM inventory_txn").await, txns);
+    assert_eq!(schema.count("SELECT count(DISTINCT txn_id) FROM inventory_txn").await, txns);
+    let durable: u64 = status["shards"].as_array().unwrap().iter().map(|s| s["durableSeq"].as_u64().unwrap()).sum();
+    assert_eq!(schema.count("SELECT sum(seq)::bigint FROM writer_checkpoint").await as u64, durable);
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_past_retention_are_dropped() {
+    let Some(test) = TestSchema::create("retention").await else { return };
+    let server = TestServer::start_with(pg_options(&test, url_for(PG_ADDR))).await;
+    workload(&server.client, "rt").await;
+    wait_caught_up(&server.client, Duration::from_secs(20)).await;
+    server.stop().await;
+    let name = Schema::new(&test.name).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Within the window nothing goes; two days on, today's partitions do.
+    assert!(schema::drop_expired(&test.client, &name, "reservation", now, 48 * 3_600_000).await.unwrap().is_empty());
+    let dropped = schema::drop_expired(&test.client, &name, "reservation", now + 3 * schema::DAY_MS, 48 * 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(test.count("SELECT count(*) FROM reservation").await, 0);
+    assert!(test.count("SELECT count(*) FROM inventory_txn").await > 0, "txn history has its own retention");
+    test.drop().await;
+}
+
+async fn reconcile(c: &Client, repair: bool) -> serde_json::Value {
+    let r = c.post("/api/admin/reconcile", json!({ "repair": repair })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_finds_and_repairs_a_corrupted_row() {
+    let Some(schema) = TestSchema::create("recon").await else { return };
+    let server = TestServer::start_with(pg_options(&schema, url_for(PG_ADDR))).await;
+    let c = &server.client;
+    let skus = workload(c, "rc").await;
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    let clean = reconcile(c, false).await;
+    assert_eq!((clean["checked"].as_u64(), clean["mismatched"].as_u64()), (Some(6), Some(0)), "{clean}");
+    assert_eq!(clean["postgres"]["historyBroken"], 0, "{clean}");
+
+    schema.client.execute("UPDATE inventory SET sold = sold + 5 WHERE sku_id = $1", &[&skus[2]]).await.unwrap();
+    let found = reconcile(c, false).await;
+    assert_eq!(found["mismatched"], 1, "{found}");
+    assert_eq!(found["details"][0]["skuId"], skus[2]);
+    assert_eq!(found["repaired"], 0);
+    let fixed = reconcile(c, true).await;
+    assert_eq!((fixed["mismatched"].as_u64(), fixed["repaired"].as_u64()), (Some(1), Some(1)), "{fixed}");
+    assert_pg_matches_core(c, &schema, &skus).await;
+    let audit = schema
+        .client
+        .query_one("SELECT sku_id, reason, before->>'sold', after->>'sold' FROM reconcile_audit", &[])
+        .await
+        .unwrap();
+    assert_eq!((audit.get::<_, String>(0), audit.get::<_, String>(1)), (skus[2].clone(), "AUTO_RECONCILE".to_string()));
+    assert_ne!(audit.get::<_, String>(2), audit.get::<_, String>(3), "before and after images differ");
+    assert_eq!(reconcile(c, false).await["mismatched"], 0);
+    server.stop().await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_catches_a_skipped_and_a_stale_reapplied_batch() {
+    let Some(schema) = TestSchema::create("faults").await else { return };
+    let faults = Arc::new(WriterFaults::default());
+    let options = Options {
+        shards: 1,
+        postgres_batch_max: 1,
+        writer_faults: faults.clone(),
+        ..pg_options(&schema, url_for(PG_ADDR))
+    };
+    let server = TestServer::start_with(options).await;
+    let c = &server.client;
+    c.receive("f-a", 10).await;
+    c.receive("f-b", 10).await;
+    wait_caught_up(c, Duration::from_secs(20)).await;
+
+    // A batch is skipped: the checkpoint moves on, the rows never land.
+    faults.skip_next_batch.store(true, Ordering::SeqCst);
+    c.reserve("f-o1", "f-a", 3, "f-k1").await;
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    let report = reconcile(c, false).await;
+    assert_eq!(report["postgres"]["mismatched"], 1, "{report}");
+    assert_eq!(report["postgres"]["historyBroken"], 1, "{report}");
+    assert_eq!(reconcile(c, true).await["repaired"], 1);
+
+    // A stale batch is applied again after a newer one: f-b goes backwards.
+    c.reserve("f-o2", "f-b", 2, "f-k2").await;
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    faults.reapply_previous_batch.store(true, Ordering::SeqCst);
+    c.reserve("f-o3", "f-b", 4, "f-k3").await;
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    let report = reconcile(c, true).await;
+    assert_eq!(report["postgres"]["mismatched"], 1, "{report}");
+    let rows: Vec<_> = report["details"].as_array().unwrap().iter().filter(|d| d["side"] == "postgres").collect();
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["skuId"], "f-b", "{report}");
+    assert_eq!(pg_inventory(&schema).await.get("f-b"), Some(&(4, 6, 0)));
+    server.stop().await;
+    schema.drop().await;
+}
