@@ -8,6 +8,7 @@ mod bad_input;
 mod concurrency;
 mod crash;
 mod journal_faults;
+mod journal_tool;
 mod lifecycle;
 mod observability;
 mod persistence;

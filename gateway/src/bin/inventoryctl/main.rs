@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use inventory_journal::audit;
 
+mod journal;
+
 #[derive(Parser)]
 #[command(name = "inventoryctl", version, about = "Operator tools for the inventory reservation service")]
 struct Cli {
@@ -20,6 +22,8 @@ enum Top {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Inspect, verify and replay the journal (F22).
+    Journal(journal::JournalArgs),
 }
 
 #[derive(Subcommand)]
@@ -37,6 +41,7 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Top::Journal(args) => journal::run(args),
         Top::Audit { command: AuditCommand::Verify { data_dir, dir } } => {
             let dir = dir.unwrap_or_else(|| data_dir.join("audit"));
             match audit::verify(&dir) {

@@ -1,0 +1,1 @@
+//! `inventoryctl journal` on known journals.
