@@ -14,6 +14,7 @@ pub mod audit;
 mod codec;
 mod fault;
 mod memory;
+mod recover;
 mod replay;
 mod sled_store;
 
@@ -22,7 +23,8 @@ use inventory_core::Entry;
 pub use codec::{decode, encode, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
 pub use memory::MemJournal;
-pub use replay::{replay, replay_upto, replay_with, ReplayStats};
+pub use replay::{replay, replay_range, replay_upto, replay_with, ReplayStats};
+pub use recover::{rebuild, Until};
 pub use sled_store::{SledJournal, SledStore};
 
 #[derive(Debug, thiserror::Error)]

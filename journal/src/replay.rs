@@ -33,14 +33,26 @@ pub fn replay_upto(
     shard: &mut Shard,
     journal: &dyn Journal,
     last_seq: u64,
+    on_entry: impl FnMut(&inventory_core::Entry),
+) -> Result<ReplayStats, JournalError> {
+    replay_range(shard, journal, 1, |e| e.seq > last_seq, on_entry)
+}
+
+/// Re-applies entries from sequence `from` (the shard must hold exactly the
+/// state after `from - 1`) until `stop` says an entry is past the end.
+pub fn replay_range(
+    shard: &mut Shard,
+    journal: &dyn Journal,
+    from: u64,
+    stop: impl Fn(&inventory_core::Entry) -> bool,
     mut on_entry: impl FnMut(&inventory_core::Entry),
 ) -> Result<ReplayStats, JournalError> {
     let id = journal.shard();
-    let mut stats = ReplayStats { next_seq: 1, ..ReplayStats::default() };
+    let mut stats = ReplayStats { next_seq: from, ..ReplayStats::default() };
     let mut txns: Vec<Txn> = Vec::new();
-    for entry in journal.read_from(1)? {
+    for entry in journal.read_from(from)? {
         let entry = entry?;
-        if entry.seq > last_seq {
+        if stop(&entry) {
             break;
         }
         if entry.seq != stats.next_seq {
