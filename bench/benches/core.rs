@@ -1,0 +1,156 @@
+//! Core micro-benchmarks (criterion): single-thread shard apply throughput
+//! (reserves per second, no I/O) over a catalogue of 1M SKUs, and 50M when
+//! `INVENTORY_BENCH_50M=1` (about 10 GB of memory and minutes of set-up);
+//! and the cost of one journal group commit (sled, flushed) at several batch
+//! sizes.
+//!
+//! `cargo bench -p inventory-bench --bench core`
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use inventory_core::{Command, Entry, Millis, Receive, Reserve, Shard, ShardConfig, DEFAULT_WAREHOUSE, HOUR_MS};
+use inventory_journal::{Journal, SledStore};
+
+/// Reserves generated per chunk outside the timed section.
+const CHUNK: usize = 16_384;
+/// Holds outlive any run, so nothing expires while measuring.
+const HOLD_TTL_MS: Millis = 24 * HOUR_MS;
+
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn sku(i: u64) -> String {
+    format!("sku-{i}")
+}
+
+/// A shard holding `skus` SKUs with plenty of stock each.
+fn seeded_shard(skus: u64) -> Shard {
+    let mut shard = Shard::new(ShardConfig::new(0));
+    let mut txns = Vec::new();
+    for i in 0..skus {
+        let receive = Command::Receive(Receive {
+            sku_id: sku(i),
+            warehouse_id: DEFAULT_WAREHOUSE.to_string(),
+            qty: 1_000_000_000,
+            idem_key: format!("seed:{i}"),
+            reference: String::new(),
+        });
+        txns.clear();
+        shard.apply(1, &receive, &mut txns);
+    }
+    shard
+}
+
+fn reserve(n: u64, sku_index: u64) -> Command {
+    Command::Reserve(Reserve {
+        order_id: format!("o-{n}"),
+        sku_id: sku(sku_index),
+        warehouse_id: DEFAULT_WAREHOUSE.to_string(),
+        qty: 1,
+        idem_key: format!("t1:o-{n}:reserve"),
+        ttl_ms: HOLD_TTL_MS,
+        ttl_explicit: true,
+    })
+}
+
+fn shard_apply(c: &mut Criterion) {
+    let mut sizes = vec![1_000_000u64];
+    if std::env::var("INVENTORY_BENCH_50M").is_ok_and(|v| v == "1") {
+        sizes.push(50_000_000);
+    }
+    let mut group = c.benchmark_group("shard_apply_reserve");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(10));
+    for skus in sizes {
+        let mut shard = seeded_shard(skus);
+        let mut rng = Xorshift(0x2545_F491_4F6C_DD1D);
+        let mut order = 0u64;
+        let mut at: Millis = 2;
+        let mut txns = Vec::with_capacity(4);
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{}M_skus", skus / 1_000_000)),
+            &skus,
+            |b, &skus| {
+                b.iter_custom(|iters| {
+                    let mut elapsed = Duration::ZERO;
+                    let mut left = iters as usize;
+                    while left > 0 {
+                        let n = left.min(CHUNK);
+                        let commands: Vec<Command> = (0..n)
+                            .map(|_| {
+                                order += 1;
+                                reserve(order, rng.below(skus))
+                            })
+                            .collect();
+                        let start = Instant::now();
+                        for command in &commands {
+                            txns.clear();
+                            let applied = shard.apply(at, command, &mut txns);
+                            debug_assert!(applied.changed);
+                        }
+                        elapsed += start.elapsed();
+                        at += 1;
+                        left -= n;
+                    }
+                    elapsed
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+fn journal_group_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SledStore::open(dir.path(), Some(1), 1).expect("open sled");
+    let mut journal = store.journal(0).expect("journal");
+    // Realistic entries: reserves applied to a small shard, with their txns.
+    let mut shard = seeded_shard(10_000);
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    let template: Vec<Entry> = (1..=1024u64)
+        .map(|n| {
+            let command = reserve(n, rng.below(10_000));
+            let mut txns = Vec::new();
+            shard.apply(2, &command, &mut txns);
+            Entry { seq: 0, at: 2, trace_id: 0, operator: "bench".into(), command, txns }
+        })
+        .collect();
+    let mut seq = 0u64;
+    let mut group = c.benchmark_group("journal_group_commit");
+    group.sample_size(20);
+    for batch in [1usize, 16, 64, 256, 1024] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let entries: Vec<Entry> = template[..batch]
+                        .iter()
+                        .map(|e| {
+                            seq += 1;
+                            Entry { seq, ..e.clone() }
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    journal.append(&entries).expect("append");
+                    elapsed += start.elapsed();
+                }
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, shard_apply, journal_group_commit);
+criterion_main!(benches);

@@ -1,0 +1,254 @@
+//! Command-line interface: `run` (measure targets) and `adapter` (serve a
+//! baseline behind the service's HTTP API; started by `run`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::target::TargetKind;
+use crate::workload::Scenario;
+
+/// Largest catalogue the harness seeds (the document's 50 million SKUs).
+pub const CATALOGUE_MAX: u64 = 50_000_000;
+/// Most connections (and load-generator tasks).
+pub const CONNECTIONS_MAX: usize = 4_096;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "inventory-bench",
+    version,
+    about = "Flash-sale benchmark of the inventory service against PostgreSQL and Redis baselines, with an oversell audit"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Run a scenario against one or more targets and report.
+    Run(Box<RunArgs>),
+    /// Serve a baseline (PostgreSQL or Redis) behind the service's HTTP API.
+    Adapter(AdapterArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MixKind {
+    /// 70% reserves, 20% confirms, 4% releases, 6% stock queries.
+    Orders,
+    /// Reserves only.
+    Reserves,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Scenario to run.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Targets to measure, one after the other, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "service")]
+    pub targets: Vec<TargetKind>,
+    /// Length of the measured phase (e.g. 60s, 30m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Offered rate in requests per second for the open-loop scenarios
+    /// (default: 30000 peak, 60000 double-peak, 3000 base for hot-burst).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Keep-alive connections (one load-generator task each).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Operation mix (default: orders; max and hot-only also accept reserves).
+    #[arg(long, value_enum, default_value = "orders")]
+    pub mix: MixKind,
+    /// Number of SKUs in the catalogue (up to 50,000,000).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub catalogue: u64,
+    /// How many of them are hot.
+    #[arg(long, default_value_t = 100)]
+    pub hot_skus: u64,
+    /// Share of SKU picks that go to the hot SKUs.
+    #[arg(long, default_value_t = 0.15)]
+    pub hot_share: f64,
+    /// Units seeded per regular SKU.
+    #[arg(long, default_value_t = 1_000)]
+    pub stock: u64,
+    /// Units seeded per hot SKU.
+    #[arg(long, default_value_t = 100_000)]
+    pub hot_stock: u64,
+    /// Units seeded for the single SKU of hot-only and hot-burst (default:
+    /// hot-only 100,000 per second of run; hot-burst half the burst demand,
+    /// so it sells out during the burst).
+    #[arg(long)]
+    pub flash_stock: Option<u64>,
+    /// Burst rate as a multiple of the base rate (hot-burst).
+    #[arg(long, default_value_t = 10.0)]
+    pub burst_factor: f64,
+    /// Units per reserve.
+    #[arg(long, default_value_t = 1)]
+    pub qty: u64,
+    /// `ttlSeconds` of each hold; unsettled holds expire after it.
+    #[arg(long, default_value_t = 30)]
+    pub hold_ttl_secs: u64,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Acknowledged holds read back by the audit (a uniform sample beyond).
+    #[arg(long, default_value_t = 200_000)]
+    pub audit_holds: usize,
+    /// Directory for the JSON report, the plots and the targets' logs.
+    #[arg(long, default_value = "target/inventory-bench")]
+    pub out_dir: PathBuf,
+    /// Measure an already running service at this URL (http://IP:PORT)
+    /// instead of starting one.
+    #[arg(long)]
+    pub target_url: Option<String>,
+    /// Path of the inventoryd binary (default: next to this binary).
+    #[arg(long)]
+    pub inventoryd: Option<PathBuf>,
+    /// Extra flag for inventoryd (repeatable), e.g. --service-arg=--shards=2.
+    #[arg(long = "service-arg", allow_hyphen_values = true)]
+    pub service_args: Vec<String>,
+    /// PostgreSQL for the postgres baseline.
+    #[arg(long, env = "BENCH_PG_URL", default_value = "postgres://root@127.0.0.1:5432/test")]
+    pub pg_url: String,
+    /// Redis for the redis baselines; the adapter flushes this database.
+    #[arg(long, env = "BENCH_REDIS_URL", default_value = "redis://127.0.0.1:6379/9")]
+    pub redis_url: String,
+    /// Database connections of a baseline adapter (PostgreSQL pool size;
+    /// multiplexed Redis connections).
+    #[arg(long)]
+    pub adapter_pool: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Postgres,
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Appendfsync {
+    Always,
+    Everysec,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AdapterArgs {
+    #[arg(long, value_enum)]
+    pub backend: BackendKind,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "BENCH_PG_URL", default_value = "postgres://root@127.0.0.1:5432/test")]
+    pub pg_url: String,
+    #[arg(long, env = "BENCH_REDIS_URL", default_value = "redis://127.0.0.1:6379/9")]
+    pub redis_url: String,
+    /// Redis AOF fsync policy for the run.
+    #[arg(long, value_enum, default_value = "always")]
+    pub appendfsync: Appendfsync,
+    /// Database connections.
+    #[arg(long, default_value_t = 32)]
+    pub pool: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+impl RunArgs {
+    /// Checks combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.targets.is_empty() {
+            return Err("--targets names no target".into());
+        }
+        if self.connections == 0 || self.connections > CONNECTIONS_MAX {
+            return Err(format!("--connections must be between 1 and {CONNECTIONS_MAX}, got {}", self.connections));
+        }
+        if self.catalogue == 0 || self.catalogue > CATALOGUE_MAX {
+            return Err(format!("--catalogue must be between 1 and {CATALOGUE_MAX}, got {}", self.catalogue));
+        }
+        if self.hot_skus > self.catalogue {
+            return Err(format!("--hot-skus {} exceeds --catalogue {}", self.hot_skus, self.catalogue));
+        }
+        if !(0.0..=1.0).contains(&self.hot_share) {
+            return Err(format!("--hot-share must be between 0 and 1, got {}", self.hot_share));
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!("--rate must be a positive number, got {rate}"));
+            }
+            if self.scenario.default_rate().is_none() {
+                return Err(format!("--rate applies to open-loop scenarios; {} is closed-loop", self.scenario.name()));
+            }
+        }
+        if !(self.burst_factor.is_finite() && self.burst_factor >= 1.0) {
+            return Err(format!("--burst-factor must be at least 1, got {}", self.burst_factor));
+        }
+        if self.qty == 0 {
+            return Err("--qty must be at least 1".into());
+        }
+        if self.stock < self.qty || self.hot_stock < self.qty {
+            return Err("--stock and --hot-stock must be at least --qty".into());
+        }
+        if self.hold_ttl_secs == 0 {
+            return Err("--hold-ttl-secs must be at least 1".into());
+        }
+        if self.mix == MixKind::Reserves && !matches!(self.scenario, Scenario::Max | Scenario::HotOnly) {
+            return Err("--mix reserves applies to the closed-loop scenarios max and hot-only".into());
+        }
+        if self.target_url.is_some() && self.targets != [TargetKind::Service] {
+            return Err("--target-url measures one running service: use it with --targets service".into());
+        }
+        if self.adapter_pool == Some(0) {
+            return Err("--adapter-pool must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, String> {
+        let mut all = vec!["inventory-bench", "run"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        let Commands::Run(run) = cli.command else { unreachable!() };
+        let run = *run;
+        run.validate()?;
+        Ok(run)
+    }
+
+    #[test]
+    fn good_input_parses() {
+        let run = parse(&["--scenario", "peak", "--targets", "service,postgres", "--duration", "2m"]).unwrap();
+        assert_eq!(run.targets, vec![TargetKind::Service, TargetKind::Postgres]);
+        assert_eq!(run.duration, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_input_gets_a_clear_error() {
+        assert!(parse(&["--scenario", "nope"]).unwrap_err().contains("invalid value"));
+        assert!(parse(&["--scenario", "peak", "--duration", "0s"]).unwrap_err().contains("longer than zero"));
+        assert!(parse(&["--scenario", "peak", "--catalogue", "60000000"]).unwrap_err().contains("--catalogue"));
+        assert!(parse(&["--scenario", "max", "--rate", "10"]).unwrap_err().contains("closed-loop"));
+        assert!(parse(&["--scenario", "peak", "--hot-share", "2"]).unwrap_err().contains("--hot-share"));
+        assert!(parse(&["--scenario", "peak", "--connections", "0"]).unwrap_err().contains("--connections"));
+        assert!(parse(&["--scenario", "peak", "--targets", "postgres", "--target-url", "http://127.0.0.1:1"])
+            .unwrap_err()
+            .contains("--target-url"));
+    }
+}

@@ -1,0 +1,364 @@
+//! The report of a run: a table on the terminal, `report.json`, and one SVG
+//! per target (latency percentiles and throughput per second) plus one
+//! comparing the targets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::audit::AuditReport;
+use crate::stats::{OpSummary, TimelinePoint};
+use crate::target::TargetKind;
+use crate::workload::{Catalogue, Mode, Plan, Scenario};
+use crate::{BenchError, Result};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostInfo {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub memory_gib: f64,
+}
+
+impl HostInfo {
+    pub fn detect() -> HostInfo {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim()))
+            .unwrap_or("unknown")
+            .to_string();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        HostInfo {
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    pub target: TargetKind,
+    pub label: String,
+    /// Offered rate of an open-loop run (requests per second).
+    pub offered_rate: Option<f64>,
+    /// Wall time of the measured phase.
+    pub seconds: f64,
+    pub seed_seconds: f64,
+    pub ops: BTreeMap<String, OpSummary>,
+    pub total: OpSummary,
+    /// Open-loop requests never sent because the target fell behind.
+    pub unsent: u64,
+    /// (errors + unsent) / (requests + unsent). Rejections such as
+    /// `INSUFFICIENT_STOCK` are answers, not errors.
+    pub error_rate: f64,
+    pub timeline: Vec<TimelinePoint>,
+    pub audit: AuditReport,
+}
+
+impl TargetReport {
+    pub fn reserve(&self) -> Option<&OpSummary> {
+        self.ops.get("reserve")
+    }
+}
+
+/// A baseline next to the service, measured in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    pub target: TargetKind,
+    /// Service successful ops/s divided by this target's.
+    pub service_throughput_ratio: f64,
+    /// This target's reserve p99 divided by the service's.
+    pub reserve_p99_ratio: Option<f64>,
+    /// Whether this target beat the service on throughput or reserve p99.
+    pub service_loses: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub started_at: String,
+    pub host: HostInfo,
+    pub scenario: Scenario,
+    pub plan: Plan,
+    pub catalogue: Catalogue,
+    pub connections: usize,
+    /// How the targets are driven (the same client path for all).
+    pub client_path: String,
+    pub targets: Vec<TargetReport>,
+    pub comparison: Vec<Ratio>,
+}
+
+pub fn compare(targets: &[TargetReport]) -> Vec<Ratio> {
+    let Some(service) = targets.iter().find(|t| t.target == TargetKind::Service) else { return Vec::new() };
+    targets
+        .iter()
+        .filter(|t| t.target != TargetKind::Service)
+        .map(|t| {
+            let service_throughput_ratio = service.total.ok_per_s / t.total.ok_per_s.max(f64::MIN_POSITIVE);
+            let reserve_p99_ratio = match (service.reserve(), t.reserve()) {
+                (Some(s), Some(b)) if s.p99_ms > 0.0 => Some(b.p99_ms / s.p99_ms),
+                _ => None,
+            };
+            // In open loop both may carry the offered rate: compare latency
+            // then; in closed loop throughput decides.
+            let service_loses = service_throughput_ratio < 0.98 || reserve_p99_ratio.is_some_and(|r| r < 1.0);
+            Ratio { target: t.target, service_throughput_ratio, reserve_p99_ratio, service_loses }
+        })
+        .collect()
+}
+
+/// Writes `report.json` and the plots into `dir`.
+pub fn write(report: &RunReport, dir: &Path) -> Result<()> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| BenchError::Report(e.to_string()))?;
+    std::fs::write(dir.join("report.json"), json)?;
+    for t in &report.targets {
+        let path = dir.join(format!("{}-{}.svg", report.scenario.name(), t.target.name()));
+        plot_target(report, t, &path).map_err(|e| BenchError::Report(format!("{}: {e}", path.display())))?;
+    }
+    if report.targets.len() > 1 {
+        let path = dir.join(format!("{}-compare.svg", report.scenario.name()));
+        plot_compare(report, &path).map_err(|e| BenchError::Report(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// A plotted line: legend, value of a point, colour.
+type Series<T> = (&'static str, fn(&TimelinePoint) -> T, RGBColor);
+
+type PlotResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn latency_range(points: &[TimelinePoint]) -> std::ops::Range<f64> {
+    let max = points.iter().map(|p| p.max_ms).fold(1.0, f64::max);
+    let min = points.iter().map(|p| p.p50_ms).filter(|v| *v > 0.0).fold(max, f64::min);
+    (min / 2.0).max(0.001)..max * 2.0
+}
+
+fn plot_target(report: &RunReport, t: &TargetReport, path: &Path) -> PlotResult {
+    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (upper, lower) = root.split_vertically(400);
+    let points = &t.timeline;
+    let t_max = points.len().max(2) as f64;
+    let title = format!("{} / {}: latency per second (ms, log scale)", report.scenario.name(), t.target.name());
+    let mut chart = ChartBuilder::on(&upper)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, latency_range(points).log_scale())?;
+    chart.configure_mesh().x_desc("seconds").y_desc("ms").draw()?;
+    let series: [Series<f64>; 4] = [
+        ("p50", |p| p.p50_ms, BLUE),
+        ("p99", |p| p.p99_ms, GREEN),
+        ("p99.9", |p| p.p999_ms, MAGENTA),
+        ("max", |p| p.max_ms, RED),
+    ];
+    for (name, f, color) in series {
+        chart
+            .draw_series(LineSeries::new(points.iter().filter(|p| f(p) > 0.0).map(|p| (p.t_s as f64, f(p))), color))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+
+    let ok_max = points.iter().map(|p| p.ok_per_s.max(p.errors_per_s)).max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(&lower)
+        .caption("throughput per second", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..ok_max * 1.1)?;
+    chart.configure_mesh().x_desc("seconds").y_desc("per second").draw()?;
+    let series: [Series<u64>; 3] = [
+        ("ok", |p| p.ok_per_s, BLUE),
+        ("reserves ok", |p| p.reserves_ok_per_s, GREEN),
+        ("errors", |p| p.errors_per_s, RED),
+    ];
+    for (name, f, color) in series {
+        chart
+            .draw_series(LineSeries::new(points.iter().map(|p| (p.t_s as f64, f(p) as f64)), color))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_compare(report: &RunReport, path: &Path) -> PlotResult {
+    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (upper, lower) = root.split_vertically(400);
+    let all: Vec<&TimelinePoint> = report.targets.iter().flat_map(|t| &t.timeline).collect();
+    let t_max = report.targets.iter().map(|t| t.timeline.len()).max().unwrap_or(2).max(2) as f64;
+    let p99_max = all.iter().map(|p| p.p99_ms).fold(1.0, f64::max);
+    let p99_min = all.iter().map(|p| p.p99_ms).filter(|v| *v > 0.0).fold(p99_max, f64::min);
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let mut chart = ChartBuilder::on(&upper)
+        .caption(format!("{}: p99 latency per second (ms, log scale)", report.scenario.name()), ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, ((p99_min / 2.0).max(0.001)..p99_max * 2.0).log_scale())?;
+    chart.configure_mesh().x_desc("seconds").y_desc("ms").draw()?;
+    for (t, color) in report.targets.iter().zip(colors.iter().cycle()) {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                t.timeline.iter().filter(|p| p.p99_ms > 0.0).map(|p| (p.t_s as f64, p.p99_ms)),
+                color,
+            ))?
+            .label(t.target.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    let ok_max = all.iter().map(|p| p.ok_per_s).max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(&lower)
+        .caption("successful requests per second", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..ok_max * 1.1)?;
+    chart.configure_mesh().x_desc("seconds").y_desc("per second").draw()?;
+    for (t, color) in report.targets.iter().zip(colors.iter().cycle()) {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(t.timeline.iter().map(|p| (p.t_s as f64, p.ok_per_s as f64)), color))?
+            .label(t.target.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The terminal table.
+pub fn table(report: &RunReport) -> String {
+    let mut s = String::new();
+    let mode = match report.plan.mode {
+        Mode::Open { rate } => format!("open loop at {rate:.0} req/s"),
+        Mode::Closed => "closed loop".to_string(),
+    };
+    let c = &report.catalogue;
+    let _ = writeln!(
+        s,
+        "\n{} ({mode}, {} connections, {:.0} s; {} SKUs, {} hot taking {:.0}%; mix reserve/confirm/release/query \
+         {}/{}/{}/{}; {} cpus)",
+        report.scenario.name(),
+        report.connections,
+        report.plan.duration.as_secs_f64(),
+        c.skus,
+        c.hot,
+        c.hot_share * 100.0,
+        report.plan.mix.reserve,
+        report.plan.mix.confirm,
+        report.plan.mix.release,
+        report.plan.mix.query,
+        report.host.cpus,
+    );
+    let _ = writeln!(
+        s,
+        "{:<15} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7} {:>8} | {:>7} | {:>7} {:>8} {:>5} | {:>8} {:>6}",
+        "target",
+        "ok/s",
+        "resv ok/s",
+        "p50",
+        "p95",
+        "p99",
+        "p99.9",
+        "max ms",
+        "all p99",
+        "errors",
+        "oversold",
+        "lost",
+        "svc x",
+        "p99 x",
+    );
+    for t in &report.targets {
+        let r = t.reserve();
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        let ratio = report.comparison.iter().find(|x| x.target == t.target);
+        let _ = writeln!(
+            s,
+            "{:<15} {:>9.0} {:>9.0} | {:>7} {:>7} {:>7} {:>7} {:>8} | {:>7.2} | {:>6.2}% {:>8} {:>5} | {:>8} {:>6}",
+            t.target.name(),
+            t.total.ok_per_s,
+            r.map(|r| r.ok_per_s).unwrap_or(0.0),
+            f(r.map(|r| r.p50_ms)),
+            f(r.map(|r| r.p95_ms)),
+            f(r.map(|r| r.p99_ms)),
+            f(r.map(|r| r.p999_ms)),
+            f(r.map(|r| r.max_ms)),
+            t.total.p99_ms,
+            t.error_rate * 100.0,
+            t.audit.oversold_units,
+            t.audit.lost_acked_holds,
+            ratio.map(|x| format!("{:.2}", x.service_throughput_ratio)).unwrap_or_else(|| "-".into()),
+            ratio.and_then(|x| x.reserve_p99_ratio).map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "latencies are of reserves, in ms, from the intended send time in open loop; \"svc x\" = service ok/s \
+                          / target ok/s; \"p99 x\" = target reserve p99 / service reserve p99"
+    );
+    for t in &report.targets {
+        let _ = writeln!(s, "{}: {}", t.target.name(), t.label);
+        for (op, o) in &t.ops {
+            let codes: Vec<String> = o.codes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = writeln!(
+                s,
+                "  {op:<8} {:>9} sent, {:>9.0} ok/s, p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; {}",
+                o.count,
+                o.ok_per_s,
+                o.p50_ms,
+                o.p99_ms,
+                o.p999_ms,
+                o.max_ms,
+                codes.join(", ")
+            );
+        }
+        if t.unsent > 0 {
+            let _ =
+                writeln!(s, "  {} requests never sent: the target fell more than 5 s behind the schedule", t.unsent);
+        }
+        let a = &t.audit;
+        let _ = writeln!(
+            s,
+            "  audit: {} SKUs, {}/{} acknowledged holds read back; oversold units {}, lost acknowledged holds {}, \
+             negative counters {}, unbalanced SKUs {}, lost confirmed units {}, unacknowledged sold units {}, \
+             contradictions {} -> {}",
+            a.skus_checked,
+            a.holds_checked,
+            a.holds_acked,
+            a.oversold_units,
+            a.lost_acked_holds,
+            a.negative_counters,
+            a.unbalanced_skus,
+            a.lost_confirmed_units,
+            a.unacknowledged_sold_units,
+            a.contradictions,
+            if a.clean() { "clean" } else { "NOT CLEAN" }
+        );
+        for d in &a.details {
+            let _ = writeln!(s, "    {d}");
+        }
+    }
+    for r in &report.comparison {
+        if r.service_loses {
+            let _ = writeln!(s, "the service loses to {} in this run", r.target.name());
+        }
+    }
+    s
+}

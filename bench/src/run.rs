@@ -1,0 +1,235 @@
+//! One benchmark run: for each target in turn, start it, seed the
+//! catalogue, run the measured phase, audit, stop; then write the report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::audit::audit;
+use crate::cli::{MixKind, RunArgs};
+use crate::loadgen::{self, LoadConfig, Progress};
+use crate::report::{self, HostInfo, RunReport, TargetReport};
+use crate::stats::OpSummary;
+use crate::target::{self, Running, StartOptions, TargetKind};
+use crate::workload::{Burst, Catalogue, Mix, Mode, Op, Plan, Scenario};
+use crate::{BenchError, Result};
+
+/// The measured phase's plan for `args`.
+pub fn plan(args: &RunArgs) -> Plan {
+    let mode = match args.scenario.default_rate() {
+        Some(default) => Mode::Open { rate: args.rate.unwrap_or(default) },
+        None => Mode::Closed,
+    };
+    let burst = match (args.scenario, mode) {
+        (Scenario::HotBurst, Mode::Open { rate }) => Some(Burst {
+            start: args.duration / 3,
+            end: args.duration * 2 / 3,
+            rate: rate * (args.burst_factor - 1.0).max(f64::MIN_POSITIVE),
+        }),
+        _ => None,
+    };
+    Plan {
+        scenario: args.scenario,
+        mode,
+        duration: args.duration,
+        mix: match args.mix {
+            MixKind::Orders => Mix::ORDERS,
+            MixKind::Reserves => Mix::RESERVES,
+        },
+        flash_only: args.scenario == Scenario::HotOnly,
+        burst,
+        qty: args.qty,
+        hold_ttl_secs: args.hold_ttl_secs,
+        seed: args.seed,
+    }
+}
+
+/// The catalogue for `args` and `plan`, with SKU ids prefixed by `tag`.
+pub fn catalogue(args: &RunArgs, plan: &Plan, tag: &str) -> Catalogue {
+    let flash_stock = args.flash_stock.unwrap_or(match args.scenario {
+        Scenario::HotOnly => (100_000.0 * args.duration.as_secs_f64()).max(1_000_000.0) as u64 * args.qty,
+        Scenario::HotBurst => (plan.burst_demand() / 2).max(args.qty),
+        _ => 0,
+    });
+    Catalogue {
+        prefix: format!("b{tag}-"),
+        skus: args.catalogue,
+        hot: args.hot_skus,
+        hot_share: args.hot_share,
+        stock: args.stock,
+        hot_stock: args.hot_stock,
+        flash_stock,
+    }
+}
+
+pub fn main(args: RunArgs) -> Result<RunReport> {
+    args.validate().map_err(BenchError::Config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+pub async fn run(args: RunArgs) -> Result<RunReport> {
+    let plan = plan(&args);
+    let started = SystemTime::now();
+    let nanos = started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let tag = format!("{:06x}", (nanos ^ ((std::process::id() as u64) << 20)) & 0xff_ffff);
+    let catalogue = Arc::new(catalogue(&args, &plan, &tag));
+    let out_dir = args.out_dir.join(format!("{}-{}", plan.scenario.name(), nanos / 1_000_000_000));
+    std::fs::create_dir_all(&out_dir)?;
+    let options = StartOptions {
+        inventoryd: args.inventoryd.clone(),
+        service_args: args.service_args.clone(),
+        pg_url: args.pg_url.clone(),
+        redis_url: args.redis_url.clone(),
+        adapter_pool: 32,
+        log_dir: out_dir.clone(),
+    };
+    let mut targets = Vec::new();
+    for &kind in &args.targets {
+        let mut options = options.clone();
+        options.adapter_pool = args.adapter_pool.unwrap_or(match kind {
+            TargetKind::Postgres => 32,
+            _ => 4,
+        });
+        let report = measure(&args, &plan, catalogue.clone(), kind, &options, &tag).await?;
+        targets.push(report);
+    }
+    let report = RunReport {
+        started_at: humantime::format_rfc3339_seconds(started).to_string(),
+        host: HostInfo::detect(),
+        scenario: plan.scenario,
+        plan: plan.clone(),
+        catalogue: (*catalogue).clone(),
+        connections: args.connections,
+        client_path: "every target through the same hyper HTTP/1.1 keep-alive client; the baselines are served by \
+                      `inventory-bench adapter`, a hyper server in a separate process making one database round \
+                      trip per request (a PL/pgSQL function or a Lua script)"
+            .into(),
+        comparison: report::compare(&targets),
+        targets,
+    };
+    report::write(&report, &out_dir)?;
+    print!("{}", report::table(&report));
+    println!("report: {}", out_dir.display());
+    Ok(report)
+}
+
+fn bar(hidden: bool, len: u64, prefix: String, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(len),
+        if hidden { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    bar.set_prefix(prefix);
+    bar
+}
+
+async fn measure(
+    args: &RunArgs,
+    plan: &Plan,
+    catalogue: Arc<Catalogue>,
+    kind: TargetKind,
+    options: &StartOptions,
+    tag: &str,
+) -> Result<TargetReport> {
+    let name = kind.name();
+    let running = match &args.target_url {
+        Some(url) => Running::external(kind, target::parse_url(url)?),
+        None => Running::start(kind, options)?,
+    };
+    running.wait_ready().await?;
+
+    let seeding = bar(
+        args.no_progress,
+        catalogue.skus + 1,
+        format!("{name}: seeding"),
+        "{prefix:>24} [{bar:30}] {pos}/{len} SKUs {elapsed}",
+    );
+    let t0 = Instant::now();
+    let receives = target::seed(
+        running.addr,
+        kind.is_adapter(),
+        catalogue.clone(),
+        args.connections,
+        args.timeout,
+        Some(seeding.clone()),
+    )
+    .await?;
+    seeding.finish_and_clear();
+    let seed_s = t0.elapsed().as_secs_f64();
+    eprintln!("{name}: seeded {} SKUs in {seed_s:.1} s ({receives} receive requests)", catalogue.skus);
+
+    let progress = Arc::new(Progress::default());
+    let running_bar = bar(
+        args.no_progress,
+        plan.duration.as_secs().max(1),
+        format!("{name}: {}", plan.scenario.name()),
+        "{prefix:>24} [{bar:30}] {pos}/{len} s {msg}",
+    );
+    let ticker = {
+        let (progress, bar) = (progress.clone(), running_bar.clone());
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut last = (0, start);
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let ok = progress.ok.load(std::sync::atomic::Ordering::Relaxed);
+                let errors = progress.errors.load(std::sync::atomic::Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (ok - last.0) as f64 / (now - last.1).as_secs_f64();
+                last = (ok, now);
+                bar.set_position(start.elapsed().as_secs());
+                bar.set_message(format!("{rate:>8.0} ok/s  {errors} errors"));
+            }
+        })
+    };
+    let load = loadgen::run(
+        LoadConfig {
+            addr: running.addr,
+            connections: args.connections,
+            request_timeout: args.timeout,
+            plan: plan.clone(),
+            catalogue: catalogue.clone(),
+            run_tag: format!("{tag}{}", &name[..1]),
+            audit_holds_max: args.audit_holds,
+        },
+        progress,
+    )
+    .await;
+    ticker.abort();
+    running_bar.finish_and_clear();
+
+    eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
+    let audit = audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?;
+    running.stop()?;
+
+    let seconds = load.elapsed.as_secs_f64();
+    let mut ops = BTreeMap::new();
+    for op in Op::ALL {
+        let stats = &load.stats.ops[op.index()];
+        if stats.count() > 0 {
+            ops.insert(op.name().to_string(), OpSummary::of(stats, seconds));
+        }
+    }
+    let total = OpSummary::of(&load.stats.total(), seconds);
+    let attempted = total.count + load.unsent;
+    let error_rate = if attempted > 0 { (total.errors + load.unsent) as f64 / attempted as f64 } else { 0.0 };
+    Ok(TargetReport {
+        target: kind,
+        label: kind.label().into(),
+        offered_rate: match plan.mode {
+            Mode::Open { rate } => Some(rate),
+            Mode::Closed => None,
+        },
+        seconds,
+        seed_seconds: seed_s,
+        ops,
+        total,
+        unsent: load.unsent,
+        error_rate,
+        timeline: load.timeline.points(),
+        audit,
+    })
+}

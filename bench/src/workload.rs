@@ -1,0 +1,285 @@
+//! The workload: the catalogue, the operation mix, how SKUs are picked, and
+//! the scenarios built from them. Deterministic for a given seed.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Largest quantity the service accepts in one receive by default
+/// (`inventoryd --max-qty`); larger stock is seeded in several receives.
+pub const RECEIVE_QTY_MAX: u64 = 1_000_000;
+
+/// A small, fast, seedable generator (SplitMix64). Statistical quality is
+/// ample for picking operations and SKUs; no crate needed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        debug_assert!(n > 0);
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The kinds of request the harness sends during the measured phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Reserve,
+    Confirm,
+    Release,
+    Query,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Reserve, Op::Confirm, Op::Release, Op::Query];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Reserve => "reserve",
+            Op::Confirm => "confirm",
+            Op::Release => "release",
+            Op::Query => "query",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Shares of each operation, in percent (they sum to 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Mix {
+    pub reserve: u32,
+    pub confirm: u32,
+    pub release: u32,
+    pub query: u32,
+}
+
+impl Mix {
+    /// The design document's order traffic: 70% reserves; the rest confirms
+    /// and releases of earlier holds and stock queries. Of the holds that
+    /// are settled most are confirmed (20 confirms to 4 releases); the
+    /// others are left to expire.
+    pub const ORDERS: Mix = Mix { reserve: 70, confirm: 20, release: 4, query: 6 };
+    /// Reserves only: the rate of durable reserves.
+    pub const RESERVES: Mix = Mix { reserve: 100, confirm: 0, release: 0, query: 0 };
+
+    pub fn pick(&self, rng: &mut Rng) -> Op {
+        let x = rng.below(100) as u32;
+        if x < self.reserve {
+            Op::Reserve
+        } else if x < self.reserve + self.confirm {
+            Op::Confirm
+        } else if x < self.reserve + self.confirm + self.release {
+            Op::Release
+        } else {
+            Op::Query
+        }
+    }
+}
+
+/// The SKUs of one run: `catalogue` regular SKUs (the first `hot` of them
+/// hot) and one extra "flash" SKU used by the single-SKU scenarios. SKU ids
+/// carry a per-run prefix so that runs against a long-lived target never
+/// collide.
+#[derive(Clone, Debug, Serialize)]
+pub struct Catalogue {
+    pub prefix: String,
+    pub skus: u64,
+    pub hot: u64,
+    /// Share of SKU picks that go to the hot set.
+    pub hot_share: f64,
+    pub stock: u64,
+    pub hot_stock: u64,
+    pub flash_stock: u64,
+}
+
+impl Catalogue {
+    /// Index of the flash SKU.
+    pub fn flash(&self) -> u64 {
+        self.skus
+    }
+
+    pub fn sku_id(&self, index: u64) -> String {
+        if index == self.flash() {
+            format!("{}flash", self.prefix)
+        } else {
+            format!("{}{index}", self.prefix)
+        }
+    }
+
+    /// Stock seeded for an SKU.
+    pub fn seeded(&self, index: u64) -> u64 {
+        if index == self.flash() {
+            self.flash_stock
+        } else if index < self.hot {
+            self.hot_stock
+        } else {
+            self.stock
+        }
+    }
+
+    /// A SKU for regular traffic: a hot one with probability `hot_share`,
+    /// otherwise uniform over the rest of the catalogue.
+    pub fn pick(&self, rng: &mut Rng) -> u64 {
+        let cold = self.skus - self.hot;
+        if self.hot > 0 && (cold == 0 || rng.unit() < self.hot_share) {
+            rng.below(self.hot)
+        } else {
+            self.hot + rng.below(cold)
+        }
+    }
+}
+
+/// Named scenarios (the list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Open loop at the document's peak: 30k QPS of order traffic.
+    Peak,
+    /// Open loop at twice the peak: 60k QPS (the document runs it 30 minutes).
+    DoublePeak,
+    /// Open loop at a base rate with a 10x burst of reserves on one SKU in
+    /// the middle third of the run; the SKU sells out during the burst.
+    HotBurst,
+    /// Closed loop, every reserve on one SKU.
+    HotOnly,
+    /// Closed loop, uniform SKUs: saturation throughput.
+    Max,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Peak => "peak",
+            Scenario::DoublePeak => "double-peak",
+            Scenario::HotBurst => "hot-burst",
+            Scenario::HotOnly => "hot-only",
+            Scenario::Max => "max",
+        }
+    }
+
+    /// Default offered rate (requests per second) of the open-loop scenarios.
+    pub fn default_rate(self) -> Option<f64> {
+        match self {
+            Scenario::Peak => Some(30_000.0),
+            Scenario::DoublePeak => Some(60_000.0),
+            Scenario::HotBurst => Some(3_000.0),
+            Scenario::HotOnly | Scenario::Max => None,
+        }
+    }
+}
+
+/// How requests are issued.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Mode {
+    /// A fixed arrival rate over all connections; latency from the intended
+    /// send time.
+    Open { rate: f64 },
+    /// Each connection sends its next request when the previous one returns.
+    Closed,
+}
+
+/// A burst of extra reserves on the flash SKU.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Burst {
+    pub start: Duration,
+    pub end: Duration,
+    /// Extra arrival rate during the burst (requests per second).
+    pub rate: f64,
+}
+
+/// Everything the load generator needs to know about one measured phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub mode: Mode,
+    pub duration: Duration,
+    pub mix: Mix,
+    /// Every reserve (and query) goes to the flash SKU.
+    pub flash_only: bool,
+    pub burst: Option<Burst>,
+    pub qty: u64,
+    pub hold_ttl_secs: u64,
+    pub seed: u64,
+}
+
+impl Plan {
+    /// Expected number of burst reserves (for sizing the flash SKU's stock).
+    pub fn burst_demand(&self) -> u64 {
+        self.burst.map(|b| (b.rate * (b.end - b.start).as_secs_f64()) as u64 * self.qty).unwrap_or(0)
+    }
+}
+
+/// Splits `qty` into receives the service accepts.
+pub fn receive_chunks(qty: u64) -> impl Iterator<Item = u64> {
+    let full = qty / RECEIVE_QTY_MAX;
+    let rest = qty % RECEIVE_QTY_MAX;
+    std::iter::repeat_n(RECEIVE_QTY_MAX, full as usize).chain((rest > 0).then_some(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_shares_match_the_percentages() {
+        let mut rng = Rng::new(7);
+        let mut counts = [0u32; 4];
+        for _ in 0..100_000 {
+            counts[Mix::ORDERS.pick(&mut rng).index()] += 1;
+        }
+        let share = |i: usize| counts[i] as f64 / 1000.0;
+        assert!((share(0) - 70.0).abs() < 1.0, "{counts:?}");
+        assert!((share(1) - 20.0).abs() < 1.0, "{counts:?}");
+        assert!((share(2) - 4.0).abs() < 0.5, "{counts:?}");
+        assert!((share(3) - 6.0).abs() < 0.5, "{counts:?}");
+    }
+
+    #[test]
+    fn hot_skus_take_their_share() {
+        let cat = Catalogue {
+            prefix: "s-".into(),
+            skus: 10_000,
+            hot: 10,
+            hot_share: 0.15,
+            stock: 1,
+            hot_stock: 1,
+            flash_stock: 1,
+        };
+        let mut rng = Rng::new(1);
+        let n = 100_000;
+        let hot = (0..n).filter(|_| cat.pick(&mut rng) < 10).count();
+        assert!((hot as f64 / n as f64 - 0.15).abs() < 0.01, "{hot}");
+        assert_eq!(cat.sku_id(cat.flash()), "s-flash");
+        assert_eq!(cat.sku_id(3), "s-3");
+    }
+
+    #[test]
+    fn receives_are_split_at_the_service_limit() {
+        assert_eq!(receive_chunks(2_500_000).collect::<Vec<_>>(), vec![1_000_000, 1_000_000, 500_000]);
+        assert_eq!(receive_chunks(5).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(receive_chunks(0).count(), 0);
+    }
+}

@@ -1,0 +1,161 @@
+//! Smoke runs of every scenario against the service and every baseline, a
+//! few seconds each at a low rate on a small catalogue, so the harness
+//! cannot rot. Each run must end with a clean audit (zero oversold units,
+//! zero lost acknowledged holds), no errors, and successful reserves.
+//!
+//! The PostgreSQL and Redis baselines are skipped, with a message, only
+//! when their server is unreachable and `CI` is not set; in CI they run.
+//! Runs are serialized: the Redis baselines change server-wide settings.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn bench_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_inventory-bench"))
+}
+
+/// `inventoryd` from the same target directory, built if it is missing.
+fn inventoryd() -> PathBuf {
+    let bin = bench_bin();
+    let dir = bin.parent().expect("binary has a directory");
+    let path = dir.join("inventoryd");
+    if !path.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "inventory-gateway", "--bin", "inventoryd"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        if let Some(target_dir) = dir.parent() {
+            build.arg("--target-dir").arg(target_dir);
+        }
+        let status = build.status().expect("run cargo build for inventoryd");
+        assert!(status.success(), "cargo build -p inventory-gateway failed");
+    }
+    assert!(path.is_file(), "no inventoryd at {}", path.display());
+    path
+}
+
+fn reachable(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// The service plus every baseline whose server can be reached (all of
+/// them in CI).
+fn targets() -> String {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    let mut targets = vec!["service"];
+    if ci || reachable(5432) {
+        targets.push("postgres");
+    } else {
+        eprintln!("SKIPPED: the postgres baseline: nothing listens on 127.0.0.1:5432 (and CI is not set)");
+    }
+    if ci || reachable(6379) {
+        targets.extend(["redis-always", "redis-everysec"]);
+    } else {
+        eprintln!("SKIPPED: the redis baselines: nothing listens on 127.0.0.1:6379 (and CI is not set)");
+    }
+    targets.join(",")
+}
+
+/// Runs one scenario against all targets and returns the parsed report.
+fn smoke(scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().expect("temp dir");
+    let inventoryd = inventoryd();
+    let targets = targets();
+    let mut command = Command::new(bench_bin());
+    command
+        .args(["run", "--scenario", scenario, "--targets", &targets])
+        .args(["--duration", "2s", "--catalogue", "1000", "--hot-skus", "10", "--connections", "4"])
+        .args(["--hold-ttl-secs", "1", "--no-progress"])
+        .arg("--inventoryd")
+        .arg(&inventoryd)
+        .arg("--out-dir")
+        .arg(out.path())
+        .args(extra);
+    let output = command.output().expect("run inventory-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "inventory-bench {scenario} failed: {}\n{stdout}\n{stderr}", output.status);
+    println!("{stdout}");
+    let report = find_report(out.path()).unwrap_or_else(|| panic!("no report.json under {}", out.path().display()));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("read report")).expect("report is JSON");
+    let expected = targets.split(',').count();
+    let runs = report["targets"].as_array().expect("targets");
+    assert_eq!(runs.len(), expected, "{stdout}");
+    for t in runs {
+        let name = t["target"].as_str().unwrap();
+        let audit = &t["audit"];
+        assert_eq!(audit["oversold_units"], 0, "{name} oversold: {stdout}");
+        assert_eq!(audit["lost_acked_holds"], 0, "{name} lost acknowledged holds: {stdout}");
+        assert_eq!(audit["unbalanced_skus"], 0, "{name}: {stdout}");
+        assert_eq!(audit["negative_counters"], 0, "{name}: {stdout}");
+        assert!(audit["holds_checked"].as_u64().unwrap() > 0, "{name} audited no hold: {stdout}");
+        assert!(t["ops"]["reserve"]["ok"].as_u64().unwrap() > 0, "{name} granted no reserve: {stdout}");
+        assert_eq!(t["total"]["errors"], 0, "{name} had errors: {stdout}");
+        let svg = out_file(out.path(), &format!("{scenario}-{name}.svg"));
+        assert!(svg.is_some(), "{name}: no plot");
+    }
+    report
+}
+
+fn find_report(dir: &Path) -> Option<PathBuf> {
+    out_file(dir, "report.json")
+}
+
+fn out_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path().join(name)).find(|p| p.is_file())
+}
+
+#[test]
+fn peak_smoke() {
+    let report = smoke("peak", &["--rate", "200"]);
+    for t in report["targets"].as_array().unwrap() {
+        for op in ["reserve", "confirm", "release", "query"] {
+            assert!(t["ops"][op]["count"].as_u64().unwrap() > 0, "no {op} sent");
+        }
+    }
+}
+
+#[test]
+fn double_peak_smoke() {
+    smoke("double-peak", &["--rate", "400"]);
+}
+
+#[test]
+fn hot_burst_smoke() {
+    // The single SKU sells out during the burst: rejections, never oversell.
+    let report = smoke("hot-burst", &["--rate", "100"]);
+    for t in report["targets"].as_array().unwrap() {
+        assert!(t["ops"]["reserve"]["codes"]["INSUFFICIENT_STOCK"].as_u64().unwrap_or(0) > 0, "never sold out");
+    }
+}
+
+#[test]
+fn hot_only_smoke() {
+    smoke("hot-only", &[]);
+}
+
+#[test]
+fn max_smoke() {
+    smoke("max", &["--mix", "reserves"]);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let output = Command::new(bench_bin())
+        .args(["run", "--scenario", "peak", "--catalogue", "0"])
+        .output()
+        .expect("run inventory-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--catalogue must be between 1 and 50000000"), "{stderr}");
+}
