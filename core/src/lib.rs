@@ -12,6 +12,7 @@
 
 mod command;
 mod ids;
+mod image;
 mod outcome;
 mod shard;
 mod state;
@@ -21,6 +22,7 @@ pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,
     REASON_TIMEOUT, SECOND_MS,
 };
+pub use image::{HoldImage, IdemImage, ShardImage, SkuImage};
 pub use outcome::{Applied, Outcome, Rejection};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, WAREHOUSES_PER_SKU_MAX};
 pub use state::{Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock};

@@ -8,7 +8,7 @@ use crate::state::{Levels, ReservationStatus};
 
 /// The result of a command, stored verbatim under its idempotency key so a
 /// repeat renders byte-identically. `Copy`: no heap data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Outcome {
     Received {
         levels: Levels,
@@ -33,7 +33,7 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Rejection {
     /// No stock row for this `(sku, warehouse)`.
     SkuNotFound,

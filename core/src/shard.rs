@@ -19,6 +19,7 @@ use smallvec::SmallVec;
 
 use crate::command::{Command, Confirm, Expire, Query, Receive, Release, Reserve};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
+use crate::image::{HoldImage, IdemImage, ShardImage, SkuImage};
 use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
     Hold, HoldChange, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
@@ -125,6 +126,10 @@ impl Shard {
 
     pub fn index(&self) -> u16 {
         self.config.index
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
     }
 
     /// The latest time a command was applied at.
@@ -747,6 +752,113 @@ impl Shard {
     /// Every stock row, in creation order.
     pub fn rows(&self) -> impl Iterator<Item = (&str, &str, &StockRow)> {
         self.skus.iter().flat_map(|s| s.warehouses.iter().map(move |(w, row)| (&*s.id, &**w, row)))
+    }
+
+    // ----- images ----------------------------------------------------------
+
+    /// The whole state as an image (a copy).
+    pub fn image(&self) -> ShardImage {
+        assert!(self.batch.is_none(), "image taken inside a batch");
+        let mut holds: Vec<HoldImage> = self
+            .holds
+            .iter()
+            .map(|(&seq, h)| HoldImage {
+                seq,
+                order_id: h.order_id.to_string(),
+                sku: h.sku,
+                warehouse: h.warehouse,
+                qty: h.qty,
+                expire_at: h.expire_at,
+                idem_key: h.idem_key.to_string(),
+                created_at: h.created_at,
+                status: h.change.status,
+                updated_at: h.change.updated_at,
+                payment_id: h.change.payment_id.as_deref().map(str::to_string),
+                release_reason: h.change.release_reason.as_deref().map(str::to_string),
+            })
+            .collect();
+        holds.sort_by_key(|h| h.seq);
+        // Insertion order, so a restored shard purges keys in the same order.
+        let idem = self
+            .idem_expiry
+            .iter()
+            .filter_map(|&(expires_at, key)| {
+                let r = self.idem.get(&key).filter(|r| r.expires_at == expires_at)?;
+                Some(IdemImage { key, fingerprint: r.fingerprint, outcome: r.outcome, expires_at })
+            })
+            .collect();
+        ShardImage {
+            index: self.config.index,
+            next_hold_seq: self.next_hold_seq,
+            next_txn_seq: self.next_txn_seq,
+            last_at: self.last_at,
+            skus: self
+                .skus
+                .iter()
+                .map(|s| SkuImage {
+                    id: s.id.to_string(),
+                    rows: s.warehouses.iter().map(|(w, r)| (w.to_string(), *r)).collect(),
+                })
+                .collect(),
+            holds,
+            idem,
+        }
+    }
+
+    /// Rebuilds a shard, indexes included, from an image.
+    pub fn from_image(config: ShardConfig, image: ShardImage) -> Shard {
+        assert_eq!(config.index, image.index, "image of another shard");
+        let mut shard = Shard::new(config);
+        shard.next_hold_seq = image.next_hold_seq;
+        shard.next_txn_seq = image.next_txn_seq;
+        shard.last_at = image.last_at;
+        shard.skus.reserve(image.skus.len());
+        shard.sku_table.reserve(image.skus.len(), |&i| str_hash(&shard.skus[i as usize].id));
+        for sku in image.skus {
+            let index = shard.skus.len() as u32;
+            shard.skus.push(Sku {
+                id: sku.id.into(),
+                warehouses: sku.rows.into_iter().map(|(w, r)| (w.into(), r)).collect(),
+            });
+            let skus = &shard.skus;
+            shard
+                .sku_table
+                .insert_unique(str_hash(&skus[index as usize].id), index, |&i| str_hash(&skus[i as usize].id));
+        }
+        shard.holds.reserve(image.holds.len());
+        for h in image.holds {
+            shard.orders.entry(order_hash(&h.order_id)).or_default().push(h.seq);
+            if h.status == ReservationStatus::Reserved {
+                shard.expiry.insert((h.expire_at, h.seq));
+            }
+            let change = HoldChange {
+                status: h.status,
+                updated_at: h.updated_at,
+                payment_id: h.payment_id.map(Into::into),
+                release_reason: h.release_reason.map(Into::into),
+            };
+            shard.holds.insert(
+                h.seq,
+                Hold {
+                    order_id: h.order_id.into(),
+                    sku: h.sku,
+                    warehouse: h.warehouse,
+                    qty: h.qty,
+                    expire_at: h.expire_at,
+                    idem_key: h.idem_key.into(),
+                    created_at: h.created_at,
+                    change,
+                },
+            );
+        }
+        shard.idem.reserve(image.idem.len());
+        for r in image.idem {
+            shard
+                .idem
+                .insert(r.key, IdemRecord { fingerprint: r.fingerprint, outcome: r.outcome, expires_at: r.expires_at });
+            shard.idem_expiry.push_back((r.expires_at, r.key));
+        }
+        shard
     }
 
     // ----- checking ------------------------------------------------------

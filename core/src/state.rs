@@ -19,7 +19,7 @@ impl Levels {
 
 /// One `(sku, warehouse)` stock row. Invariant:
 /// `levels.available + levels.reserved + levels.sold == received`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct StockRow {
     pub levels: Levels,
     /// Total ever received into this row.

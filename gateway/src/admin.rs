@@ -272,3 +272,13 @@ async fn reconcile_postgres(
     }
     Ok(pg)
 }
+
+/// Snapshots every shard now (and truncates what the snapshots cover).
+pub async fn snapshot(app: &App) -> Result<Response<Body>, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    app.snapshots.send(reply).map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
+    let reports = answer.await.map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
+    let failed = reports.iter().any(|r| r.error.is_some());
+    let status = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+    Ok(json(status, serde_json::to_vec(&json!({ "snapshots": reports })).expect("json")))
+}

@@ -51,6 +51,13 @@ pub struct Config {
     /// Transaction-history partitions are dropped this long after their day ends.
     #[arg(long, env = "INVENTORY_TXN_RETENTION_HOURS", default_value_t = 30 * 24)]
     pub txn_retention_hours: u64,
+    /// Snapshot a shard once this many journal entries accumulated since its
+    /// last snapshot (0: only on request, `POST /api/admin/snapshot`).
+    #[arg(long, env = "INVENTORY_SNAPSHOT_EVERY_ENTRIES", default_value_t = 1_000_000)]
+    pub snapshot_every_entries: u64,
+    /// Snapshots kept per shard.
+    #[arg(long, env = "INVENTORY_SNAPSHOTS_KEEP", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub snapshots_keep: u64,
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
     #[arg(skip)]
     pub writer_faults: std::sync::Arc<inventory_persistence::WriterFaults>,
@@ -74,12 +81,18 @@ impl Config {
             postgres_batch_max: 2_048,
             reservation_retention_hours: 48,
             txn_retention_hours: 30 * 24,
+            snapshot_every_entries: 1_000_000,
+            snapshots_keep: 2,
             writer_faults: Default::default(),
         }
     }
 
     pub fn journal_dir(&self) -> PathBuf {
         self.data_dir.join("journal")
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
     }
 }
 

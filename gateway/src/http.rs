@@ -36,6 +36,8 @@ pub struct App {
     /// Read handles on every shard's journal (reconciliation).
     pub readers: Vec<Arc<dyn inventory_journal::Journal + Sync>>,
     pub postgres: Option<inventory_persistence::WriterConfig>,
+    /// Asks the snapshotter for a snapshot of every shard now.
+    pub snapshots: crossbeam_channel::Sender<crate::snapshotter::SnapshotRequest>,
     pub default_ttl_ms: u64,
     pub max_qty: u64,
 }
@@ -165,6 +167,10 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
             }
         }
         (["api", "admin", "persistence"], &Method::GET) => Ok(crate::admin::persistence_status(app)),
+        (["api", "admin", "snapshot"], &Method::POST) => {
+            ready(app)?;
+            crate::admin::snapshot(app).await
+        }
         (["api", "admin", "reconcile"], &Method::POST) => {
             let body = read_body(req).await?;
             ready(app)?;
@@ -179,7 +185,7 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
             Err(method_not_allowed("GET"))
         }
         (["healthz"] | ["readyz"] | ["metrics"] | ["api", "admin", "persistence"], _) => Err(method_not_allowed("GET")),
-        (["api", "admin", "reconcile"], _) => Err(method_not_allowed("POST")),
+        (["api", "admin", "reconcile"] | ["api", "admin", "snapshot"], _) => Err(method_not_allowed("POST")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {path}"))),
     }
 }

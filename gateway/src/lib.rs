@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod shard_loop;
+pub mod snapshotter;
 pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -18,8 +18,10 @@ use crate::http::{handle, App};
 use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
 use crate::shard_loop::{self, AuditFeed, LoopConfig, LoopContext};
+use crate::snapshotter::{AuditMarks, SnapshotConfig, Snapshotter};
 use inventory_journal::audit::AuditLog;
 use inventory_persistence::{spawn_writers, Schema, ShardProgress, WriterConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,9 +87,11 @@ pub async fn run_with(
     let audit_log =
         tokio::task::spawn_blocking(move || AuditLog::open(&audit_dir)).await.expect("audit open panicked")?;
     let audited_upto: Vec<u64> = (0..shards).map(|i| audit_log.audited_upto(i)).collect();
+    let audit_marks: AuditMarks = Arc::new(audited_upto.iter().map(|&s| AtomicU64::new(s)).collect());
     let (audit_tx, audit_rx) = crossbeam_channel::unbounded();
+    let marks = audit_marks.clone();
     let audit_thread =
-        std::thread::Builder::new().name("audit".into()).spawn(move || audit_writer(audit_log, audit_rx))?;
+        std::thread::Builder::new().name("audit".into()).spawn(move || audit_writer(audit_log, audit_rx, marks))?;
     let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut queues = Vec::with_capacity(shards as usize);
@@ -97,6 +101,7 @@ pub async fn run_with(
         queues.push(tx);
         let loop_config = LoopConfig {
             shard: ShardConfig::new(i as u16),
+            snapshots: Some(config.snapshot_dir()),
             batch_max: config.batch_max,
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
         };
@@ -118,6 +123,22 @@ pub async fn run_with(
     drop(ready_tx);
     drop(audit_tx);
     let router = Arc::new(Router::new(queues));
+    let (snapshot_tx, snapshot_rx) = crossbeam_channel::unbounded();
+    let snapshotter = Snapshotter {
+        config: SnapshotConfig {
+            dir: config.snapshot_dir(),
+            every_entries: if config.snapshot_every_entries == 0 { u64::MAX } else { config.snapshot_every_entries },
+            check_every: Duration::from_secs(1),
+            keep: config.snapshots_keep as usize,
+        },
+        shard_configs: (0..shards).map(ShardConfig::new).collect(),
+        readers: readers.clone(),
+        progress: progress.clone(),
+        postgres: postgres.is_some(),
+        audit_marks,
+    };
+    let snapshot_thread =
+        std::thread::Builder::new().name("snapshots".into()).spawn(move || snapshotter.run(snapshot_rx))?;
     let mut background = Vec::new();
     if let Some(writer) = &postgres {
         let own_readers = journals_readers(&readers);
@@ -129,6 +150,7 @@ pub async fn run_with(
         )));
     }
     let app = Arc::new(App {
+        snapshots: snapshot_tx,
         progress,
         readers,
         postgres,
@@ -169,7 +191,8 @@ pub async fn run_with(
         })
     };
 
-    let result = serve(listener, app, shutdown, replayed).await;
+    let result = serve(listener, app.clone(), shutdown, replayed).await;
+    drop(app); // closes the snapshot queue once the connections are gone
     purger.abort();
     for task in background {
         task.abort();
@@ -183,6 +206,7 @@ pub async fn run_with(
         }
         // The loops held the last senders: the audit thread drains and ends.
         let _ = audit_thread.join();
+        let _ = snapshot_thread.join();
     })
     .await
     .expect("shard shutdown panicked");
@@ -247,7 +271,11 @@ async fn serve(
 /// Appends audited changes in arrival order. If the log cannot be written,
 /// it stops appending (so nothing is skipped) and the next start audits
 /// again, from the journal, everything after the last entry it holds.
-fn audit_writer(mut log: AuditLog, events: crossbeam_channel::Receiver<Vec<inventory_journal::audit::AuditEvent>>) {
+fn audit_writer(
+    mut log: AuditLog,
+    events: crossbeam_channel::Receiver<Vec<inventory_journal::audit::AuditEvent>>,
+    marks: AuditMarks,
+) {
     let mut broken = false;
     while let Ok(mut batch) = events.recv() {
         while let Ok(more) = events.try_recv() {
@@ -256,9 +284,14 @@ fn audit_writer(mut log: AuditLog, events: crossbeam_channel::Receiver<Vec<inven
         if broken {
             continue;
         }
+        let written: Vec<(u16, u64)> = batch.iter().map(|e| (e.shard, e.seq)).collect();
         if let Err(e) = log.append(batch) {
             tracing::error!(error = %e, "audit log write failed; auditing resumes from the journal at the next start");
             broken = true;
+            continue;
+        }
+        for (shard, seq) in written {
+            marks[shard as usize].fetch_max(seq, Ordering::AcqRel);
         }
     }
 }

@@ -23,7 +23,7 @@ use inventory_core::{
     REASON_TIMEOUT,
 };
 use inventory_journal::audit::{events_of, AuditEvent};
-use inventory_journal::{replay_with, Journal, JournalError};
+use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -100,6 +100,8 @@ pub struct LoopStats {
 
 pub struct LoopConfig {
     pub shard: ShardConfig,
+    /// Where snapshots live; start-up begins at the newest one.
+    pub snapshots: Option<std::path::PathBuf>,
     pub batch_max: usize,
     /// Pin the thread to this core.
     pub core: Option<core_affinity::CoreId>,
@@ -157,37 +159,62 @@ fn run_inner(
         core_affinity::set_for_current(core);
     }
     let index = config.shard.index;
-    let mut shard = Shard::new(config.shard);
     let started = Instant::now();
-    // Replay, and audit again whatever a crash kept out of the audit log.
+    // Recover: newest snapshot, then the journal after it. Audit again what
+    // a crash kept out of the audit log (entries after `audited_upto`, some
+    // of which may precede the snapshot).
     let mut missing = Vec::new();
     let upto = audit.as_ref().map_or(u64::MAX, |a| a.audited_upto);
-    let mut last_at = 0;
-    let replayed = replay_with(&mut shard, &*journal, |entry| {
-        last_at = entry.at;
+    let mut last_at = None;
+    let rebuilt = rebuild(config.shard, config.snapshots.as_deref(), &*journal, Until::End, |entry| {
+        last_at = Some(entry.at);
         if entry.seq > upto {
             missing.extend(events_of(index, entry));
         }
     });
-    if let (Some(audit), false) = (&audit, missing.is_empty()) {
-        tracing::warn!(shard = index, entries = missing.len(), "auditing changes missing from the audit log");
-        let _ = audit.events.send(missing);
-    }
-    let next_seq = match replayed {
-        Ok(stats) => {
-            tracing::info!(
-                shard = index,
-                entries = stats.entries,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "journal replayed"
-            );
-            stats.next_seq
-        }
+    let (shard, stats) = match rebuilt {
+        Ok(done) => done,
         Err(e) => {
             let _ = ready.send((index, Err(e)));
             return;
         }
     };
+    if upto < stats.from.saturating_sub(1) {
+        let before_snapshot = journal.read_from(upto + 1).and_then(|entries| {
+            let mut events = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                if entry.seq >= stats.from {
+                    break;
+                }
+                events.extend(events_of(index, &entry));
+            }
+            Ok(events)
+        });
+        match before_snapshot {
+            Ok(mut events) => {
+                events.append(&mut missing);
+                missing = events;
+            }
+            Err(e) => {
+                let _ = ready.send((index, Err(e)));
+                return;
+            }
+        }
+    }
+    if let (Some(audit), false) = (&audit, missing.is_empty()) {
+        tracing::warn!(shard = index, entries = missing.len(), "auditing changes missing from the audit log");
+        let _ = audit.events.send(missing);
+    }
+    let next_seq = stats.next_seq;
+    tracing::info!(
+        shard = index,
+        from_seq = stats.from,
+        entries = stats.entries,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered from snapshot and journal"
+    );
+    let last_at = last_at.unwrap_or(shard.last_at());
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
@@ -499,7 +526,7 @@ mod tests {
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        let config = LoopConfig { shard: ShardConfig::new(0), batch_max: 16, core: None };
+        let config = LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None };
         let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
         ready_rx.recv().unwrap().1.unwrap();
         let (reply, answer) = oneshot::channel();

@@ -103,4 +103,8 @@ impl<J: Journal> Journal for FaultyJournal<J> {
     fn reader(&self) -> Box<dyn Journal + Sync> {
         self.inner.reader()
     }
+
+    fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
+        self.inner.truncate_before(keep_from)
+    }
 }

@@ -17,14 +17,15 @@ mod memory;
 mod recover;
 mod replay;
 mod sled_store;
+pub mod snapshot;
 
 use inventory_core::Entry;
 
 pub use codec::{decode, encode, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
 pub use memory::MemJournal;
-pub use replay::{replay, replay_range, replay_upto, replay_with, ReplayStats};
 pub use recover::{rebuild, Until};
+pub use replay::{replay, replay_range, replay_upto, replay_with, ReplayStats};
 pub use sled_store::{SledJournal, SledStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,15 @@ pub trait Journal: Send {
     /// Readers must not read past the last acknowledged sequence: entries
     /// beyond it may be rolled back.
     fn reader(&self) -> Box<dyn Journal + Sync>;
+
+    /// Removes every entry with `seq < keep_from` (covered by a snapshot)
+    /// and makes that durable. Returns how many were removed.
+    fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError>;
+
+    /// The first entry's sequence, if there is one.
+    fn first_seq(&self) -> Result<Option<u64>, JournalError> {
+        Ok(self.read_from(0)?.next().transpose()?.map(|e| e.seq))
+    }
 }
 
 impl<J: Journal + ?Sized> Journal for Box<J> {
@@ -85,5 +95,11 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
     }
     fn reader(&self) -> Box<dyn Journal + Sync> {
         (**self).reader()
+    }
+    fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
+        (**self).truncate_before(keep_from)
+    }
+    fn first_seq(&self) -> Result<Option<u64>, JournalError> {
+        (**self).first_seq()
     }
 }

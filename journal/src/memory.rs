@@ -62,4 +62,11 @@ impl Journal for MemJournal {
     fn reader(&self) -> Box<dyn Journal + Sync> {
         Box::new(self.clone())
     }
+
+    fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
+        let mut records = self.records.lock();
+        let before = records.len();
+        records.retain(|seq, _| *seq >= keep_from);
+        Ok((before - records.len()) as u64)
+    }
 }

@@ -6,6 +6,8 @@ use crate::{Journal, JournalError};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayStats {
+    /// The first sequence replayed (the entry after the snapshot, or 1).
+    pub from: u64,
     pub entries: u64,
     pub txns: u64,
     /// The sequence number the next appended entry must carry.
@@ -48,7 +50,7 @@ pub fn replay_range(
     mut on_entry: impl FnMut(&inventory_core::Entry),
 ) -> Result<ReplayStats, JournalError> {
     let id = journal.shard();
-    let mut stats = ReplayStats { next_seq: from, ..ReplayStats::default() };
+    let mut stats = ReplayStats { from, next_seq: from, ..ReplayStats::default() };
     let mut txns: Vec<Txn> = Vec::new();
     for entry in journal.read_from(from)? {
         let entry = entry?;
@@ -113,7 +115,7 @@ mod tests {
         let (j, live) = journal_of(5);
         let mut replica = Shard::new(ShardConfig::new(0));
         let stats = replay(&mut replica, &j).unwrap();
-        assert_eq!(stats, ReplayStats { entries: 5, txns: 5, next_seq: 6 });
+        assert_eq!(stats, ReplayStats { from: 1, entries: 5, txns: 5, next_seq: 6 });
         assert_eq!(replica.dump(), live.dump());
     }
 

@@ -113,6 +113,30 @@ impl Journal for SledJournal {
     fn reader(&self) -> Box<dyn Journal + Sync> {
         Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard })
     }
+
+    fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
+        let mut removed = 0;
+        loop {
+            // In slices, so a long truncation never holds one huge batch.
+            let keys: Vec<sled::IVec> =
+                self.tree.range(..keep_from.to_be_bytes()).keys().take(65_536).collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            removed += keys.len() as u64;
+            for key in keys {
+                batch.remove(key);
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        self.tree.flush()?;
+        Ok(removed)
+    }
+
+    fn first_seq(&self) -> Result<Option<u64>, JournalError> {
+        Ok(self.tree.first()?.and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
 }
 
 #[cfg(test)]

@@ -13,3 +13,4 @@ mod lifecycle;
 mod observability;
 mod persistence;
 mod pg;
+mod snapshots;

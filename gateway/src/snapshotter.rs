@@ -1,0 +1,147 @@
+//! Snapshots without stalling the shard loops.
+//!
+//! A dedicated thread builds each snapshot from durable data only: the
+//! shard's newest snapshot plus its journal up to the last acknowledged
+//! entry, replayed by the same code start-up uses. The live loop is never
+//! paused. After writing, the journal is truncated below the oldest kept
+//! snapshot, but never past what the PostgreSQL writer has applied (when
+//! configured) nor past a receipt not yet in the audit log.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use inventory_core::ShardConfig;
+use inventory_journal::audit::events_of;
+use inventory_journal::{rebuild, snapshot, Journal, JournalError, Until};
+use inventory_persistence::ShardProgress;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    pub dir: PathBuf,
+    /// Take a shard's snapshot once this many entries accumulated since its last.
+    pub every_entries: u64,
+    /// How often to look.
+    pub check_every: Duration,
+    /// Snapshots kept per shard (older ones are deleted).
+    pub keep: usize,
+}
+
+/// Per shard: every auditable entry up to this sequence is in the audit log.
+pub type AuditMarks = Arc<Vec<AtomicU64>>;
+
+/// A request to snapshot every shard now.
+pub type SnapshotRequest = oneshot::Sender<Vec<SnapshotReport>>;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotReport {
+    pub shard: u16,
+    pub seq: u64,
+    pub bytes: u64,
+    pub millis: u64,
+    /// Journal entries removed (covered by a snapshot and safe to drop).
+    pub truncated: u64,
+    /// Entries kept only because PostgreSQL or the audit log still needs them.
+    pub held_back: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct Snapshotter {
+    pub config: SnapshotConfig,
+    pub shard_configs: Vec<ShardConfig>,
+    pub readers: Vec<Arc<dyn Journal + Sync>>,
+    pub progress: Vec<Arc<ShardProgress>>,
+    /// PostgreSQL is configured: do not truncate what it has not applied.
+    pub postgres: bool,
+    pub audit_marks: AuditMarks,
+}
+
+impl Snapshotter {
+    /// Runs until `requests` is closed.
+    pub fn run(self, requests: Receiver<SnapshotRequest>) {
+        // Per shard: the lowest auditable entry not yet confirmed audited.
+        let mut unaudited: Vec<Option<u64>> = vec![None; self.readers.len()];
+        loop {
+            let forced = match requests.recv_timeout(self.config.check_every) {
+                Ok(reply) => Some(reply),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut reports = Vec::new();
+            for (shard, unaudited) in unaudited.iter_mut().enumerate() {
+                let durable = self.progress[shard].durable.load(Ordering::Acquire);
+                let last =
+                    snapshot::list(&self.config.dir, shard as u16).ok().and_then(|l| l.first().copied()).unwrap_or(0);
+                let due = durable > last && (forced.is_some() || durable - last >= self.config.every_entries);
+                if due {
+                    let report = self.take(shard, durable, unaudited);
+                    if let Some(e) = &report.error {
+                        tracing::error!(shard, error = %e, "snapshot failed");
+                    } else {
+                        tracing::info!(
+                            shard,
+                            seq = report.seq,
+                            bytes = report.bytes,
+                            ms = report.millis,
+                            truncated = report.truncated,
+                            "snapshot written"
+                        );
+                    }
+                    reports.push(report);
+                }
+            }
+            if let Some(reply) = forced {
+                let _ = reply.send(reports);
+            }
+        }
+    }
+
+    fn take(&self, shard: usize, seq: u64, unaudited: &mut Option<u64>) -> SnapshotReport {
+        let started = Instant::now();
+        let mut report =
+            SnapshotReport { shard: shard as u16, seq, bytes: 0, millis: 0, truncated: 0, held_back: 0, error: None };
+        let result = (|| -> Result<(), String> {
+            let reader = &self.readers[shard];
+            let mut first_auditable = None;
+            let (replica, _) =
+                rebuild(self.shard_configs[shard].clone(), Some(&self.config.dir), &**reader, Until::Seq(seq), |e| {
+                    if first_auditable.is_none() && !events_of(shard as u16, e).is_empty() {
+                        first_auditable = Some(e.seq);
+                    }
+                })
+                .map_err(|e: JournalError| e.to_string())?;
+            let image = replica.image();
+            drop(replica);
+            let (_, bytes) = snapshot::write(&self.config.dir, shard as u16, seq, &image).map_err(|e| e.to_string())?;
+            drop(image);
+            report.bytes = bytes;
+            snapshot::prune(&self.config.dir, shard as u16, self.config.keep).map_err(|e| e.to_string())?;
+            // How far the journal may go: below the oldest kept snapshot...
+            let kept = snapshot::list(&self.config.dir, shard as u16).map_err(|e| e.to_string())?;
+            let mut bound = kept.last().copied().unwrap_or(0).min(seq);
+            // ...and nothing PostgreSQL has not applied...
+            if self.postgres {
+                bound = bound.min(self.progress[shard].applied.load(Ordering::Acquire));
+            }
+            // ...nor a receipt the audit log does not hold yet.
+            let audited = self.audit_marks[shard].load(Ordering::Acquire);
+            let pending = [*unaudited, first_auditable].into_iter().flatten().filter(|s| *s > audited).min();
+            *unaudited = pending;
+            if let Some(p) = pending {
+                bound = bound.min(p - 1);
+            }
+            report.held_back = seq - bound;
+            report.truncated = reader.truncate_before(bound + 1).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        report.error = result.err();
+        report.millis = started.elapsed().as_millis() as u64;
+        report
+    }
+}
