@@ -21,6 +21,23 @@ pub enum Command {
     /// 4: release the listed holds whose `expire_at` has passed (F5). Issued
     /// by the shard loop's timer; the ids make replay independent of timers.
     Expire(Expire),
+    /// 5: many receipts at once (bulk load): all of them or none.
+    ReceiveBatch(ReceiveBatch),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReceiveBatch {
+    pub items: Vec<ReceiveItem>,
+    pub idem_key: String,
+    /// Caller's reference, recorded on every txn (or the key, if empty).
+    pub reference: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReceiveItem {
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -76,6 +93,7 @@ impl Command {
             Command::Confirm(c) => Some(&c.idem_key),
             Command::Release(c) => Some(&c.idem_key),
             Command::Expire(_) => None,
+            Command::ReceiveBatch(c) => Some(&c.idem_key),
         }
     }
 
@@ -96,6 +114,9 @@ impl Command {
             Command::Confirm(c) => f.tag(2).u64(c.reservation_id.0).str(&c.payment_id),
             Command::Release(c) => f.tag(3).u64(c.reservation_id.0).str(&c.reason),
             Command::Expire(c) => c.ids.iter().fold(f.tag(4), |f, id| f.u64(id.0)),
+            Command::ReceiveBatch(c) => {
+                c.items.iter().fold(f.tag(5).str(&c.reference), |f, i| f.str(&i.sku_id).str(&i.warehouse_id).u64(i.qty))
+            }
         }
         .finish()
     }
@@ -108,6 +129,7 @@ impl Command {
             Command::Confirm(_) => "confirm",
             Command::Release(_) => "release",
             Command::Expire(_) => "expire",
+            Command::ReceiveBatch(_) => "receive_batch",
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum Outcome {
     Expired {
         count: u32,
     },
+    ReceivedBatch {
+        rows: u32,
+        units: u64,
+    },
     Rejected(Rejection),
 }
 
@@ -61,6 +65,8 @@ pub enum Rejection {
     InvalidQuantity,
     /// The SKU already has the maximum number of warehouse rows.
     TooManyWarehouses,
+    /// A batch names the same `(sku, warehouse)` twice, or is empty.
+    InvalidBatch,
 }
 
 impl Rejection {
@@ -79,6 +85,7 @@ impl Rejection {
             Rejection::QuantityOverflow => "QUANTITY_OVERFLOW",
             Rejection::InvalidQuantity => "INVALID_QUANTITY",
             Rejection::TooManyWarehouses => "TOO_MANY_WAREHOUSES",
+            Rejection::InvalidBatch => "INVALID_BATCH",
         }
     }
 }

@@ -17,8 +17,8 @@ use hashbrown::HashTable;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use smallvec::SmallVec;
 
-use crate::command::{Command, Confirm, Expire, Query, Receive, Release, Reserve};
-use crate::ids::{key_hash, order_hash, Millis, ReservationId, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
+use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
+use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
 use crate::image::{HoldImage, IdemImage, ShardImage, SkuImage};
 use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
@@ -27,6 +27,12 @@ use crate::state::{
 
 /// Most warehouse rows one SKU may have.
 pub const WAREHOUSES_PER_SKU_MAX: usize = 1024;
+
+/// How long a finished (confirmed, released or expired) hold stays: 48 h,
+/// as the design document keeps reservations. After that it is gone for
+/// every lookup, deterministically from time, and its memory is reclaimed a
+/// little per tick. A constant, because replay must use the live value.
+pub const HOLD_RETENTION_MS: Millis = 48 * HOUR_MS;
 
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -68,6 +74,7 @@ struct BatchMark {
     next_hold_seq: u64,
     next_txn_seq: u64,
     idem_pushed: usize,
+    finished_pushed: usize,
 }
 
 /// Counts for metrics and sizing.
@@ -94,11 +101,17 @@ pub struct Shard {
     idem: FxHashMap<u128, IdemRecord>,
     /// Idempotency records in insertion order, for incremental purging.
     idem_expiry: VecDeque<(Millis, u128)>,
+    /// Finished holds in the order they finished, for incremental purging.
+    finished: VecDeque<(Millis, u64)>,
     next_hold_seq: u64,
     next_txn_seq: u64,
     last_at: Millis,
     undo: Vec<Undo>,
     batch: Option<BatchMark>,
+}
+
+fn visible(hold: &Hold, at: Millis) -> bool {
+    hold.change.status == ReservationStatus::Reserved || at < hold.change.updated_at.saturating_add(HOLD_RETENTION_MS)
 }
 
 fn str_hash(s: &str) -> u64 {
@@ -116,6 +129,7 @@ impl Shard {
             expiry: BTreeSet::new(),
             idem: FxHashMap::default(),
             idem_expiry: VecDeque::new(),
+            finished: VecDeque::new(),
             next_hold_seq: 1,
             next_txn_seq: 1,
             last_at: 0,
@@ -144,8 +158,12 @@ impl Shard {
     pub fn begin_batch(&mut self) {
         assert!(self.batch.is_none(), "batch already open");
         debug_assert!(self.undo.is_empty());
-        self.batch =
-            Some(BatchMark { next_hold_seq: self.next_hold_seq, next_txn_seq: self.next_txn_seq, idem_pushed: 0 });
+        self.batch = Some(BatchMark {
+            next_hold_seq: self.next_hold_seq,
+            next_txn_seq: self.next_txn_seq,
+            idem_pushed: 0,
+            finished_pushed: 0,
+        });
     }
 
     /// The batch is durable: forget its undo log.
@@ -200,6 +218,9 @@ impl Shard {
         for _ in 0..mark.idem_pushed {
             self.idem_expiry.pop_back();
         }
+        for _ in 0..mark.finished_pushed {
+            self.finished.pop_back();
+        }
         self.next_hold_seq = mark.next_hold_seq;
         self.next_txn_seq = mark.next_txn_seq;
     }
@@ -240,6 +261,7 @@ impl Shard {
             Command::Reserve(c) => self.reserve(at, c, txns),
             Command::Confirm(c) => self.confirm(at, c, txns),
             Command::Release(c) => self.release(at, c, txns),
+            Command::ReceiveBatch(c) => self.receive_batch(at, c, txns),
             Command::Expire(_) => unreachable!(),
         };
         // Only a command that changed state is remembered: one that changed
@@ -304,6 +326,47 @@ impl Shard {
         (Outcome::Received { levels: row.levels, version: row.version, updated_at: row.updated_at }, true)
     }
 
+    fn receive_batch(&mut self, at: Millis, c: &ReceiveBatch, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+        // Check everything first: the batch applies whole or not at all.
+        let mut seen = rustc_hash::FxHashSet::default();
+        for item in &c.items {
+            if item.qty == 0 {
+                return (Outcome::Rejected(Rejection::InvalidQuantity), false);
+            }
+            if !seen.insert((item.sku_id.as_str(), item.warehouse_id.as_str())) {
+                return (Outcome::Rejected(Rejection::InvalidBatch), false);
+            }
+            if let Some(sku) = self.find_sku(&item.sku_id) {
+                match self.find_warehouse(sku, &item.warehouse_id) {
+                    Some(w) if self.row(sku, w).received.checked_add(item.qty).is_none() => {
+                        return (Outcome::Rejected(Rejection::QuantityOverflow), false);
+                    }
+                    None if self.skus[sku as usize].warehouses.len() >= WAREHOUSES_PER_SKU_MAX => {
+                        return (Outcome::Rejected(Rejection::TooManyWarehouses), false);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if c.items.is_empty() {
+            return (Outcome::Rejected(Rejection::InvalidBatch), false);
+        }
+        let mut units = 0u64;
+        for item in &c.items {
+            let one = Receive {
+                sku_id: item.sku_id.clone(),
+                warehouse_id: item.warehouse_id.clone(),
+                qty: item.qty,
+                idem_key: c.idem_key.clone(),
+                reference: c.reference.clone(),
+            };
+            let (outcome, changed) = self.receive(at, &one, txns);
+            debug_assert!(changed, "checked above: {outcome:?}");
+            units = units.saturating_add(item.qty);
+        }
+        (Outcome::ReceivedBatch { rows: c.items.len() as u32, units }, true)
+    }
+
     fn reserve(&mut self, at: Millis, c: &Reserve, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
@@ -312,7 +375,7 @@ impl Shard {
             return (Outcome::Rejected(Rejection::SkuNotFound), false);
         };
         let order = order_hash(&c.order_id);
-        if let Some(seq) = self.find_order_line(order, &c.order_id, sku) {
+        if let Some(seq) = self.find_order_line(order, &c.order_id, sku, at) {
             // One hold per order line (F7). The same request under a new key
             // gets the live hold back; anything else is a conflict.
             let hold = &self.holds[&seq];
@@ -383,7 +446,7 @@ impl Shard {
 
     fn confirm(&mut self, at: Millis, c: &Confirm, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         let id = c.reservation_id;
-        let Some(hold) = self.own_hold(id) else {
+        let Some(hold) = self.own_hold(id, at) else {
             return (Outcome::Rejected(Rejection::ReservationNotFound), false);
         };
         match hold.change.status {
@@ -431,7 +494,7 @@ impl Shard {
 
     fn release(&mut self, at: Millis, c: &Release, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         let id = c.reservation_id;
-        let Some(hold) = self.own_hold(id) else {
+        let Some(hold) = self.own_hold(id, at) else {
             return (Outcome::Rejected(Rejection::ReservationNotFound), false);
         };
         let released = |status| Outcome::Released { reservation_id: id, status };
@@ -452,8 +515,9 @@ impl Shard {
     fn expire(&mut self, at: Millis, c: &Expire, txns: &mut Vec<Txn>) -> u32 {
         let mut count = 0;
         for &id in &c.ids {
-            let due =
-                self.own_hold(id).is_some_and(|h| h.change.status == ReservationStatus::Reserved && h.expire_at <= at);
+            let due = self
+                .own_hold(id, at)
+                .is_some_and(|h| h.change.status == ReservationStatus::Reserved && h.expire_at <= at);
             if due {
                 self.release_hold(at, id.seq(), ReservationStatus::Expired, REASON_TIMEOUT, txns);
                 count += 1;
@@ -545,6 +609,10 @@ impl Shard {
         let prev = std::mem::replace(&mut hold.change, change);
         if prev.status == ReservationStatus::Reserved && status != ReservationStatus::Reserved {
             self.expiry.remove(&(hold.expire_at, seq));
+            self.finished.push_back((at, seq));
+            if let Some(mark) = &mut self.batch {
+                mark.finished_pushed += 1;
+            }
         }
         self.record(Undo::Hold { seq, prev });
     }
@@ -582,18 +650,20 @@ impl Shard {
         }
     }
 
-    fn own_hold(&self, id: ReservationId) -> Option<&Hold> {
+    /// A hold of this shard that still exists at `at` (finished holds are
+    /// gone `HOLD_RETENTION_MS` after they finished).
+    fn own_hold(&self, id: ReservationId, at: Millis) -> Option<&Hold> {
         if id.shard() != self.config.index {
             return None;
         }
-        self.holds.get(&id.seq())
+        self.holds.get(&id.seq()).filter(|h| visible(h, at))
     }
 
-    fn find_order_line(&self, order: u64, order_id: &str, sku: u32) -> Option<u64> {
+    fn find_order_line(&self, order: u64, order_id: &str, sku: u32, at: Millis) -> Option<u64> {
         let seqs = self.orders.get(&order)?;
         seqs.iter().copied().find(|seq| {
             let hold = &self.holds[seq];
-            hold.sku == sku && *hold.order_id == *order_id
+            hold.sku == sku && *hold.order_id == *order_id && visible(hold, at)
         })
     }
 
@@ -630,7 +700,7 @@ impl Shard {
     }
 
     pub fn reservation(&self, id: ReservationId) -> Option<ReservationView> {
-        self.own_hold(id).map(|hold| self.view(id.seq(), hold))
+        self.own_hold(id, self.last_at).map(|hold| self.view(id.seq(), hold))
     }
 
     /// This shard's holds of one order, oldest first.
@@ -641,7 +711,7 @@ impl Shard {
         let mut views: Vec<_> = seqs
             .iter()
             .map(|seq| (seq, &self.holds[seq]))
-            .filter(|(_, hold)| *hold.order_id == *order_id)
+            .filter(|(_, hold)| *hold.order_id == *order_id && visible(hold, self.last_at))
             .map(|(seq, hold)| self.view(*seq, hold))
             .collect();
         views.sort_by_key(|v| v.reservation_id);
@@ -680,7 +750,34 @@ impl Shard {
 
     /// When a hold of this shard expires (or expired).
     pub fn expire_at(&self, id: ReservationId) -> Option<Millis> {
-        self.own_hold(id).map(|h| h.expire_at)
+        self.own_hold(id, self.last_at).map(|h| h.expire_at)
+    }
+
+    /// Moves the shard's idea of "now" forward for queries (finished holds
+    /// past retention disappear from them). Changes no state a command sees.
+    pub fn advance(&mut self, at: Millis) {
+        self.last_at = self.last_at.max(at);
+    }
+
+    /// Frees at most `max` finished holds that are past retention at `at`.
+    /// They are already invisible, so this only reclaims memory.
+    pub fn purge_holds(&mut self, at: Millis, max: usize) -> usize {
+        let mut purged = 0;
+        while purged < max {
+            match self.finished.front() {
+                Some(&(finished_at, seq)) if finished_at.saturating_add(HOLD_RETENTION_MS) <= at => {
+                    self.finished.pop_front();
+                    let gone = self.holds.get(&seq).is_some_and(|h| !visible(h, at));
+                    if gone {
+                        let hold = self.holds.remove(&seq).expect("checked");
+                        self.unindex_order(&hold.order_id, seq);
+                    }
+                    purged += 1;
+                }
+                _ => break,
+            }
+        }
+        purged
     }
 
     /// Holds past `expire_at` and not yet released (the F5 backlog).
@@ -851,6 +948,14 @@ impl Shard {
                 },
             );
         }
+        let mut finished: Vec<(Millis, u64)> = shard
+            .holds
+            .iter()
+            .filter(|(_, h)| h.change.status != ReservationStatus::Reserved)
+            .map(|(&seq, h)| (h.change.updated_at, seq))
+            .collect();
+        finished.sort_unstable();
+        shard.finished = finished.into();
         shard.idem.reserve(image.idem.len());
         for r in image.idem {
             shard
@@ -911,8 +1016,9 @@ impl Shard {
                 if row.levels.reserved != reserved.get(&key).copied().unwrap_or(0) {
                     return Err(format!("{}: reserved {} != sum of RESERVED holds", where_(), row.levels.reserved));
                 }
-                if row.levels.sold != sold.get(&key).copied().unwrap_or(0) {
-                    return Err(format!("{}: sold {} != sum of CONFIRMED holds", where_(), row.levels.sold));
+                // Confirmed holds leave memory after retention; their units stay sold.
+                if row.levels.sold < sold.get(&key).copied().unwrap_or(0) {
+                    return Err(format!("{}: sold {} < sum of CONFIRMED holds", where_(), row.levels.sold));
                 }
             }
         }

@@ -204,6 +204,39 @@ impl Model {
                     }
                 }
             },
+            Command::ReceiveBatch(b) => {
+                let mut seen = std::collections::HashSet::new();
+                let problem = b.items.iter().find_map(|i| {
+                    if i.qty == 0 {
+                        Some(Rejection::InvalidQuantity)
+                    } else if !seen.insert((i.sku_id.clone(), i.warehouse_id.clone())) {
+                        Some(Rejection::InvalidBatch)
+                    } else if self
+                        .rows
+                        .get(&(i.sku_id.clone(), i.warehouse_id.clone()))
+                        .is_some_and(|r| r.received.checked_add(i.qty).is_none())
+                    {
+                        Some(Rejection::QuantityOverflow)
+                    } else {
+                        None
+                    }
+                });
+                match (problem, b.items.is_empty()) {
+                    (Some(r), _) => rej(r),
+                    (None, true) => rej(Rejection::InvalidBatch),
+                    (None, false) => {
+                        for i in &b.items {
+                            self.rows.entry((i.sku_id.clone(), i.warehouse_id.clone())).or_default();
+                            self.touch(&i.sku_id, &i.warehouse_id, at, |row| {
+                                row.levels.available += i.qty;
+                                row.received += i.qty;
+                            });
+                        }
+                        let units = b.items.iter().map(|i| i.qty).sum();
+                        (ReceivedBatch { rows: b.items.len() as u32, units }, true)
+                    }
+                }
+            }
             Command::Expire(_) => unreachable!(),
         };
         if result.1 {
@@ -233,6 +266,17 @@ fn random_command(rng: &mut Rng, shard: &Shard, model: &Model, at: Millis) -> Co
             sku_id: rng.pick(SKUS).into(),
             warehouse_id: rng.pick(WAREHOUSES).into(),
             qty: if rng.below(40) == 0 { 0 } else { 1 + rng.below(6) },
+            idem_key: key,
+            reference: String::new(),
+        }),
+        3 if rng.below(3) == 0 => Command::ReceiveBatch(ReceiveBatch {
+            items: (0..rng.below(4))
+                .map(|_| ReceiveItem {
+                    sku_id: rng.pick(SKUS).into(),
+                    warehouse_id: rng.pick(WAREHOUSES).into(),
+                    qty: if rng.below(20) == 0 { 0 } else { 1 + rng.below(5) },
+                })
+                .collect(),
             idem_key: key,
             reference: String::new(),
         }),

@@ -394,3 +394,97 @@ fn an_image_restores_the_same_shard() {
     assert_eq!(restored.dump(), s.dump());
     assert_eq!(restored.due_expirations(T0 + TTL + 10, 10), s.due_expirations(T0 + TTL + 10, 10));
 }
+
+#[test]
+fn finished_holds_leave_after_retention_and_memory_stays_flat() {
+    let mut s = Shard::new(ShardConfig { index: 0, idempotency_ttl_ms: 72 * HOUR_MS });
+    apply(&mut s, T0, &receive("hot", DEFAULT_WAREHOUSE, u64::MAX / 4, "rcv"));
+    let mut first = None;
+    let mut peak = 0;
+    // Ten simulated days: every hour 100 holds, confirmed or released.
+    for hour in 0..240u64 {
+        let at = T0 + hour * HOUR_MS;
+        for n in 0..100 {
+            let order = format!("h{hour}-{n}");
+            let id = reserved_id(&apply(&mut s, at, &reserve(&order, "hot", 1, &format!("{order}:r"))).0);
+            first.get_or_insert(id);
+            let finish =
+                if n % 3 == 0 { release(id, &format!("{order}:x")) } else { confirm(id, "p", &format!("{order}:c")) };
+            apply(&mut s, at, &finish);
+        }
+        s.purge_holds(at, usize::MAX);
+        s.purge_idempotency(at, usize::MAX);
+        let stats = s.stats();
+        peak = peak.max(stats.holds);
+        if hour >= 72 {
+            // 48 h of holds and 72 h of keys, never more.
+            assert!(stats.holds <= 49 * 100, "hour {hour}: {} holds", stats.holds);
+            assert!(stats.idempotency_keys <= 73 * 200 + 1, "hour {hour}: {} keys", stats.idempotency_keys);
+        }
+    }
+    assert!(peak >= 48 * 100, "retention kept less than 48 h: {peak}");
+    // The first hold is gone for every lookup, and its order line is free.
+    let first = first.unwrap();
+    let at = T0 + 240 * HOUR_MS;
+    assert!(s.reservation(first).is_none());
+    assert_eq!(
+        apply(&mut s, at, &confirm(first, "p", "late")).0.outcome,
+        Outcome::Rejected(Rejection::ReservationNotFound)
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_finished_hold_is_gone_at_retention_even_before_it_is_purged() {
+    let mut s = stocked(10);
+    let id = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 2, "k1")).0);
+    apply(&mut s, T0 + 1, &release(id, "k2"));
+    let gone = T0 + 1 + HOLD_RETENTION_MS;
+    assert_eq!(
+        apply(&mut s, gone - 1, &release(id, "k3")).0.outcome,
+        Outcome::Released { reservation_id: id, status: ReservationStatus::Released }
+    );
+    // Not purged yet, but already gone: the same outcome as after the purge.
+    assert_eq!(apply(&mut s, gone, &release(id, "k4")).0.outcome, Outcome::Rejected(Rejection::ReservationNotFound));
+    let line = apply(&mut s, gone, &reserve("o1", "sku-1", 2, "k5")).0;
+    assert!(matches!(line.outcome, Outcome::Reserved { .. }), "the order line is free again: {line:?}");
+    assert_eq!(s.purge_holds(gone, 10), 1);
+    assert!(s.reservation(id).is_none());
+}
+
+fn batch(items: &[(&str, &str, u64)], key: &str) -> Command {
+    Command::ReceiveBatch(ReceiveBatch {
+        items: items
+            .iter()
+            .map(|&(s, w, q)| ReceiveItem { sku_id: s.into(), warehouse_id: w.into(), qty: q })
+            .collect(),
+        idem_key: key.into(),
+        reference: "import-1".into(),
+    })
+}
+
+#[test]
+fn a_receive_batch_applies_whole_or_not_at_all() {
+    let mut s = stocked(10);
+    let (a, txns) =
+        apply(&mut s, T0, &batch(&[("sku-1", DEFAULT_WAREHOUSE, 5), ("sku-2", "w", 7), ("sku-3", "w", 1)], "b1"));
+    assert_eq!(a.outcome, Outcome::ReceivedBatch { rows: 3, units: 13 });
+    assert_eq!(txns.len(), 3);
+    assert!(txns.iter().all(|t| t.kind == TxnKind::Receive && t.ref_id == "import-1"));
+    assert_eq!(levels(&s, "sku-1"), lv(15, 0, 0));
+    assert!(
+        apply(&mut s, T0, &batch(&[("sku-1", DEFAULT_WAREHOUSE, 5), ("sku-2", "w", 7), ("sku-3", "w", 1)], "b1"))
+            .0
+            .replayed
+    );
+    let before = s.dump();
+    for (bad, why) in [
+        (batch(&[("x", "w", 1), ("sku-1", DEFAULT_WAREHOUSE, u64::MAX)], "b2"), Rejection::QuantityOverflow),
+        (batch(&[("x", "w", 1), ("x", "w", 2)], "b3"), Rejection::InvalidBatch),
+        (batch(&[("x", "w", 1), ("y", "w", 0)], "b4"), Rejection::InvalidQuantity),
+        (batch(&[], "b5"), Rejection::InvalidBatch),
+    ] {
+        assert_eq!(apply(&mut s, T0, &bad).0.outcome, Outcome::Rejected(why));
+    }
+    assert_eq!(s.dump(), before, "a rejected batch changes nothing");
+}

@@ -80,6 +80,11 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
             (StatusCode::UNPROCESSABLE_ENTITY, "this quantity would overflow the stock counters".to_string(), None)
         }
         InvalidQuantity => (StatusCode::BAD_REQUEST, "qty must be positive".to_string(), None),
+        InvalidBatch => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a batch must be non-empty and name each SKU and warehouse once".to_string(),
+            None,
+        ),
         TooManyWarehouses => (
             StatusCode::UNPROCESSABLE_ENTITY,
             "this SKU already has the maximum number of warehouses".to_string(),
@@ -105,6 +110,28 @@ pub struct ReceiveBody {
     #[serde(rename = "ref")]
     pub reference: Option<String>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiveBatchBody {
+    pub items: Vec<BatchItem>,
+    pub idem_key: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    pub sku_id: String,
+    pub warehouse_id: Option<String>,
+    pub qty: u64,
+}
+
+/// Most rows in one `receive-batch` request.
+pub const BATCH_ROWS_MAX: usize = 10_000;
+/// Largest `receive-batch` body.
+pub const BATCH_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -258,6 +285,9 @@ pub fn outcome_json(outcome: Outcome, sku: &str, warehouse: &str) -> Result<Vec<
             status: status.as_str(),
             expire_at: None,
         }),
+        Outcome::ReceivedBatch { rows, units } => {
+            serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units }))
+        }
         Outcome::Rejected(rejection) => return Err(rejection_error(rejection)),
         Outcome::Expired { .. } => unreachable!("expiry is internal"),
     };

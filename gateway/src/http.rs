@@ -42,7 +42,7 @@ pub struct App {
     pub max_qty: u64,
 }
 
-const WRITE_PATHS: [&str; 4] = ["receive", "reserve", "confirm", "release"];
+const WRITE_PATHS: [&str; 5] = ["receive", "reserve", "confirm", "release", "receive-batch"];
 
 /// Operator recorded when a request names none.
 pub const ANONYMOUS_OPERATOR: &str = "anonymous";
@@ -88,6 +88,7 @@ fn endpoint_label(method: &Method, path: &str) -> &'static str {
         (_, ["api", "inventory", "reserve"]) => "reserve",
         (_, ["api", "inventory", "confirm"]) => "confirm",
         (_, ["api", "inventory", "release"]) => "release",
+        (_, ["api", "inventory", "receive-batch"]) => "receive_batch",
         (_, ["api", "inventory", _]) => "stock",
         (_, ["api", "reservations", _]) => "reservation",
         (_, ["api", "orders", _, "inventory-status"]) => "order_status",
@@ -133,9 +134,11 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
         (["api", "inventory", action], &Method::POST) if WRITE_PATHS.contains(action) => {
             let action = action.to_string();
             let header_key = header_key(&req)?;
-            let body = read_body(req).await?;
+            let limit = if action == "receive-batch" { api::BATCH_BODY_BYTES_MAX } else { BODY_BYTES_MAX };
+            let body = read_body_limited(req, limit).await?;
             ready(app)?;
             match action.as_str() {
+                "receive-batch" => receive_batch(app, ctx, &body, header_key.as_deref()).await,
                 "receive" => receive(app, ctx, &body, header_key.as_deref()).await,
                 "reserve" => reserve(app, ctx, &body, header_key.as_deref()).await,
                 "confirm" => confirm(app, ctx, &body, header_key.as_deref()).await,
@@ -213,6 +216,72 @@ async fn receive(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) ->
     });
     let applied = write(app, shard, command, ctx.meta()).await?;
     outcome_response(applied, &sku, &warehouse_id)
+}
+
+/// Bulk receipts: split by shard, one all-or-nothing command per shard, each
+/// under a key derived from the request's (`<key>#<shard>`), so retrying a
+/// request whose parts partly landed adds nothing twice.
+async fn receive_batch(
+    app: &App,
+    ctx: &Ctx,
+    body: &[u8],
+    header_key: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let b: api::ReceiveBatchBody = api::parse(body)?;
+    let idem_key = api::idem_key(b.idem_key, header_key)?;
+    if b.items.is_empty() || b.items.len() > api::BATCH_ROWS_MAX {
+        return Err(ApiError::invalid(format!(
+            "items must hold 1 to {} rows, got {}",
+            api::BATCH_ROWS_MAX,
+            b.items.len()
+        )));
+    }
+    let reference = b.reference.unwrap_or_default();
+    if !reference.is_empty() {
+        api::check_text("ref", &reference, TEXT_BYTES_MAX)?;
+    }
+    let mut parts: Vec<Vec<inventory_core::ReceiveItem>> = vec![Vec::new(); app.router.shards() as usize];
+    for (i, item) in b.items.into_iter().enumerate() {
+        api::check_text(&format!("items[{i}].skuId"), &item.sku_id, ID_BYTES_MAX)?;
+        let warehouse_id = item.warehouse_id.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string());
+        api::check_text(&format!("items[{i}].warehouseId"), &warehouse_id, ID_BYTES_MAX)?;
+        if item.qty == 0 || item.qty > app.max_qty {
+            return Err(ApiError::invalid(format!(
+                "items[{i}].qty must be between 1 and {}, got {}",
+                app.max_qty, item.qty
+            )));
+        }
+        let shard = app.router.shard_for_sku(&item.sku_id);
+        parts[shard as usize].push(inventory_core::ReceiveItem { sku_id: item.sku_id, warehouse_id, qty: item.qty });
+    }
+    let mut pending = Vec::new();
+    for (shard, items) in parts.into_iter().enumerate().filter(|(_, items)| !items.is_empty()) {
+        let command = Command::ReceiveBatch(inventory_core::ReceiveBatch {
+            items,
+            idem_key: format!("{idem_key}#{shard}"),
+            reference: reference.clone(),
+        });
+        pending.push(write(app, shard as u16, command, ctx.meta()));
+    }
+    let (mut rows, mut units, mut replayed) = (0u64, 0u64, true);
+    for part in pending {
+        let applied = part.await?;
+        match applied.outcome {
+            inventory_core::Outcome::ReceivedBatch { rows: r, units: u } => {
+                rows += r as u64;
+                units += u;
+                replayed &= applied.replayed;
+            }
+            inventory_core::Outcome::Rejected(r) => return Err(api::rejection_error(r)),
+            other => unreachable!("receive-batch answered {other:?}"),
+        }
+    }
+    let mut response =
+        json(StatusCode::OK, serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units })).expect("json"));
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 async fn reserve(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) -> Result<Response<Body>, ApiError> {
@@ -400,18 +469,22 @@ fn decode_segment(field: &str, raw: &str) -> Result<String, ApiError> {
 }
 
 pub(crate) async fn read_body(req: HttpRequest<Incoming>) -> Result<Bytes, ApiError> {
+    read_body_limited(req, BODY_BYTES_MAX).await
+}
+
+async fn read_body_limited(req: HttpRequest<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+            format!("request bodies are limited to {limit} bytes"),
         )
     };
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+    match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),

@@ -91,6 +91,9 @@ pub struct Metrics {
     pub persistence_lag_records: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_seconds: Family<ShardLabels, Gauge<f64, AtomicU64>>,
     pub outbox_backlog: Gauge,
+    pub holds: Family<ShardLabels, Gauge>,
+    pub idempotency_keys: Family<ShardLabels, Gauge>,
+    pub stock_rows: Family<ShardLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -168,11 +171,20 @@ impl Metrics {
         );
         let journal_entries = Family::default();
         registry.register("journal_entries", "Entries in each shard's journal", journal_entries.clone());
+        let holds = Family::default();
+        registry.register("holds", "Holds in memory (active, and finished ones within retention)", holds.clone());
+        let idempotency_keys = Family::default();
+        registry.register("idempotency_keys", "Idempotency records in memory", idempotency_keys.clone());
+        let stock_rows = Family::default();
+        registry.register("stock_rows", "Stock rows (SKU x warehouse)", stock_rows.clone());
         let persistence_lag_records = Family::default();
         let persistence_lag_seconds = Family::default();
         let outbox_backlog = Gauge::default();
         Metrics {
             registry,
+            holds,
+            idempotency_keys,
+            stock_rows,
             persistence_lag_records,
             persistence_lag_seconds,
             outbox_backlog,

@@ -305,6 +305,7 @@ impl LoopState {
         }
         let now = self.clock.now_ms().max(self.last_now);
         self.last_now = now;
+        self.shard.advance(now);
         if !self.healthy && now >= self.next_retry {
             self.try_recover(now);
         }
@@ -345,11 +346,16 @@ impl LoopState {
                 }
             }
             self.shard.purge_idempotency(now, PURGE_BATCH_MAX);
+            self.shard.purge_holds(now, PURGE_BATCH_MAX);
             self.sweep_oversold();
         }
         if now >= self.next_backlog {
             self.next_backlog = now + BACKLOG_EVERY_MS;
             self.metrics.timeout_backlog.get_or_create(&self.labels).set(self.shard.expiry_backlog(now) as i64);
+            let stats = self.shard.stats();
+            self.metrics.holds.get_or_create(&self.labels).set(stats.holds as i64);
+            self.metrics.idempotency_keys.get_or_create(&self.labels).set(stats.idempotency_keys as i64);
+            self.metrics.stock_rows.get_or_create(&self.labels).set(stats.rows as i64);
         }
         if now >= self.next_tick {
             self.next_tick = now + EXPIRY_TICK_MS;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use inventory_journal::audit;
 
+mod import;
 mod journal;
 
 #[derive(Parser)]
@@ -24,6 +25,9 @@ enum Top {
     },
     /// Inspect, verify and replay the journal (F22).
     Journal(journal::JournalArgs),
+    /// Load a catalogue (CSV or JSONL of skuId, warehouseId, qty) into a
+    /// running service through its bulk path.
+    Import(import::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -42,6 +46,7 @@ enum AuditCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Top::Journal(args) => journal::run(args),
+        Top::Import(args) => import::run(args),
         Top::Audit { command: AuditCommand::Verify { data_dir, dir } } => {
             let dir = dir.unwrap_or_else(|| data_dir.join("audit"));
             match audit::verify(&dir) {
