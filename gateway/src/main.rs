@@ -13,6 +13,8 @@ use tracing_subscriber::EnvFilter;
     about = "Inventory reservation service: sharded in-memory core, journal before every acknowledgement"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
     #[command(flatten)]
     config: Config,
     /// Log format: text or json.
@@ -20,8 +22,57 @@ struct Cli {
     log_format: String,
 }
 
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Build a fresh data dir from PostgreSQL (the journal and disk are
+    /// lost): uses --data-dir, --postgres-schema and optionally --shards.
+    Restore {
+        /// The PostgreSQL the writer persisted to.
+        #[arg(long)]
+        from_postgres: String,
+        /// The data dir to build (must not hold a journal).
+        #[arg(long, default_value = "./data")]
+        data_dir: std::path::PathBuf,
+        /// The schema the writer used.
+        #[arg(long, default_value = "inventory")]
+        postgres_schema: String,
+        /// Shard count (default: as many as PostgreSQL has checkpoints for).
+        #[arg(long)]
+        shards: Option<u16>,
+    },
+}
+
+fn restore(url: &str, data_dir: &std::path::Path, schema: &str, shards: Option<u16>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(async {
+        let schema = inventory_persistence::Schema::new(schema)?;
+        inventory_persistence::restore::restore(url, &schema, data_dir, shards).await
+    });
+    match result {
+        Ok(r) => {
+            println!(
+                "restored {} rows and {} holds into {} shards at journal sequences {:?} in {:.2} s",
+                r.rows,
+                r.holds,
+                r.shards,
+                r.checkpoints,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("inventoryd restore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Sub::Restore { from_postgres, data_dir, postgres_schema, shards }) = &cli.command {
+        return restore(from_postgres, data_dir, postgres_schema, *shards);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);

@@ -23,6 +23,10 @@ pub(crate) struct Batch {
     txns: Txns,
     events: Events,
     pub(crate) days: BTreeSet<i64>,
+    /// Highest reservation and txn sequences in the batch, and its last time.
+    pub(crate) max_hold_seq: u64,
+    pub(crate) max_txn_seq: u64,
+    pub(crate) last_at: u64,
 }
 
 struct NewHold {
@@ -82,9 +86,16 @@ impl Batch {
     pub(crate) fn build(shard: u16, entries: &[Entry]) -> Batch {
         let mut b = Batch::default();
         for entry in entries {
+            b.last_at = b.last_at.max(entry.at);
             let trace = format!("{:032x}", entry.trace_id);
             for t in &entry.txns {
                 b.days.insert(day_of(t.at));
+                b.max_txn_seq = b.max_txn_seq.max(t.txn_id & inventory_core::ReservationId::SEQ_MAX);
+                if t.kind == TxnKind::Reserve {
+                    if let Ok(id) = t.ref_id.parse::<inventory_core::ReservationId>() {
+                        b.max_hold_seq = b.max_hold_seq.max(id.seq());
+                    }
+                }
                 b.inventory.insert((t.sku_id.clone(), t.warehouse_id.clone()), (t.after, t.version, t.at));
                 let x = &mut b.txns;
                 x.txn_id.push(t.txn_id as i64);

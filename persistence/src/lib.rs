@@ -12,6 +12,7 @@
 
 mod batch;
 pub mod reconcile;
+pub mod restore;
 pub mod schema;
 mod writer;
 
@@ -28,4 +29,6 @@ pub enum PersistenceError {
     CheckpointMoved { shard: u16, expected: u64 },
     #[error("invalid schema name {0:?}: use lowercase letters, digits and _")]
     BadSchema(String),
+    #[error("restore: {0}")]
+    Restore(String),
 }

@@ -211,8 +211,17 @@ async fn apply(
     let tx = client.transaction().await?;
     let moved = tx
         .execute(
-            "UPDATE writer_checkpoint SET seq = $2, updated_at = now() WHERE shard = $1 AND seq = $3",
-            &[&(shard as i16), &(to as i64), &(from as i64)],
+            "UPDATE writer_checkpoint SET seq = $2, updated_at = now(), max_hold_seq = greatest(max_hold_seq, $4),
+                    max_txn_seq = greatest(max_txn_seq, $5), last_at_ms = greatest(last_at_ms, $6)
+              WHERE shard = $1 AND seq = $3",
+            &[
+                &(shard as i16),
+                &(to as i64),
+                &(from as i64),
+                &(batch.max_hold_seq as i64),
+                &(batch.max_txn_seq as i64),
+                &(batch.last_at as i64),
+            ],
         )
         .await?;
     if moved != 1 {

@@ -1,0 +1,202 @@
+//! Rebuilding a data dir from PostgreSQL (F21), for a replacement machine
+//! when the old one and its disk are gone.
+//!
+//! For each shard, the rows and holds PostgreSQL holds reflect the journal up
+//! to the writer's checkpoint `C`. The restore writes them as a snapshot at
+//! `C` and an empty journal, so the service resumes at `C + 1`, and the
+//! writer, whose checkpoint is `C`, continues exactly where it stopped. What
+//! is lost is what the writer had not applied at the moment of loss: the
+//! recovery point equals the writer's lag then.
+//!
+//! Not restored: idempotency records (PostgreSQL does not keep them). After
+//! a restore a retried write is evaluated afresh; one hold per order line
+//! still holds, and confirm and release are idempotent by state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use inventory_core::{
+    shard_for_sku, HoldImage, Millis, ReservationId, ReservationStatus, Shard, ShardConfig, ShardImage, SkuImage,
+    StockRow,
+};
+use inventory_journal::{snapshot, SledStore};
+use tokio_postgres::Client;
+
+use crate::schema::Schema;
+use crate::{connect, PersistenceError};
+
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub shards: u16,
+    pub rows: u64,
+    pub holds: u64,
+    /// Per shard: the journal sequence the restored state corresponds to.
+    pub checkpoints: Vec<u64>,
+}
+
+fn ms(t: std::time::SystemTime) -> Millis {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+fn status(s: &str) -> Result<ReservationStatus, PersistenceError> {
+    Ok(match s {
+        "RESERVED" => ReservationStatus::Reserved,
+        "CONFIRMED" => ReservationStatus::Confirmed,
+        "RELEASED" => ReservationStatus::Released,
+        "EXPIRED" => ReservationStatus::Expired,
+        other => return Err(PersistenceError::Restore(format!("unknown reservation status {other:?}"))),
+    })
+}
+
+/// Builds `data_dir` (which must not hold a journal yet) from PostgreSQL.
+pub async fn restore(
+    url: &str,
+    schema: &Schema,
+    data_dir: &Path,
+    shards: Option<u16>,
+) -> Result<RestoreReport, PersistenceError> {
+    let journal_dir = data_dir.join("journal");
+    if journal_dir.exists() {
+        return Err(PersistenceError::Restore(format!(
+            "{} already exists; restore into an empty data dir",
+            journal_dir.display()
+        )));
+    }
+    let client = connect(url, schema).await?;
+    let checkpoints = client
+        .query("SELECT shard, seq, max_hold_seq, max_txn_seq, last_at_ms FROM writer_checkpoint ORDER BY shard", &[])
+        .await?;
+    if checkpoints.is_empty() {
+        return Err(PersistenceError::Restore(format!(
+            "schema {} has no writer checkpoints: nothing to restore",
+            schema.name()
+        )));
+    }
+    let count = checkpoints.len() as u16;
+    if shards.is_some_and(|s| s != count) {
+        return Err(PersistenceError::Restore(format!(
+            "PostgreSQL holds {count} shards; --shards must be {count} or absent"
+        )));
+    }
+    let mut images: Vec<ShardImage> = checkpoints
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let (hold, txn, at): (i64, i64, i64) = (row.get(2), row.get(3), row.get(4));
+            ShardImage {
+                index: i as u16,
+                next_hold_seq: hold as u64 + 1,
+                next_txn_seq: txn as u64 + 1,
+                last_at: at as u64,
+                skus: Vec::new(),
+                holds: Vec::new(),
+                idem: Vec::new(),
+            }
+        })
+        .collect();
+    let seqs: Vec<u64> = checkpoints.iter().map(|r| r.get::<_, i64>(1) as u64).collect();
+    let mut report = RestoreReport { shards: count, checkpoints: seqs.clone(), ..RestoreReport::default() };
+    // Position of each (sku, warehouse) in its shard's image.
+    let mut where_: BTreeMap<(String, String), (u32, u16)> = BTreeMap::new();
+    load_rows(&client, count, &mut images, &mut where_, &mut report).await?;
+    load_holds(&client, &mut images, &where_, &mut report).await?;
+
+    std::fs::create_dir_all(data_dir).map_err(|e| PersistenceError::Restore(e.to_string()))?;
+    let snapshots = data_dir.join("snapshots");
+    for (i, image) in images.into_iter().enumerate() {
+        let shard = Shard::from_image(ShardConfig::new(i as u16), image.clone());
+        shard
+            .check_invariants()
+            .map_err(|e| PersistenceError::Restore(format!("shard {i} would be inconsistent: {e}")))?;
+        snapshot::write(&snapshots, i as u16, seqs[i], &image).map_err(|e| PersistenceError::Restore(e.to_string()))?;
+    }
+    let store = SledStore::open(&journal_dir, Some(count), count)?;
+    store.flush()?;
+    Ok(report)
+}
+
+async fn load_rows(
+    client: &Client,
+    shards: u16,
+    images: &mut [ShardImage],
+    where_: &mut BTreeMap<(String, String), (u32, u16)>,
+    report: &mut RestoreReport,
+) -> Result<(), PersistenceError> {
+    let rows = client
+        .query("SELECT sku_id, warehouse_id, available, reserved, sold, version, updated_at FROM inventory ORDER BY sku_id, warehouse_id", &[])
+        .await?;
+    let mut last: Option<(String, usize)> = None;
+    for r in rows {
+        let (sku, warehouse): (String, String) = (r.get(0), r.get(1));
+        let n = |i: usize| r.get::<_, i64>(i) as u64;
+        let row = StockRow {
+            levels: inventory_core::Levels { available: n(2), reserved: n(3), sold: n(4) },
+            received: n(2) + n(3) + n(4),
+            version: n(5),
+            updated_at: ms(r.get(6)),
+        };
+        let shard = shard_for_sku(&sku, shards) as usize;
+        let image = &mut images[shard];
+        // Rows arrive grouped by SKU: a new SKU starts a new entry.
+        let index = match &last {
+            Some((s, i)) if *s == sku => *i,
+            _ => {
+                image.skus.push(SkuImage { id: sku.clone(), rows: Vec::new() });
+                image.skus.len() - 1
+            }
+        };
+        let rows = &mut image.skus[index].rows;
+        where_.insert((sku.clone(), warehouse.clone()), (index as u32, rows.len() as u16));
+        rows.push((warehouse, row));
+        last = Some((sku, index));
+        report.rows += 1;
+    }
+    Ok(())
+}
+
+async fn load_holds(
+    client: &Client,
+    images: &mut [ShardImage],
+    where_: &BTreeMap<(String, String), (u32, u16)>,
+    report: &mut RestoreReport,
+) -> Result<(), PersistenceError> {
+    let holds = client
+        .query(
+            "SELECT reservation_id, order_id, sku_id, warehouse_id, qty, status, expire_at, idem_key, created_at, updated_at,
+                    payment_id, release_reason FROM reservation",
+            &[],
+        )
+        .await?;
+    for r in holds {
+        let id: String = r.get(0);
+        let id: ReservationId =
+            id.parse().map_err(|_| PersistenceError::Restore(format!("bad reservation id {id:?}")))?;
+        let key = (r.get::<_, String>(2), r.get::<_, String>(3));
+        let &(sku, warehouse) = where_.get(&key).ok_or_else(|| {
+            PersistenceError::Restore(format!("hold {id} names {}/{}, which has no inventory row", key.0, key.1))
+        })?;
+        let image = images
+            .get_mut(id.shard() as usize)
+            .ok_or_else(|| PersistenceError::Restore(format!("hold {id} belongs to a shard that does not exist")))?;
+        image.next_hold_seq = image.next_hold_seq.max(id.seq() + 1);
+        image.holds.push(HoldImage {
+            seq: id.seq(),
+            order_id: r.get(1),
+            sku,
+            warehouse,
+            qty: r.get::<_, i64>(4) as u64,
+            status: status(&r.get::<_, String>(5))?,
+            expire_at: ms(r.get(6)),
+            idem_key: r.get(7),
+            created_at: ms(r.get(8)),
+            updated_at: ms(r.get(9)),
+            payment_id: r.get(10),
+            release_reason: r.get(11),
+        });
+        report.holds += 1;
+    }
+    for image in images.iter_mut() {
+        image.holds.sort_by_key(|h| h.seq);
+    }
+    Ok(())
+}
