@@ -9,6 +9,7 @@ use crate::codec::{decode, encode};
 use crate::{Journal, JournalError};
 
 const META_TREE: &str = "meta";
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
 const SHARDS_KEY: &str = "shards";
 
 /// An open journal database. Cheap to clone; shared by the shard journals.
@@ -23,7 +24,9 @@ impl SledStore {
     /// when the journal is created, because reservation ids and SKU routing
     /// depend on it: `requested` must match it afterwards, or be `None`.
     pub fn open(dir: &Path, requested: Option<u16>, default_shards: u16) -> Result<SledStore, JournalError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        // The journal is written once and read back only at start-up and by
+        // the PostgreSQL writer close behind: a small page cache is enough.
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
         let meta = db.open_tree(META_TREE)?;
         let shards = match meta.get(SHARDS_KEY)? {
             Some(v) => {

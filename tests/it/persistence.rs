@@ -256,6 +256,17 @@ async fn reconciliation_finds_and_repairs_a_corrupted_row() {
     assert_eq!((audit.get::<_, String>(0), audit.get::<_, String>(1)), (skus[2].clone(), "AUTO_RECONCILE".to_string()));
     assert_ne!(audit.get::<_, String>(2), audit.get::<_, String>(3), "before and after images differ");
     assert_eq!(reconcile(c, false).await["mismatched"], 0);
+    // The same from the command line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
+        .args(["reconcile", "--url", &server.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"mismatched\": 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     server.stop().await;
     schema.drop().await;
 }

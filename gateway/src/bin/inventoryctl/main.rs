@@ -8,6 +8,7 @@ use inventory_journal::audit;
 
 mod import;
 mod journal;
+mod reconcile;
 
 #[derive(Parser)]
 #[command(name = "inventoryctl", version, about = "Operator tools for the inventory reservation service")]
@@ -28,6 +29,8 @@ enum Top {
     /// Load a catalogue (CSV or JSONL of skuId, warehouseId, qty) into a
     /// running service through its bulk path.
     Import(import::ImportArgs),
+    /// Reconcile a running service's counters with its journal and PostgreSQL (F9).
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 #[derive(Subcommand)]
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Top::Journal(args) => journal::run(args),
         Top::Import(args) => import::run(args),
+        Top::Reconcile(args) => reconcile::run(args),
         Top::Audit { command: AuditCommand::Verify { data_dir, dir } } => {
             let dir = dir.unwrap_or_else(|| data_dir.join("audit"));
             match audit::verify(&dir) {
