@@ -28,6 +28,8 @@ use super::{
 use crate::cli::Appendfsync;
 use crate::Result;
 
+/// Longest wait for one Redis reply.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// SKUs per pipeline when seeding in bulk.
 const SEED_PIPELINE: u64 = 5_000;
 
@@ -201,9 +203,12 @@ impl RedisBackend {
     /// and switches the AOF on with the requested fsync policy.
     pub async fn connect(url: &str, pool: usize, fsync: Appendfsync) -> Result<RedisBackend> {
         let client = redis::Client::open(url)?;
+        // The harness's request timeout governs; the crate's default of
+        // 500 ms would turn a slow fsync into an error.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let mut conns = Vec::new();
         for _ in 0..pool.clamp(1, 64) {
-            conns.push(client.get_multiplexed_async_connection().await?);
+            conns.push(client.get_multiplexed_async_connection_with_config(&config).await?);
         }
         let mut c = conns[0].clone();
         let get = |name: &'static str| {
@@ -214,7 +219,7 @@ impl RedisBackend {
             }
         };
         let restore = (get("appendonly").await?, get("appendfsync").await?);
-        redis::cmd("FLUSHDB").query_async::<()>(&mut c).await?;
+        redis::cmd("FLUSHDB").arg("ASYNC").query_async::<()>(&mut c).await?;
         let policy = match fsync {
             Appendfsync::Always => "always",
             Appendfsync::Everysec => "everysec",
@@ -381,9 +386,9 @@ impl RedisBackend {
 
     pub async fn teardown(&self) -> Result<()> {
         let mut c = self.conn();
-        redis::cmd("FLUSHDB").query_async::<()>(&mut c).await?;
         redis::cmd("CONFIG").arg("SET").arg("appendonly").arg(&self.restore.0).query_async::<()>(&mut c).await?;
         redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(&self.restore.1).query_async::<()>(&mut c).await?;
+        redis::cmd("FLUSHDB").arg("ASYNC").query_async::<()>(&mut c).await?;
         Ok(())
     }
 }
