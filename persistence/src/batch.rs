@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use inventory_core::{Command, Entry, Levels, TxnKind, REASON_TIMEOUT};
 use serde_json::json;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::schema::{day_of, to_system_time};
@@ -264,45 +266,79 @@ impl Batch {
             )
             .await?;
         }
+        // The two largest tables go in with binary COPY (routed into the
+        // day partitions by PostgreSQL).
         let x = &self.txns;
-        tx.execute(
-            "INSERT INTO inventory_txn (txn_id, sku_id, warehouse_id, type, qty, ref_id, order_id, detail, before_qty, after_qty,
-                                        before_reserved, after_reserved, before_sold, after_sold, version, shard, seq, trace_id,
-                                        operator, created_at)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
-                                  $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
-                                  $16::smallint[], $17::bigint[], $18::text[], $19::text[], $20::timestamptz[])",
-            &[
-                &x.txn_id,
-                &x.sku,
-                &x.warehouse,
-                &x.kind,
-                &x.qty,
-                &x.ref_id,
-                &x.order_id,
-                &x.detail,
-                &x.before[0],
-                &x.after[0],
-                &x.before[1],
-                &x.after[1],
-                &x.before[2],
-                &x.after[2],
-                &x.version,
-                &x.shard,
-                &x.seq,
-                &x.trace,
-                &x.operator,
-                &x.at,
-            ],
-        )
-        .await?;
+        let sink = tx
+            .copy_in(
+                "COPY inventory_txn (txn_id, sku_id, warehouse_id, type, qty, ref_id, order_id, detail, before_qty, after_qty,
+                                     before_reserved, after_reserved, before_sold, after_sold, version, shard, seq, trace_id,
+                                     operator, created_at) FROM STDIN BINARY",
+            )
+            .await?;
+        let types = [
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::INT2,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+        ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        let mut writer = std::pin::pin!(writer);
+        for i in 0..x.txn_id.len() {
+            writer
+                .as_mut()
+                .write(&[
+                    &x.txn_id[i],
+                    &x.sku[i],
+                    &x.warehouse[i],
+                    &x.kind[i],
+                    &x.qty[i],
+                    &x.ref_id[i],
+                    &x.order_id[i],
+                    &x.detail[i],
+                    &x.before[0][i],
+                    &x.after[0][i],
+                    &x.before[1][i],
+                    &x.after[1][i],
+                    &x.before[2][i],
+                    &x.after[2][i],
+                    &x.version[i],
+                    &x.shard[i],
+                    &x.seq[i],
+                    &x.trace[i],
+                    &x.operator[i],
+                    &x.at[i],
+                ])
+                .await?;
+        }
+        writer.finish().await?;
         let e = &self.events;
-        tx.execute(
-            "INSERT INTO outbox (event_id, event_type, aggregate_id, payload, created_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[])",
-            &[&e.id, &e.kind, &e.aggregate, &e.payload, &e.at],
-        )
-        .await?;
+        let sink = tx
+            .copy_in("COPY outbox (event_id, event_type, aggregate_id, payload, created_at) FROM STDIN BINARY")
+            .await?;
+        let writer =
+            BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB, Type::TIMESTAMPTZ]);
+        let mut writer = std::pin::pin!(writer);
+        for i in 0..e.id.len() {
+            writer.as_mut().write(&[&e.id[i], &e.kind[i], &e.aggregate[i], &e.payload[i], &e.at[i]]).await?;
+        }
+        writer.finish().await?;
         Ok(())
     }
 }
