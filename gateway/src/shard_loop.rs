@@ -423,18 +423,44 @@ impl LoopState {
                     TxnKind::Release => released += 1,
                     TxnKind::Receive => {}
                 }
-                let trace_id = format_args!("{:032x}", entry.trace_id);
-                if txn.kind == TxnKind::Receive {
-                    tracing::info!(target: "inventory::txn", %trace_id, operator = %entry.operator, sku_id = %txn.sku_id, warehouse_id = %txn.warehouse_id, kind = txn.kind.as_str(), qty = txn.qty, ref_id = %txn.ref_id, available = txn.after.available, "stock change");
-                } else {
-                    tracing::debug!(target: "inventory::txn", %trace_id, operator = %entry.operator, order_id = %txn.order_id, sku_id = %txn.sku_id, warehouse_id = %txn.warehouse_id, kind = txn.kind.as_str(), qty = txn.qty, ref_id = %txn.ref_id, "stock change");
-                }
+                tracing::debug!(
+                    target: "inventory::txn",
+                    trace_id = %format_args!("{:032x}", entry.trace_id),
+                    operator = %entry.operator,
+                    order_id = %txn.order_id,
+                    sku_id = %txn.sku_id,
+                    warehouse_id = %txn.warehouse_id,
+                    kind = txn.kind.as_str(),
+                    qty = txn.qty,
+                    ref_id = %txn.ref_id,
+                    "stock change"
+                );
             }
         }
         if let Some(audit) = &self.audit {
             let events: Vec<AuditEvent> = self.entries.iter().flat_map(|e| events_of(self.shard.index(), e)).collect();
             if !events.is_empty() {
                 let _ = audit.events.send(events);
+            }
+        }
+        for entry in &self.entries {
+            let rows = entry.txns.len();
+            let (first, receipt) = match &entry.command {
+                Command::Receive(c) => (c.sku_id.as_str(), true),
+                Command::ReceiveBatch(c) => (c.items.first().map_or("", |i| i.sku_id.as_str()), true),
+                _ => ("", false),
+            };
+            if receipt {
+                tracing::info!(
+                    target: "inventory::txn",
+                    trace_id = %format_args!("{:032x}", entry.trace_id),
+                    operator = %entry.operator,
+                    shard = self.shard.index(),
+                    seq = entry.seq,
+                    rows,
+                    sku_id = %first,
+                    "stock received"
+                );
             }
         }
         self.metrics.reservation_events("reserved", reserved);
