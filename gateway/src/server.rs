@@ -17,7 +17,7 @@ use crate::config::{default_shards, Config};
 use crate::http::{handle, App};
 use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
-use crate::shard_loop::{self, AuditFeed, LoopConfig, LoopContext};
+use crate::shard_loop::{self, LoopConfig, LoopContext};
 use crate::snapshotter::{AuditMarks, SnapshotConfig, Snapshotter};
 use inventory_journal::audit::AuditLog;
 use inventory_persistence::{spawn_writers, Schema, ShardProgress, WriterConfig};
@@ -86,12 +86,10 @@ pub async fn run_with(
     let audit_dir = config.data_dir.join("audit");
     let audit_log =
         tokio::task::spawn_blocking(move || AuditLog::open(&audit_dir)).await.expect("audit open panicked")?;
-    let audited_upto: Vec<u64> = (0..shards).map(|i| audit_log.audited_upto(i)).collect();
-    let audit_marks: AuditMarks = Arc::new(audited_upto.iter().map(|&s| AtomicU64::new(s)).collect());
-    let (audit_tx, audit_rx) = crossbeam_channel::unbounded();
-    let marks = audit_marks.clone();
-    let audit_thread =
-        std::thread::Builder::new().name("audit".into()).spawn(move || audit_writer(audit_log, audit_rx, marks))?;
+    // How far each shard's journal has been scanned for audited changes:
+    // resume after the last audited one (entries without any are skipped).
+    let audit_marks: AuditMarks = Arc::new((0..shards).map(|i| AtomicU64::new(audit_log.audited_upto(i))).collect());
+    let audit_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut queues = Vec::with_capacity(shards as usize);
@@ -105,12 +103,10 @@ pub async fn run_with(
             batch_max: config.batch_max,
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
         };
-        let audit = Some(AuditFeed { events: audit_tx.clone(), audited_upto: audited_upto[i] });
         let context = LoopContext {
             clock: clock.clone(),
             idem_index: idem.clone(),
             metrics: metrics.clone(),
-            audit,
             progress: progress.clone()[i].clone(),
         };
         let ready = ready_tx.clone();
@@ -121,7 +117,6 @@ pub async fn run_with(
         );
     }
     drop(ready_tx);
-    drop(audit_tx);
     let router = Arc::new(Router::new(queues));
     let (snapshot_tx, snapshot_rx) = crossbeam_channel::unbounded();
     let snapshotter = Snapshotter {
@@ -135,10 +130,17 @@ pub async fn run_with(
         readers: readers.clone(),
         progress: progress.clone(),
         postgres: postgres.is_some(),
-        audit_marks,
+        audit_marks: audit_marks.clone(),
     };
     let snapshot_thread =
         std::thread::Builder::new().name("snapshots".into()).spawn(move || snapshotter.run(snapshot_rx))?;
+    let audit_thread = {
+        let (readers, progress, marks, stop) =
+            (readers.clone(), progress.clone(), audit_marks.clone(), audit_stop.clone());
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || audit_tailer(audit_log, readers, progress, marks, stop))?
+    };
     let mut background = Vec::new();
     if let Some(writer) = &postgres {
         let own_readers = journals_readers(&readers);
@@ -204,7 +206,8 @@ pub async fn run_with(
         for t in threads {
             let _ = t.join();
         }
-        // The loops held the last senders: the audit thread drains and ends.
+        // The loops have stopped: the audit thread catches up and ends.
+        audit_stop.store(true, Ordering::Release);
         let _ = audit_thread.join();
         let _ = snapshot_thread.join();
     })
@@ -268,30 +271,58 @@ async fn serve(
     result
 }
 
-/// Appends audited changes in arrival order. If the log cannot be written,
-/// it stops appending (so nothing is skipped) and the next start audits
-/// again, from the journal, everything after the last entry it holds.
-fn audit_writer(
+/// Tails every shard's journal (never past its last acknowledged entry) and
+/// appends the audited changes it finds. Memory stays bounded however far
+/// behind it falls, and after a crash it simply resumes after the last
+/// change in the log. If the log cannot be written it stops (so nothing is
+/// skipped); the next start resumes from the log.
+fn audit_tailer(
     mut log: AuditLog,
-    events: crossbeam_channel::Receiver<Vec<inventory_journal::audit::AuditEvent>>,
+    readers: Vec<Arc<dyn Journal + Sync>>,
+    progress: Vec<Arc<ShardProgress>>,
     marks: AuditMarks,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut broken = false;
-    while let Ok(mut batch) = events.recv() {
-        while let Ok(more) = events.try_recv() {
-            batch.extend(more);
+    // Bounds one append: a bulk entry can carry 10,000 receipts.
+    const EVENTS_MAX: usize = 50_000;
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let mut idle = true;
+        for (shard, reader) in readers.iter().enumerate() {
+            let from = marks[shard].load(Ordering::Acquire) + 1;
+            let durable = progress[shard].durable.load(Ordering::Acquire);
+            if from > durable {
+                continue;
+            }
+            idle = false;
+            let mut events = Vec::new();
+            let mut scanned = from - 1;
+            let read = reader.read_from(from).map(|entries| {
+                for entry in entries {
+                    let entry = entry?;
+                    if entry.seq > durable || events.len() >= EVENTS_MAX {
+                        break;
+                    }
+                    events.extend(inventory_journal::audit::events_of(shard as u16, &entry));
+                    scanned = entry.seq;
+                }
+                Ok::<_, JournalError>(())
+            });
+            if let Err(e) = read.and_then(|r| r) {
+                tracing::error!(shard, error = %e, "audit: cannot read the journal; auditing stops until restart");
+                return;
+            }
+            if let Err(e) = log.append(events) {
+                tracing::error!(error = %e, "audit log write failed; auditing resumes from the journal at the next start");
+                return;
+            }
+            marks[shard].store(scanned, Ordering::Release);
         }
-        if broken {
-            continue;
-        }
-        let written: Vec<(u16, u64)> = batch.iter().map(|e| (e.shard, e.seq)).collect();
-        if let Err(e) = log.append(batch) {
-            tracing::error!(error = %e, "audit log write failed; auditing resumes from the journal at the next start");
-            broken = true;
-            continue;
-        }
-        for (shard, seq) in written {
-            marks[shard as usize].fetch_max(seq, Ordering::AcqRel);
+        if idle {
+            if stopping {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

@@ -22,7 +22,6 @@ use inventory_core::{
     Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, ShardStats, Txn, TxnKind,
     REASON_TIMEOUT,
 };
-use inventory_journal::audit::{events_of, AuditEvent};
 use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
 
@@ -112,17 +111,8 @@ pub struct LoopContext {
     pub clock: Arc<dyn Clock>,
     pub idem_index: Arc<IdemIndex>,
     pub metrics: Arc<Metrics>,
-    pub audit: Option<AuditFeed>,
     /// Where this shard publishes its last acknowledged entry.
     pub progress: Arc<ShardProgress>,
-}
-
-/// Where a loop sends audited changes, and how far the log already has them.
-#[derive(Clone)]
-pub struct AuditFeed {
-    pub events: crossbeam_channel::Sender<Vec<AuditEvent>>,
-    /// Entries of this shard up to this sequence are already in the log.
-    pub audited_upto: u64,
 }
 
 /// Runs one shard loop on the current thread until shutdown. `ready`
@@ -154,23 +144,16 @@ fn run_inner(
     requests: Receiver<Request>,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
-    let LoopContext { clock, idem_index, metrics, audit, progress } = context;
+    let LoopContext { clock, idem_index, metrics, progress } = context;
     if let Some(core) = config.core {
         core_affinity::set_for_current(core);
     }
     let index = config.shard.index;
     let started = Instant::now();
-    // Recover: newest snapshot, then the journal after it. Audit again what
-    // a crash kept out of the audit log (entries after `audited_upto`, some
-    // of which may precede the snapshot).
-    let mut missing = Vec::new();
-    let upto = audit.as_ref().map_or(u64::MAX, |a| a.audited_upto);
+    // Recover: newest snapshot, then the journal after it.
     let mut last_at = None;
     let rebuilt = rebuild(config.shard, config.snapshots.as_deref(), &*journal, Until::End, |entry| {
         last_at = Some(entry.at);
-        if entry.seq > upto {
-            missing.extend(events_of(index, entry));
-        }
     });
     let (shard, stats) = match rebuilt {
         Ok(done) => done,
@@ -179,33 +162,6 @@ fn run_inner(
             return;
         }
     };
-    if upto < stats.from.saturating_sub(1) {
-        let before_snapshot = journal.read_from(upto + 1).and_then(|entries| {
-            let mut events = Vec::new();
-            for entry in entries {
-                let entry = entry?;
-                if entry.seq >= stats.from {
-                    break;
-                }
-                events.extend(events_of(index, &entry));
-            }
-            Ok(events)
-        });
-        match before_snapshot {
-            Ok(mut events) => {
-                events.append(&mut missing);
-                missing = events;
-            }
-            Err(e) => {
-                let _ = ready.send((index, Err(e)));
-                return;
-            }
-        }
-    }
-    if let (Some(audit), false) = (&audit, missing.is_empty()) {
-        tracing::warn!(shard = index, entries = missing.len(), "auditing changes missing from the audit log");
-        let _ = audit.events.send(missing);
-    }
     let next_seq = stats.next_seq;
     tracing::info!(
         shard = index,
@@ -227,7 +183,6 @@ fn run_inner(
         journal,
         clock,
         metrics,
-        audit,
         progress,
         labels,
         next_seq,
@@ -254,7 +209,6 @@ struct LoopState {
     journal: Box<dyn Journal>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    audit: Option<AuditFeed>,
     progress: Arc<ShardProgress>,
     labels: ShardLabels,
     next_seq: u64,
@@ -437,12 +391,6 @@ impl LoopState {
                 );
             }
         }
-        if let Some(audit) = &self.audit {
-            let events: Vec<AuditEvent> = self.entries.iter().flat_map(|e| events_of(self.shard.index(), e)).collect();
-            if !events.is_empty() {
-                let _ = audit.events.send(events);
-            }
-        }
         for entry in &self.entries {
             let rows = entry.txns.len();
             let (first, receipt) = match &entry.command {
@@ -553,7 +501,6 @@ mod tests {
             clock: Arc::new(SystemClock),
             idem_index: Arc::new(IdemIndex::new(1_000)),
             metrics: metrics.clone(),
-            audit: None,
             progress: Arc::default(),
         };
         let (tx, rx) = crossbeam_channel::bounded(16);

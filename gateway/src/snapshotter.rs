@@ -5,7 +5,7 @@
 //! entry, replayed by the same code start-up uses. The live loop is never
 //! paused. After writing, the journal is truncated below the oldest kept
 //! snapshot, but never past what the PostgreSQL writer has applied (when
-//! configured) nor past a receipt not yet in the audit log.
+//! configured) nor past what the audit thread has scanned.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use inventory_core::ShardConfig;
-use inventory_journal::audit::events_of;
 use inventory_journal::{rebuild, snapshot, Journal, JournalError, Until};
 use inventory_persistence::ShardProgress;
 use serde::Serialize;
@@ -31,7 +30,10 @@ pub struct SnapshotConfig {
     pub keep: usize,
 }
 
-/// Per shard: every auditable entry up to this sequence is in the audit log.
+/// How long a snapshot waits for the audit thread before truncating less.
+const AUDIT_WAIT: Duration = Duration::from_secs(1);
+
+/// Per shard: the audit thread has scanned the journal up to this sequence.
 pub type AuditMarks = Arc<Vec<AtomicU64>>;
 
 /// A request to snapshot every shard now.
@@ -65,8 +67,6 @@ pub struct Snapshotter {
 impl Snapshotter {
     /// Runs until `requests` is closed.
     pub fn run(self, requests: Receiver<SnapshotRequest>) {
-        // Per shard: the lowest auditable entry not yet confirmed audited.
-        let mut unaudited: Vec<Option<u64>> = vec![None; self.readers.len()];
         loop {
             let forced = match requests.recv_timeout(self.config.check_every) {
                 Ok(reply) => Some(reply),
@@ -74,13 +74,13 @@ impl Snapshotter {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             let mut reports = Vec::new();
-            for (shard, unaudited) in unaudited.iter_mut().enumerate() {
+            for shard in 0..self.readers.len() {
                 let durable = self.progress[shard].durable.load(Ordering::Acquire);
                 let last =
                     snapshot::list(&self.config.dir, shard as u16).ok().and_then(|l| l.first().copied()).unwrap_or(0);
                 let due = durable > last && (forced.is_some() || durable - last >= self.config.every_entries);
                 if due {
-                    let report = self.take(shard, durable, unaudited);
+                    let report = self.take(shard, durable);
                     if let Some(e) = &report.error {
                         tracing::error!(shard, error = %e, "snapshot failed");
                     } else {
@@ -102,20 +102,15 @@ impl Snapshotter {
         }
     }
 
-    fn take(&self, shard: usize, seq: u64, unaudited: &mut Option<u64>) -> SnapshotReport {
+    fn take(&self, shard: usize, seq: u64) -> SnapshotReport {
         let started = Instant::now();
         let mut report =
             SnapshotReport { shard: shard as u16, seq, bytes: 0, millis: 0, truncated: 0, held_back: 0, error: None };
         let result = (|| -> Result<(), String> {
             let reader = &self.readers[shard];
-            let mut first_auditable = None;
             let (replica, _) =
-                rebuild(self.shard_configs[shard].clone(), Some(&self.config.dir), &**reader, Until::Seq(seq), |e| {
-                    if first_auditable.is_none() && !events_of(shard as u16, e).is_empty() {
-                        first_auditable = Some(e.seq);
-                    }
-                })
-                .map_err(|e: JournalError| e.to_string())?;
+                rebuild(self.shard_configs[shard].clone(), Some(&self.config.dir), &**reader, Until::Seq(seq), |_| {})
+                    .map_err(|e: JournalError| e.to_string())?;
             let image = replica.image();
             drop(replica);
             let (_, bytes) = snapshot::write(&self.config.dir, shard as u16, seq, &image).map_err(|e| e.to_string())?;
@@ -129,13 +124,13 @@ impl Snapshotter {
             if self.postgres {
                 bound = bound.min(self.progress[shard].applied.load(Ordering::Acquire));
             }
-            // ...nor a receipt the audit log does not hold yet.
-            let audited = self.audit_marks[shard].load(Ordering::Acquire);
-            let pending = [*unaudited, first_auditable].into_iter().flatten().filter(|s| *s > audited).min();
-            *unaudited = pending;
-            if let Some(p) = pending {
-                bound = bound.min(p - 1);
+            // ...nor what the audit thread has not scanned yet (it trails the
+            // journal by milliseconds: give it a moment to reach `seq`).
+            let deadline = Instant::now() + AUDIT_WAIT;
+            while self.audit_marks[shard].load(Ordering::Acquire) < seq && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
             }
+            bound = bound.min(self.audit_marks[shard].load(Ordering::Acquire));
             report.held_back = seq - bound;
             report.truncated = reader.truncate_before(bound + 1).map_err(|e| e.to_string())?;
             Ok(())
