@@ -32,8 +32,8 @@ pub enum ServerError {
     Journal(#[from] JournalError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("shard {0} stopped during start-up")]
-    ShardLost(u16),
+    #[error("a shard loop stopped during start-up")]
+    ShardLost,
     #[error(transparent)]
     Persistence(#[from] inventory_persistence::PersistenceError),
 }
@@ -143,7 +143,7 @@ pub async fn run_with(
     };
     let mut background = Vec::new();
     if let Some(writer) = &postgres {
-        let own_readers = journals_readers(&readers);
+        let own_readers = readers.iter().map(|r| r.reader()).collect();
         background.extend(spawn_writers(writer.clone(), own_readers, progress.clone(), config.writer_faults.clone()));
         background.push(tokio::spawn(crate::admin::persistence_gauges(
             writer.clone(),
@@ -174,7 +174,7 @@ pub async fn run_with(
                 match ready_rx.recv() {
                     Ok((_, Ok(_))) => {}
                     Ok((_, Err(e))) => return Err(e.into()),
-                    Err(_) => return Err(ServerError::ShardLost(0)),
+                    Err(_) => return Err(ServerError::ShardLost),
                 }
             }
             router.set_ready();
@@ -325,9 +325,4 @@ fn audit_tailer(
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-/// Fresh reader handles for the PostgreSQL writers.
-fn journals_readers(readers: &[Arc<dyn Journal + Sync>]) -> Vec<Box<dyn Journal + Sync>> {
-    readers.iter().map(|r| r.reader()).collect()
 }

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use inventory_core::{
-    Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, ShardStats, Txn, TxnKind,
-    REASON_TIMEOUT,
+    Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, Txn, TxnKind, REASON_TIMEOUT,
 };
 use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
@@ -71,9 +70,6 @@ pub enum Request {
         query: Query,
         reply: oneshot::Sender<QueryResult>,
     },
-    Stats {
-        reply: oneshot::Sender<LoopStats>,
-    },
     /// Every stock row, with the last acknowledged sequence they reflect.
     Rows {
         reply: oneshot::Sender<RowsAt>,
@@ -88,14 +84,6 @@ pub enum Request {
 /// Every `(sku, warehouse, row)` of a shard and the last acknowledged
 /// sequence they reflect.
 pub type RowsAt = (u64, Vec<(String, String, inventory_core::StockRow)>);
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LoopStats {
-    pub shard: ShardStats,
-    pub journal_healthy: bool,
-    pub next_seq: u64,
-    pub expiry_backlog: usize,
-}
 
 pub struct LoopConfig {
     pub shard: ShardConfig,
@@ -280,7 +268,7 @@ impl LoopState {
                     }
                     self.writes.push((reply, applied));
                 }
-                read @ (Request::Read { .. } | Request::Stats { .. } | Request::Rows { .. }) => self.reads.push(read),
+                read @ (Request::Read { .. } | Request::Rows { .. }) => self.reads.push(read),
                 #[cfg(test)]
                 Request::Mutate(f) => f(&mut self.shard),
                 Request::Shutdown => unreachable!("handled by run"),
@@ -321,14 +309,6 @@ impl LoopState {
             match request {
                 Request::Read { query, reply } => {
                     let _ = reply.send(self.shard.query(&query));
-                }
-                Request::Stats { reply } => {
-                    let _ = reply.send(LoopStats {
-                        shard: self.shard.stats(),
-                        journal_healthy: self.healthy,
-                        next_seq: self.next_seq,
-                        expiry_backlog: self.shard.expiry_backlog(now),
-                    });
                 }
                 Request::Rows { reply } => {
                     let rows = self.shard.rows().map(|(s, w, r)| (s.to_string(), w.to_string(), *r)).collect();

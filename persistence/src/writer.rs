@@ -39,7 +39,7 @@ pub struct ShardProgress {
     /// Journal time of that entry.
     pub applied_at: AtomicU64,
     pub connected: AtomicBool,
-    pub last_error: parking_lot_free::Slot,
+    pub last_error: ErrorSlot,
 }
 
 /// Every shard's progress, by shard index.
@@ -60,20 +60,16 @@ impl ShardProgress {
     }
 }
 
-/// A tiny lock-free-enough slot for the last error message (written rarely).
-pub mod parking_lot_free {
-    use std::sync::Mutex;
+/// The writer's last error message, for the status endpoint (written rarely).
+#[derive(Default)]
+pub struct ErrorSlot(std::sync::Mutex<Option<String>>);
 
-    #[derive(Default)]
-    pub struct Slot(Mutex<Option<String>>);
-
-    impl Slot {
-        pub fn set(&self, value: Option<String>) {
-            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
-        }
-        pub fn get(&self) -> Option<String> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-        }
+impl ErrorSlot {
+    pub fn set(&self, value: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -7,6 +7,7 @@ mod api;
 mod bad_input;
 mod concurrency;
 mod crash;
+mod import;
 mod journal_faults;
 mod journal_tool;
 mod lifecycle;
