@@ -8,8 +8,11 @@ use tokio_postgres::{Client, NoTls};
 use crate::PersistenceError;
 
 /// Migrations in order; each runs once, recorded in `schema_migrations`.
-pub const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_checkpoint_ids.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_checkpoint_ids.sql")),
+    (3, include_str!("../migrations/0003_hot_updates.sql")),
+];
 
 const MIGRATION_LOCK: i64 = 0x696e_7630_0001;
 const PARTITION_LOCK: i64 = 0x696e_7630_0002;
