@@ -50,13 +50,13 @@ impl ReservationStatus {
     }
 }
 
-/// A hold as the shard stores it: SKU and warehouse by dense index.
+/// A hold as the shard stores it: its stock row by position. `qty` fits in
+/// 32 bits because it is at most the row's `received`.
 #[derive(Clone, Debug)]
 pub(crate) struct Hold {
     pub order_id: Box<str>,
-    pub sku: u32,
-    pub warehouse: u16,
-    pub qty: u64,
+    pub row: u32,
+    pub qty: u32,
     pub expire_at: Millis,
     pub idem_key: Box<str>,
     pub created_at: Millis,
