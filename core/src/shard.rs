@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, VecDeque};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
+use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
 use crate::image::{HoldImage, IdemImage, ShardImage};
 use crate::outcome::{Applied, Outcome, Rejection};
@@ -52,6 +52,15 @@ struct IdemRecord {
     fingerprint: u64,
     outcome: Outcome,
     expires_at: Millis,
+}
+
+/// One receipt to apply, borrowed from a `Receive` or a batch item.
+struct Receipt<'a> {
+    sku_id: &'a str,
+    warehouse_id: &'a str,
+    qty: u64,
+    /// Recorded on the txn: the caller's reference, or the key if none.
+    reference: &'a str,
 }
 
 /// One step of the undo log, recorded while a batch is open.
@@ -268,17 +277,23 @@ impl Shard {
     }
 
     fn receive(&mut self, at: Millis, c: &Receive, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        let receipt = Receipt { sku_id: &c.sku_id, warehouse_id: &c.warehouse_id, qty: c.qty, reference };
+        self.receive_one(at, &receipt, txns)
+    }
+
+    fn receive_one(&mut self, at: Millis, c: &Receipt, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
         }
-        let (first, existing) = self.locate(&c.sku_id, &c.warehouse_id);
+        let (first, existing) = self.locate(c.sku_id, c.warehouse_id);
         if let Some(rejection) = self.receive_rejection(first, existing, c, 0, 0) {
             return (Outcome::Rejected(rejection), false);
         }
         let row = match existing {
             Some(row) => row,
             None => {
-                let added = self.table.add_row(first, &c.sku_id, &c.warehouse_id);
+                let added = self.table.add_row(first, c.sku_id, c.warehouse_id);
                 self.record(Undo::NewRow(added));
                 added.row
             }
@@ -286,12 +301,11 @@ impl Shard {
         // Checked: `received + qty <= ROW_UNITS_MAX`.
         let qty = c.qty as u32;
         let (before, row_after) = self.change_row(row, at, |r| r.received += qty);
-        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
         let txn = self.txn(
             TxnKind::Receive,
             row,
             c.qty,
-            reference.clone(),
+            c.reference.to_string(),
             String::new(),
             String::new(),
             before,
@@ -322,7 +336,7 @@ impl Shard {
         &self,
         first: Option<u32>,
         existing: Option<u32>,
-        c: &Receive,
+        c: &Receipt,
         pending_rows: usize,
         pending_warehouses: usize,
     ) -> Option<Rejection> {
@@ -334,7 +348,7 @@ impl Shard {
         if first.is_none() && c.sku_id.len() > SKU_ID_BYTES_MAX {
             Some(Rejection::SkuIdTooLong)
         } else if rows >= WAREHOUSES_PER_SKU_MAX
-            || (!self.table.knows_warehouse(&c.warehouse_id)
+            || (!self.table.knows_warehouse(c.warehouse_id)
                 && self.table.warehouse_count() + pending_warehouses >= WAREHOUSE_IDS_MAX)
         {
             Some(Rejection::TooManyWarehouses)
@@ -346,12 +360,17 @@ impl Shard {
     }
 
     fn receive_batch(&mut self, at: Millis, c: &ReceiveBatch, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        fn receipt<'a>(item: &'a ReceiveItem, reference: &'a str) -> Receipt<'a> {
+            Receipt { sku_id: &item.sku_id, warehouse_id: &item.warehouse_id, qty: item.qty, reference }
+        }
         // Check everything first: the batch applies whole or not at all.
-        let mut seen = rustc_hash::FxHashSet::default();
+        // Sized up front: no growth, and the same sizes batch after batch.
+        let n = c.items.len();
+        let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(n, Default::default());
         // Rows the items checked so far add, per SKU, and warehouse ids they add.
-        let mut new_rows: FxHashMap<&str, usize> = FxHashMap::default();
+        let mut new_rows: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(n, Default::default());
         let mut new_warehouses = rustc_hash::FxHashSet::default();
-        let mut ones = Vec::with_capacity(c.items.len());
         for item in &c.items {
             if item.qty == 0 {
                 return (Outcome::Rejected(Rejection::InvalidQuantity), false);
@@ -359,18 +378,13 @@ impl Shard {
             if !seen.insert((item.sku_id.as_str(), item.warehouse_id.as_str())) {
                 return (Outcome::Rejected(Rejection::InvalidBatch), false);
             }
-            let one = Receive {
-                sku_id: item.sku_id.clone(),
-                warehouse_id: item.warehouse_id.clone(),
-                qty: item.qty,
-                idem_key: c.idem_key.clone(),
-                reference: c.reference.clone(),
-            };
             let (first, existing) = self.locate(&item.sku_id, &item.warehouse_id);
             let pending_rows = new_rows.get(item.sku_id.as_str()).copied().unwrap_or(0);
             let pending_warehouses =
                 new_warehouses.len() - new_warehouses.contains(item.warehouse_id.as_str()) as usize;
-            if let Some(rejection) = self.receive_rejection(first, existing, &one, pending_rows, pending_warehouses) {
+            if let Some(rejection) =
+                self.receive_rejection(first, existing, &receipt(item, reference), pending_rows, pending_warehouses)
+            {
                 return (Outcome::Rejected(rejection), false);
             }
             if existing.is_none() {
@@ -379,16 +393,16 @@ impl Shard {
                     new_warehouses.insert(item.warehouse_id.as_str());
                 }
             }
-            ones.push(one);
         }
         if c.items.is_empty() {
             return (Outcome::Rejected(Rejection::InvalidBatch), false);
         }
+        drop((seen, new_rows, new_warehouses));
         let mut units = 0u64;
-        for one in &ones {
-            let (outcome, changed) = self.receive(at, one, txns);
+        for item in &c.items {
+            let (outcome, changed) = self.receive_one(at, &receipt(item, reference), txns);
             debug_assert!(changed, "checked above: {outcome:?}");
-            units = units.saturating_add(one.qty);
+            units = units.saturating_add(item.qty);
         }
         (Outcome::ReceivedBatch { rows: c.items.len() as u32, units }, true)
     }
