@@ -22,7 +22,7 @@ use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
     Hold, HoldChange, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
 };
-use crate::table::{Added, Row, StockTable, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
+use crate::table::{Added, Row, StockTable, ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
 
 /// Most warehouse rows one SKU may have.
 pub const WAREHOUSES_PER_SKU_MAX: usize = 1024;
@@ -234,6 +234,7 @@ impl Shard {
     /// makes to `txns`. `at` must not go backwards.
     pub fn apply(&mut self, at: Millis, command: &Command, txns: &mut Vec<Txn>) -> Applied {
         assert!(at >= self.last_at, "time went backwards: {at} < {}", self.last_at);
+        assert!(at <= ROW_MILLIS_MAX, "time {at} past what a stock row records (48 bits of milliseconds)");
         self.last_at = at;
         if let Command::Expire(expire) = command {
             let count = self.expire(at, expire, txns);
@@ -592,8 +593,7 @@ impl Shard {
         let r = self.table.row_mut(row);
         let prev = *r;
         change(r);
-        r.version += 1;
-        r.updated_at = at;
+        r.touch(at);
         assert!(!r.oversold(), "stock row invariant broken");
         let after = r.stock_row();
         self.record(Undo::Row { row, prev });

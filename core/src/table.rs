@@ -1,7 +1,7 @@
-//! The stock rows of one shard in a compact layout (about 61 bytes per row
+//! The stock rows of one shard in a compact layout (about 53 bytes per row
 //! of a single-warehouse SKU with a 13-byte id, index included).
 //!
-//! - Rows are 40-byte records in fixed-size blocks, addressed by a global
+//! - Rows are 32-byte records in fixed-size blocks, addressed by a global
 //!   row number (`u32`) in creation order. Growth adds a block; nothing is
 //!   ever copied or moved, so a growing catalogue never stalls the loop on a
 //!   large reallocation.
@@ -9,6 +9,8 @@
 //!   derived as `received - reserved - sold`. A receive that would take
 //!   `received` past [`ROW_UNITS_MAX`] is rejected before anything changes;
 //!   reserve, confirm and release only move units within `received`.
+//!   `version` and `updated_at` are 48-bit ([`ROW_MILLIS_MAX`]: a version
+//!   count never reached, and milliseconds up to the year 10889).
 //! - SKU ids are stored once, as bytes in an append-only arena of fixed-size
 //!   blocks; a row refers to its id by offset and length. Every row of an SKU
 //!   shares the id of the SKU's first row, so the offset identifies the SKU.
@@ -19,7 +21,9 @@
 //! - The index maps an SKU id to its first row; it is split into
 //!   [`INDEX_PARTS`] hash tables so that a table that grows rehashes only a
 //!   small fraction of the SKUs. The other rows of an SKU (other warehouses)
-//!   hang off the first row in a `next` chain, in the order they were added.
+//!   hang off the first row in a chain, in the order they were added; the
+//!   links live in a side map that only SKUs in several warehouses use, and
+//!   a flag bit in the row says whether to look there.
 
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
@@ -31,43 +35,75 @@ use crate::state::{Levels, StockRow};
 /// Most units a stock row can ever receive: counters are 32-bit.
 pub const ROW_UNITS_MAX: u64 = u32::MAX as u64;
 /// Longest SKU id the core stores (the gateway allows far less).
-pub const SKU_ID_BYTES_MAX: usize = u16::MAX as usize;
+pub const SKU_ID_BYTES_MAX: usize = LEN_MASK as usize;
+/// Latest time a row can record as `updated_at` (48 bits of milliseconds:
+/// the year 10889), and most versions a row can go through.
+pub const ROW_MILLIS_MAX: u64 = (1 << 48) - 1;
 /// Most distinct warehouse ids one shard can know.
 pub const WAREHOUSE_IDS_MAX: usize = 1 << 16;
 
-/// Rows per block: 16,384 rows of 40 bytes = 640 KiB.
+/// Rows per block: 16,384 rows of 32 bytes = 512 KiB.
 const ROW_BLOCK: usize = 1 << 14;
 /// Bytes per id arena block; at least `SKU_ID_BYTES_MAX`.
 const ID_BLOCK: usize = 1 << 16;
 /// Number of hash tables the SKU index is split into.
 const INDEX_PARTS: usize = 256;
-/// "No row": the end of a `next` chain.
+/// "No row": the end of a chain.
 pub(crate) const NO_ROW: u32 = u32::MAX;
+/// `Row::id_len`: the id's length, and whether the row has a next row.
+const LEN_MASK: u16 = 0x7fff;
+const HAS_NEXT: u16 = 0x8000;
 /// Seed of the index hash. The index is rebuilt on load and never stored,
 /// so this only needs to differ from the shard routing hash (unseeded XXH3),
 /// whose low bits are the same for every SKU of a shard.
 const INDEX_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// One `(sku, warehouse)` stock row.
+/// One `(sku, warehouse)` stock row: 32 bytes, 4-aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Row {
-    /// Bumped on every change of the row.
-    pub version: u64,
-    pub updated_at: Millis,
     /// Total ever received. `reserved + sold <= received` always.
     pub received: u32,
     pub reserved: u32,
     pub sold: u32,
     /// The SKU id: offset into the id arena (shared by every row of the SKU).
     id_off: u32,
-    /// The SKU's next row (next warehouse), or `NO_ROW`.
-    next: u32,
+    /// Version (bumped on every change) and `updated_at`, 48 bits each.
+    version_lo: u32,
+    at_lo: u32,
+    version_hi: u16,
+    at_hi: u16,
     /// Position in the shard's warehouse table.
     warehouse: u16,
+    /// Length of the id, and `HAS_NEXT` when the SKU has a further row
+    /// (found in `StockTable::next`).
     id_len: u16,
 }
 
 impl Row {
+    pub fn version(&self) -> u64 {
+        self.version_lo as u64 | (self.version_hi as u64) << 32
+    }
+
+    pub fn updated_at(&self) -> Millis {
+        self.at_lo as u64 | (self.at_hi as u64) << 32
+    }
+
+    /// Bumps the version and sets `updated_at`.
+    pub fn touch(&mut self, at: Millis) {
+        let version = self.version() + 1;
+        assert!(version <= ROW_MILLIS_MAX && at <= ROW_MILLIS_MAX, "row version or time past 48 bits");
+        (self.version_lo, self.version_hi) = (version as u32, (version >> 32) as u16);
+        (self.at_lo, self.at_hi) = (at as u32, (at >> 32) as u16);
+    }
+
+    fn len(&self) -> usize {
+        (self.id_len & LEN_MASK) as usize
+    }
+
+    fn has_next(&self) -> bool {
+        self.id_len & HAS_NEXT != 0
+    }
+
     pub fn available(&self) -> u64 {
         (self.received as u64).saturating_sub(self.reserved as u64 + self.sold as u64)
     }
@@ -80,8 +116,8 @@ impl Row {
         StockRow {
             levels: self.levels(),
             received: self.received as u64,
-            version: self.version,
-            updated_at: self.updated_at,
+            version: self.version(),
+            updated_at: self.updated_at(),
         }
     }
 
@@ -92,8 +128,8 @@ impl Row {
 
     /// Copies the counters (not the links) of `from`.
     pub fn restore_counters(&mut self, from: &Row) {
-        self.version = from.version;
-        self.updated_at = from.updated_at;
+        (self.version_lo, self.version_hi) = (from.version_lo, from.version_hi);
+        (self.at_lo, self.at_hi) = (from.at_lo, from.at_hi);
         self.received = from.received;
         self.reserved = from.reserved;
         self.sold = from.sold;
@@ -104,8 +140,8 @@ impl Row {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Added {
     pub row: u32,
-    /// The row whose `next` now points at the new row, or `NO_ROW` when the
-    /// row started a new SKU.
+    /// The row whose next row the new row became, or `NO_ROW` when the row
+    /// started a new SKU.
     pub prev: u32,
     /// Length of the id arena before the new SKU's id was stored.
     pub ids_used: u32,
@@ -119,6 +155,9 @@ pub(crate) struct StockTable {
     ids: Vec<Box<[u8]>>,
     ids_used: u32,
     index: Box<[HashTable<u32>]>,
+    /// The next row of each row with `HAS_NEXT` (rows of SKUs stocked in
+    /// more than one warehouse, all but the last).
+    next: FxHashMap<u32, u32>,
     skus: u32,
     warehouses: Vec<Box<str>>,
     warehouse_ids: FxHashMap<Box<str>, u16>,
@@ -139,7 +178,7 @@ fn row_in(blocks: &[Vec<Row>], r: u32) -> &Row {
 
 fn id_in<'a>(ids: &'a [Box<[u8]>], row: &Row) -> &'a [u8] {
     let off = row.id_off as usize;
-    &ids[off / ID_BLOCK][off % ID_BLOCK..][..row.id_len as usize]
+    &ids[off / ID_BLOCK][off % ID_BLOCK..][..row.len()]
 }
 
 impl StockTable {
@@ -150,6 +189,7 @@ impl StockTable {
             ids: Vec::new(),
             ids_used: 0,
             index: (0..INDEX_PARTS).map(|_| HashTable::new()).collect(),
+            next: FxHashMap::default(),
             skus: 0,
             warehouses: Vec::new(),
             warehouse_ids: FxHashMap::default(),
@@ -211,7 +251,7 @@ impl StockTable {
 
     /// An SKU's rows, first row first, in the order they were added.
     pub fn chain(&self, first: u32) -> impl Iterator<Item = u32> + '_ {
-        std::iter::successors(Some(first), |&r| Some(self.row(r).next).filter(|&n| n != NO_ROW))
+        std::iter::successors(Some(first), |&r| self.row(r).has_next().then(|| self.next[&r]))
     }
 
     /// Whether a new row for `warehouse_id` would need a new warehouse id.
@@ -249,28 +289,31 @@ impl StockTable {
             Some(first) => {
                 let tail = self.chain(first).last().expect("a chain has its first row");
                 let f = self.row(first);
-                (f.id_off, f.id_len, tail)
+                (f.id_off, f.id_len & LEN_MASK, tail)
             }
             None => {
-                let id_len = u16::try_from(sku_id.len()).expect("checked against SKU_ID_BYTES_MAX");
+                assert!(sku_id.len() <= SKU_ID_BYTES_MAX, "checked against SKU_ID_BYTES_MAX");
+                let id_len = sku_id.len() as u16;
                 (self.push_id(sku_id.as_bytes()), id_len, NO_ROW)
             }
         };
         let row = self.push_row(Row {
-            version: 0,
-            updated_at: 0,
             received: 0,
             reserved: 0,
             sold: 0,
             id_off,
-            next: NO_ROW,
+            version_lo: 0,
+            at_lo: 0,
+            version_hi: 0,
+            at_hi: 0,
             warehouse,
             id_len,
         });
         if prev == NO_ROW {
             self.index_row(row);
         } else {
-            self.row_mut(prev).next = row;
+            self.row_mut(prev).id_len |= HAS_NEXT;
+            self.next.insert(prev, row);
         }
         Added { row, prev, ids_used, new_warehouse }
     }
@@ -286,7 +329,8 @@ impl StockTable {
             // overwritten by the next id stored.
             self.ids_used = added.ids_used;
         } else {
-            self.row_mut(added.prev).next = NO_ROW;
+            self.row_mut(added.prev).id_len &= !HAS_NEXT;
+            self.next.remove(&added.prev);
         }
         let block = self.blocks.last_mut().expect("a row to pop");
         block.pop();
@@ -368,8 +412,8 @@ impl StockTable {
                 received: row.received,
                 reserved: row.reserved,
                 sold: row.sold,
-                version: row.version,
-                updated_at: row.updated_at,
+                version: row.version(),
+                updated_at: row.updated_at(),
             });
         }
     }
@@ -407,8 +451,12 @@ impl StockTable {
             row.received = ri.received;
             row.reserved = ri.reserved;
             row.sold = ri.sold;
-            row.version = ri.version;
-            row.updated_at = ri.updated_at;
+            assert!(
+                ri.version <= ROW_MILLIS_MAX && ri.updated_at <= ROW_MILLIS_MAX,
+                "row version or time past 48 bits"
+            );
+            (row.version_lo, row.version_hi) = (ri.version as u32, (ri.version >> 32) as u16);
+            (row.at_lo, row.at_hi) = (ri.updated_at as u32, (ri.updated_at >> 32) as u16);
         }
         table
     }
@@ -449,6 +497,10 @@ impl StockTable {
         if let Some(r) = seen.iter().position(|s| !s) {
             return Err(format!("row {r} is in no SKU's chain"));
         }
+        let linked = (0..self.len).filter(|&r| self.row(r).has_next()).count();
+        if linked != self.next.len() {
+            return Err(format!("{linked} rows have a next row, {} links", self.next.len()));
+        }
         let indexed: usize = self.index.iter().map(|t| t.len()).sum();
         if skus != self.skus || indexed != skus as usize {
             return Err(format!("{skus} SKUs, counted {}, indexed {indexed}", self.skus));
@@ -467,8 +519,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_row_is_40_bytes() {
-        assert_eq!(std::mem::size_of::<Row>(), 40);
+    fn a_row_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Row>(), 32);
     }
 
     #[test]
@@ -483,8 +535,10 @@ mod tests {
         let e = t.add_row(Some(a), "a", "v").row;
         assert_eq!(t.sku_id(b), long);
         assert_eq!(t.sku_id(c), "");
-        assert_eq!((t.row(b).id_off, t.row(c).id_off, t.row(c2).id_off), (1, ID_BLOCK as u32, ID_BLOCK as u32 + 1));
-        assert_eq!(t.row(d).id_off as usize, 2 * ID_BLOCK, "does not fit in the rest of block 1");
+        let m = SKU_ID_BYTES_MAX as u32;
+        assert_eq!((t.row(b).id_off, t.row(c).id_off, t.row(c2).id_off), (1, 1 + m, 2 + m));
+        assert!(3 + 2 * m > ID_BLOCK as u32);
+        assert_eq!(t.row(d).id_off as usize, ID_BLOCK, "does not fit in the rest of block 0");
         assert_eq!(t.sku_id(d), "y".repeat(SKU_ID_BYTES_MAX));
         assert_eq!(t.find_sku(""), Some(c));
         assert_eq!(t.find_row(a, "v"), Some(e));
