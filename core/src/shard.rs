@@ -114,7 +114,8 @@ pub struct Shard {
     expiry: BTreeSet<(Millis, u64)>,
     idem: FxHashMap<u128, IdemRecord>,
     /// Idempotency records in insertion order, for incremental purging.
-    idem_expiry: VecDeque<(Millis, u128)>,
+    /// `(expires_at, key)`, the key split in halves (24 bytes, not 32).
+    idem_expiry: VecDeque<(Millis, u64, u64)>,
     /// Finished holds in the order they finished, for incremental purging.
     finished: VecDeque<(Millis, u64)>,
     next_hold_seq: u64,
@@ -122,6 +123,14 @@ pub struct Shard {
     last_at: Millis,
     undo: Vec<Undo>,
     batch: Option<BatchMark>,
+}
+
+fn expiry_entry(expires_at: Millis, key: u128) -> (Millis, u64, u64) {
+    (expires_at, key as u64, (key >> 64) as u64)
+}
+
+fn expiry_key(lo: u64, hi: u64) -> u128 {
+    (hi as u128) << 64 | lo as u128
 }
 
 fn visible(hold: &Hold, at: Millis) -> bool {
@@ -268,7 +277,7 @@ impl Shard {
             let record =
                 IdemRecord { fingerprint, outcome, expires_at: at.saturating_add(self.config.idempotency_ttl_ms) };
             let prev = self.idem.insert(key, record);
-            self.idem_expiry.push_back((record.expires_at, key));
+            self.idem_expiry.push_back(expiry_entry(record.expires_at, key));
             if let Some(mark) = &mut self.batch {
                 mark.idem_pushed += 1;
             }
@@ -455,12 +464,7 @@ impl Shard {
                 expire_at,
                 idem_key: c.idem_key.as_str().into(),
                 created_at: at,
-                change: HoldChange {
-                    status: ReservationStatus::Reserved,
-                    updated_at: at,
-                    payment_id: None,
-                    release_reason: None,
-                },
+                change: HoldChange { status: ReservationStatus::Reserved, updated_at: at, detail: None },
             },
         );
         self.orders.entry(order).or_default().push(seq);
@@ -489,7 +493,7 @@ impl Shard {
         match hold.change.status {
             ReservationStatus::Confirmed => {
                 // A repeated payment callback: answer again, deduct nothing.
-                if hold.change.payment_id.as_deref() == Some(c.payment_id.as_str()) {
+                if hold.change.payment_id() == Some(c.payment_id.as_str()) {
                     (Outcome::Confirmed { reservation_id: id }, false)
                 } else {
                     (Outcome::Rejected(Rejection::PaymentMismatch), false)
@@ -510,7 +514,7 @@ impl Shard {
                     r.reserved -= qty;
                     r.sold += qty;
                 });
-                self.set_hold(id.seq(), at, ReservationStatus::Confirmed, Some(c.payment_id.as_str().into()), None);
+                self.set_hold(id.seq(), at, ReservationStatus::Confirmed, c.payment_id.as_str().into());
                 let txn = self.txn(
                     TxnKind::Confirm,
                     row,
@@ -569,7 +573,7 @@ impl Shard {
         let (row, qty) = (hold.row, hold.qty);
         let order_id = hold.order_id.to_string();
         let (before, row_after) = self.change_row(row, at, |r| r.reserved -= qty);
-        self.set_hold(seq, at, status, None, Some(reason.into()));
+        self.set_hold(seq, at, status, reason.into());
         let reservation_id = ReservationId::new(self.config.index, seq);
         let txn = self.txn(
             TxnKind::Release,
@@ -600,16 +604,9 @@ impl Shard {
         (prev.levels(), after)
     }
 
-    fn set_hold(
-        &mut self,
-        seq: u64,
-        at: Millis,
-        status: ReservationStatus,
-        payment_id: Option<Box<str>>,
-        release_reason: Option<Box<str>>,
-    ) {
+    fn set_hold(&mut self, seq: u64, at: Millis, status: ReservationStatus, detail: Box<str>) {
         let hold = self.holds.get_mut(&seq).expect("hold exists");
-        let change = HoldChange { status, updated_at: at, payment_id, release_reason };
+        let change = HoldChange { status, updated_at: at, detail: Some(detail) };
         let prev = std::mem::replace(&mut hold.change, change);
         if prev.status == ReservationStatus::Reserved && status != ReservationStatus::Reserved {
             self.expiry.remove(&(hold.expire_at, seq));
@@ -737,8 +734,8 @@ impl Shard {
             idem_key: hold.idem_key.to_string(),
             created_at: hold.created_at,
             updated_at: hold.change.updated_at,
-            payment_id: hold.change.payment_id.as_deref().map(str::to_string),
-            release_reason: hold.change.release_reason.as_deref().map(str::to_string),
+            payment_id: hold.change.payment_id().map(str::to_string),
+            release_reason: hold.change.release_reason().map(str::to_string),
         }
     }
 
@@ -798,7 +795,8 @@ impl Shard {
         let mut purged = 0;
         while purged < max {
             match self.idem_expiry.front() {
-                Some(&(expires_at, key)) if expires_at <= at => {
+                Some(&(expires_at, lo, hi)) if expires_at <= at => {
+                    let key = expiry_key(lo, hi);
                     self.idem_expiry.pop_front();
                     if self.idem.get(&key).is_some_and(|r| r.expires_at == expires_at) {
                         self.idem.remove(&key);
@@ -878,8 +876,8 @@ impl Shard {
                 created_at: h.created_at,
                 status: h.change.status,
                 updated_at: h.change.updated_at,
-                payment_id: h.change.payment_id.as_deref().map(str::to_string),
-                release_reason: h.change.release_reason.as_deref().map(str::to_string),
+                payment_id: h.change.payment_id().map(str::to_string),
+                release_reason: h.change.release_reason().map(str::to_string),
             })
             .collect();
         holds.sort_by_key(|h| h.seq);
@@ -887,7 +885,8 @@ impl Shard {
         let idem = self
             .idem_expiry
             .iter()
-            .filter_map(|&(expires_at, key)| {
+            .filter_map(|&(expires_at, lo, hi)| {
+                let key = expiry_key(lo, hi);
                 let r = self.idem.get(&key).filter(|r| r.expires_at == expires_at)?;
                 Some(IdemImage { key, fingerprint: r.fingerprint, outcome: r.outcome, expires_at })
             })
@@ -922,8 +921,11 @@ impl Shard {
             let change = HoldChange {
                 status: h.status,
                 updated_at: h.updated_at,
-                payment_id: h.payment_id.map(Into::into),
-                release_reason: h.release_reason.map(Into::into),
+                detail: match h.status {
+                    ReservationStatus::Confirmed => h.payment_id.map(Into::into),
+                    ReservationStatus::Released | ReservationStatus::Expired => h.release_reason.map(Into::into),
+                    ReservationStatus::Reserved => None,
+                },
             };
             shard.holds.insert(
                 h.seq,
@@ -951,7 +953,7 @@ impl Shard {
             shard
                 .idem
                 .insert(r.key, IdemRecord { fingerprint: r.fingerprint, outcome: r.outcome, expires_at: r.expires_at });
-            shard.idem_expiry.push_back((r.expires_at, r.key));
+            shard.idem_expiry.push_back(expiry_entry(r.expires_at, r.key));
         }
         shard
     }

@@ -68,8 +68,21 @@ pub(crate) struct Hold {
 pub(crate) struct HoldChange {
     pub status: ReservationStatus,
     pub updated_at: Millis,
-    pub payment_id: Option<Box<str>>,
-    pub release_reason: Option<Box<str>>,
+    /// The payment id of a `CONFIRMED` hold, the release reason of a
+    /// `RELEASED` or `EXPIRED` one (a hold never has both).
+    pub detail: Option<Box<str>>,
+}
+
+impl HoldChange {
+    pub fn payment_id(&self) -> Option<&str> {
+        self.detail.as_deref().filter(|_| self.status == ReservationStatus::Confirmed)
+    }
+
+    pub fn release_reason(&self) -> Option<&str> {
+        self.detail
+            .as_deref()
+            .filter(|_| matches!(self.status, ReservationStatus::Released | ReservationStatus::Expired))
+    }
 }
 
 /// A reservation as queries return it.

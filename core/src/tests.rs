@@ -599,3 +599,17 @@ fn reserve_in(order: &str, sku: &str, wh: &str, qty: u64, key: &str) -> Command 
     }
     c
 }
+
+#[test]
+fn a_hold_stores_one_detail_string() {
+    // Payment id (confirmed) or release reason (released, expired): never both.
+    assert_eq!(std::mem::size_of::<crate::state::Hold>(), 88);
+    let mut s = stocked(10);
+    let a = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 1, "k1")).0);
+    let b = reserved_id(&apply(&mut s, T0, &reserve("o2", "sku-1", 1, "k2")).0);
+    apply(&mut s, T0, &confirm(a, "pay-1", "k3"));
+    apply(&mut s, T0, &release(b, "k4"));
+    let (a, b) = (s.reservation(a).unwrap(), s.reservation(b).unwrap());
+    assert_eq!((a.payment_id.as_deref(), a.release_reason.as_deref()), (Some("pay-1"), None));
+    assert_eq!((b.payment_id.as_deref(), b.release_reason.as_deref()), (None, Some("CANCELLED")));
+}
