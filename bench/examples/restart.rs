@@ -5,6 +5,10 @@
 //! exactly as `inventoryd` does at start-up, and reports times and RSS.
 //!
 //! `cargo run --release -p inventory-bench --example restart -- --skus 1000000 --entries 1000000`
+//!
+//! `--holds N` (default 0) also places N holds (reserves of 1 unit, each with
+//! its own order and idempotency key) right after the load and reports the
+//! RSS they add per hold; they are then part of the snapshot.
 
 use std::path::PathBuf;
 
@@ -44,6 +48,7 @@ fn main() {
     }
     let skus = arg("--skus", 1_000_000);
     let entries = arg("--entries", 1_000_000);
+    let holds = arg("--holds", 0);
     let shards = arg("--shards", 2) as u16;
     let dir = std::env::args()
         .skip_while(|a| a != "--dir")
@@ -81,6 +86,34 @@ fn main() {
     let built = started.elapsed();
     let rows_rss = rss_bytes().saturating_sub(base_rss);
     println!("built {skus} SKUs in {:.1} s; RSS for the rows: {:.0} MB = {:.1} bytes/row (incl. index, ids, idempotency records of the load)", built.as_secs_f64(), rows_rss as f64 / 1e6, rows_rss as f64 / skus as f64);
+
+    // 1b. Optionally, live holds, to measure their memory.
+    if holds > 0 {
+        let before = rss_bytes();
+        let started = Instant::now();
+        for n in 0..holds {
+            let sku = format!("sku-{:09}", n % skus);
+            let s = inventory_core::shard_for_sku(&sku, shards) as usize;
+            let command = Command::Reserve(Reserve {
+                order_id: format!("ord-{n:09}"),
+                sku_id: sku,
+                warehouse_id: "default".into(),
+                qty: 1,
+                idem_key: format!("hold-{n:09}"),
+                ttl_ms: 900_000,
+                ttl_explicit: false,
+            });
+            txns.clear();
+            assert!(live[s].apply(t0, &command, &mut txns).changed, "hold {n} not placed");
+        }
+        let added = rss_bytes().saturating_sub(before);
+        println!(
+            "placed {holds} holds in {:.1} s; RSS for them: {:.0} MB = {:.1} bytes/hold (hold, order index, expiry queue, idempotency record)",
+            started.elapsed().as_secs_f64(),
+            added as f64 / 1e6,
+            added as f64 / holds as f64
+        );
+    }
 
     // 2. Snapshot each shard.
     let snapshots = dir.join("snapshots");

@@ -1,37 +1,111 @@
 //! A shard's whole state as one serialisable value: what snapshots store.
 //!
-//! The layout is part of the snapshot format (rkyv): append fields only
-//! with a format version bump in the snapshot file header.
+//! The layout is part of the snapshot format (rkyv): change it only with a
+//! format version bump in the snapshot file header.
+//!
+//! Columnar, so that loading allocates per column, not per row: the SKU ids
+//! are one string with end offsets, warehouse ids a small table, and stock
+//! rows plain fixed-size records that refer to both by position.
 
 use crate::ids::Millis;
 use crate::outcome::Outcome;
-use crate::state::{ReservationStatus, StockRow};
+use crate::state::{Levels, ReservationStatus, StockRow};
 
-#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardImage {
     pub index: u16,
     pub next_hold_seq: u64,
     pub next_txn_seq: u64,
     /// Time of the last command applied.
     pub last_at: Millis,
-    /// SKUs in dense-index order (holds refer to them by position).
-    pub skus: Vec<SkuImage>,
+    /// Every SKU id, concatenated in the order the SKUs were created.
+    pub sku_ids: String,
+    /// End of each SKU id in `sku_ids`: SKU `i` is
+    /// `sku_ids[sku_ends[i - 1]..sku_ends[i]]` (from 0 for `i == 0`).
+    pub sku_ends: Vec<u32>,
+    /// Warehouse ids in the order the shard first saw them.
+    pub warehouses: Vec<String>,
+    /// Stock rows in creation order (holds refer to them by position). An
+    /// SKU's first row comes before its other rows and SKUs first appear in
+    /// SKU order; an SKU's rows, in this order, are its warehouses in the
+    /// order they were added.
+    pub rows: Vec<RowImage>,
     pub holds: Vec<HoldImage>,
     pub idem: Vec<IdemImage>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct SkuImage {
-    pub id: String,
-    pub rows: Vec<(String, StockRow)>,
+/// One stock row. `available` is `received - reserved - sold`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RowImage {
+    /// Position of the SKU in `ShardImage::sku_ends`.
+    pub sku: u32,
+    /// Position of the warehouse in `ShardImage::warehouses`.
+    pub warehouse: u16,
+    pub received: u32,
+    pub reserved: u32,
+    pub sold: u32,
+    pub version: u64,
+    pub updated_at: Millis,
+}
+
+impl RowImage {
+    /// The row as the public [`StockRow`].
+    pub fn stock_row(&self) -> StockRow {
+        let (received, reserved, sold) = (self.received as u64, self.reserved as u64, self.sold as u64);
+        StockRow {
+            levels: Levels { available: received.saturating_sub(reserved + sold), reserved, sold },
+            received,
+            version: self.version,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+impl ShardImage {
+    /// Number of SKUs.
+    pub fn sku_count(&self) -> usize {
+        self.sku_ends.len()
+    }
+
+    /// The id of SKU `i`.
+    pub fn sku_id(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.sku_ends[i - 1] as usize };
+        &self.sku_ids[start..self.sku_ends[i] as usize]
+    }
+
+    /// Appends an SKU id; returns its position.
+    pub fn push_sku(&mut self, id: &str) -> u32 {
+        self.sku_ids.push_str(id);
+        let end = u32::try_from(self.sku_ids.len()).expect("SKU ids of one shard exceed 4 GiB");
+        self.sku_ends.push(end);
+        (self.sku_ends.len() - 1) as u32
+    }
+
+    /// The position of a warehouse id, added if new.
+    pub fn warehouse_position(&mut self, id: &str) -> u16 {
+        match self.warehouses.iter().position(|w| w == id) {
+            Some(i) => i as u16,
+            None => {
+                self.warehouses.push(id.to_string());
+                u16::try_from(self.warehouses.len() - 1).expect("more than 65536 warehouse ids in one shard")
+            }
+        }
+    }
+
+    /// Every stock row as `(sku, warehouse, row)`, in image order.
+    pub fn stock_rows(&self) -> impl Iterator<Item = (&str, &str, StockRow)> + '_ {
+        self.rows
+            .iter()
+            .map(|r| (self.sku_id(r.sku as usize), self.warehouses[r.warehouse as usize].as_str(), r.stock_row()))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct HoldImage {
     pub seq: u64,
     pub order_id: String,
-    pub sku: u32,
-    pub warehouse: u16,
+    /// Position of the hold's stock row in `ShardImage::rows`.
+    pub row: u32,
     pub qty: u64,
     pub expire_at: Millis,
     pub idem_key: String,

@@ -16,16 +16,18 @@ mod image;
 mod outcome;
 mod shard;
 mod state;
+mod table;
 
 pub use command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
 pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,
     REASON_TIMEOUT, SECOND_MS,
 };
-pub use image::{HoldImage, IdemImage, ShardImage, SkuImage};
+pub use image::{HoldImage, IdemImage, RowImage, ShardImage};
 pub use outcome::{Applied, Outcome, Rejection};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
 pub use state::{Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock};
+pub use table::{ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
 
 /// Which shard owns an SKU: a stable hash of the id, modulo the shard count.
 /// Stable across versions and machines (XXH3), because the journal layout

@@ -59,14 +59,19 @@ pub enum Rejection {
     PaymentMismatch,
     /// Same idempotency key, different request (F6).
     IdempotencyKeyReused,
-    /// Receiving this quantity would overflow the counters.
+    /// Receiving this quantity would take the row's total received past
+    /// [`crate::ROW_UNITS_MAX`] (counters are 32-bit).
     QuantityOverflow,
     /// Quantities must be positive.
     InvalidQuantity,
-    /// The SKU already has the maximum number of warehouse rows.
+    /// The SKU already has the maximum number of warehouse rows
+    /// ([`crate::WAREHOUSES_PER_SKU_MAX`]), or the shard already knows the
+    /// maximum number of distinct warehouse ids ([`crate::WAREHOUSE_IDS_MAX`]).
     TooManyWarehouses,
     /// A batch names the same `(sku, warehouse)` twice, or is empty.
     InvalidBatch,
+    /// A new SKU's id is longer than [`crate::SKU_ID_BYTES_MAX`].
+    SkuIdTooLong,
 }
 
 impl Rejection {
@@ -86,6 +91,7 @@ impl Rejection {
             Rejection::InvalidQuantity => "INVALID_QUANTITY",
             Rejection::TooManyWarehouses => "TOO_MANY_WAREHOUSES",
             Rejection::InvalidBatch => "INVALID_BATCH",
+            Rejection::SkuIdTooLong => "SKU_ID_TOO_LONG",
         }
     }
 }

@@ -11,19 +11,18 @@
 //! state before the batch.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
+use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
-use crate::image::{HoldImage, IdemImage, ShardImage, SkuImage};
+use crate::image::{HoldImage, IdemImage, ShardImage};
 use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
     Hold, HoldChange, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
 };
+use crate::table::{Added, Row, StockTable, ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
 
 /// Most warehouse rows one SKU may have.
 pub const WAREHOUSES_PER_SKU_MAX: usize = 1024;
@@ -48,11 +47,6 @@ impl ShardConfig {
     }
 }
 
-struct Sku {
-    id: Box<str>,
-    warehouses: SmallVec<[(Box<str>, StockRow); 1]>,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IdemRecord {
     fingerprint: u64,
@@ -60,14 +54,35 @@ struct IdemRecord {
     expires_at: Millis,
 }
 
+/// One receipt to apply, borrowed from a `Receive` or a batch item.
+struct Receipt<'a> {
+    sku_id: &'a str,
+    warehouse_id: &'a str,
+    qty: u64,
+    /// Recorded on the txn: the caller's reference, or the key if none.
+    reference: &'a str,
+}
+
 /// One step of the undo log, recorded while a batch is open.
 enum Undo {
-    NewSku,
-    NewRow { sku: u32 },
-    Row { sku: u32, warehouse: u16, prev: StockRow },
-    NewHold { seq: u64 },
-    Hold { seq: u64, prev: HoldChange },
-    Idem { key: u128, prev: Option<IdemRecord> },
+    /// A row was added (a new SKU, or a new warehouse of an SKU).
+    NewRow(Added),
+    /// A row's counters changed.
+    Row {
+        row: u32,
+        prev: Row,
+    },
+    NewHold {
+        seq: u64,
+    },
+    Hold {
+        seq: u64,
+        prev: HoldChange,
+    },
+    Idem {
+        key: u128,
+        prev: Option<IdemRecord>,
+    },
 }
 
 struct BatchMark {
@@ -89,9 +104,8 @@ pub struct ShardStats {
 
 pub struct Shard {
     config: ShardConfig,
-    /// SKU id -> dense index into `skus`.
-    sku_table: HashTable<u32>,
-    skus: Vec<Sku>,
+    /// Stock rows, SKU ids, warehouse ids and the SKU index.
+    table: StockTable,
     /// Holds by reservation sequence.
     holds: FxHashMap<u64, Hold>,
     /// Order-id hash -> sequences of that order's holds (F7, per-order query).
@@ -100,7 +114,8 @@ pub struct Shard {
     expiry: BTreeSet<(Millis, u64)>,
     idem: FxHashMap<u128, IdemRecord>,
     /// Idempotency records in insertion order, for incremental purging.
-    idem_expiry: VecDeque<(Millis, u128)>,
+    /// `(expires_at, key)`, the key split in halves (24 bytes, not 32).
+    idem_expiry: VecDeque<(Millis, u64, u64)>,
     /// Finished holds in the order they finished, for incremental purging.
     finished: VecDeque<(Millis, u64)>,
     next_hold_seq: u64,
@@ -110,20 +125,23 @@ pub struct Shard {
     batch: Option<BatchMark>,
 }
 
-fn visible(hold: &Hold, at: Millis) -> bool {
-    hold.change.status == ReservationStatus::Reserved || at < hold.change.updated_at.saturating_add(HOLD_RETENTION_MS)
+fn expiry_entry(expires_at: Millis, key: u128) -> (Millis, u64, u64) {
+    (expires_at, key as u64, (key >> 64) as u64)
 }
 
-fn str_hash(s: &str) -> u64 {
-    FxBuildHasher.hash_one(s)
+fn expiry_key(lo: u64, hi: u64) -> u128 {
+    (hi as u128) << 64 | lo as u128
+}
+
+fn visible(hold: &Hold, at: Millis) -> bool {
+    hold.change.status == ReservationStatus::Reserved || at < hold.change.updated_at.saturating_add(HOLD_RETENTION_MS)
 }
 
 impl Shard {
     pub fn new(config: ShardConfig) -> Shard {
         Shard {
             config,
-            sku_table: HashTable::new(),
-            skus: Vec::new(),
+            table: StockTable::new(),
             holds: FxHashMap::default(),
             orders: FxHashMap::default(),
             expiry: BTreeSet::new(),
@@ -178,20 +196,8 @@ impl Shard {
         let mut undo = std::mem::take(&mut self.undo);
         while let Some(step) = undo.pop() {
             match step {
-                Undo::NewSku => {
-                    let index = (self.skus.len() - 1) as u32;
-                    let sku = self.skus.pop().expect("undo of a missing sku");
-                    self.sku_table
-                        .find_entry(str_hash(&sku.id), |&i| i == index)
-                        .expect("sku missing from table")
-                        .remove();
-                }
-                Undo::NewRow { sku } => {
-                    self.skus[sku as usize].warehouses.pop();
-                }
-                Undo::Row { sku, warehouse, prev } => {
-                    self.skus[sku as usize].warehouses[warehouse as usize].1 = prev;
-                }
+                Undo::NewRow(added) => self.table.undo_add_row(added),
+                Undo::Row { row, prev } => self.table.row_mut(row).restore_counters(&prev),
                 Undo::NewHold { seq } => {
                     let hold = self.holds.remove(&seq).expect("undo of a missing hold");
                     self.unindex_order(&hold.order_id, seq);
@@ -237,6 +243,7 @@ impl Shard {
     /// makes to `txns`. `at` must not go backwards.
     pub fn apply(&mut self, at: Millis, command: &Command, txns: &mut Vec<Txn>) -> Applied {
         assert!(at >= self.last_at, "time went backwards: {at} < {}", self.last_at);
+        assert!(at <= ROW_MILLIS_MAX, "time {at} past what a stock row records (48 bits of milliseconds)");
         self.last_at = at;
         if let Command::Expire(expire) = command {
             let count = self.expire(at, expire, txns);
@@ -270,7 +277,7 @@ impl Shard {
             let record =
                 IdemRecord { fingerprint, outcome, expires_at: at.saturating_add(self.config.idempotency_ttl_ms) };
             let prev = self.idem.insert(key, record);
-            self.idem_expiry.push_back((record.expires_at, key));
+            self.idem_expiry.push_back(expiry_entry(record.expires_at, key));
             if let Some(mark) = &mut self.batch {
                 mark.idem_pushed += 1;
             }
@@ -280,55 +287,100 @@ impl Shard {
     }
 
     fn receive(&mut self, at: Millis, c: &Receive, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        let receipt = Receipt { sku_id: &c.sku_id, warehouse_id: &c.warehouse_id, qty: c.qty, reference };
+        self.receive_one(at, &receipt, txns)
+    }
+
+    fn receive_one(&mut self, at: Millis, c: &Receipt, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
         }
-        let sku = match self.find_sku(&c.sku_id) {
-            Some(sku) => sku,
-            None => self.insert_sku(&c.sku_id),
-        };
-        let warehouse = match self.find_warehouse(sku, &c.warehouse_id) {
-            Some(w) => w,
+        let (first, existing) = self.locate(c.sku_id, c.warehouse_id);
+        if let Some(rejection) = self.receive_rejection(first, existing, c, 0, 0) {
+            return (Outcome::Rejected(rejection), false);
+        }
+        let row = match existing {
+            Some(row) => row,
             None => {
-                let rows = &mut self.skus[sku as usize].warehouses;
-                if rows.len() >= WAREHOUSES_PER_SKU_MAX {
-                    return (Outcome::Rejected(Rejection::TooManyWarehouses), false);
-                }
-                rows.push((c.warehouse_id.as_str().into(), StockRow::default()));
-                let w = (rows.len() - 1) as u16;
-                self.record(Undo::NewRow { sku });
-                w
+                let added = self.table.add_row(first, c.sku_id, c.warehouse_id);
+                self.record(Undo::NewRow(added));
+                added.row
             }
         };
-        let row = self.row(sku, warehouse);
-        if row.received.checked_add(c.qty).is_none() {
-            return (Outcome::Rejected(Rejection::QuantityOverflow), false);
-        }
-        let qty = c.qty;
-        let (before, row) = self.change_row(sku, warehouse, at, |r| {
-            r.levels.available += qty;
-            r.received += qty;
-        });
-        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        // Checked: `received + qty <= ROW_UNITS_MAX`.
+        let qty = c.qty as u32;
+        let (before, row_after) = self.change_row(row, at, |r| r.received += qty);
         let txn = self.txn(
             TxnKind::Receive,
-            sku,
-            warehouse,
-            qty,
-            reference.clone(),
+            row,
+            c.qty,
+            c.reference.to_string(),
             String::new(),
             String::new(),
             before,
-            row,
+            row_after,
             at,
         );
         txns.push(txn);
-        (Outcome::Received { levels: row.levels, version: row.version, updated_at: row.updated_at }, true)
+        (
+            Outcome::Received {
+                levels: row_after.levels,
+                version: row_after.version,
+                updated_at: row_after.updated_at,
+            },
+            true,
+        )
+    }
+
+    /// The SKU's first row and the `(sku, warehouse)` row, where they exist.
+    fn locate(&self, sku_id: &str, warehouse_id: &str) -> (Option<u32>, Option<u32>) {
+        let first = self.table.find_sku(sku_id);
+        (first, first.and_then(|f| self.table.find_row(f, warehouse_id)))
+    }
+
+    /// Why a receipt (of positive quantity) cannot be applied, if it cannot.
+    /// `pending_rows`: rows earlier items of the same batch add to this SKU;
+    /// `pending_warehouses`: warehouse ids they add to the shard.
+    fn receive_rejection(
+        &self,
+        first: Option<u32>,
+        existing: Option<u32>,
+        c: &Receipt,
+        pending_rows: usize,
+        pending_warehouses: usize,
+    ) -> Option<Rejection> {
+        if let Some(row) = existing {
+            let received = self.table.row(row).received as u64;
+            return (c.qty > ROW_UNITS_MAX - received).then_some(Rejection::QuantityOverflow);
+        }
+        let rows = first.map_or(0, |f| self.table.chain(f).count()) + pending_rows;
+        if first.is_none() && c.sku_id.len() > SKU_ID_BYTES_MAX {
+            Some(Rejection::SkuIdTooLong)
+        } else if rows >= WAREHOUSES_PER_SKU_MAX
+            || (!self.table.knows_warehouse(c.warehouse_id)
+                && self.table.warehouse_count() + pending_warehouses >= WAREHOUSE_IDS_MAX)
+        {
+            Some(Rejection::TooManyWarehouses)
+        } else if c.qty > ROW_UNITS_MAX {
+            Some(Rejection::QuantityOverflow)
+        } else {
+            None
+        }
     }
 
     fn receive_batch(&mut self, at: Millis, c: &ReceiveBatch, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        fn receipt<'a>(item: &'a ReceiveItem, reference: &'a str) -> Receipt<'a> {
+            Receipt { sku_id: &item.sku_id, warehouse_id: &item.warehouse_id, qty: item.qty, reference }
+        }
         // Check everything first: the batch applies whole or not at all.
-        let mut seen = rustc_hash::FxHashSet::default();
+        // Sized up front: no growth, and the same sizes batch after batch.
+        let n = c.items.len();
+        let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(n, Default::default());
+        // Rows the items checked so far add, per SKU, and warehouse ids they add.
+        let mut new_rows: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(n, Default::default());
+        let mut new_warehouses = rustc_hash::FxHashSet::default();
         for item in &c.items {
             if item.qty == 0 {
                 return (Outcome::Rejected(Rejection::InvalidQuantity), false);
@@ -336,31 +388,29 @@ impl Shard {
             if !seen.insert((item.sku_id.as_str(), item.warehouse_id.as_str())) {
                 return (Outcome::Rejected(Rejection::InvalidBatch), false);
             }
-            if let Some(sku) = self.find_sku(&item.sku_id) {
-                match self.find_warehouse(sku, &item.warehouse_id) {
-                    Some(w) if self.row(sku, w).received.checked_add(item.qty).is_none() => {
-                        return (Outcome::Rejected(Rejection::QuantityOverflow), false);
-                    }
-                    None if self.skus[sku as usize].warehouses.len() >= WAREHOUSES_PER_SKU_MAX => {
-                        return (Outcome::Rejected(Rejection::TooManyWarehouses), false);
-                    }
-                    _ => {}
+            let (first, existing) = self.locate(&item.sku_id, &item.warehouse_id);
+            let pending_rows = new_rows.get(item.sku_id.as_str()).copied().unwrap_or(0);
+            let pending_warehouses =
+                new_warehouses.len() - new_warehouses.contains(item.warehouse_id.as_str()) as usize;
+            if let Some(rejection) =
+                self.receive_rejection(first, existing, &receipt(item, reference), pending_rows, pending_warehouses)
+            {
+                return (Outcome::Rejected(rejection), false);
+            }
+            if existing.is_none() {
+                *new_rows.entry(item.sku_id.as_str()).or_default() += 1;
+                if !self.table.knows_warehouse(&item.warehouse_id) {
+                    new_warehouses.insert(item.warehouse_id.as_str());
                 }
             }
         }
         if c.items.is_empty() {
             return (Outcome::Rejected(Rejection::InvalidBatch), false);
         }
+        drop((seen, new_rows, new_warehouses));
         let mut units = 0u64;
         for item in &c.items {
-            let one = Receive {
-                sku_id: item.sku_id.clone(),
-                warehouse_id: item.warehouse_id.clone(),
-                qty: item.qty,
-                idem_key: c.idem_key.clone(),
-                reference: c.reference.clone(),
-            };
-            let (outcome, changed) = self.receive(at, &one, txns);
+            let (outcome, changed) = self.receive_one(at, &receipt(item, reference), txns);
             debug_assert!(changed, "checked above: {outcome:?}");
             units = units.saturating_add(item.qty);
         }
@@ -371,19 +421,19 @@ impl Shard {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
         }
-        let Some(sku) = self.find_sku(&c.sku_id) else {
+        let Some(first) = self.table.find_sku(&c.sku_id) else {
             return (Outcome::Rejected(Rejection::SkuNotFound), false);
         };
         let order = order_hash(&c.order_id);
-        if let Some(seq) = self.find_order_line(order, &c.order_id, sku, at) {
+        if let Some(seq) = self.find_order_line(order, &c.order_id, first, at) {
             // One hold per order line (F7). The same request under a new key
             // gets the live hold back; anything else is a conflict.
             let hold = &self.holds[&seq];
             let reservation_id = ReservationId::new(self.config.index, seq);
             let same = hold.change.status == ReservationStatus::Reserved
                 && at < hold.expire_at
-                && hold.qty == c.qty
-                && *self.skus[sku as usize].warehouses[hold.warehouse as usize].0 == *c.warehouse_id;
+                && hold.qty as u64 == c.qty
+                && self.table.warehouse_id(hold.row) == c.warehouse_id;
             return if same {
                 (Outcome::Reserved { reservation_id, expire_at: hold.expire_at }, false)
             } else {
@@ -391,18 +441,16 @@ impl Shard {
                 (Outcome::Rejected(rejection), false)
             };
         }
-        let Some(warehouse) = self.find_warehouse(sku, &c.warehouse_id) else {
+        let Some(row) = self.table.find_row(first, &c.warehouse_id) else {
             return (Outcome::Rejected(Rejection::SkuNotFound), false);
         };
-        let available = self.row(sku, warehouse).levels.available;
+        let available = self.table.row(row).available();
         if available < c.qty {
             return (Outcome::Rejected(Rejection::InsufficientStock { available }), false);
         }
-        let qty = c.qty;
-        let (before, row) = self.change_row(sku, warehouse, at, |r| {
-            r.levels.available -= qty;
-            r.levels.reserved += qty;
-        });
+        // At most `available`, so at most `ROW_UNITS_MAX`.
+        let qty = c.qty as u32;
+        let (before, row_after) = self.change_row(row, at, |r| r.reserved += qty);
         let seq = self.next_hold_seq;
         self.next_hold_seq += 1;
         let reservation_id = ReservationId::new(self.config.index, seq);
@@ -411,18 +459,12 @@ impl Shard {
             seq,
             Hold {
                 order_id: c.order_id.as_str().into(),
-                sku,
-                warehouse,
+                row,
                 qty,
                 expire_at,
                 idem_key: c.idem_key.as_str().into(),
                 created_at: at,
-                change: HoldChange {
-                    status: ReservationStatus::Reserved,
-                    updated_at: at,
-                    payment_id: None,
-                    release_reason: None,
-                },
+                change: HoldChange { status: ReservationStatus::Reserved, updated_at: at, detail: None },
             },
         );
         self.orders.entry(order).or_default().push(seq);
@@ -430,14 +472,13 @@ impl Shard {
         self.record(Undo::NewHold { seq });
         let txn = self.txn(
             TxnKind::Reserve,
-            sku,
-            warehouse,
-            qty,
+            row,
+            c.qty,
             reservation_id.to_string(),
             c.order_id.clone(),
             String::new(),
             before,
-            row,
+            row_after,
             at,
         );
         txns.push(txn);
@@ -452,7 +493,7 @@ impl Shard {
         match hold.change.status {
             ReservationStatus::Confirmed => {
                 // A repeated payment callback: answer again, deduct nothing.
-                if hold.change.payment_id.as_deref() == Some(c.payment_id.as_str()) {
+                if hold.change.payment_id() == Some(c.payment_id.as_str()) {
                     (Outcome::Confirmed { reservation_id: id }, false)
                 } else {
                     (Outcome::Rejected(Rejection::PaymentMismatch), false)
@@ -467,23 +508,22 @@ impl Shard {
                 (Outcome::Rejected(Rejection::ReservationExpired), true)
             }
             ReservationStatus::Reserved => {
-                let (sku, warehouse, qty) = (hold.sku, hold.warehouse, hold.qty);
+                let (row, qty) = (hold.row, hold.qty);
                 let order_id = hold.order_id.to_string();
-                let (before, row) = self.change_row(sku, warehouse, at, |r| {
-                    r.levels.reserved -= qty;
-                    r.levels.sold += qty;
+                let (before, row_after) = self.change_row(row, at, |r| {
+                    r.reserved -= qty;
+                    r.sold += qty;
                 });
-                self.set_hold(id.seq(), at, ReservationStatus::Confirmed, Some(c.payment_id.as_str().into()), None);
+                self.set_hold(id.seq(), at, ReservationStatus::Confirmed, c.payment_id.as_str().into());
                 let txn = self.txn(
                     TxnKind::Confirm,
-                    sku,
-                    warehouse,
-                    qty,
+                    row,
+                    qty as u64,
                     id.to_string(),
                     order_id,
                     c.payment_id.clone(),
                     before,
-                    row,
+                    row_after,
                     at,
                 );
                 txns.push(txn);
@@ -530,24 +570,20 @@ impl Shard {
     fn release_hold(&mut self, at: Millis, seq: u64, status: ReservationStatus, reason: &str, txns: &mut Vec<Txn>) {
         let hold = &self.holds[&seq];
         debug_assert_eq!(hold.change.status, ReservationStatus::Reserved);
-        let (sku, warehouse, qty) = (hold.sku, hold.warehouse, hold.qty);
+        let (row, qty) = (hold.row, hold.qty);
         let order_id = hold.order_id.to_string();
-        let (before, row) = self.change_row(sku, warehouse, at, |r| {
-            r.levels.reserved -= qty;
-            r.levels.available += qty;
-        });
-        self.set_hold(seq, at, status, None, Some(reason.into()));
+        let (before, row_after) = self.change_row(row, at, |r| r.reserved -= qty);
+        self.set_hold(seq, at, status, reason.into());
         let reservation_id = ReservationId::new(self.config.index, seq);
         let txn = self.txn(
             TxnKind::Release,
-            sku,
-            warehouse,
-            qty,
+            row,
+            qty as u64,
             reservation_id.to_string(),
             order_id,
             reason.to_string(),
             before,
-            row,
+            row_after,
             at,
         );
         txns.push(txn);
@@ -555,57 +591,22 @@ impl Shard {
 
     // ----- state helpers ---------------------------------------------------
 
-    fn find_sku(&self, sku_id: &str) -> Option<u32> {
-        self.sku_table.find(str_hash(sku_id), |&i| *self.skus[i as usize].id == *sku_id).copied()
-    }
-
-    fn insert_sku(&mut self, sku_id: &str) -> u32 {
-        let index = u32::try_from(self.skus.len()).expect("too many SKUs in one shard");
-        self.skus.push(Sku { id: sku_id.into(), warehouses: SmallVec::new() });
-        let skus = &self.skus;
-        self.sku_table.insert_unique(str_hash(sku_id), index, |&i| str_hash(&skus[i as usize].id));
-        self.record(Undo::NewSku);
-        index
-    }
-
-    fn find_warehouse(&self, sku: u32, warehouse_id: &str) -> Option<u16> {
-        self.skus[sku as usize].warehouses.iter().position(|(w, _)| **w == *warehouse_id).map(|w| w as u16)
-    }
-
-    fn row(&self, sku: u32, warehouse: u16) -> &StockRow {
-        &self.skus[sku as usize].warehouses[warehouse as usize].1
-    }
-
     /// Applies `change` to a row, bumps its version, records the undo step,
     /// and checks the row invariant. Returns the levels before and the row after.
-    fn change_row(
-        &mut self,
-        sku: u32,
-        warehouse: u16,
-        at: Millis,
-        change: impl FnOnce(&mut StockRow),
-    ) -> (Levels, StockRow) {
-        let row = &mut self.skus[sku as usize].warehouses[warehouse as usize].1;
-        let prev = *row;
-        change(row);
-        row.version += 1;
-        row.updated_at = at;
-        assert_eq!(row.levels.total(), row.received, "stock row invariant broken");
-        let after = *row;
-        self.record(Undo::Row { sku, warehouse, prev });
-        (prev.levels, after)
+    fn change_row(&mut self, row: u32, at: Millis, change: impl FnOnce(&mut Row)) -> (Levels, StockRow) {
+        let r = self.table.row_mut(row);
+        let prev = *r;
+        change(r);
+        r.touch(at);
+        assert!(!r.oversold(), "stock row invariant broken");
+        let after = r.stock_row();
+        self.record(Undo::Row { row, prev });
+        (prev.levels(), after)
     }
 
-    fn set_hold(
-        &mut self,
-        seq: u64,
-        at: Millis,
-        status: ReservationStatus,
-        payment_id: Option<Box<str>>,
-        release_reason: Option<Box<str>>,
-    ) {
+    fn set_hold(&mut self, seq: u64, at: Millis, status: ReservationStatus, detail: Box<str>) {
         let hold = self.holds.get_mut(&seq).expect("hold exists");
-        let change = HoldChange { status, updated_at: at, payment_id, release_reason };
+        let change = HoldChange { status, updated_at: at, detail: Some(detail) };
         let prev = std::mem::replace(&mut hold.change, change);
         if prev.status == ReservationStatus::Reserved && status != ReservationStatus::Reserved {
             self.expiry.remove(&(hold.expire_at, seq));
@@ -621,8 +622,7 @@ impl Shard {
     fn txn(
         &mut self,
         kind: TxnKind,
-        sku: u32,
-        warehouse: u16,
+        row: u32,
         qty: u64,
         ref_id: String,
         order_id: String,
@@ -633,12 +633,11 @@ impl Shard {
     ) -> Txn {
         let txn_id = ((self.config.index as u64) << ReservationId::SEQ_BITS) | self.next_txn_seq;
         self.next_txn_seq += 1;
-        let sku = &self.skus[sku as usize];
         Txn {
             txn_id,
             kind,
-            sku_id: sku.id.to_string(),
-            warehouse_id: sku.warehouses[warehouse as usize].0.to_string(),
+            sku_id: self.table.sku_id(row).to_string(),
+            warehouse_id: self.table.warehouse_id(row).to_string(),
             qty,
             ref_id,
             order_id,
@@ -659,11 +658,13 @@ impl Shard {
         self.holds.get(&id.seq()).filter(|h| visible(h, at))
     }
 
-    fn find_order_line(&self, order: u64, order_id: &str, sku: u32, at: Millis) -> Option<u64> {
+    /// The visible hold of order line `(order_id, sku)`, the SKU given by
+    /// its first row.
+    fn find_order_line(&self, order: u64, order_id: &str, first: u32, at: Millis) -> Option<u64> {
         let seqs = self.orders.get(&order)?;
         seqs.iter().copied().find(|seq| {
             let hold = &self.holds[seq];
-            hold.sku == sku && *hold.order_id == *order_id && visible(hold, at)
+            self.table.same_sku(hold.row, first) && *hold.order_id == *order_id && visible(hold, at)
         })
     }
 
@@ -688,13 +689,16 @@ impl Shard {
     }
 
     pub fn stock(&self, sku_id: &str) -> Option<SkuStock> {
-        let sku = &self.skus[self.find_sku(sku_id)? as usize];
+        let first = self.table.find_sku(sku_id)?;
         Some(SkuStock {
-            sku_id: sku.id.to_string(),
-            warehouses: sku
-                .warehouses
-                .iter()
-                .map(|(w, row)| WarehouseStock { warehouse_id: w.to_string(), row: *row })
+            sku_id: self.table.sku_id(first).to_string(),
+            warehouses: self
+                .table
+                .chain(first)
+                .map(|r| WarehouseStock {
+                    warehouse_id: self.table.warehouse_id(r).to_string(),
+                    row: self.table.row(r).stock_row(),
+                })
                 .collect(),
         })
     }
@@ -719,20 +723,19 @@ impl Shard {
     }
 
     fn view(&self, seq: u64, hold: &Hold) -> ReservationView {
-        let sku = &self.skus[hold.sku as usize];
         ReservationView {
             reservation_id: ReservationId::new(self.config.index, seq),
             order_id: hold.order_id.to_string(),
-            sku_id: sku.id.to_string(),
-            warehouse_id: sku.warehouses[hold.warehouse as usize].0.to_string(),
-            qty: hold.qty,
+            sku_id: self.table.sku_id(hold.row).to_string(),
+            warehouse_id: self.table.warehouse_id(hold.row).to_string(),
+            qty: hold.qty as u64,
             status: hold.change.status,
             expire_at: hold.expire_at,
             idem_key: hold.idem_key.to_string(),
             created_at: hold.created_at,
             updated_at: hold.change.updated_at,
-            payment_id: hold.change.payment_id.as_deref().map(str::to_string),
-            release_reason: hold.change.release_reason.as_deref().map(str::to_string),
+            payment_id: hold.change.payment_id().map(str::to_string),
+            release_reason: hold.change.release_reason().map(str::to_string),
         }
     }
 
@@ -792,7 +795,8 @@ impl Shard {
         let mut purged = 0;
         while purged < max {
             match self.idem_expiry.front() {
-                Some(&(expires_at, key)) if expires_at <= at => {
+                Some(&(expires_at, lo, hi)) if expires_at <= at => {
+                    let key = expiry_key(lo, hi);
                     self.idem_expiry.pop_front();
                     if self.idem.get(&key).is_some_and(|r| r.expires_at == expires_at) {
                         self.idem.remove(&key);
@@ -813,42 +817,45 @@ impl Shard {
 
     pub fn stats(&self) -> ShardStats {
         ShardStats {
-            skus: self.skus.len(),
-            rows: self.skus.iter().map(|s| s.warehouses.len()).sum(),
+            skus: self.table.sku_count() as usize,
+            rows: self.table.len() as usize,
             holds: self.holds.len(),
             active_holds: self.expiry.len(),
             idempotency_keys: self.idem.len(),
         }
     }
 
-    /// Checks the SKUs with dense index `from..from + max` for oversold
+    /// Checks the rows `from..from + max` (in creation order) for oversold
     /// rows (`sold + reserved > received`). Returns where the next call
-    /// should start (0 after the last SKU: the sweep wrapped) and how many
+    /// should start (0 after the last row: the sweep wrapped) and how many
     /// oversold rows were found. Lets a loop sweep a large shard a slice at
     /// a time.
     pub fn scan_oversold(&self, from: usize, max: usize) -> (usize, u64) {
-        let end = from.saturating_add(max).min(self.skus.len());
+        let len = self.table.len() as usize;
+        let end = from.saturating_add(max).min(len);
         let start = from.min(end);
-        let found = self.skus[start..end]
-            .iter()
-            .flat_map(|s| s.warehouses.iter())
-            .filter(|(_, row)| row.levels.sold + row.levels.reserved > row.received)
-            .count() as u64;
-        (if end >= self.skus.len() { 0 } else { end }, found)
+        let found = (start..end).filter(|&r| self.table.row(r as u32).oversold()).count() as u64;
+        (if end >= len { 0 } else { end }, found)
     }
 
-    /// Overwrites a row's counters without any check: only for tests of the
-    /// invariant monitors, which must see what a corrupted row looks like.
+    /// Overwrites a row's `reserved` and `sold` without any check (keeping
+    /// `received`; `available` is derived, so `levels.available` is
+    /// ignored): only for tests of the invariant monitors, which must see
+    /// what a corrupted row looks like.
     #[cfg(feature = "testing")]
     pub fn corrupt_row_for_testing(&mut self, sku_id: &str, warehouse_id: &str, levels: Levels) {
-        let sku = self.find_sku(sku_id).expect("no such sku");
-        let warehouse = self.find_warehouse(sku, warehouse_id).expect("no such warehouse");
-        self.skus[sku as usize].warehouses[warehouse as usize].1.levels = levels;
+        let (_, row) = self.locate(sku_id, warehouse_id);
+        let row = self.table.row_mut(row.expect("no such row"));
+        row.reserved = levels.reserved as u32;
+        row.sold = levels.sold as u32;
     }
 
-    /// Every stock row, in creation order.
-    pub fn rows(&self) -> impl Iterator<Item = (&str, &str, &StockRow)> {
-        self.skus.iter().flat_map(|s| s.warehouses.iter().map(move |(w, row)| (&*s.id, &**w, row)))
+    /// Every stock row: SKU by SKU in the order they were created, each
+    /// SKU's warehouses in the order they were added.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, &str, StockRow)> {
+        self.table
+            .rows_by_sku()
+            .map(|r| (self.table.sku_id(r), self.table.warehouse_id(r), self.table.row(r).stock_row()))
     }
 
     // ----- images ----------------------------------------------------------
@@ -862,16 +869,15 @@ impl Shard {
             .map(|(&seq, h)| HoldImage {
                 seq,
                 order_id: h.order_id.to_string(),
-                sku: h.sku,
-                warehouse: h.warehouse,
-                qty: h.qty,
+                row: h.row,
+                qty: h.qty as u64,
                 expire_at: h.expire_at,
                 idem_key: h.idem_key.to_string(),
                 created_at: h.created_at,
                 status: h.change.status,
                 updated_at: h.change.updated_at,
-                payment_id: h.change.payment_id.as_deref().map(str::to_string),
-                release_reason: h.change.release_reason.as_deref().map(str::to_string),
+                payment_id: h.change.payment_id().map(str::to_string),
+                release_reason: h.change.release_reason().map(str::to_string),
             })
             .collect();
         holds.sort_by_key(|h| h.seq);
@@ -879,27 +885,23 @@ impl Shard {
         let idem = self
             .idem_expiry
             .iter()
-            .filter_map(|&(expires_at, key)| {
+            .filter_map(|&(expires_at, lo, hi)| {
+                let key = expiry_key(lo, hi);
                 let r = self.idem.get(&key).filter(|r| r.expires_at == expires_at)?;
                 Some(IdemImage { key, fingerprint: r.fingerprint, outcome: r.outcome, expires_at })
             })
             .collect();
-        ShardImage {
+        let mut image = ShardImage {
             index: self.config.index,
             next_hold_seq: self.next_hold_seq,
             next_txn_seq: self.next_txn_seq,
             last_at: self.last_at,
-            skus: self
-                .skus
-                .iter()
-                .map(|s| SkuImage {
-                    id: s.id.to_string(),
-                    rows: s.warehouses.iter().map(|(w, r)| (w.to_string(), *r)).collect(),
-                })
-                .collect(),
             holds,
             idem,
-        }
+            ..ShardImage::default()
+        };
+        self.table.fill_image(&mut image);
+        image
     }
 
     /// Rebuilds a shard, indexes included, from an image.
@@ -909,19 +911,7 @@ impl Shard {
         shard.next_hold_seq = image.next_hold_seq;
         shard.next_txn_seq = image.next_txn_seq;
         shard.last_at = image.last_at;
-        shard.skus.reserve(image.skus.len());
-        shard.sku_table.reserve(image.skus.len(), |&i| str_hash(&shard.skus[i as usize].id));
-        for sku in image.skus {
-            let index = shard.skus.len() as u32;
-            shard.skus.push(Sku {
-                id: sku.id.into(),
-                warehouses: sku.rows.into_iter().map(|(w, r)| (w.into(), r)).collect(),
-            });
-            let skus = &shard.skus;
-            shard
-                .sku_table
-                .insert_unique(str_hash(&skus[index as usize].id), index, |&i| str_hash(&skus[i as usize].id));
-        }
+        shard.table = StockTable::load(&image);
         shard.holds.reserve(image.holds.len());
         for h in image.holds {
             shard.orders.entry(order_hash(&h.order_id)).or_default().push(h.seq);
@@ -931,16 +921,18 @@ impl Shard {
             let change = HoldChange {
                 status: h.status,
                 updated_at: h.updated_at,
-                payment_id: h.payment_id.map(Into::into),
-                release_reason: h.release_reason.map(Into::into),
+                detail: match h.status {
+                    ReservationStatus::Confirmed => h.payment_id.map(Into::into),
+                    ReservationStatus::Released | ReservationStatus::Expired => h.release_reason.map(Into::into),
+                    ReservationStatus::Reserved => None,
+                },
             };
             shard.holds.insert(
                 h.seq,
                 Hold {
                     order_id: h.order_id.into(),
-                    sku: h.sku,
-                    warehouse: h.warehouse,
-                    qty: h.qty,
+                    row: h.row,
+                    qty: u32::try_from(h.qty).expect("a hold's quantity is within its row's counters"),
                     expire_at: h.expire_at,
                     idem_key: h.idem_key.into(),
                     created_at: h.created_at,
@@ -961,7 +953,7 @@ impl Shard {
             shard
                 .idem
                 .insert(r.key, IdemRecord { fingerprint: r.fingerprint, outcome: r.outcome, expires_at: r.expires_at });
-            shard.idem_expiry.push_back((r.expires_at, r.key));
+            shard.idem_expiry.push_back(expiry_entry(r.expires_at, r.key));
         }
         shard
     }
@@ -971,16 +963,19 @@ impl Shard {
     /// Verifies every structural invariant with a full scan. For tests and
     /// the simulator; far too slow for the hot path.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut reserved: FxHashMap<(u32, u16), u64> = FxHashMap::default();
-        let mut sold: FxHashMap<(u32, u16), u64> = FxHashMap::default();
+        let mut reserved: FxHashMap<u32, u64> = FxHashMap::default();
+        let mut sold: FxHashMap<u32, u64> = FxHashMap::default();
         let mut live = BTreeSet::new();
         for (&seq, hold) in &self.holds {
+            if hold.row >= self.table.len() {
+                return Err(format!("hold {seq} refers to row {} of {}", hold.row, self.table.len()));
+            }
             match hold.change.status {
                 ReservationStatus::Reserved => {
-                    *reserved.entry((hold.sku, hold.warehouse)).or_default() += hold.qty;
+                    *reserved.entry(hold.row).or_default() += hold.qty as u64;
                     live.insert((hold.expire_at, seq));
                 }
-                ReservationStatus::Confirmed => *sold.entry((hold.sku, hold.warehouse)).or_default() += hold.qty,
+                ReservationStatus::Confirmed => *sold.entry(hold.row).or_default() += hold.qty as u64,
                 _ => {}
             }
             let indexed = self.orders.get(&order_hash(&hold.order_id)).is_some_and(|s| s.contains(&seq));
@@ -998,28 +993,25 @@ impl Shard {
         if indexed != self.holds.len() {
             return Err(format!("order index has {indexed} entries for {} holds", self.holds.len()));
         }
-        for (i, sku) in self.skus.iter().enumerate() {
-            if self.find_sku(&sku.id) != Some(i as u32) {
-                return Err(format!("sku {} not found at its index", sku.id));
+        self.table.check()?;
+        for r in 0..self.table.len() {
+            let row = self.table.row(r);
+            let where_ = || format!("{}/{}", self.table.sku_id(r), self.table.warehouse_id(r));
+            if row.oversold() {
+                return Err(format!(
+                    "{}: reserved {} + sold {} > received {}",
+                    where_(),
+                    row.reserved,
+                    row.sold,
+                    row.received
+                ));
             }
-            for (w, (wid, row)) in sku.warehouses.iter().enumerate() {
-                let key = (i as u32, w as u16);
-                let where_ = || format!("{}/{}", sku.id, wid);
-                if row.levels.total() != row.received {
-                    return Err(format!(
-                        "{}: available+reserved+sold {} != received {}",
-                        where_(),
-                        row.levels.total(),
-                        row.received
-                    ));
-                }
-                if row.levels.reserved != reserved.get(&key).copied().unwrap_or(0) {
-                    return Err(format!("{}: reserved {} != sum of RESERVED holds", where_(), row.levels.reserved));
-                }
-                // Confirmed holds leave memory after retention; their units stay sold.
-                if row.levels.sold < sold.get(&key).copied().unwrap_or(0) {
-                    return Err(format!("{}: sold {} < sum of CONFIRMED holds", where_(), row.levels.sold));
-                }
+            if row.reserved as u64 != reserved.get(&r).copied().unwrap_or(0) {
+                return Err(format!("{}: reserved {} != sum of RESERVED holds", where_(), row.reserved));
+            }
+            // Confirmed holds leave memory after retention; their units stay sold.
+            if (row.sold as u64) < sold.get(&r).copied().unwrap_or(0) {
+                return Err(format!("{}: sold {} < sum of CONFIRMED holds", where_(), row.sold));
             }
         }
         Ok(())
@@ -1033,7 +1025,7 @@ impl Shard {
             self.idem.iter().map(|(&k, r)| (k, r.fingerprint, format!("{:?}", r.outcome), r.expires_at)).collect();
         idem.sort();
         Dump {
-            rows: self.rows().map(|(s, w, r)| (s.to_string(), w.to_string(), *r)).collect(),
+            rows: self.rows().map(|(s, w, r)| (s.to_string(), w.to_string(), r)).collect(),
             holds,
             idem,
             next_hold_seq: self.next_hold_seq,

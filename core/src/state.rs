@@ -50,13 +50,13 @@ impl ReservationStatus {
     }
 }
 
-/// A hold as the shard stores it: SKU and warehouse by dense index.
+/// A hold as the shard stores it: its stock row by position. `qty` fits in
+/// 32 bits because it is at most the row's `received`.
 #[derive(Clone, Debug)]
 pub(crate) struct Hold {
     pub order_id: Box<str>,
-    pub sku: u32,
-    pub warehouse: u16,
-    pub qty: u64,
+    pub row: u32,
+    pub qty: u32,
     pub expire_at: Millis,
     pub idem_key: Box<str>,
     pub created_at: Millis,
@@ -68,8 +68,21 @@ pub(crate) struct Hold {
 pub(crate) struct HoldChange {
     pub status: ReservationStatus,
     pub updated_at: Millis,
-    pub payment_id: Option<Box<str>>,
-    pub release_reason: Option<Box<str>>,
+    /// The payment id of a `CONFIRMED` hold, the release reason of a
+    /// `RELEASED` or `EXPIRED` one (a hold never has both).
+    pub detail: Option<Box<str>>,
+}
+
+impl HoldChange {
+    pub fn payment_id(&self) -> Option<&str> {
+        self.detail.as_deref().filter(|_| self.status == ReservationStatus::Confirmed)
+    }
+
+    pub fn release_reason(&self) -> Option<&str> {
+        self.detail
+            .as_deref()
+            .filter(|_| matches!(self.status, ReservationStatus::Released | ReservationStatus::Expired))
+    }
 }
 
 /// A reservation as queries return it.

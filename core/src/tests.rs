@@ -333,6 +333,11 @@ fn rollback_restores_exactly_the_state_before_the_batch() {
     s.check_invariants().unwrap();
     assert_eq!(s.dump(), before);
     assert!(s.stock("sku-new").is_none());
+    // The new SKU's id and the new warehouse ids are gone too: the image is
+    // the one of a shard that never saw them.
+    let image = s.image();
+    assert_eq!((image.sku_ids.as_str(), image.warehouses.clone()), ("sku-1", vec![DEFAULT_WAREHOUSE.to_string()]));
+    assert_eq!(Shard::from_image(s.config().clone(), image).dump(), before);
     // Ids handed out in the rolled-back batch are handed out again.
     s.begin_batch();
     let again = reserved_id(&apply(&mut s, T0 + TTL, &reserve("o3", "sku-1", 1, "k6")).0);
@@ -398,7 +403,7 @@ fn an_image_restores_the_same_shard() {
 #[test]
 fn finished_holds_leave_after_retention_and_memory_stays_flat() {
     let mut s = Shard::new(ShardConfig { index: 0, idempotency_ttl_ms: 72 * HOUR_MS });
-    apply(&mut s, T0, &receive("hot", DEFAULT_WAREHOUSE, u64::MAX / 4, "rcv"));
+    apply(&mut s, T0, &receive("hot", DEFAULT_WAREHOUSE, ROW_UNITS_MAX / 4, "rcv"));
     let mut first = None;
     let mut peak = 0;
     // Ten simulated days: every hour 100 holds, confirmed or released.
@@ -487,4 +492,124 @@ fn a_receive_batch_applies_whole_or_not_at_all() {
         assert_eq!(apply(&mut s, T0, &bad).0.outcome, Outcome::Rejected(why));
     }
     assert_eq!(s.dump(), before, "a rejected batch changes nothing");
+}
+
+#[test]
+fn receipts_past_the_32_bit_row_limit_are_rejected_and_change_nothing() {
+    let mut s = stocked(10);
+    let before = s.dump();
+    let over = ROW_UNITS_MAX - 9;
+    let (a, txns) = apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, over, "k1"));
+    assert_eq!((a.outcome, a.changed, txns.len()), (Outcome::Rejected(Rejection::QuantityOverflow), false, 0));
+    // A new row (or a new SKU) cannot start above the limit either.
+    for (sku, wh) in [("sku-1", "w2"), ("sku-new", DEFAULT_WAREHOUSE)] {
+        let a = apply(&mut s, T0, &receive(sku, wh, ROW_UNITS_MAX + 1, "k2")).0;
+        assert_eq!(a.outcome, Outcome::Rejected(Rejection::QuantityOverflow), "{sku}/{wh}");
+    }
+    assert_eq!(s.dump(), before, "a rejected receipt changes nothing");
+    assert_eq!(s.image().warehouses, vec![DEFAULT_WAREHOUSE.to_string()], "no warehouse id interned");
+    assert!(s.stock("sku-new").is_none());
+    // Exactly up to the limit is fine, and the row then works as usual.
+    let (a, _) = apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, over - 1, "k3"));
+    let full = lv(ROW_UNITS_MAX, 0, 0);
+    assert_eq!(a.outcome, Outcome::Received { levels: full, version: 2, updated_at: T0 });
+    let (a, _) = apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, 1, "k4"));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::QuantityOverflow));
+    let id = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", ROW_UNITS_MAX, "k5")).0);
+    apply(&mut s, T0, &confirm(id, "p", "k6"));
+    assert_eq!(levels(&s, "sku-1"), lv(0, 0, ROW_UNITS_MAX));
+    let row = s.stock("sku-1").unwrap().warehouses[0].row;
+    assert_eq!(row.received, ROW_UNITS_MAX);
+    // Reserving more than a row can hold is simply short stock.
+    let a = apply(&mut s, T0, &reserve("o2", "sku-1", u64::MAX, "k7")).0;
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::InsufficientStock { available: 0 }));
+    // A batch is checked item by item before anything is applied.
+    let before = s.dump();
+    for bad in [
+        batch(&[("fresh", "w", 1), ("sku-1", DEFAULT_WAREHOUSE, 1)], "b1"),
+        batch(&[("fresh", "w", 1), ("other", "w", ROW_UNITS_MAX + 1)], "b2"),
+    ] {
+        assert_eq!(apply(&mut s, T0, &bad).0.outcome, Outcome::Rejected(Rejection::QuantityOverflow));
+    }
+    assert_eq!(s.dump(), before);
+    assert_eq!(Rejection::QuantityOverflow.code(), "QUANTITY_OVERFLOW");
+}
+
+#[test]
+fn limits_on_warehouses_and_id_length_are_checked_before_anything_changes() {
+    let mut s = shard();
+    let long = "s".repeat(SKU_ID_BYTES_MAX + 1);
+    let a = apply(&mut s, T0, &receive(&long, DEFAULT_WAREHOUSE, 1, "k1")).0;
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::SkuIdTooLong));
+    let a = apply(&mut s, T0, &batch(&[("ok", "w", 1), (&long, "w", 1)], "k2")).0;
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::SkuIdTooLong));
+    assert_eq!(s.stats().rows, 0);
+    apply(&mut s, T0, &receive(&long[1..], DEFAULT_WAREHOUSE, 1, "k3"));
+    assert_eq!(s.stock(&long[1..]).unwrap().sku_id.len(), SKU_ID_BYTES_MAX);
+    // One SKU in at most WAREHOUSES_PER_SKU_MAX warehouses, also across the
+    // items of one batch.
+    let names: Vec<String> = (0..WAREHOUSES_PER_SKU_MAX).map(|i| format!("w{i}")).collect();
+    let items: Vec<(&str, &str, u64)> =
+        names[..WAREHOUSES_PER_SKU_MAX - 1].iter().map(|w| ("x", w.as_str(), 1)).collect();
+    apply(&mut s, T0, &batch(&items, "k4"));
+    let before = s.dump();
+    let two = batch(&[("x", &names[WAREHOUSES_PER_SKU_MAX - 1], 1), ("x", "one-too-many", 1)], "k5");
+    assert_eq!(apply(&mut s, T0, &two).0.outcome, Outcome::Rejected(Rejection::TooManyWarehouses));
+    assert_eq!(s.dump(), before);
+    apply(&mut s, T0, &receive("x", &names[WAREHOUSES_PER_SKU_MAX - 1], 1, "k6"));
+    let a = apply(&mut s, T0, &receive("x", "one-too-many", 1, "k7")).0;
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::TooManyWarehouses));
+    // Warehouses are listed in the order they were added.
+    let stock = s.stock("x").unwrap();
+    assert_eq!(stock.warehouses.len(), WAREHOUSES_PER_SKU_MAX);
+    assert!(stock.warehouses.iter().zip(&names).all(|(w, n)| w.warehouse_id == *n));
+}
+
+#[test]
+fn multi_warehouse_skus_keep_their_rows_together_and_in_order() {
+    let mut s = shard();
+    apply(&mut s, T0, &receive("a", "w1", 1, "k1"));
+    apply(&mut s, T0, &receive("b", "w2", 2, "k2"));
+    apply(&mut s, T0, &receive("a", "w3", 3, "k3"));
+    apply(&mut s, T0, &receive("b", "w1", 4, "k4"));
+    apply(&mut s, T0, &receive("a", "w2", 5, "k5"));
+    let rows: Vec<(String, String, u64)> =
+        s.dump().rows.into_iter().map(|(sku, wh, r)| (sku, wh, r.levels.available)).collect();
+    let want = [("a", "w1", 1), ("a", "w3", 3), ("a", "w2", 5), ("b", "w2", 2), ("b", "w1", 4)];
+    assert_eq!(rows, want.map(|(s, w, q)| (s.to_string(), w.to_string(), q)));
+    // One hold per order line: per SKU, whatever the warehouse.
+    let id = reserved_id(&apply(&mut s, T0, &reserve_in("o1", "a", "w3", 2, "r1")).0);
+    let again = apply(&mut s, T0, &reserve_in("o1", "a", "w3", 2, "r2")).0;
+    assert_eq!(again.outcome, Outcome::Reserved { reservation_id: id, expire_at: T0 + TTL });
+    let other = apply(&mut s, T0, &reserve_in("o1", "a", "w2", 2, "r3")).0;
+    assert!(matches!(other.outcome, Outcome::Rejected(Rejection::DuplicateOrderLine { .. })));
+    assert!(matches!(apply(&mut s, T0, &reserve_in("o1", "b", "w2", 2, "r4")).0.outcome, Outcome::Reserved { .. }));
+    let view = s.reservation(id).unwrap();
+    assert_eq!((view.sku_id.as_str(), view.warehouse_id.as_str()), ("a", "w3"));
+    let restored = Shard::from_image(s.config().clone(), s.image());
+    restored.check_invariants().unwrap();
+    assert_eq!(restored.dump(), s.dump());
+    assert_eq!(restored.image(), s.image(), "the image is deterministic");
+}
+
+fn reserve_in(order: &str, sku: &str, wh: &str, qty: u64, key: &str) -> Command {
+    let mut c = reserve(order, sku, qty, key);
+    if let Command::Reserve(r) = &mut c {
+        r.warehouse_id = wh.into();
+    }
+    c
+}
+
+#[test]
+fn a_hold_stores_one_detail_string() {
+    // Payment id (confirmed) or release reason (released, expired): never both.
+    assert_eq!(std::mem::size_of::<crate::state::Hold>(), 88);
+    let mut s = stocked(10);
+    let a = reserved_id(&apply(&mut s, T0, &reserve("o1", "sku-1", 1, "k1")).0);
+    let b = reserved_id(&apply(&mut s, T0, &reserve("o2", "sku-1", 1, "k2")).0);
+    apply(&mut s, T0, &confirm(a, "pay-1", "k3"));
+    apply(&mut s, T0, &release(b, "k4"));
+    let (a, b) = (s.reservation(a).unwrap(), s.reservation(b).unwrap());
+    assert_eq!((a.payment_id.as_deref(), a.release_reason.as_deref()), (Some("pay-1"), None));
+    assert_eq!((b.payment_id.as_deref(), b.release_reason.as_deref()), (None, Some("CANCELLED")));
 }

@@ -4,7 +4,10 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use hyper::StatusCode;
-use inventory_core::{Levels, Millis, Outcome, Rejection, ReservationId, ReservationView, SkuStock};
+use inventory_core::{
+    Levels, Millis, Outcome, Rejection, ReservationId, ReservationView, SkuStock, ROW_UNITS_MAX, SKU_ID_BYTES_MAX,
+    WAREHOUSES_PER_SKU_MAX, WAREHOUSE_IDS_MAX,
+};
 use serde::{Deserialize, Serialize};
 
 /// Longest SKU, warehouse, order, payment or reservation id, in bytes.
@@ -76,9 +79,11 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
             "this idempotency key was used for a different request".to_string(),
             None,
         ),
-        QuantityOverflow => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "this quantity would overflow the stock counters".to_string(), None)
-        }
+        QuantityOverflow => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("a stock row can receive at most {ROW_UNITS_MAX} units in total; this quantity would exceed that"),
+            Some(serde_json::json!({ "limit": ROW_UNITS_MAX })),
+        ),
         InvalidQuantity => (StatusCode::BAD_REQUEST, "qty must be positive".to_string(), None),
         InvalidBatch => (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,9 +92,13 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
         ),
         TooManyWarehouses => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            "this SKU already has the maximum number of warehouses".to_string(),
+            format!(
+                "this SKU already has the maximum number of warehouses ({WAREHOUSES_PER_SKU_MAX}), \
+                 or its shard the maximum number of distinct warehouse ids ({WAREHOUSE_IDS_MAX})"
+            ),
             None,
         ),
+        SkuIdTooLong => (StatusCode::BAD_REQUEST, format!("skuId is longer than {SKU_ID_BYTES_MAX} bytes"), None),
     };
     ApiError { detail, ..ApiError::new(status, rejection.code(), message) }
 }

@@ -311,7 +311,7 @@ impl LoopState {
                     let _ = reply.send(self.shard.query(&query));
                 }
                 Request::Rows { reply } => {
-                    let rows = self.shard.rows().map(|(s, w, r)| (s.to_string(), w.to_string(), *r)).collect();
+                    let rows = self.shard.rows().map(|(s, w, r)| (s.to_string(), w.to_string(), r)).collect();
                     let _ = reply.send((self.next_seq - 1, rows));
                 }
                 _ => unreachable!(),

@@ -8,8 +8,13 @@
 //! | 8 | 8 | sequence of the last entry included, u64 LE |
 //! | 16 | 8 | body length, u64 LE |
 //! | 24 | 4 | CRC-32 of the body, u32 LE |
-//! | 28 | 4 | zero padding |
+//! | 28 | 4 | format version of the body, u32 LE ([`FORMAT_VERSION`]; 0 in the files of version 1, where this was padding) |
 //! | 32 | n | rkyv archive of `inventory_core::ShardImage` |
+//!
+//! A file of another format version is unusable (reported, naming both
+//! versions) like any other bad file: start-up skips it and falls back to an
+//! older snapshot or to the journal from its start, and refuses to start if
+//! the journal no longer reaches back that far.
 //!
 //! Written to a temporary name, synced, renamed into place and the directory
 //! synced: a crash leaves either the old set of snapshots or the new one,
@@ -26,6 +31,9 @@ use rkyv::util::AlignedVec;
 
 const MAGIC: &[u8; 8] = b"INVSNAP1";
 const HEADER: usize = 32;
+/// Layout of the body. 2: columnar stock (SKU id string, warehouse table,
+/// fixed-size rows with 32-bit counters); holds refer to rows by position.
+pub const FORMAT_VERSION: u32 = 2;
 
 fn shard_dir(dir: &Path, shard: u16) -> PathBuf {
     dir.join(format!("shard-{shard}"))
@@ -46,6 +54,7 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
     header[8..16].copy_from_slice(&seq.to_le_bytes());
     header[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
     header[24..28].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    header[28..32].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     let path = sdir.join(file_name(seq));
     let tmp = sdir.join(format!("{}.tmp", file_name(seq)));
     {
@@ -85,8 +94,15 @@ pub fn read(dir: &Path, shard: u16, seq: u64) -> Result<ShardImage, String> {
     let at = u64::from_le_bytes(header[8..16].try_into().unwrap());
     let len = u64::from_le_bytes(header[16..24].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(header[24..28].try_into().unwrap());
+    let version = u32::from_le_bytes(header[28..32].try_into().unwrap()).max(1);
     if at != seq {
         return Err(format!("{}: header says seq {at}", path.display()));
+    }
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "{}: snapshot format version {version}, this build reads only version {FORMAT_VERSION}",
+            path.display()
+        ));
     }
     let mut body = AlignedVec::<16>::with_capacity(len);
     body.resize(len, 0);
@@ -163,5 +179,19 @@ mod tests {
         prune(dir.path(), 1, 1).unwrap();
         assert_eq!(list(dir.path(), 1).unwrap(), vec![20]);
         assert!(latest(dir.path(), 2, u64::MAX).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_snapshot_of_another_format_version_is_reported_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 1, 10, &image(1)).unwrap();
+        let (newest, _) = write(dir.path(), 1, 20, &image(2)).unwrap();
+        // A file of format version 1 (zero where the version now is).
+        let mut bytes = fs::read(&newest).unwrap();
+        bytes[28..32].copy_from_slice(&[0; 4]);
+        fs::write(&newest, &bytes).unwrap();
+        let e = read(dir.path(), 1, 20).unwrap_err();
+        assert!(e.ends_with("snapshot format version 1, this build reads only version 2"), "{e}");
+        assert_eq!(latest(dir.path(), 1, u64::MAX).unwrap().unwrap(), (10, image(1)));
     }
 }

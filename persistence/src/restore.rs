@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use inventory_core::{
-    shard_for_sku, HoldImage, Millis, ReservationId, ReservationStatus, Shard, ShardConfig, ShardImage, SkuImage,
-    StockRow,
+    shard_for_sku, HoldImage, Millis, ReservationId, ReservationStatus, RowImage, Shard, ShardConfig, ShardImage,
+    ROW_UNITS_MAX,
 };
 use inventory_journal::{snapshot, SledStore};
 use tokio_postgres::Client;
@@ -88,16 +88,14 @@ pub async fn restore(
                 next_hold_seq: hold as u64 + 1,
                 next_txn_seq: txn as u64 + 1,
                 last_at: at as u64,
-                skus: Vec::new(),
-                holds: Vec::new(),
-                idem: Vec::new(),
+                ..ShardImage::default()
             }
         })
         .collect();
     let seqs: Vec<u64> = checkpoints.iter().map(|r| r.get::<_, i64>(1) as u64).collect();
     let mut report = RestoreReport { shards: count, checkpoints: seqs.clone(), ..RestoreReport::default() };
-    // Position of each (sku, warehouse) in its shard's image.
-    let mut where_: BTreeMap<(String, String), (u32, u16)> = BTreeMap::new();
+    // Position of each (sku, warehouse) row in its shard's image.
+    let mut where_: BTreeMap<(String, String), u32> = BTreeMap::new();
     load_rows(&client, count, &mut images, &mut where_, &mut report).await?;
     load_holds(&client, &mut images, &where_, &mut report).await?;
 
@@ -119,36 +117,42 @@ async fn load_rows(
     client: &Client,
     shards: u16,
     images: &mut [ShardImage],
-    where_: &mut BTreeMap<(String, String), (u32, u16)>,
+    where_: &mut BTreeMap<(String, String), u32>,
     report: &mut RestoreReport,
 ) -> Result<(), PersistenceError> {
     let rows = client
         .query("SELECT sku_id, warehouse_id, available, reserved, sold, version, updated_at FROM inventory ORDER BY sku_id, warehouse_id", &[])
         .await?;
-    let mut last: Option<(String, usize)> = None;
+    let mut last: Option<(String, u32)> = None;
     for r in rows {
         let (sku, warehouse): (String, String) = (r.get(0), r.get(1));
         let n = |i: usize| r.get::<_, i64>(i) as u64;
-        let row = StockRow {
-            levels: inventory_core::Levels { available: n(2), reserved: n(3), sold: n(4) },
-            received: n(2) + n(3) + n(4),
-            version: n(5),
-            updated_at: ms(r.get(6)),
-        };
+        let (available, reserved, sold) = (n(2), n(3), n(4));
+        let received = available.saturating_add(reserved).saturating_add(sold);
+        if received > ROW_UNITS_MAX {
+            return Err(PersistenceError::Restore(format!(
+                "{sku}/{warehouse}: available + reserved + sold = {received} exceeds the row limit of {ROW_UNITS_MAX} units"
+            )));
+        }
         let shard = shard_for_sku(&sku, shards) as usize;
         let image = &mut images[shard];
         // Rows arrive grouped by SKU: a new SKU starts a new entry.
-        let index = match &last {
+        let sku_position = match &last {
             Some((s, i)) if *s == sku => *i,
-            _ => {
-                image.skus.push(SkuImage { id: sku.clone(), rows: Vec::new() });
-                image.skus.len() - 1
-            }
+            _ => image.push_sku(&sku),
         };
-        let rows = &mut image.skus[index].rows;
-        where_.insert((sku.clone(), warehouse.clone()), (index as u32, rows.len() as u16));
-        rows.push((warehouse, row));
-        last = Some((sku, index));
+        let row = RowImage {
+            sku: sku_position,
+            warehouse: image.warehouse_position(&warehouse),
+            received: received as u32,
+            reserved: reserved as u32,
+            sold: sold as u32,
+            version: n(5),
+            updated_at: ms(r.get(6)),
+        };
+        where_.insert((sku.clone(), warehouse), image.rows.len() as u32);
+        image.rows.push(row);
+        last = Some((sku, sku_position));
         report.rows += 1;
     }
     Ok(())
@@ -157,7 +161,7 @@ async fn load_rows(
 async fn load_holds(
     client: &Client,
     images: &mut [ShardImage],
-    where_: &BTreeMap<(String, String), (u32, u16)>,
+    where_: &BTreeMap<(String, String), u32>,
     report: &mut RestoreReport,
 ) -> Result<(), PersistenceError> {
     let holds = client
@@ -172,19 +176,24 @@ async fn load_holds(
         let id: ReservationId =
             id.parse().map_err(|_| PersistenceError::Restore(format!("bad reservation id {id:?}")))?;
         let key = (r.get::<_, String>(2), r.get::<_, String>(3));
-        let &(sku, warehouse) = where_.get(&key).ok_or_else(|| {
+        let &row = where_.get(&key).ok_or_else(|| {
             PersistenceError::Restore(format!("hold {id} names {}/{}, which has no inventory row", key.0, key.1))
         })?;
         let image = images
             .get_mut(id.shard() as usize)
             .ok_or_else(|| PersistenceError::Restore(format!("hold {id} belongs to a shard that does not exist")))?;
         image.next_hold_seq = image.next_hold_seq.max(id.seq() + 1);
+        let qty = r.get::<_, i64>(4) as u64;
+        if qty > ROW_UNITS_MAX {
+            return Err(PersistenceError::Restore(format!(
+                "hold {id}: qty {qty} exceeds the row limit of {ROW_UNITS_MAX}"
+            )));
+        }
         image.holds.push(HoldImage {
             seq: id.seq(),
             order_id: r.get(1),
-            sku,
-            warehouse,
-            qty: r.get::<_, i64>(4) as u64,
+            row,
+            qty,
             status: status(&r.get::<_, String>(5))?,
             expire_at: ms(r.get(6)),
             idem_key: r.get(7),

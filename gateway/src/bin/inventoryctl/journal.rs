@@ -39,8 +39,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inventory_core::{
-    shard_for_sku, Command, Entry, Levels, Millis, ReservationId, ReservationView, Shard, ShardConfig, ShardImage,
-    StockRow, Txn, TxnKind,
+    shard_for_sku, Command, Entry, Levels, Millis, ReservationId, ReservationView, RowImage, Shard, ShardConfig,
+    ShardImage, StockRow, Txn, TxnKind,
 };
 use inventory_journal::{
     rebuild, replay_range, snapshot, Journal, JournalError, ReplayStats, SledJournal, SledStore, Until,
@@ -843,7 +843,10 @@ fn verify_shard(opened: &Opened, journal: &SledJournal) -> Result<ShardCheck, St
 /// idempotency records are not compared: forgetting expired keys is
 /// maintenance that is not journaled.
 fn image_difference(replayed: &ShardImage, stored: &ShardImage) -> Option<&'static str> {
-    if replayed.skus != stored.skus {
+    fn stock(i: &ShardImage) -> (&str, &[u32], &[String], &[RowImage]) {
+        (&i.sku_ids, &i.sku_ends, &i.warehouses, &i.rows)
+    }
+    if stock(replayed) != stock(stored) {
         Some("stock rows differ")
     } else if replayed.holds != stored.holds {
         Some("holds differ")
