@@ -196,9 +196,9 @@ impl Journal for SledJournal {
         for entry in batch {
             let record = encode(entry);
             debug_assert_eq!(decode(self.shard, entry.seq, &record).as_ref().ok(), Some(entry));
-            let full = chunk.as_ref().is_some_and(|c| {
-                c.next_seq() != entry.seq || (c.count > 0 && c.bytes.len() + 4 + record.len() > CHUNK_BYTES)
-            });
+            let full = chunk
+                .as_ref()
+                .is_some_and(|c| c.next_seq() != entry.seq || c.bytes.len() + 4 + record.len() > CHUNK_BYTES);
             if full {
                 let (key, bytes) = chunk.take().unwrap().finish();
                 writes.insert(&key.to_be_bytes(), bytes);
