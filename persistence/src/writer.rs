@@ -204,6 +204,18 @@ async fn apply(
     days: &mut BTreeSet<i64>,
     faults: &WriterFaults,
 ) -> Result<(), PersistenceError> {
+    // New day partitions are created and committed on their own first:
+    // creating a partition locks its parent table, and holding that lock
+    // for the length of a large batch would stall every other shard's writer.
+    let new_days: Vec<i64> = batch.days.difference(days).copied().collect();
+    if !new_days.is_empty() {
+        let tx = client.transaction().await?;
+        for day in &new_days {
+            schema::ensure_day(&tx, *day).await?;
+        }
+        tx.commit().await?;
+        days.extend(new_days);
+    }
     let tx = client.transaction().await?;
     let moved = tx
         .execute(
@@ -223,16 +235,11 @@ async fn apply(
     if moved != 1 {
         return Err(PersistenceError::CheckpointMoved { shard, expected: from });
     }
-    let new_days: Vec<i64> = batch.days.difference(days).copied().collect();
-    for day in &new_days {
-        schema::ensure_day(&tx, *day).await?;
-    }
     let skip = faults.skip_next_batch.swap(false, Ordering::SeqCst);
     if !batch.is_empty() && !skip {
         batch.write(&tx).await?;
     }
     tx.commit().await?;
-    days.extend(new_days);
     Ok(())
 }
 
