@@ -60,7 +60,9 @@ async fn main() {
         }
     }
     for n in 0..holds {
-        let sku = &names[(n * 7 % skus) as usize];
+        // Scattered over the catalogue, as uniform traffic is (a stride would keep
+        // PostgreSQL's pages hot and flatter the writer).
+        let sku = &names[(n.wrapping_mul(2_654_435_761) % skus) as usize];
         let s = inventory_core::shard_for_sku(sku, shards) as usize;
         let at = t0 + 1 + n / 1_000;
         let reserve = Command::Reserve(Reserve {

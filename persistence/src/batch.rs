@@ -80,10 +80,6 @@ struct Events {
     at: Vec<SystemTime>,
 }
 
-fn levels(l: Levels) -> serde_json::Value {
-    json!({"available": l.available, "reserved": l.reserved, "sold": l.sold})
-}
-
 impl Batch {
     pub(crate) fn build(shard: u16, entries: &[Entry]) -> Batch {
         let mut b = Batch::default();
@@ -133,12 +129,21 @@ impl Batch {
                     TxnKind::Release => ("INVENTORY_RELEASED", t.ref_id.clone()),
                 };
                 let event_id = format!("evt-{:016x}", t.txn_id);
-                b.events.payload.push(json!({
+                // The counters are those after the change; the ones before
+                // follow from the type and qty (and are in `inventory_txn`).
+                let mut payload = json!({
                     "eventId": event_id, "type": event, "txnId": t.txn_id, "skuId": t.sku_id,
                     "warehouseId": t.warehouse_id, "qty": t.qty, "refId": t.ref_id, "orderId": t.order_id,
-                    "detail": t.detail, "before": levels(t.before), "after": levels(t.after),
-                    "version": t.version, "atMs": t.at, "traceId": trace,
-                }));
+                    "available": t.after.available, "reserved": t.after.reserved, "sold": t.after.sold,
+                    "version": t.version, "atMs": t.at,
+                });
+                if !t.detail.is_empty() {
+                    payload["detail"] = t.detail.clone().into();
+                }
+                if entry.trace_id != 0 {
+                    payload["traceId"] = trace.clone().into();
+                }
+                b.events.payload.push(payload);
                 b.events.id.push(event_id);
                 b.events.kind.push(event.to_string());
                 b.events.aggregate.push(aggregate);
@@ -333,7 +338,7 @@ impl Batch {
             .copy_in("COPY outbox (event_id, event_type, aggregate_id, payload, created_at) FROM STDIN BINARY")
             .await?;
         let writer =
-            BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB, Type::TIMESTAMPTZ]);
+            BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::JSON, Type::TIMESTAMPTZ]);
         let mut writer = std::pin::pin!(writer);
         for i in 0..e.id.len() {
             writer.as_mut().write(&[&e.id[i], &e.kind[i], &e.aggregate[i], &e.payload[i], &e.at[i]]).await?;

@@ -96,6 +96,26 @@ async fn rows_equal_the_core_after_a_mixed_workload() {
     assert_eq!(schema.count("SELECT count(*) FROM inventory_txn").await, 51);
     assert_eq!(schema.count("SELECT count(DISTINCT event_id) FROM outbox").await, 51);
     assert_eq!(schema.count("SELECT count(*) FROM outbox WHERE event_type = 'INVENTORY_RESERVED'").await, 25);
+    // The expiry's event carries the hold, the reason and the counters after it.
+    let payload: String = schema
+        .client
+        .query_one(
+            "SELECT payload::text FROM outbox WHERE event_type = 'INVENTORY_RELEASED' AND aggregate_id = $1",
+            &[&expiring],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let event: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(event["refId"], expiring.as_str());
+    assert_eq!(event["skuId"], "mx-exp");
+    assert_eq!(event["qty"], 1);
+    assert_eq!(event["detail"], "TIMEOUT");
+    assert_eq!(
+        (event["available"].as_u64(), event["reserved"].as_u64(), event["sold"].as_u64()),
+        (Some(1), Some(0), Some(0))
+    );
+    assert!(event["eventId"].as_str().unwrap().starts_with("evt-"), "{event}");
     let checkpoint: i64 = schema.count("SELECT sum(seq)::bigint FROM writer_checkpoint").await;
     let durable: u64 = status["shards"].as_array().unwrap().iter().map(|s| s["durableSeq"].as_u64().unwrap()).sum();
     assert_eq!(checkpoint as u64, durable);
