@@ -1,6 +1,7 @@
 //! Measures the PostgreSQL writer and restore: builds a journal of
 //! `--skus` receipts (bulk, 10k rows per entry) followed by `--holds`
-//! reserves (every other one confirmed) over two shards, lets the writer
+//! reserves over two shards, each settled 20,000 reserves later (four in five
+//! confirmed, the rest released), lets the writer
 //! apply all of it to a fresh schema, and reports its sustained rate; then
 //! times `restore` from that schema into a new data dir.
 //!
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inventory_core::{
-    Applied, Command, Confirm, Entry, Outcome, ReceiveBatch, ReceiveItem, Reserve, Shard, ShardConfig,
+    Applied, Command, Confirm, Entry, Outcome, ReceiveBatch, ReceiveItem, Release, Reserve, Shard, ShardConfig,
 };
 use inventory_journal::{Journal, SledStore};
 use inventory_persistence::{connect, spawn_writers, Schema, ShardProgress, WriterConfig, WriterFaults};
@@ -59,6 +60,8 @@ async fn main() {
             apply(&mut live[s], t0, command, &mut entries[s]);
         }
     }
+    const SETTLE_AFTER: usize = 20_000;
+    let mut pending = std::collections::VecDeque::new();
     for n in 0..holds {
         // Scattered over the catalogue, as uniform traffic is (a stride would keep
         // PostgreSQL's pages hot and flatter the writer).
@@ -75,13 +78,26 @@ async fn main() {
             ttl_explicit: false,
         });
         if let Outcome::Reserved { reservation_id, .. } = apply(&mut live[s], at, reserve, &mut entries[s]).outcome {
-            if n % 2 == 0 {
-                let confirm = Command::Confirm(Confirm {
-                    reservation_id,
-                    payment_id: format!("p-{n}"),
-                    idem_key: format!("c-{n}"),
-                });
-                apply(&mut live[s], at, confirm, &mut entries[s]);
+            pending.push_back((reservation_id, s, n));
+        }
+        // Holds are settled a while after they were taken, as payments are:
+        // by then PostgreSQL holds the reservation row, and the writer
+        // updates it.
+        if pending.len() > SETTLE_AFTER || n + 1 == holds {
+            while let Some((reservation_id, s, m)) = pending.pop_front() {
+                let command = if m % 5 == 4 {
+                    Command::Release(Release { reservation_id, reason: "CANCELLED".into(), idem_key: format!("x-{m}") })
+                } else {
+                    Command::Confirm(Confirm {
+                        reservation_id,
+                        payment_id: format!("p-{m}"),
+                        idem_key: format!("c-{m}"),
+                    })
+                };
+                apply(&mut live[s], at, command, &mut entries[s]);
+                if pending.len() <= SETTLE_AFTER && n + 1 != holds {
+                    break;
+                }
             }
         }
     }
@@ -140,8 +156,7 @@ async fn main() {
         t.abort();
     }
     println!(
-        "writer: {total_entries} journal entries, {total_txns} txns ({skus} receipts, {holds} reserves, {} confirms) applied in {secs:.1} s: {:.0} entries/s, {:.0} txns/s",
-        holds / 2,
+        "writer: {total_entries} journal entries, {total_txns} txns ({skus} receipts, {holds} reserves, each confirmed or released later) applied in {secs:.1} s: {:.0} entries/s, {:.0} txns/s",
         total_entries as f64 / secs,
         total_txns as f64 / secs
     );
@@ -152,7 +167,7 @@ async fn main() {
         skus as f64 / receipt_secs
     );
     println!(
-        "  orders:   {order_entries} reserve and confirm entries in {:.1} s: {:.0} entries/s",
+        "  orders:   {order_entries} reserve, confirm and release entries in {:.1} s: {:.0} entries/s",
         secs - receipt_secs,
         order_entries as f64 / (secs - receipt_secs)
     );

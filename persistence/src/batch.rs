@@ -262,14 +262,24 @@ impl Batch {
             let at: Vec<SystemTime> = u.iter().map(|x| to_system_time(x.updated_at)).collect();
             let payment: Vec<Option<&str>> = u.iter().map(|x| x.payment_id.as_deref()).collect();
             let reason: Vec<Option<&str>> = u.iter().map(|x| x.release_reason.as_deref()).collect();
+            // The `= ANY` condition lets every day partition find its rows
+            // through its reservation_id index. With the join condition
+            // alone, and no statistics on the partitioned parent (autovacuum
+            // never analyses one), the planner merges the whole index; and
+            // on a day partition not yet analysed it guesses that a long
+            // `ANY` list matches most rows and scans them all. Both cost a
+            // full pass over the day's holds per batch, so scans are ruled
+            // out for this statement.
+            tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
             tx.execute(
                 "UPDATE reservation r SET status = u.status, updated_at = u.updated_at,
                         payment_id = COALESCE(u.payment_id, r.payment_id), release_reason = COALESCE(u.reason, r.release_reason)
                    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[]) AS u(id, status, updated_at, payment_id, reason)
-                  WHERE r.reservation_id = u.id",
+                  WHERE r.reservation_id = u.id AND r.reservation_id = ANY($1::text[])",
                 &[&ids, &status, &at, &payment, &reason],
             )
             .await?;
+            tx.batch_execute("SET LOCAL enable_seqscan = on").await?;
         }
         // The two largest tables go in with binary COPY (routed into the
         // day partitions by PostgreSQL).
