@@ -9,6 +9,8 @@
 //! `--holds N` (default 0) also places N holds (reserves of 1 unit, each with
 //! its own order and idempotency key) right after the load and reports the
 //! RSS they add per hold; they are then part of the snapshot.
+//!
+//! `--dir DIR --keep` leaves the data dir in DIR (an `inventoryd --data-dir`).
 
 use std::path::PathBuf;
 
@@ -192,7 +194,9 @@ fn main() {
         .status()
         .unwrap();
     assert!(out.success());
-    let _ = std::fs::remove_dir_all(&dir);
+    if !std::env::args().any(|a| a == "--keep") {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn restart_only() {

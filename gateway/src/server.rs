@@ -312,6 +312,14 @@ fn audit_tailer(
                 tracing::error!(shard, error = %e, "audit: cannot read the journal; auditing stops until restart");
                 return;
             }
+            if scanned < from && events.is_empty() {
+                // Nothing from `from` to `durable` is in the journal: a
+                // snapshot covers it and the journal holds nothing after it
+                // yet (a data dir made by `restore`, or one whose audit log
+                // was lost). There is nothing here to audit.
+                tracing::warn!(shard, from, to = durable, "audit: journal entries covered by a snapshot are not in the journal; auditing continues after them");
+                scanned = durable;
+            }
             if let Err(e) = log.append(events) {
                 tracing::error!(error = %e, "audit log write failed; auditing resumes from the journal at the next start");
                 return;

@@ -360,6 +360,14 @@ async fn restore_from_postgres_then_serve() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // A restored data dir holds a snapshot and an empty journal: the service
+    // starts on it, and stops cleanly before anything new was written.
+    let mut daemon = Daemon::spawn(fresh.path(), &[]);
+    Client::new(&daemon.url).wait_ready().await;
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_for(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "a freshly restored service did not stop on SIGTERM: {status:?}");
+
     let server = TestServer::start_with(Options {
         data_dir: Some(fresh.path().to_path_buf()),
         ..pg_options(&schema, url_for(PG_ADDR))
