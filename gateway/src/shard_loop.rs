@@ -151,6 +151,11 @@ fn run_inner(
         }
     };
     let next_seq = stats.next_seq;
+    // Loading the snapshot freed a read buffer and a decoded image about
+    // twice the size of the state built from them; hand that memory back to
+    // the OS now rather than whenever the allocator next purges this
+    // thread's heap.
+    crate::release_free_memory();
     tracing::info!(
         shard = index,
         from_seq = stats.from,
