@@ -312,7 +312,7 @@ fn audit_tailer(
                 tracing::error!(shard, error = %e, "audit: cannot read the journal; auditing stops until restart");
                 return;
             }
-            if scanned < from && events.is_empty() {
+            if scanned < from {
                 // Nothing from `from` to `durable` is in the journal: a
                 // snapshot covers it and the journal holds nothing after it
                 // yet (a data dir made by `restore`, or one whose audit log
