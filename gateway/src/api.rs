@@ -194,7 +194,8 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 }
 
 /// Checks an id-like field: present, not blank, bounded, no control characters.
-pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+/// `field` is only formatted when the value is refused.
+pub fn check_text(field: impl std::fmt::Display, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::invalid(format!("{field} must not be empty")));
     }

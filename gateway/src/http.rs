@@ -242,9 +242,9 @@ async fn receive_batch(
     }
     let mut parts: Vec<Vec<inventory_core::ReceiveItem>> = vec![Vec::new(); app.router.shards() as usize];
     for (i, item) in b.items.into_iter().enumerate() {
-        api::check_text(&format!("items[{i}].skuId"), &item.sku_id, ID_BYTES_MAX)?;
+        api::check_text(format_args!("items[{i}].skuId"), &item.sku_id, ID_BYTES_MAX)?;
         let warehouse_id = item.warehouse_id.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string());
-        api::check_text(&format!("items[{i}].warehouseId"), &warehouse_id, ID_BYTES_MAX)?;
+        api::check_text(format_args!("items[{i}].warehouseId"), &warehouse_id, ID_BYTES_MAX)?;
         if item.qty == 0 || item.qty > app.max_qty {
             return Err(ApiError::invalid(format!(
                 "items[{i}].qty must be between 1 and {}, got {}",

@@ -283,8 +283,9 @@ fn audit_tailer(
     marks: AuditMarks,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    // Bounds one append: a bulk entry can carry 10,000 receipts.
-    const EVENTS_MAX: usize = 50_000;
+    // Bounds one append, in audited rows (a bulk receipt is one record of
+    // up to 10,000 rows).
+    const ROWS_MAX: usize = 50_000;
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let mut idle = true;
@@ -295,15 +296,18 @@ fn audit_tailer(
                 continue;
             }
             idle = false;
-            let mut events = Vec::new();
+            let (mut events, mut rows) = (Vec::new(), 0);
             let mut scanned = from - 1;
             let read = reader.read_from(from).map(|entries| {
                 for entry in entries {
                     let entry = entry?;
-                    if entry.seq > durable || events.len() >= EVENTS_MAX {
+                    if entry.seq > durable || rows >= ROWS_MAX {
                         break;
                     }
-                    events.extend(inventory_journal::audit::events_of(shard as u16, &entry));
+                    if let Some(event) = inventory_journal::audit::event_of(shard as u16, &entry) {
+                        rows += event.rows.len().max(1);
+                        events.push(event);
+                    }
                     scanned = entry.seq;
                 }
                 Ok::<_, JournalError>(())

@@ -16,11 +16,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use inventory_core::{Entry, Levels, Millis, TxnKind};
+use inventory_core::{Command, Entry, Levels, Millis, TxnKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const LOG_FILE: &str = "audit.jsonl";
+/// `action` of a bulk receipt's record.
+pub const ACTION_BULK_RECEIVE: &str = "RECEIVE_BULK";
 pub const HEAD_FILE: &str = "audit.head";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -38,7 +40,11 @@ impl From<Levels> for LevelsJson {
     }
 }
 
-/// What is audited about one change (everything but the chain fields).
+/// What is audited about one journal entry that changes stock (everything
+/// but the chain fields). A single receipt carries its row inline
+/// (`skuId`, `warehouseId`, `before`, `after`); a bulk receipt lists its
+/// rows in `rows` instead, so that a 10,000-row receipt is one record and
+/// one hash rather than 10,000.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
@@ -46,14 +52,32 @@ pub struct AuditEvent {
     pub seq: u64,
     pub at_ms: Millis,
     pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse_id: Option<String>,
+    /// Units received (by all rows, for a bulk receipt).
+    pub qty: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<LevelsJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<LevelsJson>,
+    pub reason: String,
+    pub operator: String,
+    pub trace_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rows: Vec<AuditRow>,
+}
+
+/// One row of a bulk receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRow {
     pub sku_id: String,
     pub warehouse_id: String,
     pub qty: u64,
     pub before: LevelsJson,
     pub after: LevelsJson,
-    pub reason: String,
-    pub operator: String,
-    pub trace_id: String,
 }
 
 /// One line of the log.
@@ -77,34 +101,62 @@ struct Hashed<'a> {
 
 fn chain_hash(prev_hash: &str, index: u64, event: &AuditEvent) -> String {
     let body = serde_json::to_vec(&Hashed { index, event }).expect("json");
+    String::from_utf8(hash_of(prev_hash, &body).to_vec()).expect("hex")
+}
+
+/// `SHA-256(prev_hash || "\n" || body)` in lowercase hex.
+fn hash_of(prev_hash: &str, body: &[u8]) -> [u8; 64] {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
-    h.update(&body);
-    hex::encode(h.finalize())
+    h.update(body);
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut hex).expect("64 hex digits");
+    hex
 }
 
-/// The audited changes in one journal entry (receipts only, for now).
-pub fn events_of(shard: u16, entry: &Entry) -> Vec<AuditEvent> {
-    entry
-        .txns
-        .iter()
-        .filter(|t| t.kind == TxnKind::Receive)
-        .map(|t| AuditEvent {
-            shard,
-            seq: entry.seq,
-            at_ms: entry.at,
-            action: t.kind.as_str().to_string(),
-            sku_id: t.sku_id.clone(),
-            warehouse_id: t.warehouse_id.clone(),
-            qty: t.qty,
-            before: t.before.into(),
-            after: t.after.into(),
-            reason: t.ref_id.clone(),
-            operator: entry.operator.clone(),
-            trace_id: format!("{:032x}", entry.trace_id),
-        })
-        .collect()
+/// The audit record of one journal entry, if it received stock (receipts
+/// only, for now).
+pub fn event_of(shard: u16, entry: &Entry) -> Option<AuditEvent> {
+    let mut receipts = entry.txns.iter().filter(|t| t.kind == TxnKind::Receive).peekable();
+    let first = receipts.peek().copied()?;
+    let bulk = matches!(entry.command, Command::ReceiveBatch(_));
+    let mut event = AuditEvent {
+        shard,
+        seq: entry.seq,
+        at_ms: entry.at,
+        action: if bulk { ACTION_BULK_RECEIVE } else { first.kind.as_str() }.to_string(),
+        sku_id: None,
+        warehouse_id: None,
+        qty: 0,
+        before: None,
+        after: None,
+        reason: first.ref_id.clone(),
+        operator: entry.operator.clone(),
+        trace_id: format!("{:032x}", entry.trace_id),
+        rows: Vec::new(),
+    };
+    if bulk {
+        event.rows = receipts
+            .map(|t| {
+                event.qty += t.qty;
+                AuditRow {
+                    sku_id: t.sku_id.clone(),
+                    warehouse_id: t.warehouse_id.clone(),
+                    qty: t.qty,
+                    before: t.before.into(),
+                    after: t.after.into(),
+                }
+            })
+            .collect();
+    } else {
+        event.sku_id = Some(first.sku_id.clone());
+        event.warehouse_id = Some(first.warehouse_id.clone());
+        event.qty = first.qty;
+        event.before = Some(first.before.into());
+        event.after = Some(first.after.into());
+    }
+    Some(event)
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -121,6 +173,9 @@ pub struct AuditLog {
     hash: String,
     /// Highest journal sequence audited per shard, to resume after a crash.
     audited: BTreeMap<u16, u64>,
+    /// Buffers kept between appends: the hashed body of one line, the lines.
+    body: Vec<u8>,
+    out: Vec<u8>,
 }
 
 impl AuditLog {
@@ -155,7 +210,7 @@ impl AuditLog {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let log = AuditLog { dir: dir.to_path_buf(), file, index, hash, audited };
+        let log = AuditLog { dir: dir.to_path_buf(), file, index, hash, audited, body: Vec::new(), out: Vec::new() };
         if index > 0 {
             log.write_head()?; // a crash may have left it behind the log
         }
@@ -188,18 +243,33 @@ impl AuditLog {
         if events.is_empty() {
             return Ok(());
         }
-        let mut out = Vec::new();
-        for event in events {
+        let AuditLog { body, out, .. } = self;
+        out.clear();
+        for event in &events {
             let index = self.index + 1;
-            let hash = chain_hash(&self.hash, index, &event);
+            // The hashed body is `{"index":N,<event fields>}`; the line is
+            // the same with `prevHash` after the index and `hash` at the
+            // end: exactly how `AuditRecord` serializes, built without
+            // serializing the event twice.
+            body.clear();
+            serde_json::to_writer(&mut *body, &Hashed { index, event }).expect("json");
+            let hash = hash_of(&self.hash, body);
+            let fields = body.iter().position(|b| *b == b',').expect("an event has fields") + 1;
+            out.extend_from_slice(&body[..fields - 1]);
+            out.extend_from_slice(b",\"prevHash\":\"");
+            out.extend_from_slice(self.hash.as_bytes());
+            out.extend_from_slice(b"\",");
+            out.extend_from_slice(&body[fields..body.len() - 1]);
+            out.extend_from_slice(b",\"hash\":\"");
+            out.extend_from_slice(&hash);
+            out.extend_from_slice(b"\"}\n");
+            self.hash.clear();
+            self.hash.push_str(std::str::from_utf8(&hash).expect("hex"));
             let max = self.audited.entry(event.shard).or_insert(0);
             *max = (*max).max(event.seq);
-            let record = AuditRecord { index, prev_hash: std::mem::replace(&mut self.hash, hash.clone()), event, hash };
-            serde_json::to_writer(&mut out, &record).expect("json");
-            out.push(b'\n');
             self.index = index;
         }
-        self.file.write_all(&out)?;
+        self.file.write_all(out)?;
         self.file.sync_data()?;
         self.write_head()
     }
@@ -311,14 +381,15 @@ mod tests {
             seq,
             at_ms: 1_000 * seq,
             action: "RECEIVE".into(),
-            sku_id: format!("sku-{seq}"),
-            warehouse_id: "default".into(),
+            sku_id: Some(format!("sku-{seq}")),
+            warehouse_id: Some("default".into()),
             qty,
-            before: Levels::default().into(),
-            after: Levels { available: qty, reserved: 0, sold: 0 }.into(),
+            before: Some(Levels::default().into()),
+            after: Some(Levels { available: qty, reserved: 0, sold: 0 }.into()),
             reason: "po".into(),
             operator: "ops".into(),
             trace_id: "0".repeat(32),
+            rows: Vec::new(),
         }
     }
 
@@ -335,6 +406,70 @@ mod tests {
 
     fn write_lines(dir: &Path, lines: &[String]) {
         fs::write(dir.join(LOG_FILE), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+
+    #[test]
+    fn each_line_is_the_serialized_record_with_its_chained_hash() {
+        let dir = log_with(3);
+        let mut prev_hash = GENESIS.to_string();
+        for (i, line) in lines(dir.path()).iter().enumerate() {
+            let index = i as u64 + 1;
+            let event = event(index, index * 10);
+            let hash = chain_hash(&prev_hash, index, &event);
+            let record = AuditRecord { index, prev_hash, event, hash: hash.clone() };
+            assert_eq!(*line, serde_json::to_string(&record).unwrap());
+            prev_hash = hash;
+        }
+    }
+
+    /// The journal entry of `command` applied to `shard` at `at`.
+    fn entry_of(shard: &mut inventory_core::Shard, seq: u64, at: Millis, command: Command) -> Entry {
+        let mut txns = Vec::new();
+        assert!(shard.apply(at, &command, &mut txns).changed);
+        Entry { seq, at, trace_id: 7, operator: "ops".into(), command, txns }
+    }
+
+    #[test]
+    fn a_bulk_receipt_is_one_record_listing_its_rows() {
+        use inventory_core::{Receive, ReceiveBatch, ReceiveItem, Shard, ShardConfig};
+        let mut shard = Shard::new(ShardConfig::new(0));
+        let single = Command::Receive(Receive {
+            sku_id: "a".into(),
+            warehouse_id: "w".into(),
+            qty: 5,
+            idem_key: "k1".into(),
+            reference: "po-1".into(),
+        });
+        let items = [("a", "w", 3), ("b", "w", 4), ("c", "e", 6)];
+        let bulk = Command::ReceiveBatch(ReceiveBatch {
+            items: items
+                .iter()
+                .map(|&(s, w, q)| ReceiveItem { sku_id: s.into(), warehouse_id: w.into(), qty: q })
+                .collect(),
+            idem_key: "k2".into(),
+            reference: "po-2".into(),
+        });
+        let one = event_of(0, &entry_of(&mut shard, 1, 10, single)).unwrap();
+        assert_eq!((one.action.as_str(), one.sku_id.as_deref(), one.qty), ("RECEIVE", Some("a"), 5));
+        assert!(one.rows.is_empty());
+        let many = event_of(0, &entry_of(&mut shard, 2, 20, bulk)).unwrap();
+        assert_eq!((many.action.as_str(), many.sku_id.as_deref(), many.qty), (ACTION_BULK_RECEIVE, None, 13));
+        assert_eq!((many.seq, many.reason.as_str(), many.trace_id.as_str()), (2, "po-2", &*format!("{:032x}", 7)));
+        let rows: Vec<_> = many.rows.iter().map(|r| (r.sku_id.as_str(), r.warehouse_id.as_str(), r.qty)).collect();
+        assert_eq!(rows, items);
+        assert_eq!((many.rows[0].before.available, many.rows[0].after.available), (5, 8), "images of row a");
+
+        // Both kinds chain and verify; altering one row of the bulk record is caught.
+        let dir = tempfile::tempdir().unwrap();
+        AuditLog::open(dir.path()).unwrap().append(vec![one, many]).unwrap();
+        assert!(verify(dir.path()).unwrap().ok());
+        let mut altered = lines(dir.path());
+        assert!(altered[1].contains(r#""rows":[{"skuId":"a","warehouseId":"w","qty":3,"#), "{}", altered[1]);
+        altered[1] =
+            altered[1].replace(r#""skuId":"b","warehouseId":"w","qty":4"#, r#""skuId":"b","warehouseId":"w","qty":40"#);
+        write_lines(dir.path(), &altered);
+        let r = verify(dir.path()).unwrap();
+        assert!(r.problems[0].starts_with("line 2: entry 2 was altered"), "{:?}", r.problems);
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! chunk's first entry, the value up to [`CHUNK_BYTES`] of consecutive framed
 //! records. One group commit writes its batch as one or a few chunks, so sled
 //! does one insert per chunk instead of one per entry (see `DESIGN.md`).
+//!
+//! A record too large for a chunk (a bulk receipt of thousands of rows, a
+//! large expiry) is *split*: its first [`CHUNK_BYTES`] go in a head value
+//! under the record's own key, the rest in part values keyed by the record's
+//! sequence followed by the part number (12 bytes, so they sort right after
+//! the head and before the next record). Every value thus stays inline in
+//! sled's log: a larger one would become a separate blob file per write.
 
 use std::path::Path;
 
@@ -20,9 +27,15 @@ const SHARDS_KEY: &str = "shards";
 /// instead is a single record (the layout before chunks), still readable.
 const CHUNK_TAG: u8 = 0xC1;
 const CHUNK_HEADER: usize = 5;
+/// First byte of the head of a split record: `[SPLIT_TAG][parts: u32 LE]`
+/// then the record's first bytes.
+const SPLIT_TAG: u8 = 0xC2;
+const SPLIT_HEADER: usize = 5;
+/// First byte of each further part of a split record, then its bytes.
+const PART_TAG: u8 = 0xC3;
 /// Upper bound of a chunk value, well under sled's blob threshold (a quarter
 /// of its 512 KiB segment), so chunks stay inline in sled's log.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub const CHUNK_BYTES: usize = 7 * 1024;
 
 /// An open journal database. Cheap to clone; shared by the shard journals.
 #[derive(Clone)]
@@ -147,20 +160,69 @@ fn records(shard: u16, first: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, Jo
     Ok(out)
 }
 
+/// The sequence a key belongs to: the first record of a chunk, or the split
+/// record a part key (`seq` then the part number) belongs to.
 fn key_seq(shard: u16, key: &[u8]) -> Result<u64, JournalError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| JournalError::Corrupt {
-        shard,
-        seq: 0,
-        reason: format!("key of {} bytes", key.len()),
-    })?;
-    Ok(u64::from_be_bytes(bytes))
+    match key.len() {
+        8 | 12 => Ok(u64::from_be_bytes(key[..8].try_into().unwrap())),
+        n => Err(JournalError::Corrupt { shard, seq: 0, reason: format!("key of {n} bytes") }),
+    }
+}
+
+fn part_key(seq: u64, part: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// Writes one record as a head value and parts, each at most [`CHUNK_BYTES`].
+fn write_split(writes: &mut sled::Batch, seq: u64, record: &[u8]) {
+    let room = CHUNK_BYTES - SPLIT_HEADER;
+    let pieces: Vec<&[u8]> = std::iter::once(&record[..room]).chain(record[room..].chunks(room)).collect();
+    let mut head = Vec::with_capacity(CHUNK_BYTES);
+    head.push(SPLIT_TAG);
+    head.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
+    head.extend_from_slice(pieces[0]);
+    writes.insert(&seq.to_be_bytes(), head);
+    for (part, piece) in pieces.iter().enumerate().skip(1) {
+        let mut value = Vec::with_capacity(1 + piece.len());
+        value.push(PART_TAG);
+        value.extend_from_slice(piece);
+        writes.insert(&part_key(seq, part as u32), value);
+    }
+}
+
+/// The number of parts a split head announces, if `value` is one.
+fn split_parts(shard: u16, seq: u64, value: &[u8]) -> Result<Option<u32>, JournalError> {
+    match value.first() {
+        Some(&SPLIT_TAG) if value.len() > SPLIT_HEADER => {
+            let parts = u32::from_le_bytes(value[1..SPLIT_HEADER].try_into().unwrap());
+            if parts < 2 {
+                return Err(JournalError::Corrupt { shard, seq, reason: format!("split record of {parts} parts") });
+            }
+            Ok(Some(parts))
+        }
+        Some(&SPLIT_TAG) => Err(JournalError::Corrupt { shard, seq, reason: "split record head cut short".into() }),
+        _ => Ok(None),
+    }
 }
 
 impl SledJournal {
-    /// The chunk that holds `seq`, if any: the last key at or before it.
+    /// The value that holds `seq`, if any: the last key at or before it, or
+    /// the head of the split record whose part that is.
     fn chunk_at(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
         match self.tree.range(..=seq.to_be_bytes()).next_back().transpose()? {
-            Some((key, value)) => Ok(Some((key_seq(self.shard, &key)?, value))),
+            Some((key, value)) if key.len() == 8 => Ok(Some((key_seq(self.shard, &key)?, value))),
+            Some((key, _)) => {
+                let first = key_seq(self.shard, &key)?;
+                let head = self.tree.get(first.to_be_bytes())?.ok_or_else(|| JournalError::Corrupt {
+                    shard: self.shard,
+                    seq: first,
+                    reason: "part of a split record without its head".into(),
+                })?;
+                Ok(Some((first, head)))
+            }
             None => Ok(None),
         }
     }
@@ -189,6 +251,79 @@ impl SledJournal {
     }
 }
 
+/// Reads entries in order from a range of stored values, joining split
+/// records. A record that fails to decode ends the read: nothing after it
+/// can be trusted to be in sequence.
+struct Reader {
+    shard: u16,
+    from: u64,
+    values: sled::Iter,
+    ready: std::collections::VecDeque<Result<Entry, JournalError>>,
+    failed: bool,
+}
+
+impl Reader {
+    /// Decodes the next stored value (with its parts) into `ready`; false
+    /// at the end of the range.
+    fn fill(&mut self) -> Result<bool, JournalError> {
+        let Some(item) = self.values.next() else { return Ok(false) };
+        let (key, value) = item?;
+        let (shard, first) = (self.shard, key_seq(self.shard, &key)?);
+        if key.len() != 8 {
+            return Err(JournalError::Corrupt {
+                shard,
+                seq: first,
+                reason: "part of a split record without its head".into(),
+            });
+        }
+        if let Some(parts) = split_parts(shard, first, &value)? {
+            let mut record = value[SPLIT_HEADER..].to_vec();
+            for part in 1..parts {
+                let cut = || JournalError::Corrupt {
+                    shard,
+                    seq: first,
+                    reason: format!("split record lacks part {part} of {parts}"),
+                };
+                let (key, value) = self.values.next().ok_or_else(cut)??;
+                if key.as_ref() != part_key(first, part) || value.first() != Some(&PART_TAG) {
+                    return Err(cut());
+                }
+                record.extend_from_slice(&value[1..]);
+            }
+            if first >= self.from {
+                self.ready.push_back(decode(shard, first, &record));
+            }
+            return Ok(true);
+        }
+        for (seq, record) in records(shard, first, &value)? {
+            if seq >= self.from {
+                self.ready.push_back(decode(shard, seq, record));
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<Entry, JournalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        while self.ready.is_empty() {
+            match self.fill() {
+                Err(e) => self.ready.push_back(Err(e)),
+                Ok(false) => return None,
+                Ok(true) => {}
+            }
+        }
+        let item = self.ready.pop_front()?;
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
 impl Journal for SledJournal {
     fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
         let mut writes = sled::Batch::default();
@@ -196,6 +331,14 @@ impl Journal for SledJournal {
         for entry in batch {
             let record = encode(entry);
             debug_assert_eq!(decode(self.shard, entry.seq, &record).as_ref().ok(), Some(entry));
+            if CHUNK_HEADER + 4 + record.len() > CHUNK_BYTES {
+                if let Some(c) = chunk.take() {
+                    let (key, bytes) = c.finish();
+                    writes.insert(&key.to_be_bytes(), bytes);
+                }
+                write_split(&mut writes, entry.seq, &record);
+                continue;
+            }
             let full = chunk
                 .as_ref()
                 .is_some_and(|c| c.next_seq() != entry.seq || c.bytes.len() + 4 + record.len() > CHUNK_BYTES);
@@ -218,7 +361,10 @@ impl Journal for SledJournal {
     fn recover(&mut self, next_seq: u64) -> Result<(), JournalError> {
         let mut removals = sled::Batch::default();
         if let Some((first, value)) = self.chunk_at(next_seq)?.filter(|(first, _)| *first < next_seq) {
-            self.trim_chunk(&mut removals, first, &value, |seq| seq < next_seq)?;
+            // A split record holds one entry: before `next_seq`, so kept.
+            if split_parts(self.shard, first, &value)?.is_none() {
+                self.trim_chunk(&mut removals, first, &value, |seq| seq < next_seq)?;
+            }
         }
         for key in self.tree.range(next_seq.to_be_bytes()..).keys() {
             removals.remove(key?);
@@ -229,39 +375,17 @@ impl Journal for SledJournal {
     }
 
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
-        let shard = self.shard;
         let start = match self.chunk_at(from)? {
             Some((first, _)) => first,
             None => from,
         };
-        Ok(Box::new(
-            self.tree
-                .range(start.to_be_bytes()..)
-                .flat_map(move |item| {
-                    let decoded: Vec<Result<Entry, JournalError>> =
-                        match item.map_err(JournalError::from).and_then(|(k, v)| Ok((key_seq(shard, &k)?, v))) {
-                            Err(e) => vec![Err(e)],
-                            Ok((first, value)) => match records(shard, first, &value) {
-                                Err(e) => vec![Err(e)],
-                                Ok(records) => records
-                                    .into_iter()
-                                    .filter(|(seq, _)| *seq >= from)
-                                    .map(|(seq, record)| decode(shard, seq, record))
-                                    .collect(),
-                            },
-                        };
-                    decoded
-                })
-                // A record that fails to decode ends the read: nothing after
-                // it can be trusted to be in sequence.
-                .scan(false, |failed, item| {
-                    if *failed {
-                        return None;
-                    }
-                    *failed = item.is_err();
-                    Some(item)
-                }),
-        ))
+        Ok(Box::new(Reader {
+            shard: self.shard,
+            from,
+            values: self.tree.range(start.to_be_bytes()..),
+            ready: std::collections::VecDeque::new(),
+            failed: false,
+        }))
     }
 
     fn shard(&self) -> u16 {
@@ -284,6 +408,17 @@ impl Journal for SledJournal {
             let mut batch = sled::Batch::default();
             for (key, value) in &chunks {
                 let first = key_seq(self.shard, key)?;
+                // A split record sorts before `keep_from` only if it is
+                // wholly before it: its head counts the entry, parts go too.
+                if key.len() == 12 {
+                    batch.remove(key);
+                    continue;
+                }
+                if split_parts(self.shard, first, value)?.is_some() {
+                    batch.remove(key);
+                    removed += 1;
+                    continue;
+                }
                 let count = records(self.shard, first, value)?.len() as u64;
                 if first + count <= keep_from {
                     batch.remove(key);
@@ -433,5 +568,68 @@ mod tests {
         j.tree.insert(1u64.to_be_bytes(), value).unwrap();
         let read: Vec<_> = j.read_from(1).unwrap().collect();
         assert!(matches!(read.last(), Some(Err(JournalError::Corrupt { .. }))), "{read:?}");
+    }
+
+    fn huge(seq: u64) -> Entry {
+        Entry { operator: format!("{seq}").repeat(200_000), ..entry(seq) }
+    }
+
+    #[test]
+    fn a_record_larger_than_a_chunk_is_split_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+            let mut j = store.journal(0).unwrap();
+            j.append(&[entry(1), entry(2), huge(3), entry(4)]).unwrap();
+            j.append(&[huge(5)]).unwrap();
+        }
+        let store = SledStore::open(dir.path(), None, 1).unwrap();
+        let j = store.journal(0).unwrap();
+        for value in j.tree.iter().values() {
+            assert!(value.unwrap().len() <= CHUNK_BYTES, "every value stays inline");
+        }
+        let parts = j.tree.iter().keys().filter(|k| k.as_ref().unwrap().len() == 12).count();
+        assert!(parts >= 4, "two 200 KB records in {parts} further parts");
+        assert_eq!(seqs(&j, 1), vec![1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&j, 3), vec![3, 4, 5]);
+        assert_eq!(seqs(&j, 4), vec![4, 5]);
+        assert_eq!(j.read_from(3).unwrap().next().unwrap().unwrap(), huge(3));
+        assert_eq!(j.read_from(5).unwrap().next().unwrap().unwrap(), huge(5));
+        assert!(seqs(&j, 6).is_empty());
+    }
+
+    #[test]
+    fn recover_and_truncate_take_split_records_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+        let mut j = store.journal(0).unwrap();
+        j.append(&[entry(1), huge(2), huge(3), entry(4)]).unwrap();
+        // Cut right after a split record: it stays whole.
+        j.recover(3).unwrap();
+        assert_eq!(seqs(&j, 1), vec![1, 2]);
+        assert!(j.tree.iter().keys().all(|k| k.unwrap()[..8] <= 2u64.to_be_bytes()[..]), "record 3's parts are gone");
+        j.append(&[huge(3), entry(4)]).unwrap();
+        assert_eq!(seqs(&j, 1), vec![1, 2, 3, 4]);
+        assert_eq!(j.truncate_before(3).unwrap(), 2);
+        assert_eq!(j.first_seq().unwrap(), Some(3));
+        assert!(j.tree.iter().keys().all(|k| k.unwrap()[..8] >= 3u64.to_be_bytes()[..]), "record 2's parts are gone");
+        assert_eq!(seqs(&j, 0), vec![3, 4]);
+    }
+
+    #[test]
+    fn a_missing_part_of_a_split_record_is_reported_and_ends_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+        let mut j = store.journal(0).unwrap();
+        j.append(&[entry(1), huge(2), entry(3)]).unwrap();
+        j.tree.remove(part_key(2, 1)).unwrap();
+        let read: Vec<_> = j.read_from(1).unwrap().collect();
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert!(read[0].is_ok());
+        assert!(
+            matches!(&read[1], Err(JournalError::Corrupt { seq: 2, reason, .. }) if reason.contains("part 1")),
+            "{:?}",
+            read[1]
+        );
     }
 }

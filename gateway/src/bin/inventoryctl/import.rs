@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -49,14 +48,29 @@ struct Row {
     qty: u64,
 }
 
+/// The body of one `receive-batch` request.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk<'a> {
+    idem_key: &'a str,
+    #[serde(rename = "ref")]
+    reference: &'a str,
+    items: &'a [Row],
+}
+
 fn parse_csv_line(line: &str, n: usize) -> Result<Row, String> {
     if line.contains('"') {
         return Err(format!("line {n}: quoted CSV fields are not supported"));
     }
-    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-    if fields.len() != 3 {
-        return Err(format!("line {n}: expected 3 fields (skuId,warehouseId,qty), found {}", fields.len()));
+    let mut split = line.split(',').map(str::trim);
+    let fields = [split.next(), split.next(), split.next()];
+    let [Some(sku), Some(warehouse), Some(qty)] = fields else {
+        return Err(format!("line {n}: expected 3 fields (skuId,warehouseId,qty), found {}", line.split(',').count()));
+    };
+    if split.next().is_some() {
+        return Err(format!("line {n}: expected 3 fields (skuId,warehouseId,qty), found {}", line.split(',').count()));
     }
+    let fields = [sku, warehouse, qty];
     let qty = fields[2].parse().map_err(|_| format!("line {n}: qty {:?} is not a positive integer", fields[2]))?;
     let warehouse_id = (!fields[1].is_empty()).then(|| fields[1].to_string());
     Ok(Row { sku_id: fields[0].to_string(), warehouse_id, qty })
@@ -159,10 +173,9 @@ async fn import(args: ImportArgs) -> Result<(), String> {
                 let Some(chunk) = next else { break };
                 let (index, items) = chunk?;
                 let bytes = items.len() as u64 * 32;
-                let body = serde_json::to_vec(
-                    &json!({"idemKey": format!("{prefix}:{index}"), "ref": reference, "items": items}),
-                )
-                .expect("json");
+                let key = format!("{prefix}:{index}");
+                let body =
+                    serde_json::to_vec(&Chunk { idem_key: &key, reference: &reference, items: &items }).expect("json");
                 let request = hyper::Request::post("/api/inventory/receive-batch")
                     .header("host", authority.as_str())
                     .header("content-type", "application/json")
