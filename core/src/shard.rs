@@ -300,6 +300,19 @@ impl Shard {
         if let Some(rejection) = self.receive_rejection(first, existing, c, 0, 0) {
             return (Outcome::Rejected(rejection), false);
         }
+        (self.receive_checked(at, c, first, existing, txns), true)
+    }
+
+    /// Applies a receipt already checked by `receive_rejection`, given the
+    /// SKU's first row and the receipt's row where they exist.
+    fn receive_checked(
+        &mut self,
+        at: Millis,
+        c: &Receipt,
+        first: Option<u32>,
+        existing: Option<u32>,
+        txns: &mut Vec<Txn>,
+    ) -> Outcome {
         let row = match existing {
             Some(row) => row,
             None => {
@@ -323,14 +336,7 @@ impl Shard {
             at,
         );
         txns.push(txn);
-        (
-            Outcome::Received {
-                levels: row_after.levels,
-                version: row_after.version,
-                updated_at: row_after.updated_at,
-            },
-            true,
-        )
+        Outcome::Received { levels: row_after.levels, version: row_after.version, updated_at: row_after.updated_at }
     }
 
     /// The SKU's first row and the `(sku, warehouse)` row, where they exist.
@@ -381,6 +387,11 @@ impl Shard {
         // Rows the items checked so far add, per SKU, and warehouse ids they add.
         let mut new_rows: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(n, Default::default());
         let mut new_warehouses = rustc_hash::FxHashSet::default();
+        // Where each item lands, as found while checking: rows never move,
+        // so an existing row or an SKU's first row found now is still right
+        // when the items are applied; a new SKU an earlier item of the batch
+        // creates is looked up again then.
+        let mut landings: Vec<Option<(Option<u32>, Option<u32>)>> = Vec::with_capacity(n);
         for item in &c.items {
             if item.qty == 0 {
                 return (Outcome::Rejected(Rejection::InvalidQuantity), false);
@@ -397,6 +408,7 @@ impl Shard {
             {
                 return (Outcome::Rejected(rejection), false);
             }
+            landings.push((first.is_some() || pending_rows == 0).then_some((first, existing)));
             if existing.is_none() {
                 *new_rows.entry(item.sku_id.as_str()).or_default() += 1;
                 if !self.table.knows_warehouse(&item.warehouse_id) {
@@ -409,9 +421,17 @@ impl Shard {
         }
         drop((seen, new_rows, new_warehouses));
         let mut units = 0u64;
-        for item in &c.items {
-            let (outcome, changed) = self.receive_one(at, &receipt(item, reference), txns);
-            debug_assert!(changed, "checked above: {outcome:?}");
+        for (item, landing) in c.items.iter().zip(landings) {
+            let receipt = receipt(item, reference);
+            match landing {
+                Some((first, existing)) => {
+                    self.receive_checked(at, &receipt, first, existing, txns);
+                }
+                None => {
+                    let (outcome, changed) = self.receive_one(at, &receipt, txns);
+                    debug_assert!(changed, "checked above: {outcome:?}");
+                }
+            }
             units = units.saturating_add(item.qty);
         }
         (Outcome::ReceivedBatch { rows: c.items.len() as u32, units }, true)

@@ -69,15 +69,38 @@ pub struct AuditEvent {
     pub rows: Vec<AuditRow>,
 }
 
-/// One row of a bulk receipt.
+/// One row of a bulk receipt, written as a JSON array to keep a bulk
+/// record small: `[skuId, warehouseId, qty, [available, reserved, sold]
+/// before, [available, reserved, sold] after]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditRow {
-    pub sku_id: String,
-    pub warehouse_id: String,
-    pub qty: u64,
-    pub before: LevelsJson,
-    pub after: LevelsJson,
+pub struct AuditRow(pub String, pub String, pub u64, pub [u64; 3], pub [u64; 3]);
+
+impl AuditRow {
+    pub fn sku_id(&self) -> &str {
+        &self.0
+    }
+
+    pub fn warehouse_id(&self) -> &str {
+        &self.1
+    }
+
+    pub fn qty(&self) -> u64 {
+        self.2
+    }
+
+    pub fn before(&self) -> Levels {
+        let [available, reserved, sold] = self.3;
+        Levels { available, reserved, sold }
+    }
+
+    pub fn after(&self) -> Levels {
+        let [available, reserved, sold] = self.4;
+        Levels { available, reserved, sold }
+    }
+}
+
+fn levels_array(l: Levels) -> [u64; 3] {
+    [l.available, l.reserved, l.sold]
 }
 
 /// One line of the log.
@@ -140,13 +163,7 @@ pub fn event_of(shard: u16, entry: &Entry) -> Option<AuditEvent> {
         event.rows = receipts
             .map(|t| {
                 event.qty += t.qty;
-                AuditRow {
-                    sku_id: t.sku_id.clone(),
-                    warehouse_id: t.warehouse_id.clone(),
-                    qty: t.qty,
-                    before: t.before.into(),
-                    after: t.after.into(),
-                }
+                AuditRow(t.sku_id.clone(), t.warehouse_id.clone(), t.qty, levels_array(t.before), levels_array(t.after))
             })
             .collect();
     } else {
@@ -455,18 +472,17 @@ mod tests {
         let many = event_of(0, &entry_of(&mut shard, 2, 20, bulk)).unwrap();
         assert_eq!((many.action.as_str(), many.sku_id.as_deref(), many.qty), (ACTION_BULK_RECEIVE, None, 13));
         assert_eq!((many.seq, many.reason.as_str(), many.trace_id.as_str()), (2, "po-2", &*format!("{:032x}", 7)));
-        let rows: Vec<_> = many.rows.iter().map(|r| (r.sku_id.as_str(), r.warehouse_id.as_str(), r.qty)).collect();
+        let rows: Vec<_> = many.rows.iter().map(|r| (r.sku_id(), r.warehouse_id(), r.qty())).collect();
         assert_eq!(rows, items);
-        assert_eq!((many.rows[0].before.available, many.rows[0].after.available), (5, 8), "images of row a");
+        assert_eq!((many.rows[0].before().available, many.rows[0].after().available), (5, 8), "images of row a");
 
         // Both kinds chain and verify; altering one row of the bulk record is caught.
         let dir = tempfile::tempdir().unwrap();
         AuditLog::open(dir.path()).unwrap().append(vec![one, many]).unwrap();
         assert!(verify(dir.path()).unwrap().ok());
         let mut altered = lines(dir.path());
-        assert!(altered[1].contains(r#""rows":[{"skuId":"a","warehouseId":"w","qty":3,"#), "{}", altered[1]);
-        altered[1] =
-            altered[1].replace(r#""skuId":"b","warehouseId":"w","qty":4"#, r#""skuId":"b","warehouseId":"w","qty":40"#);
+        assert!(altered[1].contains(r#""rows":[["a","w",3,[5,0,0],[8,0,0]],["b","w",4,"#), "{}", altered[1]);
+        altered[1] = altered[1].replace(r#"["b","w",4,"#, r#"["b","w",40,"#);
         write_lines(dir.path(), &altered);
         let r = verify(dir.path()).unwrap();
         assert!(r.problems[0].starts_with("line 2: entry 2 was altered"), "{:?}", r.problems);

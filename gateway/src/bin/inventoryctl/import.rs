@@ -39,45 +39,81 @@ pub struct ImportArgs {
     reference: String,
 }
 
-#[derive(Deserialize, serde::Serialize)]
+/// One catalogue row, as sent: borrowed from the line it was read from.
+#[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Row {
-    sku_id: String,
+struct Row<'a> {
+    sku_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    warehouse_id: Option<&'a str>,
+    qty: u64,
+}
+
+/// One JSONL row as read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnedRow {
+    sku_id: String,
     warehouse_id: Option<String>,
     qty: u64,
 }
 
-/// The body of one `receive-batch` request.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Chunk<'a> {
-    idem_key: &'a str,
-    #[serde(rename = "ref")]
-    reference: &'a str,
-    items: &'a [Row],
-}
-
-fn parse_csv_line(line: &str, n: usize) -> Result<Row, String> {
+fn parse_csv_line(line: &str, n: usize) -> Result<Row<'_>, String> {
     if line.contains('"') {
         return Err(format!("line {n}: quoted CSV fields are not supported"));
     }
     let mut split = line.split(',').map(str::trim);
-    let fields = [split.next(), split.next(), split.next()];
-    let [Some(sku), Some(warehouse), Some(qty)] = fields else {
+    let (Some(sku_id), Some(warehouse), Some(qty), None) = (split.next(), split.next(), split.next(), split.next())
+    else {
         return Err(format!("line {n}: expected 3 fields (skuId,warehouseId,qty), found {}", line.split(',').count()));
     };
-    if split.next().is_some() {
-        return Err(format!("line {n}: expected 3 fields (skuId,warehouseId,qty), found {}", line.split(',').count()));
-    }
-    let fields = [sku, warehouse, qty];
-    let qty = fields[2].parse().map_err(|_| format!("line {n}: qty {:?} is not a positive integer", fields[2]))?;
-    let warehouse_id = (!fields[1].is_empty()).then(|| fields[1].to_string());
-    Ok(Row { sku_id: fields[0].to_string(), warehouse_id, qty })
+    let qty = qty.parse().map_err(|_| format!("line {n}: qty {qty:?} is not a positive integer"))?;
+    Ok(Row { sku_id, warehouse_id: (!warehouse.is_empty()).then_some(warehouse), qty })
 }
 
-/// Reads the file into chunks on a thread, so parsing overlaps sending.
-fn read_chunks(args: &ImportArgs, tx: tokio::sync::mpsc::Sender<Result<(u64, Vec<Row>), String>>) {
+/// The body of one `receive-batch` request, written as its rows are read
+/// (no per-row allocation).
+struct Body {
+    bytes: Vec<u8>,
+    rows: u64,
+}
+
+impl Body {
+    fn new(key: &str, reference: &str) -> Body {
+        let mut bytes = Vec::with_capacity(64 * 1024);
+        bytes.extend_from_slice(b"{\"idemKey\":");
+        serde_json::to_writer(&mut bytes, key).expect("json");
+        bytes.extend_from_slice(b",\"ref\":");
+        serde_json::to_writer(&mut bytes, reference).expect("json");
+        bytes.extend_from_slice(b",\"items\":[");
+        Body { bytes, rows: 0 }
+    }
+
+    fn push(&mut self, row: &Row) {
+        if self.rows > 0 {
+            self.bytes.push(b',');
+        }
+        serde_json::to_writer(&mut self.bytes, row).expect("json");
+        self.rows += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes.extend_from_slice(b"]}");
+        self.bytes
+    }
+}
+
+/// A request ready to send: its chunk number, body, and the file bytes its
+/// rows came from.
+struct Chunk {
+    index: u64,
+    body: Vec<u8>,
+    file_bytes: u64,
+}
+
+/// Reads the file into request bodies on a thread, so parsing overlaps
+/// sending. Chunk `i` carries the key `<prefix>:<i>`.
+fn read_chunks(args: &ImportArgs, prefix: &str, tx: tokio::sync::mpsc::Sender<Result<Chunk, String>>) {
     let file = match File::open(&args.file) {
         Ok(f) => f,
         Err(e) => {
@@ -86,41 +122,49 @@ fn read_chunks(args: &ImportArgs, tx: tokio::sync::mpsc::Sender<Result<(u64, Vec
         }
     };
     let csv = args.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let mut chunk = Vec::with_capacity(args.chunk as usize);
-    let mut index = 0;
-    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
-        let n = i + 1;
-        let line = match line {
-            Ok(l) => l,
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = String::new();
+    let (mut index, mut file_bytes, mut n) = (0, 0u64, 0);
+    let mut body = Body::new(&format!("{prefix}:{index}"), &args.reference);
+    loop {
+        line.clear();
+        let read = match reader.read_line(&mut line) {
+            Ok(read) => read,
             Err(e) => {
-                let _ = tx.blocking_send(Err(format!("line {n}: {e}")));
+                let _ = tx.blocking_send(Err(format!("line {}: {e}", n + 1)));
                 return;
             }
         };
-        if line.trim().is_empty() || (csv && n == 1 && line.trim_start().starts_with("skuId")) {
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        file_bytes += read as u64;
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() || (csv && n == 1 && text.trim_start().starts_with("skuId")) {
             continue;
         }
-        let row = if csv {
-            parse_csv_line(&line, n)
+        let pushed = if csv {
+            parse_csv_line(text, n).map(|row| body.push(&row))
         } else {
-            serde_json::from_str(&line).map_err(|e| format!("line {n}: {e}"))
+            serde_json::from_str::<OwnedRow>(text).map_err(|e| format!("line {n}: {e}")).map(|row| {
+                body.push(&Row { sku_id: &row.sku_id, warehouse_id: row.warehouse_id.as_deref(), qty: row.qty })
+            })
         };
-        match row {
-            Ok(row) => chunk.push(row),
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
+        if let Err(e) = pushed {
+            let _ = tx.blocking_send(Err(e));
+            return;
         }
-        if chunk.len() as u64 == args.chunk {
-            if tx.blocking_send(Ok((index, std::mem::take(&mut chunk)))).is_err() {
+        if body.rows == args.chunk {
+            let full = std::mem::replace(&mut body, Body::new(&format!("{prefix}:{}", index + 1), &args.reference));
+            if tx.blocking_send(Ok(Chunk { index, body: full.finish(), file_bytes })).is_err() {
                 return;
             }
-            index += 1;
+            (index, file_bytes) = (index + 1, 0);
         }
     }
-    if !chunk.is_empty() {
-        let _ = tx.blocking_send(Ok((index, chunk)));
+    if body.rows > 0 {
+        let _ = tx.blocking_send(Ok(Chunk { index, body: body.finish(), file_bytes }));
     }
 }
 
@@ -143,14 +187,9 @@ async fn import(args: ImportArgs) -> Result<(), String> {
     });
     let (tx, rx) = tokio::sync::mpsc::channel(args.concurrency as usize * 2);
     let reader = {
-        let args = ImportArgs {
-            key_prefix: None,
-            file: args.file.clone(),
-            url: String::new(),
-            reference: String::new(),
-            ..args
-        };
-        std::thread::spawn(move || read_chunks(&args, tx))
+        let args = ImportArgs { key_prefix: None, file: args.file.clone(), url: String::new(), ..args };
+        let prefix = prefix.clone();
+        std::thread::spawn(move || read_chunks(&args, &prefix, tx))
     };
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
     let progress = indicatif::ProgressBar::new(size);
@@ -160,8 +199,7 @@ async fn import(args: ImportArgs) -> Result<(), String> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (rx, authority, prefix, reference, progress) =
-            (rx.clone(), authority.clone(), prefix.clone(), args.reference.clone(), progress.clone());
+        let (rx, authority, progress) = (rx.clone(), authority.clone(), progress.clone());
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&authority).await.map_err(|e| format!("{authority}: {e}"))?;
             let _ = stream.set_nodelay(true);
@@ -171,11 +209,7 @@ async fn import(args: ImportArgs) -> Result<(), String> {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(chunk) = next else { break };
-                let (index, items) = chunk?;
-                let bytes = items.len() as u64 * 32;
-                let key = format!("{prefix}:{index}");
-                let body =
-                    serde_json::to_vec(&Chunk { idem_key: &key, reference: &reference, items: &items }).expect("json");
+                let Chunk { index, body, file_bytes } = chunk?;
                 let request = hyper::Request::post("/api/inventory/receive-batch")
                     .header("host", authority.as_str())
                     .header("content-type", "application/json")
@@ -190,7 +224,7 @@ async fn import(args: ImportArgs) -> Result<(), String> {
                 }
                 rows += reply["rows"].as_u64().unwrap_or(0);
                 units += reply["units"].as_u64().unwrap_or(0);
-                progress.inc(bytes);
+                progress.inc(file_bytes);
                 progress.set_message(format!("{rows} rows"));
             }
             Ok::<_, String>((rows, units))
