@@ -304,11 +304,11 @@ fn audit_tailer(
                     if entry.seq > durable || rows >= ROWS_MAX {
                         break;
                     }
-                    if let Some(event) = inventory_journal::audit::event_of(shard as u16, &entry) {
+                    scanned = entry.seq;
+                    if let Some(event) = inventory_journal::audit::event_of(shard as u16, entry) {
                         rows += event.rows.len().max(1);
                         events.push(event);
                     }
-                    scanned = entry.seq;
                 }
                 Ok::<_, JournalError>(())
             });

@@ -139,15 +139,16 @@ fn hash_of(prev_hash: &str, body: &[u8]) -> [u8; 64] {
 }
 
 /// The audit record of one journal entry, if it received stock (receipts
-/// only, for now).
-pub fn event_of(shard: u16, entry: &Entry) -> Option<AuditEvent> {
-    let mut receipts = entry.txns.iter().filter(|t| t.kind == TxnKind::Receive).peekable();
-    let first = receipts.peek().copied()?;
+/// only, for now). Takes the entry to move its strings into the record.
+pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
     let bulk = matches!(entry.command, Command::ReceiveBatch(_));
+    let Entry { seq, at, trace_id, operator, txns, .. } = entry;
+    let mut receipts = txns.into_iter().filter(|t| t.kind == TxnKind::Receive).peekable();
+    let first = receipts.peek()?;
     let mut event = AuditEvent {
         shard,
-        seq: entry.seq,
-        at_ms: entry.at,
+        seq,
+        at_ms: at,
         action: if bulk { ACTION_BULK_RECEIVE } else { first.kind.as_str() }.to_string(),
         sku_id: None,
         warehouse_id: None,
@@ -155,23 +156,23 @@ pub fn event_of(shard: u16, entry: &Entry) -> Option<AuditEvent> {
         before: None,
         after: None,
         reason: first.ref_id.clone(),
-        operator: entry.operator.clone(),
-        trace_id: format!("{:032x}", entry.trace_id),
+        operator,
+        trace_id: format!("{trace_id:032x}"),
         rows: Vec::new(),
     };
     if bulk {
         event.rows = receipts
             .map(|t| {
                 event.qty += t.qty;
-                AuditRow(t.sku_id.clone(), t.warehouse_id.clone(), t.qty, levels_array(t.before), levels_array(t.after))
+                AuditRow(t.sku_id, t.warehouse_id, t.qty, levels_array(t.before), levels_array(t.after))
             })
             .collect();
-    } else {
-        event.sku_id = Some(first.sku_id.clone());
-        event.warehouse_id = Some(first.warehouse_id.clone());
-        event.qty = first.qty;
-        event.before = Some(first.before.into());
-        event.after = Some(first.after.into());
+    } else if let Some(t) = receipts.next() {
+        event.qty = t.qty;
+        event.before = Some(t.before.into());
+        event.after = Some(t.after.into());
+        event.sku_id = Some(t.sku_id);
+        event.warehouse_id = Some(t.warehouse_id);
     }
     Some(event)
 }
@@ -466,10 +467,10 @@ mod tests {
             idem_key: "k2".into(),
             reference: "po-2".into(),
         });
-        let one = event_of(0, &entry_of(&mut shard, 1, 10, single)).unwrap();
+        let one = event_of(0, entry_of(&mut shard, 1, 10, single)).unwrap();
         assert_eq!((one.action.as_str(), one.sku_id.as_deref(), one.qty), ("RECEIVE", Some("a"), 5));
         assert!(one.rows.is_empty());
-        let many = event_of(0, &entry_of(&mut shard, 2, 20, bulk)).unwrap();
+        let many = event_of(0, entry_of(&mut shard, 2, 20, bulk)).unwrap();
         assert_eq!((many.action.as_str(), many.sku_id.as_deref(), many.qty), (ACTION_BULK_RECEIVE, None, 13));
         assert_eq!((many.seq, many.reason.as_str(), many.trace_id.as_str()), (2, "po-2", &*format!("{:032x}", 7)));
         let rows: Vec<_> = many.rows.iter().map(|r| (r.sku_id(), r.warehouse_id(), r.qty())).collect();

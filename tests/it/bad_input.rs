@@ -74,6 +74,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
         ("POST", "/api/inventory/reserve".into(), b"{not json".to_vec(), 400, "MALFORMED_JSON"),
         ("POST", "/api/inventory/reserve".into(), b"".to_vec(), 400, "MALFORMED_JSON"),
+        (
+            "POST",
+            "/api/inventory/reserve".into(),
+            br#"{"orderId":"o-trail","skuId":"widget","qty":1,"idemKey":"t"} trailing"#.to_vec(),
+            400,
+            "MALFORMED_JSON",
+        ),
         ("POST", "/api/inventory/reserve".into(), b"[1,2]".to_vec(), 400, "INVALID_FIELD"),
         (
             "POST",
@@ -204,6 +211,11 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         assert_eq!(reply["code"], *code, "{what}: {reply}");
         assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {reply}");
     }
+    // A wrong field deep in a body is named by its path.
+    let batch = br#"{"idemKey":"b1","items":[{"skuId":"widget","qty":1},{"skuId":"gadget","qty":"x"}]}"#;
+    let (status, reply) = conn.send("POST", "/api/inventory/receive-batch", &json_ct, batch).await;
+    assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_FIELD")), "{reply}");
+    assert!(reply["message"].as_str().is_some_and(|m| m.starts_with("items[1].qty: ")), "{reply}");
     let (status, _) = conn.send("GET", "/api/inventory/widget", &[], b"").await;
     assert_eq!(status, 200, "the connection still serves good requests");
 
