@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn a_bulk_receipt_is_one_record_listing_its_rows() {
-        use inventory_core::{Receive, ReceiveBatch, ReceiveItem, Shard, ShardConfig};
+        use inventory_core::{Receive, Shard, ShardConfig};
         let mut shard = Shard::new(ShardConfig::new(0));
         let single = Command::Receive(Receive {
             sku_id: "a".into(),
@@ -459,14 +459,7 @@ mod tests {
             reference: "po-1".into(),
         });
         let items = [("a", "w", 3), ("b", "w", 4), ("c", "e", 6)];
-        let bulk = Command::ReceiveBatch(ReceiveBatch {
-            items: items
-                .iter()
-                .map(|&(s, w, q)| ReceiveItem { sku_id: s.into(), warehouse_id: w.into(), qty: q })
-                .collect(),
-            idem_key: "k2".into(),
-            reference: "po-2".into(),
-        });
+        let bulk = crate::test_support::receive_batch(&items, "k2", "po-2");
         let one = event_of(0, entry_of(&mut shard, 1, 10, single)).unwrap();
         assert_eq!((one.action.as_str(), one.sku_id.as_deref(), one.qty), ("RECEIVE", Some("a"), 5));
         assert!(one.rows.is_empty());

@@ -220,7 +220,7 @@ mod tests {
 
     /// A bulk receipt applied by a real shard: `a` and `b` exist before it.
     fn bulk(reference: &str) -> Entry {
-        use inventory_core::{Receive, ReceiveItem, Shard, ShardConfig};
+        use inventory_core::{Receive, Shard, ShardConfig};
         let mut shard = Shard::new(ShardConfig::new(3));
         let mut txns = Vec::new();
         for (i, sku) in ["a", "b"].iter().enumerate() {
@@ -234,14 +234,7 @@ mod tests {
             assert!(shard.apply(5, &receive, &mut txns).changed);
         }
         let items = [("x", "w", 1), ("a", "w", 4), ("y", "e", 9), ("b", "w", 6), ("a", "e", 3)];
-        let command = Command::ReceiveBatch(ReceiveBatch {
-            items: items
-                .iter()
-                .map(|&(s, w, q)| ReceiveItem { sku_id: s.into(), warehouse_id: w.into(), qty: q })
-                .collect(),
-            idem_key: "bulk-key".into(),
-            reference: reference.into(),
-        });
+        let command = crate::test_support::receive_batch(&items, "bulk-key", reference);
         txns.clear();
         assert!(shard.apply(9, &command, &mut txns).changed);
         Entry { seq: 3, at: 9, trace_id: 11, operator: "ops".into(), command, txns }

@@ -19,6 +19,23 @@ mod replay;
 mod sled_store;
 pub mod snapshot;
 
+#[cfg(test)]
+mod test_support {
+    use inventory_core::{Command, ReceiveBatch, ReceiveItem};
+
+    /// A bulk receipt of `(sku, warehouse, qty)` items.
+    pub fn receive_batch(items: &[(&str, &str, u64)], idem_key: &str, reference: &str) -> Command {
+        Command::ReceiveBatch(ReceiveBatch {
+            items: items
+                .iter()
+                .map(|&(s, w, q)| ReceiveItem { sku_id: s.into(), warehouse_id: w.into(), qty: q })
+                .collect(),
+            idem_key: idem_key.into(),
+            reference: reference.into(),
+        })
+    }
+}
+
 use inventory_core::Entry;
 
 pub use codec::{decode, encode, FORMAT_VERSION};

@@ -491,6 +491,13 @@ mod tests {
         assert_eq!(SledStore::open(dir.path(), Some(3), 8).unwrap().shards(), 3);
     }
 
+    /// A fresh single-shard journal in a temporary dir (kept while it lives).
+    fn one_shard() -> (tempfile::TempDir, SledJournal) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SledStore::open(dir.path(), Some(1), 1).unwrap().journal(0).unwrap();
+        (dir, journal)
+    }
+
     fn seqs(j: &SledJournal, from: u64) -> Vec<u64> {
         j.read_from(from).unwrap().map(|e| e.unwrap().seq).collect()
     }
@@ -501,9 +508,7 @@ mod tests {
 
     #[test]
     fn a_large_batch_is_split_into_chunks_and_reads_back_from_any_point() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
-        let mut j = store.journal(0).unwrap();
+        let (_dir, mut j) = one_shard();
         let batch: Vec<Entry> = (1..=200).map(big).collect();
         j.append(&batch).unwrap();
         assert!(j.tree.len() >= 3, "200 KB in {} chunks", j.tree.len());
@@ -518,9 +523,7 @@ mod tests {
 
     #[test]
     fn recover_and_truncate_cut_inside_a_chunk_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
-        let mut j = store.journal(0).unwrap();
+        let (_dir, mut j) = one_shard();
         j.append(&(1..=10).map(entry).collect::<Vec<_>>()).unwrap();
         j.append(&(11..=20).map(entry).collect::<Vec<_>>()).unwrap();
         j.recover(16).unwrap();
@@ -537,9 +540,7 @@ mod tests {
 
     #[test]
     fn single_record_values_are_read_as_one_entry_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
-        let mut j = store.journal(0).unwrap();
+        let (_dir, mut j) = one_shard();
         for seq in 1..=3u64 {
             j.tree.insert(seq.to_be_bytes(), encode(&entry(seq))).unwrap();
         }
@@ -552,9 +553,7 @@ mod tests {
 
     #[test]
     fn damage_inside_a_chunk_names_the_record_and_ends_the_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
-        let mut j = store.journal(0).unwrap();
+        let (_dir, mut j) = one_shard();
         j.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
         let mut value = j.tree.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
@@ -601,9 +600,7 @@ mod tests {
 
     #[test]
     fn recover_and_truncate_take_split_records_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
-        let mut j = store.journal(0).unwrap();
+        let (_dir, mut j) = one_shard();
         j.append(&[entry(1), huge(2), huge(3), entry(4)]).unwrap();
         // Cut right after a split record: it stays whole.
         j.recover(3).unwrap();
@@ -619,9 +616,7 @@ mod tests {
 
     #[test]
     fn a_missing_part_of_a_split_record_is_reported_and_ends_the_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
-        let mut j = store.journal(0).unwrap();
+        let (_dir, mut j) = one_shard();
         j.append(&[entry(1), huge(2), entry(3)]).unwrap();
         j.tree.remove(part_key(2, 1)).unwrap();
         let read: Vec<_> = j.read_from(1).unwrap().collect();
