@@ -410,13 +410,19 @@ impl Journal for SledJournal {
             for (key, value) in &chunks {
                 let first = key_seq(self.shard, key)?;
                 // A split record sorts before `keep_from` only if it is
-                // wholly before it: its head counts the entry, parts go too.
+                // wholly before it. Its head counts the entry and takes all
+                // its parts along in the same batch, so a reader never sees
+                // parts without their head, even where a slice ends between
+                // them (the parts then come up again in the next slice).
                 if key.len() == 12 {
                     batch.remove(key);
                     continue;
                 }
-                if split_parts(self.shard, first, value)?.is_some() {
+                if let Some(parts) = split_parts(self.shard, first, value)? {
                     batch.remove(key);
+                    for part in 1..parts {
+                        batch.remove(&part_key(first, part));
+                    }
                     removed += 1;
                     continue;
                 }
