@@ -495,6 +495,26 @@ fn a_receive_batch_applies_whole_or_not_at_all() {
 }
 
 #[test]
+fn a_receive_batch_puts_each_item_on_its_row_whether_the_row_or_sku_existed() {
+    let mut s = stocked(10);
+    // An existing row, a new warehouse of an existing SKU, a new SKU, and
+    // the same new SKU again in a second warehouse (created earlier in this
+    // very batch).
+    let items = [("sku-1", DEFAULT_WAREHOUSE, 5), ("sku-1", "w2", 2), ("new", "w1", 3), ("new", "w2", 4)];
+    let (a, txns) = apply(&mut s, T0, &batch(&items, "b1"));
+    assert_eq!(a.outcome, Outcome::ReceivedBatch { rows: 4, units: 14 });
+    let befores: Vec<u64> = txns.iter().map(|t| t.before.available).collect();
+    assert_eq!(befores, [10, 0, 0, 0]);
+    let rows = |sku: &str| -> Vec<(String, u64)> {
+        s.stock(sku).unwrap().warehouses.iter().map(|w| (w.warehouse_id.clone(), w.row.levels.available)).collect()
+    };
+    assert_eq!(rows("sku-1"), [(DEFAULT_WAREHOUSE.to_string(), 15), ("w2".to_string(), 2)]);
+    assert_eq!(rows("new"), [("w1".to_string(), 3), ("w2".to_string(), 4)]);
+    assert_eq!((s.stats().skus, s.stats().rows), (2, 4), "one index entry per SKU");
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn receipts_past_the_32_bit_row_limit_are_rejected_and_change_nothing() {
     let mut s = stocked(10);
     let before = s.dump();
