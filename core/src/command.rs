@@ -33,6 +33,18 @@ pub struct ReceiveBatch {
     pub reference: String,
 }
 
+impl ReceiveBatch {
+    /// What every txn of the batch records as `ref_id`: the caller's
+    /// reference, or the key if there is none.
+    pub fn txn_reference(&self) -> &str {
+        if self.reference.is_empty() {
+            &self.idem_key
+        } else {
+            &self.reference
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ReceiveItem {
     pub sku_id: String,
@@ -48,6 +60,17 @@ pub struct Receive {
     pub idem_key: String,
     /// Caller's reference (e.g. a purchase order); recorded on the txn.
     pub reference: String,
+}
+
+impl Receive {
+    /// What the txn records as `ref_id`: the caller's reference, or the key.
+    pub fn txn_reference(&self) -> &str {
+        if self.reference.is_empty() {
+            &self.idem_key
+        } else {
+            &self.reference
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -287,7 +287,7 @@ impl Shard {
     }
 
     fn receive(&mut self, at: Millis, c: &Receive, txns: &mut Vec<Txn>) -> (Outcome, bool) {
-        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        let reference = c.txn_reference();
         let receipt = Receipt { sku_id: &c.sku_id, warehouse_id: &c.warehouse_id, qty: c.qty, reference };
         self.receive_one(at, &receipt, txns)
     }
@@ -376,7 +376,7 @@ impl Shard {
     }
 
     fn receive_batch(&mut self, at: Millis, c: &ReceiveBatch, txns: &mut Vec<Txn>) -> (Outcome, bool) {
-        let reference = if c.reference.is_empty() { &c.idem_key } else { &c.reference };
+        let reference = c.txn_reference();
         fn receipt<'a>(item: &'a ReceiveItem, reference: &'a str) -> Receipt<'a> {
             Receipt { sku_id: &item.sku_id, warehouse_id: &item.warehouse_id, qty: item.qty, reference }
         }

@@ -55,14 +55,13 @@ fn receipt_txn(
 ) -> Txn {
     let item = &batch.items[i];
     let (before, version) = existing.map_or((Levels::default(), 1), |e| (e.before, e.version));
-    let reference = if batch.reference.is_empty() { &batch.idem_key } else { &batch.reference };
     Txn {
         txn_id: first_txn_id + i as u64,
         kind: TxnKind::Receive,
         sku_id: item.sku_id.clone(),
         warehouse_id: item.warehouse_id.clone(),
         qty: item.qty,
-        ref_id: reference.clone(),
+        ref_id: batch.txn_reference().to_string(),
         order_id: String::new(),
         detail: String::new(),
         before,
@@ -76,13 +75,12 @@ fn receipt_txn(
 /// checked field by field without building it.
 fn derivable(entry_at: Millis, batch: &ReceiveBatch, first_txn_id: u64, i: usize, txn: &Txn, e: &Existing) -> bool {
     let item = &batch.items[i];
-    let reference = if batch.reference.is_empty() { &batch.idem_key } else { &batch.reference };
     txn.txn_id == first_txn_id.wrapping_add(i as u64)
         && txn.kind == TxnKind::Receive
         && txn.sku_id == item.sku_id
         && txn.warehouse_id == item.warehouse_id
         && txn.qty == item.qty
-        && txn.ref_id == *reference
+        && txn.ref_id == batch.txn_reference()
         && txn.order_id.is_empty()
         && txn.detail.is_empty()
         && txn.before == e.before
