@@ -15,14 +15,16 @@ use std::collections::{BTreeSet, VecDeque};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
+use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
 use crate::image::{HoldImage, IdemImage, ShardImage};
 use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
     Hold, HoldChange, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
 };
-use crate::table::{Added, Row, StockTable, ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
+use crate::table::{
+    Added, Row, SkuKey, StockTable, ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX,
+};
 
 /// Most warehouse rows one SKU may have.
 pub const WAREHOUSES_PER_SKU_MAX: usize = 1024;
@@ -56,12 +58,15 @@ struct IdemRecord {
 
 /// One receipt to apply, borrowed from a `Receive` or a batch item.
 struct Receipt<'a> {
-    sku_id: &'a str,
+    sku: SkuKey<'a>,
     warehouse_id: &'a str,
     qty: u64,
     /// Recorded on the txn: the caller's reference, or the key if none.
     reference: &'a str,
 }
+
+/// An SKU's first row and one of its rows, where they exist.
+type Located = (Option<u32>, Option<u32>);
 
 /// One step of the undo log, recorded while a batch is open.
 enum Undo {
@@ -288,7 +293,7 @@ impl Shard {
 
     fn receive(&mut self, at: Millis, c: &Receive, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         let reference = c.txn_reference();
-        let receipt = Receipt { sku_id: &c.sku_id, warehouse_id: &c.warehouse_id, qty: c.qty, reference };
+        let receipt = Receipt { sku: SkuKey::new(&c.sku_id), warehouse_id: &c.warehouse_id, qty: c.qty, reference };
         self.receive_one(at, &receipt, txns)
     }
 
@@ -296,7 +301,7 @@ impl Shard {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
         }
-        let (first, existing) = self.locate(c.sku_id, c.warehouse_id);
+        let (first, existing) = self.locate(c.sku, c.warehouse_id);
         if let Some(rejection) = self.receive_rejection(first, existing, c, 0, 0) {
             return (Outcome::Rejected(rejection), false);
         }
@@ -316,7 +321,7 @@ impl Shard {
         let row = match existing {
             Some(row) => row,
             None => {
-                let added = self.table.add_row(first, c.sku_id, c.warehouse_id);
+                let added = self.table.add_row(first, c.sku, c.warehouse_id);
                 self.record(Undo::NewRow(added));
                 added.row
             }
@@ -340,8 +345,8 @@ impl Shard {
     }
 
     /// The SKU's first row and the `(sku, warehouse)` row, where they exist.
-    fn locate(&self, sku_id: &str, warehouse_id: &str) -> (Option<u32>, Option<u32>) {
-        let first = self.table.find_sku(sku_id);
+    fn locate(&self, sku: SkuKey, warehouse_id: &str) -> Located {
+        let first = self.table.find_key(sku);
         (first, first.and_then(|f| self.table.find_row(f, warehouse_id)))
     }
 
@@ -361,7 +366,7 @@ impl Shard {
             return (c.qty > ROW_UNITS_MAX - received).then_some(Rejection::QuantityOverflow);
         }
         let rows = first.map_or(0, |f| self.table.chain(f).count()) + pending_rows;
-        if first.is_none() && c.sku_id.len() > SKU_ID_BYTES_MAX {
+        if first.is_none() && c.sku.id().len() > SKU_ID_BYTES_MAX {
             Some(Rejection::SkuIdTooLong)
         } else if rows >= WAREHOUSES_PER_SKU_MAX
             || (!self.table.knows_warehouse(c.warehouse_id)
@@ -377,9 +382,6 @@ impl Shard {
 
     fn receive_batch(&mut self, at: Millis, c: &ReceiveBatch, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         let reference = c.txn_reference();
-        fn receipt<'a>(item: &'a ReceiveItem, reference: &'a str) -> Receipt<'a> {
-            Receipt { sku_id: &item.sku_id, warehouse_id: &item.warehouse_id, qty: item.qty, reference }
-        }
         // Check everything first: the batch applies whole or not at all.
         // Sized up front: no growth, and the same sizes batch after batch.
         let n = c.items.len();
@@ -387,11 +389,12 @@ impl Shard {
         // Rows the items checked so far add, per SKU, and warehouse ids they add.
         let mut new_rows: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(n, Default::default());
         let mut new_warehouses = rustc_hash::FxHashSet::default();
-        // Where each item lands, as found while checking: rows never move,
-        // so an existing row or an SKU's first row found now is still right
-        // when the items are applied; a new SKU an earlier item of the batch
-        // creates is looked up again then.
-        let mut landings: Vec<Option<(Option<u32>, Option<u32>)>> = Vec::with_capacity(n);
+        // Each item's receipt (its SKU id hashed once) and where it lands,
+        // as found while checking: rows never move, so an existing row or
+        // an SKU's first row found now is still right when the items are
+        // applied; a new SKU an earlier item of the batch creates is looked
+        // up again then.
+        let mut landings: Vec<(Receipt, Option<Located>)> = Vec::with_capacity(n);
         for item in &c.items {
             if item.qty == 0 {
                 return (Outcome::Rejected(Rejection::InvalidQuantity), false);
@@ -399,16 +402,17 @@ impl Shard {
             if !seen.insert((item.sku_id.as_str(), item.warehouse_id.as_str())) {
                 return (Outcome::Rejected(Rejection::InvalidBatch), false);
             }
-            let (first, existing) = self.locate(&item.sku_id, &item.warehouse_id);
+            let receipt =
+                Receipt { sku: SkuKey::new(&item.sku_id), warehouse_id: &item.warehouse_id, qty: item.qty, reference };
+            let (first, existing) = self.locate(receipt.sku, &item.warehouse_id);
             let pending_rows = new_rows.get(item.sku_id.as_str()).copied().unwrap_or(0);
             let pending_warehouses =
                 new_warehouses.len() - new_warehouses.contains(item.warehouse_id.as_str()) as usize;
-            if let Some(rejection) =
-                self.receive_rejection(first, existing, &receipt(item, reference), pending_rows, pending_warehouses)
+            if let Some(rejection) = self.receive_rejection(first, existing, &receipt, pending_rows, pending_warehouses)
             {
                 return (Outcome::Rejected(rejection), false);
             }
-            landings.push((first.is_some() || pending_rows == 0).then_some((first, existing)));
+            landings.push((receipt, (first.is_some() || pending_rows == 0).then_some((first, existing))));
             if existing.is_none() {
                 *new_rows.entry(item.sku_id.as_str()).or_default() += 1;
                 if !self.table.knows_warehouse(&item.warehouse_id) {
@@ -420,9 +424,9 @@ impl Shard {
             return (Outcome::Rejected(Rejection::InvalidBatch), false);
         }
         drop((seen, new_rows, new_warehouses));
+        txns.reserve(n);
         let mut units = 0u64;
-        for (item, landing) in c.items.iter().zip(landings) {
-            let receipt = receipt(item, reference);
+        for (receipt, landing) in landings {
             match landing {
                 Some((first, existing)) => {
                     self.receive_checked(at, &receipt, first, existing, txns);
@@ -432,9 +436,9 @@ impl Shard {
                     debug_assert!(changed, "checked above: {outcome:?}");
                 }
             }
-            units = units.saturating_add(item.qty);
+            units = units.saturating_add(receipt.qty);
         }
-        (Outcome::ReceivedBatch { rows: c.items.len() as u32, units }, true)
+        (Outcome::ReceivedBatch { rows: n as u32, units }, true)
     }
 
     fn reserve(&mut self, at: Millis, c: &Reserve, txns: &mut Vec<Txn>) -> (Outcome, bool) {
@@ -864,7 +868,7 @@ impl Shard {
     /// what a corrupted row looks like.
     #[cfg(feature = "testing")]
     pub fn corrupt_row_for_testing(&mut self, sku_id: &str, warehouse_id: &str, levels: Levels) {
-        let (_, row) = self.locate(sku_id, warehouse_id);
+        let (_, row) = self.locate(SkuKey::new(sku_id), warehouse_id);
         let row = self.table.row_mut(row.expect("no such row"));
         row.reserved = levels.reserved as u32;
         row.sold = levels.sold as u32;

@@ -170,6 +170,24 @@ fn id_hash(id: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(id, INDEX_SEED)
 }
 
+/// An SKU id with its index hash, so that a lookup followed by an insert of
+/// the same id hashes it once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SkuKey<'a> {
+    id: &'a str,
+    hash: u64,
+}
+
+impl<'a> SkuKey<'a> {
+    pub fn new(id: &'a str) -> SkuKey<'a> {
+        SkuKey { id, hash: id_hash(id.as_bytes()) }
+    }
+
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+}
+
 fn part(hash: u64) -> usize {
     // Bits hashbrown uses for neither the bucket (low) nor the tag (top 7).
     (hash >> 32) as usize % INDEX_PARTS
@@ -241,9 +259,13 @@ impl StockTable {
 
     /// The first row of an SKU.
     pub fn find_sku(&self, sku_id: &str) -> Option<u32> {
-        let id = sku_id.as_bytes();
-        let hash = id_hash(id);
-        self.index[part(hash)].find(hash, |&r| self.id_bytes(r) == id).copied()
+        self.find_key(SkuKey::new(sku_id))
+    }
+
+    /// The first row of an SKU, by its hashed id.
+    pub fn find_key(&self, key: SkuKey) -> Option<u32> {
+        let id = key.id.as_bytes();
+        self.index[part(key.hash)].find(key.hash, |&r| self.id_bytes(r) == id).copied()
     }
 
     /// The row of `(sku, warehouse)`, given the SKU's first row.
@@ -284,7 +306,7 @@ impl StockTable {
     /// Adds a zeroed row for `(sku, warehouse)`: a new SKU when `first` is
     /// `None`, else another warehouse of the SKU whose first row is `first`.
     /// The caller has checked the limits.
-    pub fn add_row(&mut self, first: Option<u32>, sku_id: &str, warehouse_id: &str) -> Added {
+    pub fn add_row(&mut self, first: Option<u32>, sku: SkuKey, warehouse_id: &str) -> Added {
         let ids_used = self.ids_used;
         let new_warehouse = !self.knows_warehouse(warehouse_id);
         let warehouse = self.intern(warehouse_id);
@@ -295,9 +317,9 @@ impl StockTable {
                 (f.id_off, f.id_len & LEN_MASK, tail)
             }
             None => {
-                assert!(sku_id.len() <= SKU_ID_BYTES_MAX, "checked against SKU_ID_BYTES_MAX");
-                let id_len = sku_id.len() as u16;
-                (self.push_id(sku_id.as_bytes()), id_len, NO_ROW)
+                assert!(sku.id.len() <= SKU_ID_BYTES_MAX, "checked against SKU_ID_BYTES_MAX");
+                let id_len = sku.id.len() as u16;
+                (self.push_id(sku.id.as_bytes()), id_len, NO_ROW)
             }
         };
         let row = self.push_row(Row {
@@ -313,7 +335,7 @@ impl StockTable {
             id_len,
         });
         if prev == NO_ROW {
-            self.index_row(row);
+            self.index_row(row, sku.hash);
         } else {
             self.row_mut(prev).id_len |= HAS_NEXT;
             self.next.insert(prev, row);
@@ -384,9 +406,10 @@ impl StockTable {
         self.len - 1
     }
 
-    fn index_row(&mut self, row: u32) {
+    /// Indexes `row` as the first row of its SKU, whose id hashes to `hash`.
+    fn index_row(&mut self, row: u32, hash: u64) {
         let StockTable { blocks, ids, index, .. } = self;
-        let hash = id_hash(id_in(ids, row_in(blocks, row)));
+        debug_assert_eq!(hash, id_hash(id_in(ids, row_in(blocks, row))));
         index[part(hash)].insert_unique(hash, row, |&r| id_hash(id_in(ids, row_in(blocks, r))));
         self.skus += 1;
     }
@@ -446,7 +469,7 @@ impl StockTable {
                 std::cmp::Ordering::Equal => None,
                 std::cmp::Ordering::Greater => panic!("image row of SKU {sku} before its first row"),
             };
-            let added = table.add_row(first, image.sku_id(sku), &image.warehouses[ri.warehouse as usize]);
+            let added = table.add_row(first, SkuKey::new(image.sku_id(sku)), &image.warehouses[ri.warehouse as usize]);
             if first.is_none() {
                 firsts.push(added.row);
             }
@@ -530,12 +553,12 @@ mod tests {
     fn ids_do_not_straddle_arena_blocks() {
         let mut t = StockTable::new();
         let long = "x".repeat(SKU_ID_BYTES_MAX);
-        let a = t.add_row(None, "a", "w").row;
-        let b = t.add_row(None, &long, "w").row;
-        let c = t.add_row(None, "", "w").row;
-        let c2 = t.add_row(None, "c", "w").row;
-        let d = t.add_row(None, &"y".repeat(SKU_ID_BYTES_MAX), "v").row;
-        let e = t.add_row(Some(a), "a", "v").row;
+        let a = t.add_row(None, SkuKey::new("a"), "w").row;
+        let b = t.add_row(None, SkuKey::new(&long), "w").row;
+        let c = t.add_row(None, SkuKey::new(""), "w").row;
+        let c2 = t.add_row(None, SkuKey::new("c"), "w").row;
+        let d = t.add_row(None, SkuKey::new(&"y".repeat(SKU_ID_BYTES_MAX)), "v").row;
+        let e = t.add_row(Some(a), SkuKey::new("a"), "v").row;
         assert_eq!(t.sku_id(b), long);
         assert_eq!(t.sku_id(c), "");
         let m = SKU_ID_BYTES_MAX as u32;
@@ -559,8 +582,9 @@ mod tests {
     #[test]
     fn rows_grow_in_blocks_and_pop_back() {
         let mut t = StockTable::new();
-        let added: Vec<Added> =
-            (0..ROW_BLOCK as u32 + 3).map(|i| t.add_row(None, &format!("sku-{i:09}"), "default")).collect();
+        let added: Vec<Added> = (0..ROW_BLOCK as u32 + 3)
+            .map(|i| t.add_row(None, SkuKey::new(&format!("sku-{i:09}")), "default"))
+            .collect();
         assert_eq!(t.blocks.len(), 2);
         assert!(t.blocks.iter().all(|b| b.capacity() == ROW_BLOCK));
         for a in added.into_iter().rev().take(4) {
