@@ -12,7 +12,9 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use rustc_hash::FxHashMap;
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::HashTable;
+use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
 use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
@@ -67,6 +69,25 @@ struct Receipt<'a> {
 
 /// An SKU's first row and one of its rows, where they exist.
 type Located = (Option<u32>, Option<u32>);
+
+/// Working space of `receive_batch`, kept from batch to batch: fresh tables
+/// for every 10,000-item batch were fresh, page-faulted allocations each
+/// time. Tables hold item positions.
+#[derive(Default)]
+struct BatchScratch {
+    /// Items by `(sku, warehouse)`, to find one the batch repeats.
+    pairs: HashTable<u32>,
+    /// Per SKU, `(first item naming it, rows the items checked so far add
+    /// to it)`.
+    skus: HashTable<(u32, u32)>,
+    /// Per item: its SKU id's hash and where it lands.
+    landings: Vec<(u64, Option<Located>)>,
+}
+
+/// Hash of an item's `(sku, warehouse)`, given its SKU id's hash.
+fn pair_hash(sku_hash: u64, warehouse_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(warehouse_id.as_bytes(), sku_hash)
+}
 
 /// One step of the undo log, recorded while a batch is open.
 enum Undo {
@@ -128,6 +149,7 @@ pub struct Shard {
     last_at: Millis,
     undo: Vec<Undo>,
     batch: Option<BatchMark>,
+    scratch: BatchScratch,
 }
 
 fn expiry_entry(expires_at: Millis, key: u128) -> (Millis, u64, u64) {
@@ -158,6 +180,7 @@ impl Shard {
             last_at: 0,
             undo: Vec::new(),
             batch: None,
+            scratch: BatchScratch::default(),
         }
     }
 
@@ -381,64 +404,94 @@ impl Shard {
     }
 
     fn receive_batch(&mut self, at: Millis, c: &ReceiveBatch, txns: &mut Vec<Txn>) -> (Outcome, bool) {
-        let reference = c.txn_reference();
-        // Check everything first: the batch applies whole or not at all.
-        // Sized up front: no growth, and the same sizes batch after batch.
-        let n = c.items.len();
-        let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(n, Default::default());
-        // Rows the items checked so far add, per SKU, and warehouse ids they add.
-        let mut new_rows: FxHashMap<&str, usize> = FxHashMap::with_capacity_and_hasher(n, Default::default());
-        let mut new_warehouses = rustc_hash::FxHashSet::default();
-        // Each item's receipt (its SKU id hashed once) and where it lands,
-        // as found while checking: rows never move, so an existing row or
-        // an SKU's first row found now is still right when the items are
-        // applied; a new SKU an earlier item of the batch creates is looked
-        // up again then.
-        let mut landings: Vec<(Receipt, Option<Located>)> = Vec::with_capacity(n);
-        for item in &c.items {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = match self.check_batch(c, &mut scratch) {
+            Err(rejection) => (Outcome::Rejected(rejection), false),
+            Ok(()) => {
+                let reference = c.txn_reference();
+                txns.reserve(c.items.len());
+                let mut units = 0u64;
+                for (item, &(hash, landing)) in c.items.iter().zip(&scratch.landings) {
+                    let sku = SkuKey::with_hash(&item.sku_id, hash);
+                    let receipt = Receipt { sku, warehouse_id: &item.warehouse_id, qty: item.qty, reference };
+                    match landing {
+                        Some((first, existing)) => {
+                            self.receive_checked(at, &receipt, first, existing, txns);
+                        }
+                        None => {
+                            let (outcome, changed) = self.receive_one(at, &receipt, txns);
+                            debug_assert!(changed, "checked: {outcome:?}");
+                        }
+                    }
+                    units = units.saturating_add(item.qty);
+                }
+                (Outcome::ReceivedBatch { rows: c.items.len() as u32, units }, true)
+            }
+        };
+        self.scratch = scratch;
+        result
+    }
+
+    /// Checks a whole batch (it applies whole or not at all), recording in
+    /// `scratch.landings` where each item lands. Rows never move, so an
+    /// existing row or an SKU's first row found now is still right when the
+    /// items are applied; a new SKU that an earlier item of the batch
+    /// creates is looked up again then (`None`).
+    fn check_batch(&self, c: &ReceiveBatch, scratch: &mut BatchScratch) -> Result<(), Rejection> {
+        let items = &c.items;
+        if items.is_empty() {
+            return Err(Rejection::InvalidBatch);
+        }
+        let BatchScratch { pairs, skus, landings } = scratch;
+        let sku_hash = |j: u32| SkuKey::new(&items[j as usize].sku_id).hash();
+        let item_pair_hash = |j: u32| pair_hash(sku_hash(j), &items[j as usize].warehouse_id);
+        pairs.clear();
+        pairs.reserve(items.len(), |&j| item_pair_hash(j));
+        skus.clear();
+        skus.reserve(items.len(), |&(j, _)| sku_hash(j));
+        landings.clear();
+        landings.reserve(items.len());
+        // Warehouse ids the items checked so far add to the shard.
+        let mut new_warehouses = FxHashSet::default();
+        for (i, item) in items.iter().enumerate() {
             if item.qty == 0 {
-                return (Outcome::Rejected(Rejection::InvalidQuantity), false);
+                return Err(Rejection::InvalidQuantity);
             }
-            if !seen.insert((item.sku_id.as_str(), item.warehouse_id.as_str())) {
-                return (Outcome::Rejected(Rejection::InvalidBatch), false);
+            let sku = SkuKey::new(&item.sku_id);
+            let same_pair = |&j: &u32| {
+                let other = &items[j as usize];
+                other.sku_id == item.sku_id && other.warehouse_id == item.warehouse_id
+            };
+            match pairs.entry(pair_hash(sku.hash(), &item.warehouse_id), same_pair, |&j| item_pair_hash(j)) {
+                TableEntry::Occupied(_) => return Err(Rejection::InvalidBatch),
+                TableEntry::Vacant(slot) => {
+                    slot.insert(i as u32);
+                }
             }
-            let receipt =
-                Receipt { sku: SkuKey::new(&item.sku_id), warehouse_id: &item.warehouse_id, qty: item.qty, reference };
-            let (first, existing) = self.locate(receipt.sku, &item.warehouse_id);
-            let pending_rows = new_rows.get(item.sku_id.as_str()).copied().unwrap_or(0);
+            let same_sku = |&(j, _): &(u32, u32)| items[j as usize].sku_id == item.sku_id;
+            let pending_rows = skus.find(sku.hash(), same_sku).map_or(0, |&(_, rows)| rows as usize);
             let pending_warehouses =
                 new_warehouses.len() - new_warehouses.contains(item.warehouse_id.as_str()) as usize;
+            let (first, existing) = self.locate(sku, &item.warehouse_id);
+            let receipt = Receipt { sku, warehouse_id: &item.warehouse_id, qty: item.qty, reference: "" };
             if let Some(rejection) = self.receive_rejection(first, existing, &receipt, pending_rows, pending_warehouses)
             {
-                return (Outcome::Rejected(rejection), false);
+                return Err(rejection);
             }
-            landings.push((receipt, (first.is_some() || pending_rows == 0).then_some((first, existing))));
+            landings.push((sku.hash(), (first.is_some() || pending_rows == 0).then_some((first, existing))));
             if existing.is_none() {
-                *new_rows.entry(item.sku_id.as_str()).or_default() += 1;
+                match skus.entry(sku.hash(), same_sku, |&(j, _)| sku_hash(j)) {
+                    TableEntry::Occupied(mut counted) => counted.get_mut().1 += 1,
+                    TableEntry::Vacant(slot) => {
+                        slot.insert((i as u32, 1));
+                    }
+                }
                 if !self.table.knows_warehouse(&item.warehouse_id) {
                     new_warehouses.insert(item.warehouse_id.as_str());
                 }
             }
         }
-        if c.items.is_empty() {
-            return (Outcome::Rejected(Rejection::InvalidBatch), false);
-        }
-        drop((seen, new_rows, new_warehouses));
-        txns.reserve(n);
-        let mut units = 0u64;
-        for (receipt, landing) in landings {
-            match landing {
-                Some((first, existing)) => {
-                    self.receive_checked(at, &receipt, first, existing, txns);
-                }
-                None => {
-                    let (outcome, changed) = self.receive_one(at, &receipt, txns);
-                    debug_assert!(changed, "checked above: {outcome:?}");
-                }
-            }
-            units = units.saturating_add(receipt.qty);
-        }
-        (Outcome::ReceivedBatch { rows: n as u32, units }, true)
+        Ok(())
     }
 
     fn reserve(&mut self, at: Millis, c: &Reserve, txns: &mut Vec<Txn>) -> (Outcome, bool) {

@@ -183,8 +183,19 @@ impl<'a> SkuKey<'a> {
         SkuKey { id, hash: id_hash(id.as_bytes()) }
     }
 
+    /// The key of `id`, whose hash is known to be `hash` (from an earlier
+    /// `SkuKey::new(id)`).
+    pub fn with_hash(id: &'a str, hash: u64) -> SkuKey<'a> {
+        debug_assert_eq!(hash, id_hash(id.as_bytes()));
+        SkuKey { id, hash }
+    }
+
     pub fn id(&self) -> &'a str {
         self.id
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash
     }
 }
 
