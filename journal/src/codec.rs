@@ -114,26 +114,65 @@ fn bulk_existing(entry: &Entry) -> Option<(&ReceiveBatch, u64, Vec<Existing>)> {
 
 /// Encodes one entry into a framed record.
 pub fn encode(entry: &Entry) -> Vec<u8> {
-    let (format, body) = match bulk_existing(entry) {
-        Some((batch, first_txn_id, existing)) => {
-            let bulk = BulkReceipt {
-                seq: entry.seq,
-                at: entry.at,
-                trace_id: entry.trace_id,
-                operator: &entry.operator,
-                batch,
-                first_txn_id,
-                existing,
-            };
-            (FORMAT_BULK_RECEIPT, rkyv::to_bytes::<rancor::Error>(&bulk).expect("entries always serialize"))
-        }
-        None => (FORMAT_VERSION, rkyv::to_bytes::<rancor::Error>(entry).expect("entries always serialize")),
-    };
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.push(format);
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    encode_into(entry, &mut out);
     out
+}
+
+/// Encodes one entry into a framed record, replacing what `out` held (a
+/// buffer the caller keeps from record to record).
+pub fn encode_into(entry: &Entry, out: &mut Vec<u8>) {
+    with_scratch(|scratch| {
+        let format = match bulk_existing(entry) {
+            Some((batch, first_txn_id, existing)) => {
+                let bulk = BulkReceipt {
+                    seq: entry.seq,
+                    at: entry.at,
+                    trace_id: entry.trace_id,
+                    operator: &entry.operator,
+                    batch,
+                    first_txn_id,
+                    existing,
+                };
+                *scratch = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&bulk, std::mem::take(scratch))
+                    .expect("entries always serialize");
+                FORMAT_BULK_RECEIPT
+            }
+            None => {
+                *scratch = rkyv::api::high::to_bytes_in::<_, rancor::Error>(entry, std::mem::take(scratch))
+                    .expect("entries always serialize");
+                FORMAT_VERSION
+            }
+        };
+        out.clear();
+        out.reserve(HEADER_LEN + scratch.len());
+        out.push(format);
+        out.extend_from_slice(&crc32fast::hash(scratch).to_le_bytes());
+        out.extend_from_slice(scratch);
+    })
+}
+
+/// Most bytes a thread's scratch buffer keeps between records.
+const SCRATCH_KEEP: usize = 8 << 20;
+
+thread_local! {
+    /// Each thread's buffer for serializing a record body, or for aligning
+    /// one before reading it. Kept between records: a fresh buffer per
+    /// 10,000-row receipt is a fresh (page-faulted) allocation each time.
+    static SCRATCH: std::cell::RefCell<AlignedVec<16>> = std::cell::RefCell::new(AlignedVec::new());
+}
+
+/// Runs `f` with this thread's scratch buffer, empty.
+fn with_scratch<T>(f: impl FnOnce(&mut AlignedVec<16>) -> T) -> T {
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.take();
+        scratch.clear();
+        let result = f(&mut scratch);
+        if scratch.capacity() <= SCRATCH_KEEP {
+            cell.replace(scratch);
+        }
+        result
+    })
 }
 
 fn decode_bulk(body: &[u8]) -> Result<Entry, rancor::Error> {
@@ -187,12 +226,13 @@ pub fn decode(shard: u16, seq: u64, record: &[u8]) -> Result<Entry, JournalError
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let mut aligned = AlignedVec::<16>::with_capacity(body.len());
-    aligned.extend_from_slice(body);
-    let entry = match record[0] {
-        FORMAT_VERSION => rkyv::from_bytes::<Entry, rancor::Error>(&aligned),
-        _ => decode_bulk(&aligned),
-    }
+    let entry = with_scratch(|aligned| {
+        aligned.extend_from_slice(body);
+        match record[0] {
+            FORMAT_VERSION => rkyv::from_bytes::<Entry, rancor::Error>(aligned),
+            _ => decode_bulk(aligned),
+        }
+    })
     .map_err(|e| corrupt(format!("undecodable: {e}")))?;
     if entry.seq != seq {
         return Err(corrupt(format!("record says seq {}", entry.seq)));

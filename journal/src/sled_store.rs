@@ -17,7 +17,7 @@ use std::path::Path;
 
 use inventory_core::Entry;
 
-use crate::codec::{decode, encode, FORMAT_VERSION};
+use crate::codec::{decode, encode_into, FORMAT_VERSION};
 use crate::{Journal, JournalError};
 
 const META_TREE: &str = "meta";
@@ -83,7 +83,7 @@ impl SledStore {
 
     pub fn journal(&self, shard: u16) -> Result<SledJournal, JournalError> {
         assert!(shard < self.shards);
-        Ok(SledJournal { tree: self.db.open_tree(format!("shard-{shard}"))?, shard })
+        Ok(SledJournal { tree: self.db.open_tree(format!("shard-{shard}"))?, shard, record: Vec::new() })
     }
 
     /// Flushes everything; used at shutdown.
@@ -96,6 +96,8 @@ impl SledStore {
 pub struct SledJournal {
     tree: sled::Tree,
     shard: u16,
+    /// The record being appended, kept between appends.
+    record: Vec<u8>,
 }
 
 /// Builds chunk values: `[CHUNK_TAG][count: u32 LE]` then, per entry,
@@ -261,6 +263,8 @@ struct Reader {
     values: sled::Iter,
     ready: std::collections::VecDeque<Result<Entry, JournalError>>,
     failed: bool,
+    /// A split record's parts joined, kept from record to record.
+    joined: Vec<u8>,
 }
 
 impl Reader {
@@ -278,7 +282,10 @@ impl Reader {
             });
         }
         if let Some(parts) = split_parts(shard, first, &value)? {
-            let mut record = value[SPLIT_HEADER..].to_vec();
+            let record = &mut self.joined;
+            record.clear();
+            record.reserve(parts as usize * CHUNK_BYTES);
+            record.extend_from_slice(&value[SPLIT_HEADER..]);
             for part in 1..parts {
                 let cut = || JournalError::Corrupt {
                     shard,
@@ -292,7 +299,7 @@ impl Reader {
                 record.extend_from_slice(&value[1..]);
             }
             if first >= self.from {
-                self.ready.push_back(decode(shard, first, &record));
+                self.ready.push_back(decode(shard, first, record));
             }
             return Ok(true);
         }
@@ -329,15 +336,17 @@ impl Journal for SledJournal {
     fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
         let mut writes = sled::Batch::default();
         let mut chunk: Option<ChunkWriter> = None;
+        let record = &mut self.record;
         for entry in batch {
-            let record = encode(entry);
-            debug_assert_eq!(decode(self.shard, entry.seq, &record).as_ref().ok(), Some(entry));
+            encode_into(entry, record);
+            let record = &record[..];
+            debug_assert_eq!(decode(self.shard, entry.seq, record).as_ref().ok(), Some(entry));
             if CHUNK_HEADER + 4 + record.len() > CHUNK_BYTES {
                 if let Some(c) = chunk.take() {
                     let (key, bytes) = c.finish();
                     writes.insert(&key.to_be_bytes(), bytes);
                 }
-                write_split(&mut writes, entry.seq, &record);
+                write_split(&mut writes, entry.seq, record);
                 continue;
             }
             let full = chunk
@@ -347,7 +356,7 @@ impl Journal for SledJournal {
                 let (key, bytes) = chunk.take().unwrap().finish();
                 writes.insert(&key.to_be_bytes(), bytes);
             }
-            chunk.get_or_insert_with(|| ChunkWriter::new(entry.seq)).push(&record);
+            chunk.get_or_insert_with(|| ChunkWriter::new(entry.seq)).push(record);
         }
         if let Some(c) = chunk {
             let (key, bytes) = c.finish();
@@ -386,6 +395,7 @@ impl Journal for SledJournal {
             values: self.tree.range(start.to_be_bytes()..),
             ready: std::collections::VecDeque::new(),
             failed: false,
+            joined: Vec::new(),
         }))
     }
 
@@ -394,7 +404,7 @@ impl Journal for SledJournal {
     }
 
     fn reader(&self) -> Box<dyn Journal + Sync> {
-        Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard })
+        Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard, record: Vec::new() })
     }
 
     fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
@@ -452,6 +462,7 @@ impl Journal for SledJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::encode;
     use inventory_core::{Command, Expire};
 
     fn entry(seq: u64) -> Entry {
