@@ -190,6 +190,7 @@ fn run_inner(
         entries: Vec::new(),
         writes: Vec::new(),
         reads: Vec::new(),
+        spare_txns: Vec::new(),
     };
     let _ = ready.send((index, Ok(next_seq - 1)));
     drop(ready);
@@ -217,7 +218,14 @@ struct LoopState {
     entries: Vec<Entry>,
     writes: Vec<(oneshot::Sender<WriteReply>, Applied)>,
     reads: Vec<Request>,
+    /// Emptied txn lists of committed entries, for the next entries: a
+    /// 10,000-row receipt's list is 2 MB, too much to allocate afresh (and
+    /// page in again) for every receipt.
+    spare_txns: Vec<Vec<Txn>>,
 }
+
+/// Most emptied txn lists kept for reuse.
+const SPARE_TXNS_MAX: usize = 4;
 
 impl LoopState {
     fn run(&mut self, requests: Receiver<Request>) {
@@ -259,7 +267,7 @@ impl LoopState {
         if self.healthy {
             self.shard.begin_batch();
         }
-        let mut txns = Vec::new();
+        let mut txns = self.spare_txns.pop().unwrap_or_default();
         for request in batch.drain(..) {
             match request {
                 Request::Write { command, meta, reply } => {
@@ -310,6 +318,7 @@ impl LoopState {
         if self.healthy {
             self.commit();
         }
+        self.recycle(txns);
         for request in self.reads.drain(..) {
             match request {
                 Request::Read { query, reply } => {
@@ -327,7 +336,16 @@ impl LoopState {
     fn push_entry(&mut self, at: Millis, meta: Meta, command: Command, txns: &mut Vec<Txn>) {
         let seq = self.next_seq + self.entries.len() as u64;
         let Meta { trace_id, operator } = meta;
-        self.entries.push(Entry { seq, at, trace_id, operator, command, txns: std::mem::take(txns) });
+        let txns = std::mem::replace(txns, self.spare_txns.pop().unwrap_or_default());
+        self.entries.push(Entry { seq, at, trace_id, operator, command, txns });
+    }
+
+    /// Keeps an entry's txn list for reuse, emptied, if there is room.
+    fn recycle(&mut self, mut txns: Vec<Txn>) {
+        if self.spare_txns.len() < SPARE_TXNS_MAX && txns.capacity() > 0 {
+            txns.clear();
+            self.spare_txns.push(txns);
+        }
     }
 
     /// One slice of the invariant sweep; publishes the gauge when it wraps.
@@ -438,7 +456,11 @@ impl LoopState {
                 let _ = reply.send(WriteReply::JournalUnavailable);
             }
         }
-        self.entries.clear();
+        let mut entries = std::mem::take(&mut self.entries);
+        for entry in entries.drain(..) {
+            self.recycle(entry.txns);
+        }
+        self.entries = entries;
     }
 
     /// Brings the journal back to exactly the acknowledged entries.
