@@ -230,6 +230,8 @@ fn restart_only() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let secs = started.elapsed().as_secs_f64();
+    // As inventoryd does once recovered.
+    inventory_gateway::disable_transparent_huge_pages();
     let replayed: u64 = rebuilt.iter().map(|(_, n)| n).sum();
     let (rss, peak) = (rss_bytes(), peak_rss_bytes());
     for (i, (shard, _)) in rebuilt.iter().enumerate() {

@@ -33,3 +33,20 @@ pub fn release_free_memory() {
     // SAFETY: mi_collect only walks the allocator's own structures.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
+
+/// Turns transparent huge pages off for this process from now on; the
+/// service calls it once recovery is done. mimalloc asks for huge pages on
+/// its memory but returns freed memory to the OS in small pieces, so reusing
+/// a returned piece faulted in, and zeroed, a whole fresh 2 MiB page: page
+/// zeroing was a tenth of the CPU of a bulk import, and the faults showed in
+/// reserve tail latency. Recovery, which only grows, builds its state faster
+/// on huge pages, and what it built keeps them. README (benchmarks) has the
+/// measurements.
+pub fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE sets a flag on this process and reads no
+    // memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!("could not turn off transparent huge pages: {}", std::io::Error::last_os_error());
+    }
+}

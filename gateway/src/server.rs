@@ -177,6 +177,7 @@ pub async fn run_with(
                     Err(_) => return Err(ServerError::ShardLost),
                 }
             }
+            crate::disable_transparent_huge_pages();
             router.set_ready();
             tracing::info!(shards, "ready");
             Ok(())
