@@ -70,9 +70,9 @@ struct Receipt<'a> {
 /// An SKU's first row and one of its rows, where they exist.
 type Located = (Option<u32>, Option<u32>);
 
-/// Working space of `receive_batch`, kept from batch to batch: fresh tables
-/// for every 10,000-item batch were fresh, page-faulted allocations each
-/// time. Tables hold item positions.
+/// Working space of `receive_batch`, kept from batch to batch: allocated
+/// afresh, a 10,000-item batch's tables were paged in anew every time.
+/// The tables hold item positions, so nothing here borrows from a command.
 #[derive(Default)]
 struct BatchScratch {
     /// Items by `(sku, warehouse)`, to find one the batch repeats.
