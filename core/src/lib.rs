@@ -26,7 +26,9 @@ pub use ids::{
 pub use image::{HoldImage, IdemImage, RowImage, ShardImage};
 pub use outcome::{Applied, Outcome, Rejection};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
-pub use state::{Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock};
+pub use state::{
+    ArchivedLevels, Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
+};
 pub use table::{ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
 
 /// Which shard owns an SKU: a stable hash of the id, modulo the shard count.

@@ -299,21 +299,18 @@ fn audit_tailer(
             idle = false;
             let (mut events, mut rows) = (Vec::new(), 0);
             let mut scanned = from - 1;
-            let read = reader.read_from(from).map(|entries| {
-                for entry in entries {
-                    let entry = entry?;
-                    if entry.seq > durable || rows >= ROWS_MAX {
-                        break;
-                    }
-                    scanned = entry.seq;
-                    if let Some(event) = inventory_journal::audit::event_of(shard as u16, entry) {
-                        rows += event.rows.len().max(1);
-                        events.push(event);
-                    }
+            let read = reader.visit_records(from, &mut |seq, record| {
+                if seq > durable || rows >= ROWS_MAX {
+                    return Ok(false);
                 }
-                Ok::<_, JournalError>(())
+                scanned = seq;
+                if let Some(event) = inventory_journal::audit::pending_of_record(shard as u16, seq, record)? {
+                    rows += event.rows();
+                    events.push(event);
+                }
+                Ok(true)
             });
-            if let Err(e) = read.and_then(|r| r) {
+            if let Err(e) = read {
                 tracing::error!(shard, error = %e, "audit: cannot read the journal; auditing stops until restart");
                 return;
             }

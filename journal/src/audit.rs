@@ -177,6 +177,119 @@ pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
     Some(event)
 }
 
+/// An event on its way into the log, its bulk rows (if any) already
+/// written as the JSON the log holds them in.
+pub struct Pending {
+    /// The event without its rows.
+    event: AuditEvent,
+    /// The rows' JSON arrays, comma-separated.
+    rows: Vec<u8>,
+    row_count: usize,
+}
+
+impl Pending {
+    /// Rows this event audits: one for a single receipt.
+    pub fn rows(&self) -> usize {
+        self.row_count.max(1)
+    }
+}
+
+impl From<AuditEvent> for Pending {
+    fn from(mut event: AuditEvent) -> Pending {
+        let mut rows = Vec::new();
+        for row in &event.rows {
+            push_row(&mut rows, &row.0, &row.1, row.2, row.3, row.4);
+        }
+        let row_count = event.rows.len();
+        event.rows = Vec::new();
+        Pending { event, rows, row_count }
+    }
+}
+
+/// Appends one row as `serde_json` writes an [`AuditRow`], after a comma
+/// if `out` holds rows already.
+fn push_row(out: &mut Vec<u8>, sku_id: &str, warehouse_id: &str, qty: u64, before: [u64; 3], after: [u64; 3]) {
+    let mut n = itoa::Buffer::new();
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    out.push(b'[');
+    push_str(out, sku_id);
+    out.push(b',');
+    push_str(out, warehouse_id);
+    out.push(b',');
+    out.extend_from_slice(n.format(qty).as_bytes());
+    for levels in [before, after] {
+        out.extend_from_slice(b",[");
+        for (i, v) in levels.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(n.format(v).as_bytes());
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+}
+
+/// A JSON string as `serde_json` writes it: ids rarely need escaping, so
+/// those that do not are copied as they are.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("a string serializes");
+    }
+}
+
+/// The audit record of one framed journal record (see [`event_of`]). A
+/// bulk receipt's rows are written straight from the record, without
+/// decoding the entry and its txns.
+pub fn pending_of_record(shard: u16, seq: u64, record: &[u8]) -> Result<Option<Pending>, crate::JournalError> {
+    crate::inspect(shard, seq, record, |inspected| match inspected {
+        crate::Inspected::Entry(entry) => event_of(shard, entry).map(Pending::from),
+        crate::Inspected::Bulk(bulk) => {
+            let (mut rows, mut row_count, mut qty) = (Vec::new(), 0, 0);
+            for row in bulk.rows() {
+                if row_count == 0 {
+                    rows.reserve(bulk.len() * (row.sku_id.len() + row.warehouse_id.len() + 32));
+                }
+                push_row(
+                    &mut rows,
+                    row.sku_id,
+                    row.warehouse_id,
+                    row.qty,
+                    levels_array(row.before),
+                    levels_array(row.after),
+                );
+                row_count += 1;
+                qty += row.qty;
+            }
+            (row_count > 0).then(|| Pending {
+                event: AuditEvent {
+                    shard,
+                    seq: bulk.seq(),
+                    at_ms: bulk.at(),
+                    action: ACTION_BULK_RECEIVE.to_string(),
+                    sku_id: None,
+                    warehouse_id: None,
+                    qty,
+                    before: None,
+                    after: None,
+                    reason: bulk.reference().to_string(),
+                    operator: bulk.operator().to_string(),
+                    trace_id: format!("{:032x}", bulk.trace_id()),
+                    rows: Vec::new(),
+                },
+                rows,
+                row_count,
+            })
+        }
+    })
+}
+
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Head {
     index: u64,
@@ -257,20 +370,29 @@ impl AuditLog {
     }
 
     /// Appends events, syncs the file, then moves the head.
-    pub fn append(&mut self, events: Vec<AuditEvent>) -> std::io::Result<()> {
+    pub fn append<E: Into<Pending>>(&mut self, events: Vec<E>) -> std::io::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let AuditLog { body, out, .. } = self;
         out.clear();
-        for event in &events {
+        for pending in events {
+            let Pending { event, rows, row_count } = pending.into();
+            let event = &event;
             let index = self.index + 1;
             // The hashed body is `{"index":N,<event fields>}`; the line is
             // the same with `prevHash` after the index and `hash` at the
             // end: exactly how `AuditRecord` serializes, built without
-            // serializing the event twice.
+            // serializing the event twice. `rows` is the last field, so a
+            // bulk receipt's rows, written already, go in before the `}`.
             body.clear();
             serde_json::to_writer(&mut *body, &Hashed { index, event }).expect("json");
+            if row_count > 0 {
+                body.pop();
+                body.extend_from_slice(b",\"rows\":[");
+                body.extend_from_slice(&rows);
+                body.extend_from_slice(b"]}");
+            }
             let hash = hash_of(&self.hash, body);
             let fields = body.iter().position(|b| *b == b',').expect("an event has fields") + 1;
             out.extend_from_slice(&body[..fields - 1]);
@@ -480,6 +602,48 @@ mod tests {
         write_lines(dir.path(), &altered);
         let r = verify(dir.path()).unwrap();
         assert!(r.problems[0].starts_with("line 2: entry 2 was altered"), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn a_bulk_receipt_read_from_its_record_makes_the_same_lines_as_its_decoded_entry() {
+        use inventory_core::{Receive, Shard, ShardConfig};
+        let mut shard = Shard::new(ShardConfig::new(0));
+        let receive = |sku: &str, key: &str| {
+            Command::Receive(Receive {
+                sku_id: sku.into(),
+                warehouse_id: "w".into(),
+                qty: 5,
+                idem_key: key.into(),
+                reference: String::new(),
+            })
+        };
+        let items = [("a", "w", 3), ("q\"u\\o\u{1}", "w", 4), ("é€", "tab\there", 6), ("b", "w", 1)];
+        let entries = [
+            entry_of(&mut shard, 1, 10, receive("a", "k1")),
+            entry_of(&mut shard, 2, 20, crate::test_support::receive_batch(&items, "k2", "")),
+            entry_of(&mut shard, 3, 30, receive("b", "k3")),
+            entry_of(&mut shard, 4, 40, crate::test_support::receive_batch(&items, "k4", "po-4")),
+        ];
+        let (decoded, in_place) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let events: Vec<AuditEvent> = entries.iter().map(|e| event_of(0, e.clone()).unwrap()).collect();
+        AuditLog::open(decoded.path()).unwrap().append(events).unwrap();
+        let mut pending = Vec::new();
+        for e in &entries {
+            let record = crate::encode(e);
+            let bulk = matches!(e.command, Command::ReceiveBatch(_));
+            assert_eq!(record[0] == crate::codec::FORMAT_BULK_RECEIPT, bulk);
+            let p = pending_of_record(0, e.seq, &record).unwrap().unwrap();
+            assert_eq!(p.rows(), if bulk { items.len() } else { 1 });
+            pending.push(p);
+        }
+        AuditLog::open(in_place.path()).unwrap().append(pending).unwrap();
+        assert_eq!(lines(in_place.path()), lines(decoded.path()));
+        assert!(verify(in_place.path()).unwrap().ok());
+        assert!(lines(in_place.path())[1].contains(r#"["a","w",3,[5,0,0],[8,0,0]],["q\"u\\o\u0001","w",4,"#));
+        // A record that does not check out is an error, not a skipped line.
+        let mut bad = crate::encode(&entries[1]);
+        bad[9] ^= 1;
+        assert!(pending_of_record(0, 2, &bad).is_err());
     }
 
     #[test]

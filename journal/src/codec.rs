@@ -10,7 +10,7 @@
 //!   10,000-row receipt in about a fifth of the bytes. The encoder derives
 //!   the txns back and uses this format only when they match exactly.
 
-use inventory_core::{Command, Entry, Levels, Millis, ReceiveBatch, Txn, TxnKind};
+use inventory_core::{ArchivedLevels, Command, Entry, Levels, Millis, ReceiveBatch, Txn, TxnKind};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::with::Inline;
@@ -199,6 +199,127 @@ fn decode_bulk(body: &[u8]) -> Result<Entry, rancor::Error> {
     })
 }
 
+/// A record as a reader that needs less than the whole entry sees it.
+pub enum Inspected<'a> {
+    /// A bulk receipt, read in place: no entry and no txn is built.
+    Bulk(BulkView<'a>),
+    /// Any other record, decoded.
+    Entry(Entry),
+}
+
+/// A bulk receipt's record, read in place.
+pub struct BulkView<'a> {
+    archived: &'a ArchivedBulkReceipt<'a>,
+}
+
+/// One row of a bulk receipt: what its txn records, without the txn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BulkRow<'a> {
+    pub sku_id: &'a str,
+    pub warehouse_id: &'a str,
+    pub qty: u64,
+    pub before: Levels,
+    pub after: Levels,
+}
+
+impl<'a> BulkView<'a> {
+    pub fn seq(&self) -> u64 {
+        self.archived.seq.to_native()
+    }
+
+    pub fn at(&self) -> Millis {
+        self.archived.at.to_native()
+    }
+
+    pub fn trace_id(&self) -> u128 {
+        self.archived.trace_id.to_native()
+    }
+
+    pub fn operator(&self) -> &'a str {
+        self.archived.operator.as_str()
+    }
+
+    /// What every txn records as `ref_id` ([`ReceiveBatch::txn_reference`]).
+    pub fn reference(&self) -> &'a str {
+        let batch = &self.archived.batch;
+        if batch.reference.is_empty() {
+            batch.idem_key.as_str()
+        } else {
+            batch.reference.as_str()
+        }
+    }
+
+    /// Rows (items) in the receipt.
+    pub fn len(&self) -> usize {
+        self.archived.batch.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows in item order, with the levels [`receipt_txn`] derives.
+    pub fn rows(&self) -> impl Iterator<Item = BulkRow<'a>> + 'a {
+        let mut listed = self.archived.existing.iter().peekable();
+        self.archived.batch.items.iter().enumerate().map(move |(i, item)| {
+            let (before, _) = listed
+                .next_if(|e| e.item.to_native() as usize == i)
+                .map_or((Levels::default(), 1), |e| (levels(&e.before), e.version.to_native()));
+            let qty = item.qty.to_native();
+            BulkRow {
+                sku_id: item.sku_id.as_str(),
+                warehouse_id: item.warehouse_id.as_str(),
+                qty,
+                before,
+                after: Levels { available: before.available.saturating_add(qty), ..before },
+            }
+        })
+    }
+}
+
+fn levels(archived: &ArchivedLevels) -> Levels {
+    Levels {
+        available: archived.available.to_native(),
+        reserved: archived.reserved.to_native(),
+        sold: archived.sold.to_native(),
+    }
+}
+
+/// Whether the listed rows are in item order, each once, and within the
+/// items: what [`decode_bulk`] requires of them.
+fn existing_in_order(archived: &ArchivedBulkReceipt) -> bool {
+    let items = archived.batch.items.len();
+    let mut next = 0;
+    archived.existing.iter().all(|e| {
+        let item = e.item.to_native() as usize;
+        let ok = item >= next && item < items;
+        next = item + 1;
+        ok
+    })
+}
+
+/// Checks one framed record like [`decode`] and hands it to `f`: a bulk
+/// receipt in place ([`Inspected::Bulk`]), anything else decoded.
+pub fn inspect<T>(shard: u16, seq: u64, record: &[u8], f: impl FnOnce(Inspected<'_>) -> T) -> Result<T, JournalError> {
+    let corrupt = |reason: String| JournalError::Corrupt { shard, seq, reason };
+    let (format, body) = checked_body(shard, seq, record)?;
+    if format != FORMAT_BULK_RECEIPT {
+        return decode(shard, seq, record).map(|entry| f(Inspected::Entry(entry)));
+    }
+    with_scratch(|aligned| {
+        aligned.extend_from_slice(body);
+        let archived = rkyv::access::<ArchivedBulkReceipt, rancor::Error>(aligned)
+            .map_err(|e| corrupt(format!("undecodable: {e}")))?;
+        if !existing_in_order(archived) {
+            return Err(corrupt(format!("undecodable: {BadExisting}")));
+        }
+        if archived.seq.to_native() != seq {
+            return Err(corrupt(format!("record says seq {}", archived.seq.to_native())));
+        }
+        Ok(f(Inspected::Bulk(BulkView { archived })))
+    })
+}
+
 /// A listed row that is out of order or past the last item.
 #[derive(Debug)]
 struct BadExisting;
@@ -215,6 +336,24 @@ impl std::error::Error for BadExisting {}
 /// key) only label errors and are compared with the decoded entry.
 pub fn decode(shard: u16, seq: u64, record: &[u8]) -> Result<Entry, JournalError> {
     let corrupt = |reason: String| JournalError::Corrupt { shard, seq, reason };
+    let (format, body) = checked_body(shard, seq, record)?;
+    let entry = with_scratch(|aligned| {
+        aligned.extend_from_slice(body);
+        match format {
+            FORMAT_VERSION => rkyv::from_bytes::<Entry, rancor::Error>(aligned),
+            _ => decode_bulk(aligned),
+        }
+    })
+    .map_err(|e| corrupt(format!("undecodable: {e}")))?;
+    if entry.seq != seq {
+        return Err(corrupt(format!("record says seq {}", entry.seq)));
+    }
+    Ok(entry)
+}
+
+/// A record's format and body, once its header and checksum check out.
+fn checked_body(shard: u16, seq: u64, record: &[u8]) -> Result<(u8, &[u8]), JournalError> {
+    let corrupt = |reason: String| JournalError::Corrupt { shard, seq, reason };
     if record.len() < HEADER_LEN {
         return Err(corrupt(format!("record of {} bytes is shorter than its header", record.len())));
     }
@@ -226,18 +365,7 @@ pub fn decode(shard: u16, seq: u64, record: &[u8]) -> Result<Entry, JournalError
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let entry = with_scratch(|aligned| {
-        aligned.extend_from_slice(body);
-        match record[0] {
-            FORMAT_VERSION => rkyv::from_bytes::<Entry, rancor::Error>(aligned),
-            _ => decode_bulk(aligned),
-        }
-    })
-    .map_err(|e| corrupt(format!("undecodable: {e}")))?;
-    if entry.seq != seq {
-        return Err(corrupt(format!("record says seq {}", entry.seq)));
-    }
-    Ok(entry)
+    Ok((record[0], body))
 }
 
 #[cfg(test)]
@@ -287,6 +415,52 @@ mod tests {
             assert_eq!(decode(0, 3, &record).unwrap(), entry);
             let full = rkyv::to_bytes::<rancor::Error>(&entry).unwrap();
             assert!(record.len() * 2 < full.len(), "{} bytes against {}", record.len(), full.len());
+        }
+    }
+
+    #[test]
+    fn a_bulk_receipt_read_in_place_shows_what_its_decoded_entry_holds() {
+        for reference in ["po-7", ""] {
+            let entry = bulk(reference);
+            let Command::ReceiveBatch(batch) = &entry.command else { unreachable!() };
+            let seen = inspect(0, 3, &encode(&entry), |inspected| {
+                let Inspected::Bulk(view) = inspected else { panic!("a bulk receipt is read in place") };
+                let head = (view.seq(), view.at(), view.trace_id(), view.operator().to_string(), view.len());
+                (head, view.reference().to_string(), view.rows().map(|r| format!("{r:?}")).collect::<Vec<_>>())
+            })
+            .unwrap();
+            let txns: Vec<String> = entry
+                .txns
+                .iter()
+                .map(|t| {
+                    let row = BulkRow {
+                        sku_id: &t.sku_id,
+                        warehouse_id: &t.warehouse_id,
+                        qty: t.qty,
+                        before: t.before,
+                        after: t.after,
+                    };
+                    format!("{row:?}")
+                })
+                .collect();
+            assert_eq!(seen, ((3, 9, 11, "ops".to_string(), 5), batch.txn_reference().to_string(), txns));
+            assert!(entry.txns.iter().any(|t| t.before != Levels::default()), "existing rows are covered");
+        }
+    }
+
+    #[test]
+    fn any_other_record_is_inspected_decoded_and_bad_ones_are_refused() {
+        let seen = inspect(0, 7, &encode(&entry()), |inspected| match inspected {
+            Inspected::Entry(e) => e,
+            Inspected::Bulk(_) => panic!("not a bulk receipt"),
+        });
+        assert_eq!(seen.unwrap(), entry());
+        let good = encode(&bulk("po-7"));
+        assert!(inspect(0, 4, &good, |_| ()).is_err(), "a record under the wrong key is corrupt");
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            assert!(inspect(0, 3, &bad, |_| ()).is_err(), "flip at byte {i} went unnoticed");
         }
     }
 

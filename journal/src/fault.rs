@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use inventory_core::Entry;
 
-use crate::{Journal, JournalError};
+use crate::{Journal, JournalError, RecordVisitor};
 
 #[derive(Default)]
 struct Faults {
@@ -94,6 +94,10 @@ impl<J: Journal> Journal for FaultyJournal<J> {
 
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
         self.inner.read_from(from)
+    }
+
+    fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
+        self.inner.visit_records(from, f)
     }
 
     fn shard(&self) -> u16 {

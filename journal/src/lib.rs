@@ -38,7 +38,7 @@ mod test_support {
 
 use inventory_core::Entry;
 
-pub use codec::{decode, encode, FORMAT_VERSION};
+pub use codec::{decode, encode, inspect, BulkRow, BulkView, Inspected, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
 pub use memory::MemJournal;
 pub use recover::{rebuild, Until};
@@ -61,6 +61,10 @@ pub enum JournalError {
     Injected,
 }
 
+/// What [`Journal::visit_records`] calls with each record's sequence and
+/// bytes; `Ok(false)` stops the walk.
+pub type RecordVisitor<'a> = &'a mut dyn FnMut(u64, &[u8]) -> Result<bool, JournalError>;
+
 /// One shard's journal: an append-only sequence of entries numbered 1, 2, 3..
 ///
 /// `append` writes a whole batch and returns only once it is durable. If it
@@ -77,6 +81,23 @@ pub trait Journal: Send {
 
     /// Entries with `seq >= from`, in order.
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError>;
+
+    /// Calls `f` with each framed record (what [`decode`] and [`inspect`]
+    /// read) with `seq >= from`, in order, for as long as `f` returns
+    /// `Ok(true)`. For readers that need less than whole entries: the audit
+    /// reads a bulk receipt's rows in place. The default encodes what
+    /// `read_from` yields.
+    fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
+        let mut record = Vec::new();
+        for entry in self.read_from(from)? {
+            let entry = entry?;
+            codec::encode_into(&entry, &mut record);
+            if !f(entry.seq, &record)? {
+                break;
+            }
+        }
+        Ok(())
+    }
 
     /// The shard this journal belongs to (for error messages).
     fn shard(&self) -> u16;
@@ -106,6 +127,9 @@ impl<J: Journal + ?Sized> Journal for Box<J> {
     }
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
         (**self).read_from(from)
+    }
+    fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
+        (**self).visit_records(from, f)
     }
     fn shard(&self) -> u16 {
         (**self).shard()

@@ -8,7 +8,7 @@ use inventory_core::Entry;
 use parking_lot::Mutex;
 
 use crate::codec::{decode, encode};
-use crate::{Journal, JournalError};
+use crate::{Journal, JournalError, RecordVisitor};
 
 #[derive(Clone, Default)]
 pub struct MemJournal {
@@ -53,6 +53,16 @@ impl Journal for MemJournal {
         let shard = self.shard;
         let records: Vec<(u64, Vec<u8>)> = self.records.lock().range(from..).map(|(k, v)| (*k, v.clone())).collect();
         Ok(Box::new(records.into_iter().map(move |(seq, record)| decode(shard, seq, &record))))
+    }
+
+    fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
+        let records: Vec<(u64, Vec<u8>)> = self.records.lock().range(from..).map(|(k, v)| (*k, v.clone())).collect();
+        for (seq, record) in records {
+            if !f(seq, &record)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn shard(&self) -> u16 {

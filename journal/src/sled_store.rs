@@ -18,7 +18,7 @@ use std::path::Path;
 use inventory_core::Entry;
 
 use crate::codec::{decode, encode_into, FORMAT_VERSION};
-use crate::{Journal, JournalError};
+use crate::{Journal, JournalError, RecordVisitor};
 
 const META_TREE: &str = "meta";
 const CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -214,6 +214,16 @@ fn split_parts(shard: u16, seq: u64, value: &[u8]) -> Result<Option<u32>, Journa
 impl SledJournal {
     /// The value that holds `seq`, if any: the last key at or before it, or
     /// the head of the split record whose part that is.
+    /// The stored values holding entries `from..`, from the chunk that
+    /// holds `from`.
+    fn records_from(&self, from: u64) -> Result<Records, JournalError> {
+        let start = match self.chunk_at(from)? {
+            Some((first, _)) => first,
+            None => from,
+        };
+        Ok(Records { shard: self.shard, from, values: self.tree.range(start.to_be_bytes()..), joined: Vec::new() })
+    }
+
     fn chunk_at(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
         match self.tree.range(..=seq.to_be_bytes()).next_back().transpose()? {
             Some((key, value)) if key.len() == 8 => Ok(Some((key_seq(self.shard, &key)?, value))),
@@ -257,20 +267,19 @@ impl SledJournal {
 /// Reads entries in order from a range of stored values, joining split
 /// records. A record that fails to decode ends the read: nothing after it
 /// can be trusted to be in sequence.
-struct Reader {
+/// Walks the stored values of a range, joining split records.
+struct Records {
     shard: u16,
     from: u64,
     values: sled::Iter,
-    ready: std::collections::VecDeque<Result<Entry, JournalError>>,
-    failed: bool,
     /// A split record's parts joined, kept from record to record.
     joined: Vec<u8>,
 }
 
-impl Reader {
-    /// Decodes the next stored value (with its parts) into `ready`; false
-    /// at the end of the range.
-    fn fill(&mut self) -> Result<bool, JournalError> {
+impl Records {
+    /// Reads the next stored value (with its parts) and calls `f` with each
+    /// record in it at or after `from`; false at the end of the range.
+    fn next_value(&mut self, mut f: impl FnMut(u64, &[u8])) -> Result<bool, JournalError> {
         let Some(item) = self.values.next() else { return Ok(false) };
         let (key, value) = item?;
         let (shard, first) = (self.shard, key_seq(self.shard, &key)?);
@@ -299,16 +308,31 @@ impl Reader {
                 record.extend_from_slice(&value[1..]);
             }
             if first >= self.from {
-                self.ready.push_back(decode(shard, first, record));
+                f(first, record);
             }
             return Ok(true);
         }
         for (seq, record) in records(shard, first, &value)? {
             if seq >= self.from {
-                self.ready.push_back(decode(shard, seq, record));
+                f(seq, record);
             }
         }
         Ok(true)
+    }
+}
+
+struct Reader {
+    records: Records,
+    ready: std::collections::VecDeque<Result<Entry, JournalError>>,
+    failed: bool,
+}
+
+impl Reader {
+    /// Decodes the next stored value (with its parts) into `ready`; false
+    /// at the end of the range.
+    fn fill(&mut self) -> Result<bool, JournalError> {
+        let (shard, ready) = (self.records.shard, &mut self.ready);
+        self.records.next_value(|seq, record| ready.push_back(decode(shard, seq, record)))
     }
 }
 
@@ -385,18 +409,23 @@ impl Journal for SledJournal {
     }
 
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
-        let start = match self.chunk_at(from)? {
-            Some((first, _)) => first,
-            None => from,
-        };
-        Ok(Box::new(Reader {
-            shard: self.shard,
-            from,
-            values: self.tree.range(start.to_be_bytes()..),
-            ready: std::collections::VecDeque::new(),
-            failed: false,
-            joined: Vec::new(),
-        }))
+        Ok(Box::new(Reader { records: self.records_from(from)?, ready: Default::default(), failed: false }))
+    }
+
+    fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
+        let mut records = self.records_from(from)?;
+        let mut walking = Ok(true);
+        while walking.as_ref().is_ok_and(|go| *go) {
+            let more = records.next_value(|seq, record| {
+                if let Ok(true) = walking {
+                    walking = f(seq, record);
+                }
+            })?;
+            if !more {
+                break;
+            }
+        }
+        walking.map(|_| ())
     }
 
     fn shard(&self) -> u16 {
@@ -589,6 +618,39 @@ mod tests {
 
     fn huge(seq: u64) -> Entry {
         Entry { operator: format!("{seq}").repeat(200_000), ..entry(seq) }
+    }
+
+    /// `(seq, entry)` of each record `visit_records` walks from `from`,
+    /// stopping after `stop_after` records.
+    fn visited(j: &SledJournal, from: u64, stop_after: usize) -> Vec<(u64, Entry)> {
+        let mut seen = Vec::new();
+        j.visit_records(from, &mut |seq, record| {
+            seen.push((seq, decode(0, seq, record)?));
+            Ok(seen.len() < stop_after)
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn records_are_visited_in_order_whole_from_any_point_and_until_told_to_stop() {
+        let (_dir, mut j) = one_shard();
+        let batch: Vec<Entry> = (1..=150).map(big).chain([huge(151), entry(152), huge(153)]).collect();
+        j.append(&batch).unwrap();
+        for from in [1, 77, 151, 152, 153] {
+            let expected: Vec<(u64, Entry)> = batch[from as usize - 1..].iter().map(|e| (e.seq, e.clone())).collect();
+            assert_eq!(visited(&j, from, usize::MAX), expected, "from {from}");
+        }
+        assert_eq!(visited(&j, 150, 2).iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![150, 151]);
+        assert!(visited(&j, 154, usize::MAX).is_empty());
+        // An error from the visitor ends the walk and is returned.
+        let mut calls = 0;
+        let stopped = j.visit_records(1, &mut |seq, _| {
+            calls += 1;
+            Err(JournalError::Corrupt { shard: 0, seq, reason: "stop".into() })
+        });
+        assert!(matches!(stopped, Err(JournalError::Corrupt { seq: 1, .. })), "{stopped:?}");
+        assert_eq!(calls, 1);
     }
 
     #[test]
