@@ -50,3 +50,38 @@ pub fn disable_transparent_huge_pages() {
         eprintln!("could not turn off transparent huge pages: {}", std::io::Error::last_os_error());
     }
 }
+
+/// Lowers the calling thread's CPU priority to the least there is (nice
+/// 19), for background work that should take only the CPU the shard loops
+/// leave: the audit tailer. It reads the journal, so falling behind under
+/// full load loses nothing; it catches up as soon as the shards idle.
+pub fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority take integers and touch no memory;
+    // on Linux, PRIO_PROCESS with a thread id sets that thread's nice.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc != 0 {
+        eprintln!("could not lower a background thread's priority: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The calling thread's nice value.
+    fn nice() -> i32 {
+        // SAFETY: as in `lower_thread_priority`.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn a_lowered_thread_runs_at_the_least_priority_and_the_others_keep_theirs() {
+        let before = nice();
+        let lowered = std::thread::spawn(|| {
+            super::lower_thread_priority();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, 19);
+        assert_eq!(nice(), before, "only the calling thread is lowered");
+    }
+}

@@ -137,9 +137,10 @@ pub async fn run_with(
     let audit_thread = {
         let (readers, progress, marks, stop) =
             (readers.clone(), progress.clone(), audit_marks.clone(), audit_stop.clone());
-        std::thread::Builder::new()
-            .name("audit".into())
-            .spawn(move || audit_tailer(audit_log, readers, progress, marks, stop))?
+        std::thread::Builder::new().name("audit".into()).spawn(move || {
+            crate::lower_thread_priority();
+            audit_tailer(audit_log, readers, progress, marks, stop)
+        })?
     };
     let mut background = Vec::new();
     if let Some(writer) = &postgres {
