@@ -137,6 +137,52 @@ pub struct BatchItem {
     pub qty: u64,
 }
 
+/// The CSV header of a `receive-batch` body sent as `text/csv`.
+pub const BATCH_CSV_HEADER: &str = "skuId,warehouseId,qty";
+
+/// A `text/csv` `receive-batch` body: lines of `skuId,warehouseId,qty`
+/// (`warehouseId` may be empty), after an optional header line. Fields are
+/// trimmed; blank lines are skipped; quoted fields are refused (ids hold no
+/// commas). Returns the items with the line number of each.
+pub fn parse_batch_csv(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u32>), ApiError> {
+    let malformed = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "MALFORMED_CSV", message);
+    let text = std::str::from_utf8(body).map_err(|e| malformed(format!("request body is not UTF-8 text: {e}")))?;
+    let estimate = body.len() / 24 + 1;
+    let (mut items, mut lines) = (Vec::with_capacity(estimate), Vec::with_capacity(estimate));
+    let mut first = true;
+    for (i, line) in text.split('\n').enumerate() {
+        let n = i + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if std::mem::take(&mut first) && is_batch_csv_header(line) {
+            continue;
+        }
+        if line.contains('"') {
+            return Err(malformed(format!("line {n}: quoted fields are not supported")));
+        }
+        let mut fields = line.split(',').map(str::trim);
+        let (Some(sku_id), Some(warehouse_id), Some(qty), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            let found = line.split(',').count();
+            return Err(malformed(format!("line {n}: expected 3 fields ({BATCH_CSV_HEADER}), found {found}")));
+        };
+        let qty =
+            qty.parse().map_err(|_| ApiError::invalid(format!("line {n}: qty {qty:?} is not a positive integer")))?;
+        let warehouse_id = (!warehouse_id.is_empty()).then(|| warehouse_id.to_string());
+        items.push(BatchItem { sku_id: sku_id.to_string(), warehouse_id, qty });
+        lines.push(n as u32);
+    }
+    Ok((items, lines))
+}
+
+fn is_batch_csv_header(line: &str) -> bool {
+    let mut names = line.split(',').map(str::trim);
+    BATCH_CSV_HEADER.split(',').all(|name| names.next() == Some(name)) && names.next().is_none()
+}
+
 /// Most rows in one `receive-batch` request.
 pub const BATCH_ROWS_MAX: usize = 10_000;
 /// Largest `receive-batch` body.
@@ -205,7 +251,13 @@ pub fn check_text(field: impl std::fmt::Display, value: &str, max: usize) -> Res
     if value.len() > max {
         return Err(ApiError::invalid(format!("{field} is {} bytes long; at most {max} allowed", value.len())));
     }
-    if value.chars().any(char::is_control) {
+    // Ids are almost always ASCII, where a byte check is the same test.
+    let control = if value.is_ascii() {
+        value.bytes().any(|b| b.is_ascii_control())
+    } else {
+        value.chars().any(char::is_control)
+    };
+    if control {
         return Err(ApiError::invalid(format!("{field} must not contain control characters")));
     }
     Ok(())
@@ -399,6 +451,47 @@ pub struct OrderJson {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_batch_reads_rows_with_their_line_numbers() {
+        let body = b"skuId, warehouseId ,qty\r\n\na-1,east,3\r\n b-2 ,, 40\n\n  \nc-3,w,1";
+        let (items, lines) = parse_batch_csv(body).unwrap();
+        let rows: Vec<_> = items.iter().map(|i| (i.sku_id.as_str(), i.warehouse_id.as_deref(), i.qty)).collect();
+        assert_eq!(rows, [("a-1", Some("east"), 3), ("b-2", None, 40), ("c-3", Some("w"), 1)]);
+        assert_eq!(lines, [3, 4, 7]);
+        // The header is optional, and only a first line is taken for one.
+        let (items, lines) = parse_batch_csv(b"a-1,,3\n").unwrap();
+        assert_eq!((items.len(), lines), (1, vec![1]));
+        let e = parse_batch_csv(b"a-1,,3\nskuId,warehouseId,qty\n").unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), ("INVALID_FIELD", r#"line 2: qty "qty" is not a positive integer"#));
+        assert!(parse_batch_csv(b"").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_bad_csv_batch_is_refused_naming_the_line() {
+        let cases: [(&[u8], &str, &str); 5] = [
+            (b"skuId,warehouseId,qty\na,,1\nb,,-2\n", "INVALID_FIELD", r#"line 3: qty "-2" is not a positive integer"#),
+            (b"a,,1\nb,1\n", "MALFORMED_CSV", "line 2: expected 3 fields (skuId,warehouseId,qty), found 2"),
+            (b"a,,1,x\n", "MALFORMED_CSV", "line 1: expected 3 fields (skuId,warehouseId,qty), found 4"),
+            (b"\"a,b\",,1\n", "MALFORMED_CSV", "line 1: quoted fields are not supported"),
+            (b"a,,1\n\xff,,2\n", "MALFORMED_CSV", "request body is not UTF-8 text"),
+        ];
+        for (body, code, message) in cases {
+            let e = parse_batch_csv(body).unwrap_err();
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, code), "{}", e.message);
+            assert!(e.message.starts_with(message), "{:?} does not start with {message:?}", e.message);
+        }
+    }
+
+    #[test]
+    fn text_checks_treat_ascii_and_unicode_controls_alike() {
+        for bad in ["a\u{1}b", "a\u{7f}", "\u{85}x", "tab\there"] {
+            assert!(check_text("f", bad, 64).is_err(), "{bad:?}");
+        }
+        for good in ["SKU-1", "é€ ok", "a b"] {
+            assert!(check_text("f", good, 64).is_ok(), "{good:?}");
+        }
+    }
 
     #[test]
     fn parse_errors_name_the_field() {

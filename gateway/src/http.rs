@@ -134,11 +134,13 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
         (["api", "inventory", action], &Method::POST) if WRITE_PATHS.contains(action) => {
             let action = action.to_string();
             let header_key = header_key(&req)?;
-            let limit = if action == "receive-batch" { api::BATCH_BODY_BYTES_MAX } else { BODY_BYTES_MAX };
+            let batch = action == "receive-batch";
+            let form = if batch { batch_form(&req)? } else { BatchForm::Json };
+            let limit = if batch { api::BATCH_BODY_BYTES_MAX } else { BODY_BYTES_MAX };
             let body = read_body_limited(req, limit).await?;
             ready(app)?;
             match action.as_str() {
-                "receive-batch" => receive_batch(app, ctx, &body, header_key.as_deref()).await,
+                "receive-batch" => receive_batch(app, ctx, &body, form, header_key.as_deref()).await,
                 "receive" => receive(app, ctx, &body, header_key.as_deref()).await,
                 "reserve" => reserve(app, ctx, &body, header_key.as_deref()).await,
                 "confirm" => confirm(app, ctx, &body, header_key.as_deref()).await,
@@ -218,6 +220,60 @@ async fn receive(app: &App, ctx: &Ctx, body: &[u8], header_key: Option<&str>) ->
     outcome_response(applied, &sku, &warehouse_id)
 }
 
+/// How a `receive-batch` body is written: JSON, or CSV rows (`Content-Type:
+/// text/csv`) with the key in the `Idempotency-Key` header and the
+/// reference in the `ref` query parameter.
+enum BatchForm {
+    Json,
+    Csv { reference: Option<String> },
+}
+
+fn batch_form(req: &HttpRequest<Incoming>) -> Result<BatchForm, ApiError> {
+    let csv = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/csv"));
+    if !csv {
+        return Ok(BatchForm::Json);
+    }
+    let mut reference = None;
+    for pair in req.uri().query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("ref", value) => {
+                let value = percent_decode_str(value)
+                    .decode_utf8()
+                    .map_err(|_| ApiError::invalid("ref in the query is not UTF-8"))?;
+                reference = Some(value.into_owned());
+            }
+            (name, _) => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {name:?}: a CSV receive-batch takes only ref"
+                )))
+            }
+        }
+    }
+    Ok(BatchForm::Csv { reference })
+}
+
+/// Names a field of one batch row in an error: `items[3].qty` in JSON,
+/// `line 4: qty` in CSV.
+struct RowField<'a> {
+    index: usize,
+    lines: Option<&'a [u32]>,
+    field: &'static str,
+}
+
+impl std::fmt::Display for RowField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.lines {
+            Some(lines) => write!(f, "line {}: {}", lines[self.index], self.field),
+            None => write!(f, "items[{}].{}", self.index, self.field),
+        }
+    }
+}
+
 /// Bulk receipts: split by shard, one all-or-nothing command per shard, each
 /// under a key derived from the request's (`<key>#<shard>`), so retrying a
 /// request whose parts partly landed adds nothing twice.
@@ -225,30 +281,47 @@ async fn receive_batch(
     app: &App,
     ctx: &Ctx,
     body: &[u8],
+    form: BatchForm,
     header_key: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let b: api::ReceiveBatchBody = api::parse(body)?;
-    let idem_key = api::idem_key(b.idem_key, header_key)?;
-    if b.items.is_empty() || b.items.len() > api::BATCH_ROWS_MAX {
+    let (items, lines, body_key, reference) = match form {
+        BatchForm::Json => {
+            let b: api::ReceiveBatchBody = api::parse(body)?;
+            (b.items, None, b.idem_key, b.reference)
+        }
+        BatchForm::Csv { reference } => {
+            let (items, lines) = api::parse_batch_csv(body)?;
+            (items, Some(lines), None, reference)
+        }
+    };
+    let idem_key = api::idem_key(body_key, header_key)?;
+    if items.is_empty() || items.len() > api::BATCH_ROWS_MAX {
+        let what = if lines.is_some() { "a CSV body" } else { "items" };
         return Err(ApiError::invalid(format!(
-            "items must hold 1 to {} rows, got {}",
+            "{what} must hold 1 to {} rows, got {}",
             api::BATCH_ROWS_MAX,
-            b.items.len()
+            items.len()
         )));
     }
-    let reference = b.reference.unwrap_or_default();
+    let reference = reference.unwrap_or_default();
     if !reference.is_empty() {
         api::check_text("ref", &reference, TEXT_BYTES_MAX)?;
     }
-    let mut parts: Vec<Vec<inventory_core::ReceiveItem>> = vec![Vec::new(); app.router.shards() as usize];
-    for (i, item) in b.items.into_iter().enumerate() {
-        api::check_text(format_args!("items[{i}].skuId"), &item.sku_id, ID_BYTES_MAX)?;
+    let shards = app.router.shards() as usize;
+    let mut parts: Vec<Vec<inventory_core::ReceiveItem>> =
+        (0..shards).map(|_| Vec::with_capacity(items.len() / shards + items.len() / 8 + 1)).collect();
+    let lines = lines.as_deref();
+    for (index, item) in items.into_iter().enumerate() {
+        let field = |field| RowField { index, lines, field };
+        api::check_text(field("skuId"), &item.sku_id, ID_BYTES_MAX)?;
         let warehouse_id = item.warehouse_id.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string());
-        api::check_text(format_args!("items[{i}].warehouseId"), &warehouse_id, ID_BYTES_MAX)?;
+        api::check_text(field("warehouseId"), &warehouse_id, ID_BYTES_MAX)?;
         if item.qty == 0 || item.qty > app.max_qty {
             return Err(ApiError::invalid(format!(
-                "items[{i}].qty must be between 1 and {}, got {}",
-                app.max_qty, item.qty
+                "{} must be between 1 and {}, got {}",
+                field("qty"),
+                app.max_qty,
+                item.qty
             )));
         }
         let shard = app.router.shard_for_sku(&item.sku_id);

@@ -2,7 +2,52 @@
 
 use reqwest::StatusCode;
 
+use serde_json::json;
+
 use crate::support::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_may_be_sent_as_csv_and_is_the_same_receipt_as_its_json() {
+    let server = TestServer::start().await;
+    let c = &server.client;
+    let path = "/api/inventory/receive-batch?ref=po%2F9";
+    let csv = |key| [("content-type", "text/csv; charset=utf-8"), ("idempotency-key", key)];
+    let body: &[u8] = b"skuId,warehouseId,qty\r\ncsv-a,,3\ncsv-b,east,4\n\ncsv-a,west,5\n";
+    let r = c.post_raw(path, &csv("c1"), body).await;
+    assert_eq!((r.status, &r.body), (StatusCode::OK, &json!({"rows": 3, "units": 12})), "{}", r.text);
+    assert_eq!(c.levels("csv-a").await, (8, 0, 0));
+    assert_eq!(c.get("/api/inventory/csv-b").await.body["warehouses"][0]["warehouseId"], "east");
+    // Sent again, or as the same batch in JSON under the same key, it is a replay.
+    let again = c.post_raw(path, &csv("c1"), body).await;
+    assert_eq!((again.status, again.headers.get("idempotent-replayed").is_some()), (StatusCode::OK, true));
+    let items = json!([
+        {"skuId": "csv-a", "qty": 3},
+        {"skuId": "csv-b", "warehouseId": "east", "qty": 4},
+        {"skuId": "csv-a", "warehouseId": "west", "qty": 5},
+    ]);
+    let as_json = c.post("/api/inventory/receive-batch", json!({"idemKey": "c1", "ref": "po/9", "items": items})).await;
+    assert_eq!((as_json.status, as_json.headers.get("idempotent-replayed").is_some()), (StatusCode::OK, true));
+    // The reference is part of the receipt: another one under the key is refused.
+    let other_ref = c.post_raw("/api/inventory/receive-batch?ref=po-10", &csv("c1"), body).await;
+    assert_eq!((other_ref.status, other_ref.code()), (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"));
+
+    // Bad CSV is refused naming the line, and nothing of it lands.
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let bad: [(&str, Headers, &[u8], &str, &str); 5] = [
+        (path, &csv("c2"), b"csv-c,,1\ncsv-d,,0\n", "INVALID_FIELD", "line 2: qty must be between 1 and"),
+        (path, &csv("c3"), b"csv-c,,1\ncsv-d,1\n", "MALFORMED_CSV", "line 2: expected 3 fields"),
+        (path, &csv("c4"), b"csv-c,,1\ncsv\x01d,,1\n", "INVALID_FIELD", "line 2: skuId must not contain control"),
+        ("/api/inventory/receive-batch?reff=x", &csv("c5"), b"csv-c,,1\n", "INVALID_FIELD", "unknown query parameter"),
+        (path, &[("content-type", "text/csv")], b"csv-c,,1\n", "IDEMPOTENCY_KEY_REQUIRED", "every write needs"),
+    ];
+    for (path, headers, body, code, message) in bad {
+        let r = c.post_raw(path, headers, body).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, code), "{}", r.text);
+        assert!(r.body["message"].as_str().unwrap().starts_with(message), "{}", r.text);
+    }
+    assert_eq!(c.get("/api/inventory/csv-c").await.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_import_loads_a_catalogue_once() {
@@ -45,6 +90,19 @@ async fn bulk_import_loads_a_catalogue_once() {
     // Importing the same file again adds nothing: every chunk is a replay.
     assert!(run().status.success());
     assert_eq!(c.levels("imp-7").await, (1, 0, 0));
+    // JSONL goes through the JSON form of the same path.
+    let jsonl = dir.path().join("more.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"skuId\":\"imp-j1\",\"qty\":2}\n\n{\"skuId\":\"imp-7\",\"warehouseId\":\"east\",\"qty\":3}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
+        .args(["import", "--file", jsonl.to_str().unwrap(), "--url", &server.url])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 rows, 5 units"), "{out:?}");
+    assert_eq!((c.levels("imp-j1").await, c.levels("imp-7").await), ((2, 0, 0), (4, 0, 0)));
     // A bad row is named, nothing of its chunk lands.
     std::fs::write(&csv, "skuId,warehouseId,qty\nbad-1,,3\nbad-2,,zero\n").unwrap();
     let out = run();

@@ -156,6 +156,15 @@ impl Client {
         Self::reply(self.http.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap()).await
     }
 
+    /// Posts a body as it is, with the given headers.
+    pub async fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: &'static [u8]) -> Reply {
+        let mut request = self.http.post(format!("{}{path}", self.url)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::reply(request.send().await.unwrap()).await
+    }
+
     pub async fn try_post(&self, path: &str, body: Value) -> Result<Reply, reqwest::Error> {
         Ok(Self::reply(self.http.post(format!("{}{path}", self.url)).json(&body).send().await?).await)
     }
