@@ -833,6 +833,13 @@ impl Shard {
         self.own_hold(id, self.last_at).map(|h| h.expire_at)
     }
 
+    /// Sizes the stock index for `skus` SKUs in this shard, so that a bulk
+    /// load up to that many does not grow it step by step. Changes no state
+    /// a command sees.
+    pub fn reserve_skus(&mut self, skus: usize) {
+        self.table.reserve_skus(skus);
+    }
+
     /// Moves the shard's idea of "now" forward for queries (finished holds
     /// past retention disappear from them). Changes no state a command sees.
     pub fn advance(&mut self, at: Millis) {

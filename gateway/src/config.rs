@@ -28,6 +28,12 @@ pub struct Config {
     /// Most requests one shard applies per journal flush.
     #[arg(long, env = "INVENTORY_BATCH_MAX", default_value_t = 1_024)]
     pub batch_max: usize,
+    /// SKUs (over all shards) the stock index is sized for at start; it
+    /// grows past that as needed. Set to the catalogue's size, a bulk load
+    /// into an empty service skips the index's step-by-step growth, at about
+    /// one byte per expected SKU resident up front (`0`: grow as SKUs come).
+    #[arg(long, env = "INVENTORY_EXPECTED_SKUS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4_000_000_000))]
+    pub expected_skus: u64,
     /// Pin each shard loop to a core.
     #[arg(long, env = "INVENTORY_PIN_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin_threads: bool,
@@ -74,6 +80,7 @@ impl Config {
             max_qty: 1_000_000,
             queue_capacity: 16_384,
             batch_max: 1_024,
+            expected_skus: 0,
             pin_threads: true,
             http_threads: None,
             postgres_url: None,

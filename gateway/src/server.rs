@@ -102,6 +102,7 @@ pub async fn run_with(
             snapshots: Some(config.snapshot_dir()),
             batch_max: config.batch_max,
             core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
+            expected_skus: config.expected_skus.div_ceil(shards as u64) as usize,
         };
         let context = LoopContext {
             clock: clock.clone(),

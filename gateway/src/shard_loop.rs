@@ -92,6 +92,8 @@ pub struct LoopConfig {
     pub batch_max: usize,
     /// Pin the thread to this core.
     pub core: Option<core_affinity::CoreId>,
+    /// SKUs to size this shard's stock index for once it has recovered.
+    pub expected_skus: usize,
 }
 
 /// What a shard loop is connected to.
@@ -143,7 +145,7 @@ fn run_inner(
     let rebuilt = rebuild(config.shard, config.snapshots.as_deref(), &*journal, Until::End, |entry| {
         last_at = Some(entry.at);
     });
-    let (shard, stats) = match rebuilt {
+    let (mut shard, stats) = match rebuilt {
         Ok(done) => done,
         Err(e) => {
             let _ = ready.send((index, Err(e)));
@@ -151,6 +153,7 @@ fn run_inner(
         }
     };
     let next_seq = stats.next_seq;
+    shard.reserve_skus(config.expected_skus);
     // Loading the snapshot freed a read buffer and a decoded image about
     // twice the size of the state built from them; hand that memory back to
     // the OS now rather than whenever the allocator next purges this
@@ -512,7 +515,8 @@ mod tests {
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-        let config = LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None };
+        let config =
+            LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None, expected_skus: 0 };
         let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
         ready_rx.recv().unwrap().1.unwrap();
         let (reply, answer) = oneshot::channel();
