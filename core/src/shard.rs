@@ -451,13 +451,21 @@ impl Shard {
         skus.reserve(items.len(), |&(j, _)| sku_hash(j));
         landings.clear();
         landings.reserve(items.len());
+        // The index lookups first, in a loop of their own: each is a cache
+        // miss, and with nothing else between them the misses of
+        // consecutive items overlap instead of waiting one by one.
+        for item in items {
+            let sku = SkuKey::new(&item.sku_id);
+            landings.push((sku.hash(), Some(self.locate(sku, &item.warehouse_id))));
+        }
         // Warehouse ids the items checked so far add to the shard.
         let mut new_warehouses = FxHashSet::default();
         for (i, item) in items.iter().enumerate() {
             if item.qty == 0 {
                 return Err(Rejection::InvalidQuantity);
             }
-            let sku = SkuKey::new(&item.sku_id);
+            let (hash, found) = landings[i];
+            let sku = SkuKey::with_hash(&item.sku_id, hash);
             let same_pair = |&j: &u32| {
                 let other = &items[j as usize];
                 other.sku_id == item.sku_id && other.warehouse_id == item.warehouse_id
@@ -472,13 +480,13 @@ impl Shard {
             let pending_rows = skus.find(sku.hash(), same_sku).map_or(0, |&(_, rows)| rows as usize);
             let pending_warehouses =
                 new_warehouses.len() - new_warehouses.contains(item.warehouse_id.as_str()) as usize;
-            let (first, existing) = self.locate(sku, &item.warehouse_id);
+            let (first, existing) = found.expect("every item was located");
             let receipt = Receipt { sku, warehouse_id: &item.warehouse_id, qty: item.qty, reference: "" };
             if let Some(rejection) = self.receive_rejection(first, existing, &receipt, pending_rows, pending_warehouses)
             {
                 return Err(rejection);
             }
-            landings.push((sku.hash(), (first.is_some() || pending_rows == 0).then_some((first, existing))));
+            landings[i].1 = (first.is_some() || pending_rows == 0).then_some((first, existing));
             if existing.is_none() {
                 match skus.entry(sku.hash(), same_sku, |&(j, _)| sku_hash(j)) {
                     TableEntry::Occupied(mut counted) => counted.get_mut().1 += 1,
