@@ -631,7 +631,7 @@ mod tests {
         for e in &entries {
             let record = crate::encode(e);
             let bulk = matches!(e.command, Command::ReceiveBatch(_));
-            assert_eq!(record[0] == crate::codec::FORMAT_BULK_RECEIPT, bulk);
+            assert_eq!(record[0] == crate::codec::FORMAT_BULK_COLUMNS, bulk);
             let p = pending_of_record(0, e.seq, &record).unwrap().unwrap();
             assert_eq!(p.rows(), if bulk { items.len() } else { 1 });
             pending.push(p);
