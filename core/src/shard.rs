@@ -392,8 +392,8 @@ impl Shard {
         if first.is_none() && c.sku.id().len() > SKU_ID_BYTES_MAX {
             Some(Rejection::SkuIdTooLong)
         } else if rows >= WAREHOUSES_PER_SKU_MAX
-            || (!self.table.knows_warehouse(c.warehouse_id)
-                && self.table.warehouse_count() + pending_warehouses >= WAREHOUSE_IDS_MAX)
+            || (self.table.warehouse_count() + pending_warehouses >= WAREHOUSE_IDS_MAX
+                && !self.table.knows_warehouse(c.warehouse_id))
         {
             Some(Rejection::TooManyWarehouses)
         } else if c.qty > ROW_UNITS_MAX {
@@ -458,8 +458,10 @@ impl Shard {
             let sku = SkuKey::new(&item.sku_id);
             landings.push((sku.hash(), Some(self.locate(sku, &item.warehouse_id))));
         }
-        // Warehouse ids the items checked so far add to the shard.
+        // Warehouse ids the items checked so far add to the shard: counted
+        // only when the batch could reach the limit of warehouse ids.
         let mut new_warehouses = FxHashSet::default();
+        let count_warehouses = self.table.warehouse_count() + items.len() >= WAREHOUSE_IDS_MAX;
         for (i, item) in items.iter().enumerate() {
             if item.qty == 0 {
                 return Err(Rejection::InvalidQuantity);
@@ -494,7 +496,7 @@ impl Shard {
                         slot.insert((i as u32, 1));
                     }
                 }
-                if !self.table.knows_warehouse(&item.warehouse_id) {
+                if count_warehouses && !self.table.knows_warehouse(&item.warehouse_id) {
                     new_warehouses.insert(item.warehouse_id.as_str());
                 }
             }

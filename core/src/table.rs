@@ -319,8 +319,7 @@ impl StockTable {
     /// The caller has checked the limits.
     pub fn add_row(&mut self, first: Option<u32>, sku: SkuKey, warehouse_id: &str) -> Added {
         let ids_used = self.ids_used;
-        let new_warehouse = !self.knows_warehouse(warehouse_id);
-        let warehouse = self.intern(warehouse_id);
+        let (warehouse, new_warehouse) = self.intern(warehouse_id);
         let (id_off, id_len, prev) = match first {
             Some(first) => {
                 let tail = self.chain(first).last().expect("a chain has its first row");
@@ -380,14 +379,15 @@ impl StockTable {
         }
     }
 
-    fn intern(&mut self, warehouse_id: &str) -> u16 {
+    /// The position of `warehouse_id`, and whether it was added now.
+    fn intern(&mut self, warehouse_id: &str) -> (u16, bool) {
         if let Some(&w) = self.warehouse_ids.get(warehouse_id) {
-            return w;
+            return (w, false);
         }
         let w = u16::try_from(self.warehouses.len()).expect("checked against WAREHOUSE_IDS_MAX");
         self.warehouses.push(warehouse_id.into());
         self.warehouse_ids.insert(warehouse_id.into(), w);
-        w
+        (w, true)
     }
 
     fn push_id(&mut self, id: &[u8]) -> u32 {
@@ -483,8 +483,7 @@ impl StockTable {
     pub fn load(image: &ShardImage) -> StockTable {
         let mut table = StockTable::new();
         for w in &image.warehouses {
-            assert!(!table.knows_warehouse(w), "warehouse {w:?} twice in the image");
-            table.intern(w);
+            assert!(table.intern(w).1, "warehouse {w:?} twice in the image");
         }
         table.reserve_skus(image.sku_count());
         // First row of each SKU, by SKU position.

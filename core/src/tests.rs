@@ -586,6 +586,32 @@ fn limits_on_warehouses_and_id_length_are_checked_before_anything_changes() {
 }
 
 #[test]
+fn a_batch_may_add_warehouse_ids_up_to_the_shards_limit_and_no_further() {
+    let mut s = shard();
+    let names: Vec<String> = (0..WAREHOUSE_IDS_MAX + 1).map(|i| format!("w{i}")).collect();
+    let filled = WAREHOUSE_IDS_MAX - 2;
+    let items: Vec<(&str, &str, u64)> = names[..filled].iter().map(|w| ("base", w.as_str(), 1)).collect();
+    assert!(apply(&mut s, T0, &batch(&items[..WAREHOUSES_PER_SKU_MAX - 1], "k0")).0.changed);
+    let others: Vec<String> = (0..filled).map(|i| format!("sku-{i}")).collect();
+    let items: Vec<(&str, &str, u64)> =
+        (WAREHOUSES_PER_SKU_MAX - 1..filled).map(|i| (others[i].as_str(), names[i].as_str(), 1)).collect();
+    assert!(apply(&mut s, T0, &batch(&items, "k1")).0.changed);
+    let before = s.dump();
+    // Three new warehouse ids are one too many, however the items repeat them.
+    let (a, b, c) = (&names[filled], &names[filled + 1], &names[filled + 2]);
+    let three = batch(&[("n1", a, 1), ("n2", b, 1), ("n3", a, 1), ("n4", c, 1)], "k2");
+    assert_eq!(apply(&mut s, T0, &three).0.outcome, Outcome::Rejected(Rejection::TooManyWarehouses));
+    assert_eq!(s.dump(), before);
+    let two = batch(&[("n1", a, 1), ("n2", b, 1), ("n3", a, 1), ("n4", "w0", 1)], "k3");
+    assert!(apply(&mut s, T0, &two).0.changed);
+    assert_eq!(
+        apply(&mut s, T0, &receive("n5", c, 1, "k4")).0.outcome,
+        Outcome::Rejected(Rejection::TooManyWarehouses)
+    );
+    assert!(apply(&mut s, T0, &receive("n5", b, 1, "k5")).0.changed);
+}
+
+#[test]
 fn multi_warehouse_skus_keep_their_rows_together_and_in_order() {
     let mut s = shard();
     apply(&mut s, T0, &receive("a", "w1", 1, "k1"));
