@@ -150,11 +150,46 @@ pub fn parse_batch_csv(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u32>), ApiErr
     let estimate = body.len() / 24 + 1;
     let (mut items, mut lines) = (Vec::with_capacity(estimate), Vec::with_capacity(estimate));
     let mut first = true;
-    // One pass over the bytes finds the line ends, the commas and any quote:
-    // a body is up to 10,000 lines, and splitting each line again per field
-    // cost several times more than the rows' allocations.
-    let (mut n, mut start, mut commas, mut fields, mut quoted) = (1u32, 0, [0; 2], 1, false);
-    for (i, &b) in body.iter().chain(std::iter::once(&b'\n')).enumerate() {
+    for (i, line) in text.split('\n').enumerate() {
+        let n = i as u32 + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        // Blank lines are skipped, and the header if the first line is one.
+        if line.trim().is_empty() || (std::mem::take(&mut first) && is_batch_csv_header(line)) {
+            continue;
+        }
+        let [sku_id, warehouse_id, qty] = csv_fields(line).map_err(|e| malformed(format!("line {n}: {e}")))?;
+        let qty =
+            qty.parse().map_err(|_| ApiError::invalid(format!("line {n}: qty {qty:?} is not a positive integer")))?;
+        let warehouse_id = (!warehouse_id.is_empty()).then(|| warehouse_id.to_string());
+        items.push(BatchItem { sku_id: sku_id.to_string(), warehouse_id, qty });
+        lines.push(n);
+    }
+    Ok((items, lines))
+}
+
+/// Why a CSV line is not a row of `skuId,warehouseId,qty`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CsvLineError {
+    Quoted,
+    /// The number of fields found.
+    Fields(usize),
+}
+
+impl std::fmt::Display for CsvLineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CsvLineError::Quoted => f.write_str("quoted fields are not supported"),
+            CsvLineError::Fields(n) => write!(f, "expected 3 fields ({BATCH_CSV_HEADER}), found {n}"),
+        }
+    }
+}
+
+/// The three fields of a CSV row line, trimmed, found in one pass over its
+/// bytes (a batch body or a catalogue has millions of lines). Quoting is
+/// refused rather than parsed: ids hold no commas.
+pub fn csv_fields(line: &str) -> Result<[&str; 3], CsvLineError> {
+    let (mut commas, mut fields) = ([0; 2], 1);
+    for (i, &b) in line.as_bytes().iter().enumerate() {
         match b {
             b',' => {
                 if fields <= commas.len() {
@@ -162,37 +197,16 @@ pub fn parse_batch_csv(body: &[u8]) -> Result<(Vec<BatchItem>, Vec<u32>), ApiErr
                 }
                 fields += 1;
             }
-            b'"' => quoted = true,
-            b'\n' => {
-                let line = &text[start..i.min(text.len())];
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                // Blank lines are skipped, and the header if the first line is one.
-                let skip = line.trim().is_empty() || (std::mem::take(&mut first) && is_batch_csv_header(line));
-                if !skip {
-                    if quoted {
-                        return Err(malformed(format!("line {n}: quoted fields are not supported")));
-                    }
-                    if fields != 3 {
-                        return Err(malformed(format!(
-                            "line {n}: expected 3 fields ({BATCH_CSV_HEADER}), found {fields}"
-                        )));
-                    }
-                    // The commas are ASCII, so these are character boundaries.
-                    let [a, b] = commas.map(|c| c - start);
-                    let (sku_id, warehouse_id, qty) = (line[..a].trim(), line[a + 1..b].trim(), line[b + 1..].trim());
-                    let qty = qty
-                        .parse()
-                        .map_err(|_| ApiError::invalid(format!("line {n}: qty {qty:?} is not a positive integer")))?;
-                    let warehouse_id = (!warehouse_id.is_empty()).then(|| warehouse_id.to_string());
-                    items.push(BatchItem { sku_id: sku_id.to_string(), warehouse_id, qty });
-                    lines.push(n);
-                }
-                (n, start, fields, quoted) = (n + 1, i + 1, 1, false);
-            }
+            b'"' => return Err(CsvLineError::Quoted),
             _ => {}
         }
     }
-    Ok((items, lines))
+    if fields != 3 {
+        return Err(CsvLineError::Fields(fields));
+    }
+    // The commas are ASCII, so these are character boundaries.
+    let [a, b] = commas;
+    Ok([line[..a].trim(), line[a + 1..b].trim(), line[b + 1..].trim()])
 }
 
 fn is_batch_csv_header(line: &str) -> bool {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use inventory_gateway::api::csv_fields;
 use serde::Deserialize;
 
 #[derive(clap::Args)]
@@ -59,14 +60,7 @@ struct OwnedRow {
 }
 
 fn parse_csv_line(line: &str, n: usize) -> Result<Row<'_>, String> {
-    if line.contains('"') {
-        return Err(format!("line {n}: quoted CSV fields are not supported"));
-    }
-    let mut split = line.split(',').map(str::trim);
-    let (Some(sku_id), Some(warehouse), Some(qty), None) = (split.next(), split.next(), split.next(), split.next())
-    else {
-        return Err(format!("line {n}: expected 3 fields (skuId,warehouseId,qty), found {}", line.split(',').count()));
-    };
+    let [sku_id, warehouse, qty] = csv_fields(line).map_err(|e| format!("line {n}: {e}"))?;
     let qty = qty.parse().map_err(|_| format!("line {n}: qty {qty:?} is not a positive integer"))?;
     Ok(Row { sku_id, warehouse_id: (!warehouse.is_empty()).then_some(warehouse), qty })
 }
