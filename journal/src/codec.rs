@@ -297,66 +297,51 @@ fn with_scratch<T>(f: impl FnOnce(&mut AlignedVec<16>) -> T) -> T {
     })
 }
 
-/// The txns of a bulk receipt, derived from its items and listed rows.
-fn receipt_txns(
+/// The entry of a bulk receipt: its batch, and the txns derived from its
+/// items and the rows listed as existing before it.
+fn bulk_entry(
+    seq: u64,
     at: Millis,
-    batch: &ReceiveBatch,
+    trace_id: u128,
+    operator: &str,
+    batch: ReceiveBatch,
     first_txn_id: u64,
-    existing: &[Existing],
-) -> Result<Vec<Txn>, rancor::Error> {
+    existing: &rkyv::vec::ArchivedVec<ArchivedExisting>,
+) -> Result<Entry, rancor::Error> {
+    let existing: Vec<Existing> = rkyv::deserialize::<Vec<Existing>, rancor::Error>(existing)?;
     let mut listed = existing.iter().peekable();
     let mut txns = Vec::with_capacity(batch.items.len());
     for i in 0..batch.items.len() {
         let e = listed.next_if(|e| e.item as usize == i);
-        txns.push(receipt_txn(at, batch, first_txn_id, i, e));
+        txns.push(receipt_txn(at, &batch, first_txn_id, i, e));
     }
     if listed.next().is_some() {
-        return Err(<rancor::Error as rancor::Source>::new(BadExisting));
+        return Err(<rancor::Error as rancor::Source>::new(BadBulk::Existing));
     }
-    Ok(txns)
+    let command = Command::ReceiveBatch(batch);
+    Ok(Entry { seq, at, trace_id, operator: operator.to_string(), command, txns })
 }
 
 fn decode_bulk(body: &[u8]) -> Result<Entry, rancor::Error> {
-    let archived = rkyv::access::<ArchivedBulkReceipt, rancor::Error>(body)?;
-    let batch: ReceiveBatch = rkyv::deserialize::<ReceiveBatch, rancor::Error>(&archived.batch)?;
-    let existing: Vec<Existing> = rkyv::deserialize::<Vec<Existing>, rancor::Error>(&archived.existing)?;
-    let (at, first_txn_id) = (archived.at.to_native(), archived.first_txn_id.to_native());
-    let txns = receipt_txns(at, &batch, first_txn_id, &existing)?;
-    Ok(Entry {
-        seq: archived.seq.to_native(),
-        at,
-        trace_id: archived.trace_id.to_native(),
-        operator: archived.operator.as_str().to_string(),
-        command: Command::ReceiveBatch(batch),
-        txns,
-    })
+    let a = rkyv::access::<ArchivedBulkReceipt, rancor::Error>(body)?;
+    let batch: ReceiveBatch = rkyv::deserialize::<ReceiveBatch, rancor::Error>(&a.batch)?;
+    let (at, first_txn_id) = (a.at.to_native(), a.first_txn_id.to_native());
+    bulk_entry(a.seq.to_native(), at, a.trace_id.to_native(), &a.operator, batch, first_txn_id, &a.existing)
 }
 
 fn decode_columns(body: &[u8]) -> Result<Entry, rancor::Error> {
-    let archived = rkyv::access::<ArchivedBulkColumns, rancor::Error>(body)?;
-    if !archived.valid() {
-        return Err(<rancor::Error as rancor::Source>::new(BadColumns));
+    let a = rkyv::access::<ArchivedBulkColumns, rancor::Error>(body)?;
+    if !a.valid() {
+        return Err(<rancor::Error as rancor::Source>::new(BadBulk::Columns));
     }
-    let items = archived
+    let items = a
         .items()
         .map(|i| ReceiveItem { sku_id: i.sku_id.to_string(), warehouse_id: i.warehouse_id.to_string(), qty: i.qty })
         .collect();
-    let batch = ReceiveBatch {
-        items,
-        idem_key: archived.idem_key.as_str().to_string(),
-        reference: archived.reference.as_str().to_string(),
-    };
-    let existing: Vec<Existing> = rkyv::deserialize::<Vec<Existing>, rancor::Error>(&archived.existing)?;
-    let (at, first_txn_id) = (archived.at.to_native(), archived.first_txn_id.to_native());
-    let txns = receipt_txns(at, &batch, first_txn_id, &existing)?;
-    Ok(Entry {
-        seq: archived.seq.to_native(),
-        at,
-        trace_id: archived.trace_id.to_native(),
-        operator: archived.operator.as_str().to_string(),
-        command: Command::ReceiveBatch(batch),
-        txns,
-    })
+    let batch =
+        ReceiveBatch { items, idem_key: a.idem_key.as_str().to_string(), reference: a.reference.as_str().to_string() };
+    let (at, first_txn_id) = (a.at.to_native(), a.first_txn_id.to_native());
+    bulk_entry(a.seq.to_native(), at, a.trace_id.to_native(), &a.operator, batch, first_txn_id, &a.existing)
 }
 
 /// A record as a reader that needs less than the whole entry sees it.
@@ -482,7 +467,7 @@ fn levels(archived: &ArchivedLevels) -> Levels {
 }
 
 /// Whether listed row positions are in item order, each once, and within
-/// the `items`: what [`receipt_txns`] requires of them.
+/// the `items`: what [`bulk_entry`] requires of them.
 fn in_item_order(listed: impl IntoIterator<Item = u32>, items: usize) -> bool {
     let mut next = 0;
     listed.into_iter().all(|item| {
@@ -507,13 +492,13 @@ pub fn inspect<T>(shard: u16, seq: u64, record: &[u8], f: impl FnOnce(Inspected<
         let archived = if format == FORMAT_BULK_COLUMNS {
             let a = rkyv::access::<ArchivedBulkColumns, rancor::Error>(aligned).map_err(|e| undecodable(&e))?;
             if !a.valid() {
-                return Err(undecodable(&BadColumns));
+                return Err(undecodable(&BadBulk::Columns));
             }
             Archived::Columns(a)
         } else {
             let a = rkyv::access::<ArchivedBulkReceipt, rancor::Error>(aligned).map_err(|e| undecodable(&e))?;
             if !in_item_order(a.existing.iter().map(|e| e.item.to_native()), a.batch.items.len()) {
-                return Err(undecodable(&BadExisting));
+                return Err(undecodable(&BadBulk::Existing));
             }
             Archived::Items(a)
         };
@@ -525,29 +510,14 @@ pub fn inspect<T>(shard: u16, seq: u64, record: &[u8], f: impl FnOnce(Inspected<
     })
 }
 
-/// A listed row that is out of order or past the last item.
-#[derive(Debug)]
-struct BadExisting;
-
-impl std::fmt::Display for BadExisting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("existing rows out of order or past the last item")
-    }
+/// A bulk receipt record whose parts do not fit together.
+#[derive(Debug, thiserror::Error)]
+enum BadBulk {
+    #[error("existing rows out of order or past the last item")]
+    Existing,
+    #[error("bulk receipt columns of different lengths or out of range")]
+    Columns,
 }
-
-impl std::error::Error for BadExisting {}
-
-/// Columns of a bulk receipt that do not fit together.
-#[derive(Debug)]
-struct BadColumns;
-
-impl std::fmt::Display for BadColumns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("bulk receipt columns of different lengths or out of range")
-    }
-}
-
-impl std::error::Error for BadColumns {}
 
 /// Checks and decodes one framed record. `shard` and `seq` (the record's
 /// key) only label errors and are compared with the decoded entry.
