@@ -421,7 +421,8 @@ impl StockTable {
     /// many rehashes nothing. A table that grows must re-read the row and
     /// the id of every SKU it holds (two cache misses each), which is most
     /// of what a bulk load into an empty shard spends beyond the inserts.
-    /// Memory for slots not yet used is reserved, not touched.
+    /// The tables take their full size at once (about 8-10 bytes per SKU),
+    /// what they would reach holding that many anyway.
     pub fn reserve_skus(&mut self, skus: usize) {
         let per_part = skus / INDEX_PARTS;
         if per_part == 0 {

@@ -30,8 +30,9 @@ pub struct Config {
     pub batch_max: usize,
     /// SKUs (over all shards) the stock index is sized for at start; it
     /// grows past that as needed. Set to the catalogue's size, a bulk load
-    /// into an empty service skips the index's step-by-step growth, at about
-    /// one byte per expected SKU resident up front (`0`: grow as SKUs come).
+    /// into an empty service skips the index's step-by-step growth; the
+    /// index's memory for that many SKUs (about 8-10 bytes each) is resident
+    /// from the start (`0`: grow as SKUs come).
     #[arg(long, env = "INVENTORY_EXPECTED_SKUS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=4_000_000_000))]
     pub expected_skus: u64,
     /// Pin each shard loop to a core.
