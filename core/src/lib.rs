@@ -29,7 +29,7 @@ pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTIO
 pub use state::{
     ArchivedLevels, Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
 };
-pub use table::{ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
+pub use table::{INDEX_PARTS, ROW_MILLIS_MAX, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSE_IDS_MAX};
 
 /// Which shard owns an SKU: a stable hash of the id, modulo the shard count.
 /// Stable across versions and machines (XXH3), because the journal layout

@@ -850,6 +850,13 @@ impl Shard {
         self.table.reserve_skus(skus);
     }
 
+    /// [`reserve_skus`](Self::reserve_skus) for part `part` (of
+    /// [`INDEX_PARTS`](crate::INDEX_PARTS)) of the index alone, so that a
+    /// loop can size a full shard's index a slice at a time between batches.
+    pub fn reserve_skus_part(&mut self, skus: usize, part: usize) {
+        self.table.reserve_skus_part(skus, part);
+    }
+
     /// Moves the shard's idea of "now" forward for queries (finished holds
     /// past retention disappear from them). Changes no state a command sees.
     pub fn advance(&mut self, at: Millis) {

@@ -50,7 +50,7 @@ const ROW_BLOCK: usize = (1 << 14) - 16;
 /// Bytes per id arena block; at least `SKU_ID_BYTES_MAX`.
 const ID_BLOCK: usize = 1 << 16;
 /// Number of hash tables the SKU index is split into.
-const INDEX_PARTS: usize = 256;
+pub const INDEX_PARTS: usize = 256;
 /// "No row": the end of a chain.
 pub(crate) const NO_ROW: u32 = u32::MAX;
 /// `Row::id_len`: the id's length, and whether the row has a next row.
@@ -424,6 +424,16 @@ impl StockTable {
     /// The tables take their full size at once (about 8-10 bytes per SKU),
     /// what they would reach holding that many anyway.
     pub fn reserve_skus(&mut self, skus: usize) {
+        for part in 0..INDEX_PARTS {
+            self.reserve_skus_part(skus, part);
+        }
+    }
+
+    /// [`reserve_skus`](Self::reserve_skus) for one of the [`INDEX_PARTS`]
+    /// tables of the index: sizes it for its share of `skus` SKUs in all.
+    /// The work is that table's alone (a rehash of the SKUs it holds, if it
+    /// must move), so a caller can size the index a part at a time.
+    pub fn reserve_skus_part(&mut self, skus: usize, part: usize) {
         let per_part = skus / INDEX_PARTS;
         if per_part == 0 {
             return;
@@ -431,9 +441,8 @@ impl StockTable {
         // The expected share of each table plus a margin for the spread.
         let room = per_part + per_part / 16 + 64;
         let StockTable { blocks, ids, index, .. } = self;
-        for t in index.iter_mut() {
-            t.reserve(room.saturating_sub(t.len()), |&r| id_hash(id_in(ids, row_in(blocks, r))));
-        }
+        let t = &mut index[part];
+        t.reserve(room.saturating_sub(t.len()), |&r| id_hash(id_in(ids, row_in(blocks, r))));
     }
 
     /// SKUs the index holds without growing.
@@ -615,8 +624,10 @@ mod tests {
         t.reserve_skus(skus);
         let capacity = t.sku_capacity();
         assert!(capacity >= skus, "{capacity} slots for {skus} SKUs");
-        // Sized once: asking again for as many changes nothing.
+        // Sized once: asking again for as many changes nothing, in one go
+        // or a part at a time.
         t.reserve_skus(skus);
+        (0..INDEX_PARTS).for_each(|part| t.reserve_skus_part(skus, part));
         assert_eq!(t.sku_capacity(), capacity);
         for i in 1..skus {
             t.add_row(None, SkuKey::new(&format!("sku-{i:09}")), "default");
@@ -624,6 +635,28 @@ mod tests {
         assert_eq!((t.sku_count() as usize, t.sku_capacity()), (skus, capacity));
         t.check().unwrap();
         assert_eq!(t.find_sku("before"), Some(0));
+    }
+
+    #[test]
+    fn sizing_the_index_a_part_at_a_time_sizes_each_part_alone() {
+        let skus = 100_000;
+        let mut t = StockTable::new();
+        for i in 0..1_000 {
+            t.add_row(None, SkuKey::new(&format!("sku-{i:09}")), "default");
+        }
+        let before: Vec<usize> = t.index.iter().map(|p| p.capacity()).collect();
+        t.reserve_skus_part(skus, 7);
+        for (part, (table, was)) in t.index.iter().zip(&before).enumerate() {
+            if part == 7 {
+                assert!(table.capacity() >= skus / INDEX_PARTS, "part 7 holds {}", table.capacity());
+            } else {
+                assert_eq!(table.capacity(), *was, "part {part} changed");
+            }
+        }
+        (0..INDEX_PARTS).for_each(|part| t.reserve_skus_part(skus, part));
+        assert!(t.sku_capacity() >= skus);
+        t.check().unwrap();
+        assert_eq!(t.find_sku("sku-000000999"), Some(999));
     }
 
     #[test]

@@ -176,6 +176,11 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
             ready(app)?;
             crate::admin::snapshot(app).await
         }
+        (["api", "admin", "capacity"], &Method::POST) => {
+            let body = read_body(req).await?;
+            ready(app)?;
+            crate::admin::capacity(app, &body).await
+        }
         (["api", "admin", "reconcile"], &Method::POST) => {
             let body = read_body(req).await?;
             ready(app)?;
@@ -190,7 +195,7 @@ async fn route(app: &App, ctx: &Ctx, req: HttpRequest<Incoming>) -> Result<Respo
             Err(method_not_allowed("GET"))
         }
         (["healthz"] | ["readyz"] | ["metrics"] | ["api", "admin", "persistence"], _) => Err(method_not_allowed("GET")),
-        (["api", "admin", "reconcile"] | ["api", "admin", "snapshot"], _) => Err(method_not_allowed("POST")),
+        (["api", "admin", "reconcile" | "snapshot" | "capacity"], _) => Err(method_not_allowed("POST")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {path}"))),
     }
 }

@@ -12,14 +12,16 @@
 //! 5. only then replies: outcomes if the flush succeeded; if it failed, rolls
 //!    the batch back, answers `JournalUnavailable`, and refuses writes until
 //!    the journal is recovered;
-//! 6. answers the batch's reads from the committed state.
+//! 6. answers the batch's reads from the committed state;
+//! 7. sizes a slice of its stock index, if asked to make room for more SKUs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use inventory_core::{
-    Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, Txn, TxnKind, REASON_TIMEOUT,
+    Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, Txn, TxnKind, INDEX_PARTS,
+    REASON_TIMEOUT,
 };
 use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
@@ -73,6 +75,13 @@ pub enum Request {
     /// Every stock row, with the last acknowledged sequence they reflect.
     Rows {
         reply: oneshot::Sender<RowsAt>,
+    },
+    /// Make room in the stock index for `more` SKUs beyond those held now
+    /// (e.g. before a bulk import). Done a slice at a time between batches;
+    /// the reply is the SKU count the index is then sized for.
+    Capacity {
+        more: usize,
+        reply: oneshot::Sender<usize>,
     },
     /// Finish what is queued before this, then stop.
     Shutdown,
@@ -190,6 +199,7 @@ fn run_inner(
         next_backlog: 0,
         sweep_cursor: 0,
         sweep_found: 0,
+        sizing: None,
         entries: Vec::new(),
         writes: Vec::new(),
         reads: Vec::new(),
@@ -217,6 +227,8 @@ struct LoopState {
     next_backlog: Millis,
     sweep_cursor: usize,
     sweep_found: u64,
+    /// An index resize in progress (`Request::Capacity`).
+    sizing: Option<Sizing>,
     // Reused per batch, so steady state allocates no buffers.
     entries: Vec<Entry>,
     writes: Vec<(oneshot::Sender<WriteReply>, Applied)>,
@@ -227,6 +239,22 @@ struct LoopState {
     spare_txns: Vec<Vec<Txn>>,
 }
 
+/// Sizing the stock index for more SKUs, one part after another.
+struct Sizing {
+    /// SKUs in all the index is being sized for.
+    skus: usize,
+    /// The next index part to size.
+    next_part: usize,
+    /// Callers waiting for it to finish.
+    replies: Vec<oneshot::Sender<usize>>,
+}
+
+/// Time a loop pass spends sizing index parts, beyond the first part. A
+/// part holds 1/256 of a shard's SKUs, so even one part of a full shard is
+/// a few milliseconds; the budget keeps a resize from stalling the batches
+/// queued behind it.
+const SIZING_SLICE: Duration = Duration::from_millis(1);
+
 /// Most emptied txn lists kept for reuse.
 const SPARE_TXNS_MAX: usize = 4;
 
@@ -235,7 +263,11 @@ impl LoopState {
         let mut batch: Vec<Request> = Vec::with_capacity(self.batch_max);
         let mut stopping = false;
         while !stopping {
-            let wait = Duration::from_millis(self.next_tick.saturating_sub(self.clock.now_ms()).min(EXPIRY_TICK_MS));
+            let wait = if self.sizing.is_some() {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(self.next_tick.saturating_sub(self.clock.now_ms()).min(EXPIRY_TICK_MS))
+            };
             match requests.recv_timeout(wait) {
                 Ok(request) => batch.push(request),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -285,6 +317,15 @@ impl LoopState {
                     self.writes.push((reply, applied));
                 }
                 read @ (Request::Read { .. } | Request::Rows { .. }) => self.reads.push(read),
+                Request::Capacity { more, reply } => {
+                    let skus = self.shard.stats().skus.saturating_add(more);
+                    let sizing = self.sizing.get_or_insert_with(|| Sizing { skus, next_part: 0, replies: Vec::new() });
+                    if skus > sizing.skus {
+                        // Parts already sized for less are sized again.
+                        (sizing.skus, sizing.next_part) = (skus, 0);
+                    }
+                    sizing.replies.push(reply);
+                }
                 #[cfg(test)]
                 Request::Mutate(f) => f(&mut self.shard),
                 Request::Shutdown => unreachable!("handled by run"),
@@ -322,6 +363,7 @@ impl LoopState {
             self.commit();
         }
         self.recycle(txns);
+        self.size_index();
         for request in self.reads.drain(..) {
             match request {
                 Request::Read { query, reply } => {
@@ -341,6 +383,27 @@ impl LoopState {
         let Meta { trace_id, operator } = meta;
         let txns = std::mem::replace(txns, self.spare_txns.pop().unwrap_or_default());
         self.entries.push(Entry { seq, at, trace_id, operator, command, txns });
+    }
+
+    /// One slice of a pending index resize: at least one part, then more
+    /// while within [`SIZING_SLICE`]. Answers the callers when the last part
+    /// is done.
+    fn size_index(&mut self) {
+        let Some(sizing) = &mut self.sizing else { return };
+        let started = Instant::now();
+        while sizing.next_part < INDEX_PARTS {
+            self.shard.reserve_skus_part(sizing.skus, sizing.next_part);
+            sizing.next_part += 1;
+            if started.elapsed() >= SIZING_SLICE {
+                break;
+            }
+        }
+        if sizing.next_part == INDEX_PARTS {
+            let done = self.sizing.take().expect("sizing");
+            for reply in done.replies {
+                let _ = reply.send(done.skus);
+            }
+        }
     }
 
     /// Keeps an entry's txn list for reuse, emptied, if there is room.
@@ -504,8 +567,8 @@ mod tests {
         text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
-    #[test]
-    fn the_invariant_sweep_reports_a_corrupted_row() {
+    /// A loop on an in-memory journal, and its metrics.
+    fn start_loop() -> (crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
         let context = LoopContext {
             clock: Arc::new(SystemClock),
@@ -519,15 +582,49 @@ mod tests {
             LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None, expected_skus: 0 };
         let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
         ready_rx.recv().unwrap().1.unwrap();
+        (tx, thread, metrics)
+    }
+
+    fn receive(sku: &str, key: &str) -> (Request, oneshot::Receiver<WriteReply>) {
         let (reply, answer) = oneshot::channel();
         let receive = Receive {
-            sku_id: "s".into(),
+            sku_id: sku.into(),
             warehouse_id: DEFAULT_WAREHOUSE.into(),
             qty: 5,
-            idem_key: "k".into(),
+            idem_key: key.into(),
             reference: String::new(),
         };
-        tx.send(Request::Write { command: Command::Receive(receive), meta: Meta::default(), reply }).unwrap();
+        (Request::Write { command: Command::Receive(receive), meta: Meta::default(), reply }, answer)
+    }
+
+    #[test]
+    fn capacity_requests_are_answered_once_sized_and_writes_behind_them_go_on() {
+        let (tx, thread, _) = start_loop();
+        let (first, sized_first) = oneshot::channel();
+        tx.send(Request::Capacity { more: 5_000_000, reply: first }).unwrap();
+        let (write, written) = receive("s", "k");
+        tx.send(write).unwrap();
+        // A smaller request while one is pending is answered with it.
+        let (second, sized_second) = oneshot::channel();
+        tx.send(Request::Capacity { more: 10, reply: second }).unwrap();
+        assert!(matches!(written.blocking_recv().unwrap(), WriteReply::Applied(a) if a.changed));
+        assert_eq!(
+            (sized_first.blocking_recv().unwrap(), sized_second.blocking_recv().unwrap()),
+            (5_000_000, 5_000_000)
+        );
+        // A later one counts the SKU now held.
+        let (third, sized_third) = oneshot::channel();
+        tx.send(Request::Capacity { more: 6_000_000, reply: third }).unwrap();
+        assert_eq!(sized_third.blocking_recv().unwrap(), 6_000_001);
+        tx.send(Request::Shutdown).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_invariant_sweep_reports_a_corrupted_row() {
+        let (tx, thread, metrics) = start_loop();
+        let (write, answer) = receive("s", "k");
+        tx.send(write).unwrap();
         assert!(matches!(answer.blocking_recv().unwrap(), WriteReply::Applied(_)));
 
         let wait_for = |series: &str, value: f64| {

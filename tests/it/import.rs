@@ -4,7 +4,44 @@ use reqwest::StatusCode;
 
 use serde_json::json;
 
-use crate::support::TestServer;
+use crate::support::{skus_on_different_shards, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_sizes_every_shard_for_its_share_of_more_skus() {
+    let server = TestServer::start().await;
+    let c = &server.client;
+    let sized = |body: &serde_json::Value| -> Vec<u64> {
+        body["shards"].as_array().unwrap().iter().map(|s| s["sizedForSkus"].as_u64().unwrap()).collect()
+    };
+    let r = c.post("/api/admin/capacity", json!({"skus": 1001})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(sized(&r.body), vec![501; server.shards as usize]);
+    // Room is counted beyond the SKUs a shard already holds.
+    let (held, _) = skus_on_different_shards("cap", server.shards);
+    let home = inventory_core::shard_for_sku(&held, server.shards) as usize;
+    let r = c.post("/api/inventory/receive", json!({"idemKey": "cap-r", "skuId": held, "qty": 4})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = c.post("/api/admin/capacity", json!({"skus": 20_000})).await;
+    let mut expect = vec![10_000; server.shards as usize];
+    expect[home] += 1;
+    assert_eq!((r.status, sized(&r.body)), (StatusCode::OK, expect), "{}", r.text);
+
+    // Bad requests are refused and change nothing.
+    for bad in [
+        json!({"skus": 0}),
+        json!({"skus": 100_000_001}),
+        json!({"skus": "many"}),
+        json!({}),
+        json!({"skus": 5, "x": 1}),
+    ] {
+        let r = c.post("/api/admin/capacity", bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+        assert!(["INVALID_FIELD", "MALFORMED_JSON"].contains(&r.code()), "{bad}: {}", r.text);
+    }
+    assert_eq!(c.get("/api/admin/capacity").await.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(c.levels(&held).await, (4, 0, 0));
+    server.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_may_be_sent_as_csv_and_is_the_same_receipt_as_its_json() {
@@ -98,7 +135,7 @@ async fn bulk_import_loads_a_catalogue_once() {
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
-        .args(["import", "--file", jsonl.to_str().unwrap(), "--url", &server.url])
+        .args(["import", "--file", jsonl.to_str().unwrap(), "--url", &server.url, "--no-presize"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 rows, 5 units"), "{out:?}");

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use inventory_gateway::admin::CAPACITY_SKUS_MAX;
 use inventory_gateway::api::csv_fields;
 use serde::Deserialize;
 
@@ -38,6 +39,11 @@ pub struct ImportArgs {
     /// Reference recorded on every receipt.
     #[arg(long, default_value = "import")]
     reference: String,
+    /// Do not ask the service to size its stock index for the file's rows
+    /// before sending them (`POST /api/admin/capacity`), e.g. when the file
+    /// mostly restocks SKUs the service already holds.
+    #[arg(long)]
+    no_presize: bool,
 }
 
 /// One catalogue row, as sent: borrowed from the line it was read from.
@@ -191,6 +197,53 @@ fn read_chunks(args: &ImportArgs, prefix: &str, tx: tokio::sync::mpsc::Sender<Re
     }
 }
 
+/// Lines in the file: an upper bound on the SKUs it can add.
+fn count_lines(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut lines = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+async fn connect(authority: &str) -> Result<http1::SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("{authority}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Asks the service to make room in its stock index for `rows` more SKUs,
+/// so the import does not grow the index step by step. A service without
+/// the endpoint is imported into all the same.
+async fn presize(authority: &str, rows: u64) -> Result<(), String> {
+    let mut sender = connect(authority).await?;
+    let body = serde_json::to_vec(&serde_json::json!({ "skus": rows.min(CAPACITY_SKUS_MAX) })).expect("json");
+    let request = hyper::Request::post("/api/admin/capacity")
+        .header("host", authority)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    match status {
+        s if s.is_success() => Ok(()),
+        hyper::StatusCode::NOT_FOUND => {
+            eprintln!("inventoryctl import: the service cannot size its index ahead (no /api/admin/capacity)");
+            Ok(())
+        }
+        s => Err(format!("sizing the index for {rows} SKUs refused: {s} {}", String::from_utf8_lossy(&body))),
+    }
+}
+
 pub fn run(args: ImportArgs) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     match runtime.block_on(import(args)) {
@@ -217,19 +270,27 @@ async fn import(args: ImportArgs) -> Result<(), String> {
         std::thread::spawn(move || read_chunks(&args, &prefix, tx))
     };
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    // The rate counts sizing the index too.
+    let started = Instant::now();
+    if !args.no_presize {
+        let file = args.file.clone();
+        let lines = tokio::task::spawn_blocking(move || count_lines(&file))
+            .await
+            .expect("count panicked")
+            .map_err(|e| format!("{}: {e}", args.file.display()))?;
+        if lines > 0 {
+            presize(&authority, lines).await?;
+        }
+    }
     let progress = indicatif::ProgressBar::new(size);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {wide_bar} {msg}").expect("template"),
     );
-    let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (rx, authority, progress, reference) = (rx.clone(), authority.clone(), progress.clone(), reference.clone());
         workers.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&authority).await.map_err(|e| format!("{authority}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
+            let mut sender = connect(&authority).await?;
             let (mut rows, mut units) = (0u64, 0u64);
             loop {
                 let next = rx.lock().await.recv().await;
