@@ -65,6 +65,10 @@ pub struct TargetReport {
     pub error_rate: f64,
     pub timeline: Vec<TimelinePoint>,
     pub audit: AuditReport,
+    /// CPU time (user + system) of the load generator's process during the
+    /// measured phase, per request sent: the harness's own share of a
+    /// machine it shares with the target.
+    pub loadgen_cpu_us_per_request: f64,
 }
 
 impl TargetReport {
@@ -333,6 +337,7 @@ pub fn table(report: &RunReport) -> String {
             let _ =
                 writeln!(s, "  {} requests never sent: the target fell more than 5 s behind the schedule", t.unsent);
         }
+        let _ = writeln!(s, "  load generator: {:.1} us of CPU per request", t.loadgen_cpu_us_per_request);
         let a = &t.audit;
         let _ = writeln!(
             s,

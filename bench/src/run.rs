@@ -185,6 +185,7 @@ async fn measure(
             }
         })
     };
+    let cpu_before = process_cpu();
     let load = loadgen::run(
         LoadConfig {
             addr: running.addr,
@@ -198,6 +199,7 @@ async fn measure(
         progress,
     )
     .await;
+    let loadgen_cpu = process_cpu().saturating_sub(cpu_before);
     ticker.abort();
     running_bar.finish_and_clear();
 
@@ -218,6 +220,7 @@ async fn measure(
     }
     let total = OpSummary::of(&load.stats.total(), seconds);
     let attempted = total.count + load.unsent;
+    let loadgen_cpu_us_per_request = loadgen_cpu.as_secs_f64() * 1e6 / total.count.max(1) as f64;
     let error_rate = if attempted > 0 { (total.errors + load.unsent) as f64 / attempted as f64 } else { 0.0 };
     Ok(TargetReport {
         target: kind,
@@ -234,5 +237,18 @@ async fn measure(
         error_rate,
         timeline: load.timeline.points(),
         audit,
+        loadgen_cpu_us_per_request,
     })
+}
+
+/// CPU time (user + system) this process has used so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }

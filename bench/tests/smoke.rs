@@ -101,6 +101,10 @@ fn smoke(scenario: &str, extra: &[&str]) -> serde_json::Value {
         assert!(audit["holds_checked"].as_u64().unwrap() > 0, "{name} audited no hold: {stdout}");
         assert!(t["ops"]["reserve"]["ok"].as_u64().unwrap() > 0, "{name} granted no reserve: {stdout}");
         assert_eq!(t["total"]["errors"], 0, "{name} had errors: {stdout}");
+        // Sending, receiving and recording a request costs the harness some
+        // CPU, and far less than a second of it.
+        let cpu = t["loadgen_cpu_us_per_request"].as_f64().unwrap();
+        assert!(cpu > 0.0 && cpu < 1e6, "{name}: load generator CPU {cpu} us per request: {stdout}");
         let svg = out_file(out.path(), &format!("{scenario}-{name}.svg"));
         assert!(svg.is_some(), "{name}: no plot");
     }
