@@ -250,9 +250,9 @@ struct Sizing {
 }
 
 /// Time a loop pass spends sizing index parts, beyond the first part. A
-/// part holds 1/256 of a shard's SKUs, so even one part of a full shard is
-/// a few milliseconds; the budget keeps a resize from stalling the batches
-/// queued behind it.
+/// part holds 1/256 of a shard's SKUs, so a pass stalls the batches queued
+/// behind it for at most this plus one part's rehash: what an insert that
+/// grows that part would cost anyway.
 const SIZING_SLICE: Duration = Duration::from_millis(1);
 
 /// Most emptied txn lists kept for reuse.
@@ -363,7 +363,6 @@ impl LoopState {
             self.commit();
         }
         self.recycle(txns);
-        self.size_index();
         for request in self.reads.drain(..) {
             match request {
                 Request::Read { query, reply } => {
@@ -376,6 +375,7 @@ impl LoopState {
                 _ => unreachable!(),
             }
         }
+        self.size_index();
     }
 
     fn push_entry(&mut self, at: Millis, meta: Meta, command: Command, txns: &mut Vec<Txn>) {
