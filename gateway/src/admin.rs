@@ -1,4 +1,5 @@
-//! Admin endpoints: PostgreSQL writer progress, and reconciliation (F9).
+//! Admin endpoints: PostgreSQL writer progress, reconciliation (F9), snapshots
+//! on demand, and sizing the stock index ahead of a bulk load.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
