@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::api::{self, ApiError};
-use crate::http::{json, App, Body};
+use crate::http::{json, stopping, App, Body};
 use crate::metrics::{Metrics, ShardLabels};
 use crate::shard_loop::Request;
 
@@ -134,11 +134,8 @@ pub async fn reconcile(app: &App, body: &[u8]) -> Result<Response<Body>, ApiErro
     let mut seqs = Vec::new();
     for shard in 0..app.router.shards() {
         let (reply, answer) = oneshot::channel();
-        app.router
-            .send(shard, Request::Rows { reply })
-            .map_err(|_| ApiError::unavailable("OVERLOADED", "shard queue full"))?;
-        let (seq, live) =
-            answer.await.map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
+        app.router.send(shard, Request::Rows { reply }).map_err(|e| app.send_error(e))?;
+        let (seq, live) = answer.await.map_err(|_| stopping())?;
         let reader = app.readers[shard as usize].clone();
         let rebuilt = tokio::task::spawn_blocking(move || {
             let mut replica = Shard::new(ShardConfig::new(shard));
@@ -299,14 +296,12 @@ pub async fn capacity(app: &App, body: &[u8]) -> Result<Response<Body>, ApiError
     let mut answers = Vec::with_capacity(shards as usize);
     for shard in 0..shards {
         let (reply, answer) = oneshot::channel();
-        app.router
-            .send(shard, Request::Capacity { more, reply })
-            .map_err(|_| ApiError::unavailable("OVERLOADED", "shard queue full"))?;
+        app.router.send(shard, Request::Capacity { more, reply }).map_err(|e| app.send_error(e))?;
         answers.push(answer);
     }
     let mut sized = Vec::with_capacity(answers.len());
     for (shard, answer) in answers.into_iter().enumerate() {
-        let skus = answer.await.map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
+        let skus = answer.await.map_err(|_| stopping())?;
         sized.push(json!({ "shard": shard, "sizedForSkus": skus }));
     }
     Ok(json(StatusCode::OK, serde_json::to_vec(&json!({ "shards": sized })).expect("json")))
@@ -315,8 +310,8 @@ pub async fn capacity(app: &App, body: &[u8]) -> Result<Response<Body>, ApiError
 /// Snapshots every shard now (and truncates what the snapshots cover).
 pub async fn snapshot(app: &App) -> Result<Response<Body>, ApiError> {
     let (reply, answer) = oneshot::channel();
-    app.snapshots.send(reply).map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
-    let reports = answer.await.map_err(|_| ApiError::unavailable("SHUTTING_DOWN", "the service is stopping"))?;
+    app.snapshots.send(reply).map_err(|_| stopping())?;
+    let reports = answer.await.map_err(|_| stopping())?;
     let failed = reports.iter().any(|r| r.error.is_some());
     let status = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
     Ok(json(status, serde_json::to_vec(&json!({ "snapshots": reports })).expect("json")))

@@ -505,12 +505,12 @@ fn not_ready() -> ApiError {
     ApiError::unavailable("NOT_READY", "the service is replaying its journal")
 }
 
-fn stopping() -> ApiError {
+pub(crate) fn stopping() -> ApiError {
     ApiError::unavailable("SHUTTING_DOWN", "the service is shutting down")
 }
 
 impl App {
-    fn send_error(&self, e: SendError) -> ApiError {
+    pub(crate) fn send_error(&self, e: SendError) -> ApiError {
         match e {
             SendError::Overloaded => {
                 self.metrics.overload_refusals.inc();
