@@ -2,8 +2,10 @@
 //!
 //! Owns: the on-disk record format (rkyv [`Entry`] + CRC32C framing), the
 //! [`Journal`] trait that a shard loop appends each batch to before it
-//! acknowledges anything, the sled implementation ([`SledStore`]), an
-//! in-memory one and a fault-injecting wrapper for tests, and [`replay`],
+//! acknowledges anything, two implementations chosen per data dir
+//! ([`Store`]): sled ([`SledStore`], the default) and append-only segment
+//! files ([`FileStore`]), an in-memory one and a fault-injecting wrapper
+//! for tests, and [`replay`],
 //! which rebuilds a [`Shard`](inventory_core::Shard) from its journal.
 //!
 //! Never: decides anything about stock. It stores and returns entries; the
@@ -13,11 +15,13 @@
 pub mod audit;
 mod codec;
 mod fault;
+mod file_store;
 mod memory;
 mod recover;
 mod replay;
 mod sled_store;
 pub mod snapshot;
+mod store;
 
 #[cfg(test)]
 mod test_support {
@@ -40,10 +44,12 @@ use inventory_core::Entry;
 
 pub use codec::{decode, encode, inspect, BulkRow, BulkView, Inspected, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
+pub use file_store::{FileJournal, FileStore, SEGMENT_BYTES};
 pub use memory::MemJournal;
 pub use recover::{rebuild, Until};
 pub use replay::{replay, replay_range, replay_upto, replay_with, ReplayStats};
 pub use sled_store::{SledJournal, SledStore};
+pub use store::{Backend, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -57,6 +63,12 @@ pub enum JournalError {
     Diverged { shard: u16, seq: u64, reason: String },
     #[error("data dir was created with {stored} shards, {requested} requested; start with --shards {stored}")]
     ShardCountMismatch { stored: u16, requested: u16 },
+    #[error("the journal under {} is a {found} journal, not a {asked} one; start with --journal {found}", .dir.display())]
+    BackendMismatch { dir: std::path::PathBuf, found: Backend, asked: Backend },
+    #[error("journal file error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the journal under {} is in use by another process", .0.display())]
+    Locked(std::path::PathBuf),
     #[error("injected journal fault")]
     Injected,
 }
