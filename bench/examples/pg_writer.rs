@@ -175,7 +175,8 @@ async fn main() {
     // Restore from it.
     let target = dir.join("restored");
     let started = Instant::now();
-    let report = inventory_persistence::restore::restore(&url, &schema, &target, None).await.unwrap();
+    let report =
+        inventory_persistence::restore::restore(&url, &schema, &target, None, Default::default()).await.unwrap();
     println!(
         "restore: {} inventory rows and {} holds into a new data dir in {:.1} s",
         report.rows,

@@ -116,7 +116,10 @@ pub fn compare(targets: &[TargetReport]) -> Vec<Ratio> {
             };
             // In open loop both may carry the offered rate: compare latency
             // then; in closed loop throughput decides.
-            let service_loses = service_throughput_ratio < 0.98 || reserve_p99_ratio.is_some_and(|r| r < 1.0);
+            // Only a baseline can beat the service; another configuration
+            // of it is a comparison between its own options.
+            let service_loses = t.target.is_adapter()
+                && (service_throughput_ratio < 0.98 || reserve_p99_ratio.is_some_and(|r| r < 1.0));
             Ratio { target: t.target, service_throughput_ratio, reserve_p99_ratio, service_loses }
         })
         .collect()

@@ -29,6 +29,9 @@ const BULK_SEED_CHUNK: u64 = 100_000;
 pub enum TargetKind {
     /// `inventoryd`: sharded in-memory core, sled journal flushed per batch.
     Service,
+    /// `inventoryd --journal file`: the same, with the segment-file journal
+    /// (one `fdatasync` per batch on the shard's thread).
+    ServiceFile,
     /// PostgreSQL: one transaction per command, conditional `UPDATE`.
     Postgres,
     /// Redis Lua script with `appendfsync always` (durability of the service).
@@ -41,6 +44,7 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Service => "service",
+            TargetKind::ServiceFile => "service-file",
             TargetKind::Postgres => "postgres",
             TargetKind::RedisAlways => "redis-always",
             TargetKind::RedisEverysec => "redis-everysec",
@@ -50,6 +54,7 @@ impl TargetKind {
     pub fn label(self) -> &'static str {
         match self {
             TargetKind::Service => "inventoryd (sled journal, flushed before each reply)",
+            TargetKind::ServiceFile => "inventoryd --journal file (segment files, fdatasync before each reply)",
             TargetKind::Postgres => "PostgreSQL, conditional UPDATE per transaction, synchronous_commit=on",
             TargetKind::RedisAlways => "Redis Lua script, AOF appendfsync always",
             TargetKind::RedisEverysec => "Redis Lua script, AOF appendfsync everysec (up to 1 s of acks can be lost)",
@@ -59,7 +64,7 @@ impl TargetKind {
     /// Whether the target is one of this binary's HTTP adapters, which also
     /// offer a bulk seeding endpoint.
     pub fn is_adapter(self) -> bool {
-        self != TargetKind::Service
+        !matches!(self, TargetKind::Service | TargetKind::ServiceFile)
     }
 }
 
@@ -92,11 +97,14 @@ impl Running {
         let log_path = options.log_dir.join(format!("{}.log", kind.name()));
         let log = std::fs::File::create(&log_path)?;
         let (mut command, data_dir) = match kind {
-            TargetKind::Service => {
+            TargetKind::Service | TargetKind::ServiceFile => {
                 let bin = find_inventoryd(options.inventoryd.as_deref())?;
                 let data_dir = tempfile::Builder::new().prefix("inventory-bench-").tempdir()?;
                 let mut command = Command::new(bin);
                 command.arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir.path());
+                if kind == TargetKind::ServiceFile {
+                    command.args(["--journal", "file"]);
+                }
                 command.args(&options.service_args);
                 (command, Some(data_dir))
             }

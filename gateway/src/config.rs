@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use inventory_journal::Backend;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// Address to listen on.
@@ -12,6 +14,12 @@ pub struct Config {
     /// Directory holding the journal.
     #[arg(long, env = "INVENTORY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Journal kind for a new data dir: `sled` (one sled database) or
+    /// `file` (append-only segment files, one `fdatasync` per group commit
+    /// on the shard's own thread). A data dir keeps the kind it was created
+    /// with; naming another is refused.
+    #[arg(long, env = "INVENTORY_JOURNAL", value_parser = clap::value_parser!(Backend))]
+    pub journal: Option<Backend>,
     /// Number of shard loops (default: number of cores). Fixed when the data
     /// dir is created; later starts must pass the same number or none.
     #[arg(long, env = "INVENTORY_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -76,6 +84,7 @@ impl Config {
         Config {
             listen: "127.0.0.1:8080".parse().unwrap(),
             data_dir: data_dir.into(),
+            journal: None,
             shards: None,
             reservation_ttl_secs: 900,
             max_qty: 1_000_000,

@@ -44,15 +44,24 @@ enum Sub {
         /// Shard count (default: as many as PostgreSQL has checkpoints for).
         #[arg(long)]
         shards: Option<u16>,
+        /// Journal kind to create: `sled` or `file` (see `--journal`).
+        #[arg(long, default_value = "sled", value_parser = clap::value_parser!(inventory_journal::Backend))]
+        journal: inventory_journal::Backend,
     },
 }
 
-fn restore(url: &str, data_dir: &std::path::Path, schema: &str, shards: Option<u16>) -> ExitCode {
+fn restore(
+    url: &str,
+    data_dir: &std::path::Path,
+    schema: &str,
+    shards: Option<u16>,
+    journal: inventory_journal::Backend,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let started = std::time::Instant::now();
     let result = runtime.block_on(async {
         let schema = inventory_persistence::Schema::new(schema)?;
-        inventory_persistence::restore::restore(url, &schema, data_dir, shards).await
+        inventory_persistence::restore::restore(url, &schema, data_dir, shards, journal).await
     });
     match result {
         Ok(r) => {
@@ -75,8 +84,8 @@ fn restore(url: &str, data_dir: &std::path::Path, schema: &str, shards: Option<u
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Sub::Restore { from_postgres, data_dir, postgres_schema, shards }) = &cli.command {
-        return restore(from_postgres, data_dir, postgres_schema, *shards);
+    if let Some(Sub::Restore { from_postgres, data_dir, postgres_schema, shards, journal }) = &cli.command {
+        return restore(from_postgres, data_dir, postgres_schema, *shards, *journal);
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -9,7 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use inventory_core::{ShardConfig, IDEMPOTENCY_TTL_MS, SECOND_MS};
-use inventory_journal::{Journal, JournalError, SledStore};
+use inventory_journal::{Journal, JournalError, Store};
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
@@ -38,14 +38,15 @@ pub enum ServerError {
     Persistence(#[from] inventory_persistence::PersistenceError),
 }
 
-/// Runs the service on `listener` with the sled journal under the data dir,
-/// until `shutdown` completes.
+/// Runs the service on `listener` with the journal under the data dir (sled
+/// or segment files, see [`Store`]), until `shutdown` completes.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let dir = config.journal_dir();
     let (store, journals) = tokio::task::spawn_blocking(move || -> Result<_, JournalError> {
-        let store = SledStore::open(&dir, config.shards, default_shards())?;
+        let store = Store::open(&dir, config.journal, config.shards, default_shards())?;
+        tracing::info!(journal = %store.backend(), shards = store.shards(), "journal open");
         let journals = (0..store.shards())
-            .map(|i| Ok(Box::new(store.journal(i)?) as Box<dyn Journal>))
+            .map(|i| Ok(store.journal(i)? as Box<dyn Journal>))
             .collect::<Result<Vec<_>, JournalError>>()?;
         Ok((store, journals))
     })

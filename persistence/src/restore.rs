@@ -19,7 +19,7 @@ use inventory_core::{
     shard_for_sku, HoldImage, Millis, ReservationId, ReservationStatus, RowImage, Shard, ShardConfig, ShardImage,
     ROW_UNITS_MAX,
 };
-use inventory_journal::{snapshot, SledStore};
+use inventory_journal::{snapshot, Backend, Store};
 use tokio_postgres::Client;
 
 use crate::schema::Schema;
@@ -48,12 +48,14 @@ fn status(s: &str) -> Result<ReservationStatus, PersistenceError> {
     })
 }
 
-/// Builds `data_dir` (which must not hold a journal yet) from PostgreSQL.
+/// Builds `data_dir` (which must not hold a journal yet) from PostgreSQL,
+/// with an empty journal of kind `journal`.
 pub async fn restore(
     url: &str,
     schema: &Schema,
     data_dir: &Path,
     shards: Option<u16>,
+    journal: Backend,
 ) -> Result<RestoreReport, PersistenceError> {
     let journal_dir = data_dir.join("journal");
     if journal_dir.exists() {
@@ -108,7 +110,7 @@ pub async fn restore(
             .map_err(|e| PersistenceError::Restore(format!("shard {i} would be inconsistent: {e}")))?;
         snapshot::write(&snapshots, i as u16, seqs[i], &image).map_err(|e| PersistenceError::Restore(e.to_string()))?;
     }
-    let store = SledStore::open(&journal_dir, Some(count), count)?;
+    let store = Store::open(&journal_dir, Some(journal), Some(count), count)?;
     store.flush()?;
     Ok(report)
 }

@@ -1,5 +1,6 @@
 //! kill -9 under load, restart on the same data dir: nothing acknowledged is
-//! lost, stock is conserved, and the state equals a replay of the journal.
+//! lost, stock is conserved, and the state equals a replay of the journal;
+//! with either kind of journal.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inventory_core::{Shard, ShardConfig};
-use inventory_journal::{replay, SledStore};
+use inventory_journal::{replay, Backend, Store};
 use reqwest::StatusCode;
 
 use crate::support::{Client, Daemon};
@@ -24,8 +25,17 @@ struct Ledger {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_change() {
+    kill_9_under_load(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_change_with_the_file_journal() {
+    kill_9_under_load(Backend::File).await;
+}
+
+async fn kill_9_under_load(journal: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::spawn(dir.path(), &["--shards", "2"]);
+    let daemon = Daemon::spawn(dir.path(), &["--shards", "2", "--journal", journal.name()]);
     let seed = Client::new(&daemon.url);
     seed.wait_ready().await;
     for sku in SKUS {
@@ -77,7 +87,7 @@ async fn kill_9_under_load_loses_no_acknowledged_change() {
     }
     assert!(acked.holds.len() > 50, "too little load before the kill: {}", acked.holds.len());
 
-    // Restart on the same data dir.
+    // Restart on the same data dir, which keeps its kind of journal.
     let daemon = Daemon::spawn(dir.path(), &[]);
     let c = Client::new(&daemon.url);
     c.wait_ready().await;
@@ -108,8 +118,8 @@ async fn kill_9_under_load_loses_no_acknowledged_change() {
     // The counters equal a replay of the journal from an empty state.
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().success(), "SIGTERM should exit 0");
-    let store = SledStore::open(&dir.path().join("journal"), None, 1).unwrap();
-    assert_eq!(store.shards(), 2);
+    let store = Store::open(&dir.path().join("journal"), None, None, 1).unwrap();
+    assert_eq!((store.backend(), store.shards()), (journal, 2));
     let mut replayed = BTreeMap::new();
     for i in 0..store.shards() {
         let mut shard = Shard::new(ShardConfig::new(i));
@@ -177,4 +187,20 @@ fn a_different_shard_count_on_an_existing_data_dir_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("created with 2 shards"), "{stderr}");
+}
+
+#[test]
+fn another_kind_of_journal_on_an_existing_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(dir.path(), &["--journal", "file"]);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait().success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryd"))
+        .args(["--listen", "127.0.0.1:0", "--journal", "sled", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is a file journal, not a sled one; start with --journal file"), "{stderr}");
 }

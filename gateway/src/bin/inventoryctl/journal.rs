@@ -43,7 +43,7 @@ use inventory_core::{
     ShardImage, StockRow, Txn, TxnKind,
 };
 use inventory_journal::{
-    rebuild, replay_range, snapshot, Journal, JournalError, ReplayStats, SledJournal, SledStore, Until,
+    rebuild, replay_range, snapshot, Backend, FileStore, Journal, JournalError, ReplayStats, SledStore, Store, Until,
 };
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
@@ -226,11 +226,14 @@ pub fn run(args: JournalArgs) -> ExitCode {
 
 // ----- opening a journal without disturbing the service --------------------
 
+/// One shard's journal, of whichever kind the data dir keeps.
+type ShardJournal = Box<dyn Journal + Sync>;
+
 /// An open journal: the data dir's own, or a temporary copy of it when a
 /// running service holds the lock.
 struct Opened {
     // Declared before `copy` so the database closes before the copy is removed.
-    store: SledStore,
+    store: Store,
     /// The journal directory as named on the command line.
     path: PathBuf,
     /// `<data-dir>/snapshots`, read in place (files are only ever renamed
@@ -240,7 +243,7 @@ struct Opened {
 }
 
 impl Opened {
-    fn journal(&self, shard: u16) -> Result<SledJournal, CtlError> {
+    fn journal(&self, shard: u16) -> Result<ShardJournal, CtlError> {
         Ok(self.store.journal(shard)?)
     }
 
@@ -269,13 +272,22 @@ fn open(data_dir: &Path) -> Result<Opened, CtlError> {
         return Err(CtlError::NoDataDir(data_dir.to_path_buf()));
     }
     let path = data_dir.join("journal");
-    // `SledStore::open` creates a database where there is none: check first.
-    if !path.join("db").is_file() || !path.join("conf").is_file() {
-        return Err(CtlError::NoJournal(path));
-    }
     let snapshots = data_dir.join("snapshots");
+    // Opening a sled database creates one where there is none: check first.
+    match Backend::detect(&path) {
+        None => return Err(CtlError::NoJournal(path)),
+        // Segment files are read in place beside a running service, which
+        // only ever appends to them.
+        Some(Backend::File) => {
+            return match FileStore::open_read_only(&path) {
+                Ok(store) => Ok(Opened { store: Store::File(store), path, snapshots, copy: None }),
+                Err(source) => Err(CtlError::Open { path, source }),
+            }
+        }
+        Some(Backend::Sled) => {}
+    }
     match SledStore::open(&path, None, 1) {
-        Ok(store) => Ok(Opened { store, path, snapshots, copy: None }),
+        Ok(store) => Ok(Opened { store: Store::Sled(store), path, snapshots, copy: None }),
         Err(e) if e.to_string().contains("could not acquire lock") => open_copy(path, snapshots),
         Err(source) => Err(CtlError::Open { path, source }),
     }
@@ -296,7 +308,7 @@ fn open_copy(path: PathBuf, snapshots: PathBuf) -> Result<Opened, CtlError> {
                     path.display(),
                     fmt_time(now_ms())
                 );
-                return Ok(Opened { store, path, snapshots, copy: Some(copy) });
+                return Ok(Opened { store: Store::Sled(store), path, snapshots, copy: Some(copy) });
             }
             Err(e) => last_error = e.to_string(),
         }
@@ -363,7 +375,7 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// from) rather than replaying by hand.
 fn rebuild_shard(
     opened: &Opened,
-    journal: &SledJournal,
+    journal: &dyn Journal,
     until: Until,
     on_entry: impl FnMut(&Entry),
 ) -> Result<(Shard, ReplayStats), JournalError> {
@@ -475,7 +487,7 @@ fn list(out: &mut impl Write, args: ListArgs) -> Result<ExitCode, CtlError> {
 
 /// Says on stderr when a shard's journal no longer holds its oldest
 /// entries (truncated after a snapshot), so a listing starts later.
-fn note_truncated(journals: &[SledJournal]) -> Result<(), CtlError> {
+fn note_truncated(journals: &[ShardJournal]) -> Result<(), CtlError> {
     for journal in journals {
         if let Some(first) = journal.first_seq()?.filter(|first| *first > 1) {
             let _ = writeln!(
@@ -502,7 +514,7 @@ struct Merged<'a> {
 }
 
 impl<'a> Merged<'a> {
-    fn new(journals: &'a [SledJournal]) -> Result<Merged<'a>, JournalError> {
+    fn new(journals: &'a [ShardJournal]) -> Result<Merged<'a>, JournalError> {
         let mut merged = Merged { shards: Vec::new(), iters: Vec::new(), heads: Vec::new() };
         for journal in journals {
             let mut iter = journal.read_from(0)?;
@@ -769,7 +781,7 @@ fn verify(out: &mut impl Write, source: &Source) -> Result<ExitCode, CtlError> {
 ///    start, or nothing) through every entry: each command must reproduce its
 ///    journaled txns, and each later snapshot must equal the state replayed
 ///    to its sequence.
-fn verify_shard(opened: &Opened, journal: &SledJournal) -> Result<ShardCheck, String> {
+fn verify_shard(opened: &Opened, journal: &dyn Journal) -> Result<ShardCheck, String> {
     let shard = journal.shard();
     let mut check = ShardCheck::default();
     let mut next: Option<u64> = None;
@@ -937,7 +949,7 @@ impl Replayed {
 
 /// A shard rebuilt to a point (from its newest usable snapshot at or before
 /// that point, then the journal).
-fn replay_to(opened: &Opened, journal: &SledJournal, until: Until) -> Result<(Shard, Replayed), CtlError> {
+fn replay_to(opened: &Opened, journal: &dyn Journal, until: Until) -> Result<(Shard, Replayed), CtlError> {
     let mut at = None;
     match rebuild_shard(opened, journal, until, |e| at = Some(e.at)) {
         Ok((shard, stats)) => Ok((shard, Replayed { shard: journal.shard(), seq: stats.next_seq - 1, at })),
