@@ -19,15 +19,16 @@
 //! a block never spans two segments.
 //!
 //! After a crash the last segment may end in a block that was cut short or
-//! half written: it was never acknowledged. As in PostgreSQL's WAL, the
-//! journal ends at the first block that is incomplete, fails its checksum or
-//! does not continue the sequence. Opening a shard for appending cuts the
-//! last segment there (logging what it cut), so nothing left of that write
-//! can later be taken for a record. Readers in the same process stop at the
-//! last sequence made durable ([`Shared::durable`]); a read-only store
-//! opened by another process (the replay tool beside a running service)
-//! stops at such a block at the end of the last segment, and reports one
-//! anywhere else as damage.
+//! half written: it was never acknowledged. Such a block fails its checksum
+//! (or is incomplete, or does not continue the sequence) and reaches the end
+//! of the file, or only zeros follow it. Opening a shard for appending cuts
+//! the last segment there (logging what it cut), so nothing left of that
+//! write can later be taken for a record. A bad block anywhere else is
+//! damage to acknowledged entries: opening fails, naming the shard and
+//! sequence. Readers in the same process stop at the last sequence made
+//! durable ([`Shared::durable`]); a read-only store opened by another
+//! process (the replay tool beside a running service) treats an unfinished
+//! block at the end of the last segment as the end, by the same rule.
 //!
 //! Truncation removes whole segments: every segment but the last whose
 //! entries all come before the bound. Entries before the bound may stay, in
@@ -449,14 +450,14 @@ impl Cursor {
         }
         let expected = self.next_seq;
         if got < BLOCK_HEADER {
-            return self.damaged("the segment ends inside a block header");
+            return self.damaged("the segment ends inside a block header", None);
         }
         let (len, crc, first, count) = parse_header(&header);
         if count == 0 || len > BLOCK_BYTES_MAX {
-            return self.damaged(&format!("a block header of {count} records in {len} bytes"));
+            return self.damaged(&format!("a block header of {count} records in {len} bytes"), Some(len));
         }
         if first != expected {
-            return self.damaged(&format!("a block starting at seq {first}"));
+            return self.damaged(&format!("a block starting at seq {first}"), Some(len));
         }
         let block_at = self.offset;
         if self.offset - self.last_point >= INDEX_EVERY {
@@ -466,16 +467,16 @@ impl Cursor {
         if skip_before.is_some_and(|from| first + u64::from(count) <= from) {
             let length = self.file.get_ref().metadata()?.len();
             if block_at + BLOCK_HEADER as u64 + u64::from(len) > length {
-                return self.damaged("the segment ends inside a block");
+                return self.damaged("the segment ends inside a block", Some(len));
             }
             self.file.seek_relative(i64::from(len))?;
         } else {
             self.block.resize(len as usize, 0);
             if read_up_to(&mut self.file, &mut self.block)? < len as usize {
-                return self.damaged("the segment ends inside a block");
+                return self.damaged("the segment ends inside a block", Some(len));
             }
             if block_crc(&header, &self.block) != crc {
-                return self.damaged("a block fails its checksum");
+                return self.damaged("a block fails its checksum", Some(len));
             }
             self.at = 0;
             self.left = count;
@@ -488,17 +489,33 @@ impl Cursor {
         Ok(Block::Read)
     }
 
-    /// A block that is cut short or unreadable: the end of the journal for a
-    /// lenient cursor in the last segment, damage otherwise.
-    fn damaged(&mut self, reason: &str) -> Result<Block, JournalError> {
+    /// A block that is cut short or unreadable. For a lenient cursor in the
+    /// last segment that is the end of the journal when the block is what
+    /// an unfinished write leaves: it ends at or past the end of the file
+    /// (its header or body cut short, or the file's new size written before
+    /// its data), or only zeros follow from it. Anything else is damage.
+    fn damaged(&mut self, reason: &str, body_len: Option<u32>) -> Result<Block, JournalError> {
         let is_last = self.shared.segments.lock().keys().next_back() == Some(&self.first);
-        if self.lenient && is_last {
+        if self.lenient && is_last && self.unfinished(body_len)? {
             self.bound = 0;
             return Ok(Block::End);
         }
         Err(self
             .shared
             .corrupt(self.next_seq, format!("{reason} at byte {} of {}", self.offset, segment_name(self.first))))
+    }
+
+    fn unfinished(&self, body_len: Option<u32>) -> Result<bool, JournalError> {
+        let file_len = self.file.get_ref().metadata()?.len();
+        let Some(len) = body_len else { return Ok(true) };
+        if self.offset + BLOCK_HEADER as u64 + u64::from(len) >= file_len {
+            return Ok(true);
+        }
+        let mut rest = Vec::new();
+        let mut file = File::open(self.shared.path(self.first))?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        file.take(file_len - self.offset).read_to_end(&mut rest)?;
+        Ok(rest.iter().all(|b| *b == 0))
     }
 
     /// Moves on to the segment that starts at `next_seq`; the end if there
@@ -973,6 +990,29 @@ mod tests {
             assert_eq!(j.read_from(next).unwrap().next().unwrap().unwrap(), big(next));
             j.recover(next).unwrap();
         }
+    }
+
+    #[test]
+    fn damage_followed_by_whole_blocks_is_not_taken_for_an_unfinished_write() {
+        let (dir, store, mut j) = one_shard(SEGMENT_BYTES);
+        for batch in 0..3u64 {
+            j.append(&entries(batch * 3 + 1..=batch * 3 + 3, big)).unwrap();
+        }
+        drop((j, store));
+        let path = last_segment(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[BLOCK_HEADER + 100] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let read_only = FileStore::open_read_only(dir.path()).unwrap().journal(0).unwrap();
+        let read: Vec<_> = read_only.read_from(1).unwrap().collect();
+        assert!(matches!(read[..], [Err(JournalError::Corrupt { seq: 1, .. })]), "{read:?}");
+        let store = FileStore::open(dir.path(), None, 1).unwrap();
+        match store.journal(0) {
+            Err(JournalError::Corrupt { seq: 1, reason, .. }) => assert!(reason.contains("checksum"), "{reason}"),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a damaged journal was opened"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use inventory_core::{shard_for_sku, Entry};
-use inventory_journal::{Journal, SledStore};
+use inventory_journal::{Backend, Journal, SledStore, Store};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -146,9 +146,15 @@ async fn make_known_changes(client: &Client) -> Known {
 
 /// A stopped server's data dir holding the known journal.
 async fn known_journal() -> (tempfile::TempDir, Known) {
+    known_journal_of(Backend::Sled).await
+}
+
+/// [`known_journal`] in a journal of the given kind.
+async fn known_journal_of(journal: Backend) -> (tempfile::TempDir, Known) {
     let dir = tempfile::tempdir().unwrap();
     let server =
-        TestServer::start_with(Options { data_dir: Some(dir.path().to_path_buf()), ..Default::default() }).await;
+        TestServer::start_with(Options { data_dir: Some(dir.path().to_path_buf()), journal, ..Default::default() })
+            .await;
     let known = make_known_changes(&server.client).await;
     server.stop().await;
     (dir, known)
@@ -220,41 +226,69 @@ async fn list_shows_every_entry_and_filters_by_sku_order_reservation_shard_and_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_a_clean_journal_and_names_the_first_bad_record_of_a_damaged_copy() {
-    let (dir, k) = known_journal().await;
+    verify_case(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reads_a_file_journal_and_names_its_first_bad_record() {
+    verify_case(Backend::File).await;
+}
+
+async fn verify_case(kind: Backend) {
+    let (dir, k) = known_journal_of(kind).await;
     let ok = journal_ok(dir.path(), &["verify"]);
     assert!(ok.stdout.contains("journal OK: 2 shards, 8 entries, 8 txns"), "{}", ok.all());
     assert!(ok.stdout.contains(&format!("shard {}: OK, 6 entries (seq 1..6", k.shard_a)), "{}", ok.all());
 
-    // A copy that lost A seq 5 but kept seq 6: a gap.
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), copy.path());
     let original: Vec<Entry> = {
-        let store = SledStore::open(&copy.path().join("journal"), None, 1).unwrap();
-        let mut j = store.journal(k.shard_a).unwrap();
-        let original: Vec<Entry> = j.read_from(1).unwrap().map(Result::unwrap).collect();
-        j.recover(5).unwrap();
-        j.append(&original[5..6]).unwrap();
-        original
+        let store = Store::open(&copy.path().join("journal"), None, None, 1).unwrap();
+        let j = store.journal(k.shard_a).unwrap();
+        j.read_from(1).unwrap().map(Result::unwrap).collect()
     };
-    let gap = journal(copy.path(), &["verify"]);
-    assert_eq!(gap.code, Some(1), "{}", gap.all());
-    let named = format!("shard {} seq 6: sequence gap, expected seq 5", k.shard_a);
-    assert!(
-        gap.stdout.contains(&format!("journal FAILED: 1 of 2 shards have a bad record; first: {named}")),
-        "{}",
-        gap.all()
-    );
-    assert!(gap.stdout.contains(&format!("shard {}: OK, 2 entries", k.shard_b)), "{}", gap.all());
+    if kind == Backend::Sled {
+        // A copy that lost A seq 5 but kept seq 6: a gap.
+        {
+            let store = Store::open(&copy.path().join("journal"), None, None, 1).unwrap();
+            let mut j = store.journal(k.shard_a).unwrap();
+            j.recover(5).unwrap();
+            j.append(&original[5..6]).unwrap();
+        }
+        let gap = journal(copy.path(), &["verify"]);
+        assert_eq!(gap.code, Some(1), "{}", gap.all());
+        let named = format!("shard {} seq 6: sequence gap, expected seq 5", k.shard_a);
+        assert!(
+            gap.stdout.contains(&format!("journal FAILED: 1 of 2 shards have a bad record; first: {named}")),
+            "{}",
+            gap.all()
+        );
+        assert!(gap.stdout.contains(&format!("shard {}: OK, 2 entries", k.shard_b)), "{}", gap.all());
+    } else {
+        // A copy with a flipped bit in A seq 1, whole entries after it.
+        let segment = copy.path().join(format!("journal/shard-{}/{:020}.seg", k.shard_a, 1));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[30] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+        let damaged = journal(copy.path(), &["verify"]);
+        assert_eq!(damaged.code, Some(1), "{}", damaged.all());
+        let named = format!("shard {} seq 1: ", k.shard_a);
+        assert!(damaged.stdout.contains(&named) && damaged.stdout.contains("checksum"), "{}", damaged.all());
+        assert!(damaged.stdout.contains(&format!("shard {}: OK, 2 entries", k.shard_b)), "{}", damaged.all());
+        bytes[30] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+    }
 
     // A copy whose A seq 5 records txns its command does not produce.
     {
-        let store = SledStore::open(&copy.path().join("journal"), None, 1).unwrap();
+        let store = Store::open(&copy.path().join("journal"), None, None, 1).unwrap();
         let mut j = store.journal(k.shard_a).unwrap();
         j.recover(5).unwrap();
         let mut forged = original[4].clone();
         forged.txns[0].qty += 1;
         j.append(&[forged]).unwrap();
     }
+    assert_eq!(Backend::detect(&copy.path().join("journal")), Some(kind));
     let diverged = journal(copy.path(), &["verify"]);
     assert_eq!(diverged.code, Some(1), "{}", diverged.all());
     let named = format!("shard {} seq 5: replay diverged: reserve produced different transactions", k.shard_a);
@@ -394,6 +428,52 @@ async fn history_lists_the_txns_of_an_sku_and_an_order_in_order() {
     assert!(cells.windows(2).any(|w| w == ["7/3/0", "7/0/3"]), "before and after: {confirm}");
     assert!(cells.contains(&"pay-1") && cells.contains(&"o-1") && cells.contains(&"anonymous"), "{confirm}");
     assert_eq!(count(&journal_ok(dir, &["history", "--order", "nobody"]), "txns"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_file_journal_is_read_in_place_and_follows_the_service() {
+    let data = tempfile::tempdir().unwrap();
+    let options = Options { data_dir: Some(data.path().to_path_buf()), journal: Backend::File, ..Default::default() };
+    let server = TestServer::start_with(options).await;
+    let k = make_known_changes(&server.client).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let tmp = scratch.path();
+    let before: Vec<u8> = segment_bytes(data.path());
+    let live = journal_async(data.path(), &["list", "--format", "jsonl"], tmp).await;
+    assert_eq!(live.code, Some(0), "{}", live.all());
+    assert_eq!(live.jsonl().len(), 8, "{}", live.all());
+    assert!(!live.stderr.contains("copy"), "read in place: {}", live.all());
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0, "no copy is made");
+    assert_eq!(segment_bytes(data.path()), before, "reading changed nothing");
+    reserve(&server.client, "o-3", &k.a, 2, "jt-r4").await;
+    let diff = journal_async(data.path(), &["diff", "--url", &server.url], tmp).await;
+    assert!(diff.stdout.contains("diff: 2 SKUs, 3 rows equal, 0 different, 0 moved on"), "{}", diff.all());
+    let verify = journal_async(data.path(), &["verify"], tmp).await;
+    assert!(verify.stdout.contains("journal OK: 2 shards, 9 entries, 9 txns"), "{}", verify.all());
+    server.stop().await;
+}
+
+/// Every segment file's bytes under a data dir's file journal, in order.
+fn segment_bytes(data: &Path) -> Vec<u8> {
+    let mut files: Vec<_> =
+        walk(&data.join("journal")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
+    files.sort();
+    assert!(!files.is_empty(), "a file journal has segments");
+    files.iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

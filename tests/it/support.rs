@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inventory_gateway::{run_with, Config, SystemClock};
-use inventory_journal::{FaultHandle, FaultyJournal, Journal, SledStore};
+use inventory_journal::{Backend, FaultHandle, FaultyJournal, Journal, Store};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -34,6 +34,8 @@ pub struct Options {
     pub postgres: Option<(String, String)>,
     pub postgres_batch_max: usize,
     pub writer_faults: Arc<inventory_persistence::WriterFaults>,
+    /// The kind of journal a new data dir gets.
+    pub journal: Backend,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             postgres: None,
             postgres_batch_max: 2_048,
             writer_faults: Arc::default(),
+            journal: Backend::Sled,
         }
     }
 }
@@ -79,7 +82,7 @@ impl TestServer {
         config.postgres_batch_max = options.postgres_batch_max;
         config.writer_faults = options.writer_faults.clone();
         let faults = FaultHandle::default();
-        let store = SledStore::open(&config.journal_dir(), config.shards, 1).unwrap();
+        let store = Store::open(&config.journal_dir(), Some(options.journal), config.shards, 1).unwrap();
         let journals: Vec<Box<dyn Journal>> = (0..store.shards())
             .map(|i| Box::new(FaultyJournal::new(store.journal(i).unwrap(), faults.clone())) as Box<dyn Journal>)
             .collect();
