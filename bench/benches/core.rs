@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use inventory_core::{Command, Entry, Millis, Receive, Reserve, Shard, ShardConfig, DEFAULT_WAREHOUSE, HOUR_MS};
-use inventory_journal::{Journal, SledStore};
+use inventory_journal::{Backend, Journal, Store};
 
 /// Reserves generated per chunk outside the timed section.
 const CHUNK: usize = 16_384;
@@ -111,8 +111,16 @@ fn shard_apply(c: &mut Criterion) {
 }
 
 fn journal_group_commit(c: &mut Criterion) {
+    for backend in Backend::ALL {
+        group_commit(c, backend);
+    }
+}
+
+/// One append of a batch of reserve entries, flushed, on a journal of the
+/// given kind: `journal_group_commit` (sled) and `journal_group_commit_file`.
+fn group_commit(c: &mut Criterion, backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SledStore::open(dir.path(), Some(1), 1).expect("open sled");
+    let store = Store::open(dir.path(), Some(backend), Some(1), 1).expect("open journal");
     let mut journal = store.journal(0).expect("journal");
     // Realistic entries: reserves applied to a small shard, with their txns.
     let mut shard = seeded_shard(10_000);
@@ -126,7 +134,11 @@ fn journal_group_commit(c: &mut Criterion) {
         })
         .collect();
     let mut seq = 0u64;
-    let mut group = c.benchmark_group("journal_group_commit");
+    let name = match backend {
+        Backend::Sled => "journal_group_commit".to_string(),
+        other => format!("journal_group_commit_{other}"),
+    };
+    let mut group = c.benchmark_group(name);
     group.sample_size(20);
     for batch in [1usize, 16, 64, 256, 1024] {
         group.throughput(Throughput::Elements(batch as u64));
