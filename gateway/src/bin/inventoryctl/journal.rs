@@ -15,10 +15,12 @@
 //! - `history`: the transaction records (F8) of one SKU or one order.
 //! - `diff`: the state replayed from the journal against a running service.
 //!
-//! Reads `<data-dir>/journal` (a copy or a live one) and the snapshots in
-//! `<data-dir>/snapshots`; never adds, changes or removes an entry, and
-//! never creates a journal where there is none. A running `inventoryd`
-//! holds the journal's lock: the tool then copies the journal to a
+//! Reads `<data-dir>/journal` (a copy or a live one, of either kind) and the
+//! snapshots in `<data-dir>/snapshots`; never adds, changes or removes an
+//! entry, and never creates a journal where there is none. A segment-file
+//! journal is read in place, without its lock: the service only appends,
+//! and a block it is still writing ends the read. A running `inventoryd`
+//! holds a sled journal's lock: the tool then copies the journal to a
 //! temporary directory, reads the copy and removes it, so the service is
 //! not disturbed. State always comes from `inventory_journal::rebuild` (the
 //! newest usable snapshot at or before the point, then the journal), the
