@@ -109,6 +109,10 @@ impl FileStore {
                 File::open(&temp)?.sync_all()?;
                 fs::rename(&temp, dir.join(SHARDS_FILE))?;
                 sync_dir(dir)?;
+                // The journal dir's own entry, in a data dir just made.
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
                 shards
             }
         };
@@ -145,8 +149,9 @@ impl FileStore {
         assert!(shard < self.shards);
         let dir = self.dir.join(format!("shard-{shard}"));
         let read_only = self.lock.is_none();
-        if !read_only {
+        if !read_only && !dir.is_dir() {
             fs::create_dir_all(&dir)?;
+            sync_dir(&self.dir)?;
         }
         let mut segments = BTreeMap::new();
         match fs::read_dir(&dir) {
@@ -176,6 +181,7 @@ impl FileStore {
             record: Vec::new(),
             failed: false,
             lock: self.lock.clone(),
+            resume: Arc::default(),
         };
         if !read_only {
             journal.open_tail()?;
@@ -263,7 +269,16 @@ pub struct FileJournal {
     /// A write or sync failed: nothing is appended until `recover`.
     failed: bool,
     lock: Option<Arc<File>>,
+    /// Where this handle's last read stopped, at a block boundary: the
+    /// next read from there on starts there instead of at an index point up
+    /// to 64 KiB before it (readers that tail the journal read on from
+    /// where they stopped).
+    resume: Arc<Mutex<Option<Place>>>,
 }
+
+/// `(seq, segment, offset)`: the block at `offset` of segment `segment`
+/// starts with record `seq`.
+type Place = (u64, u64, u64);
 
 impl FileJournal {
     /// Reads the last segment, cuts it after its last whole record, and
@@ -326,13 +341,23 @@ impl FileJournal {
         let start = {
             let segments = self.shared.segments.lock();
             let found = segments.range(..=from).next_back().or_else(|| segments.iter().next());
-            found.map(|(first, index)| {
+            let indexed = found.map(|(first, index)| {
                 let at = index.partition_point(|(seq, _)| *seq <= from).saturating_sub(1);
-                (*first, index[at])
-            })
+                (index[at].0, *first, index[at].1)
+            });
+            let resume = *self.resume.lock();
+            match (indexed, resume) {
+                (Some(point), Some(place))
+                    if point.0 <= place.0 && place.0 <= from && segments.contains_key(&place.1) =>
+                {
+                    Some(place)
+                }
+                (point, _) => point,
+            }
         };
-        let Some((first, (seq, offset))) = start else { return Ok(None) };
+        let Some((seq, first, offset)) = start else { return Ok(None) };
         let mut cursor = Cursor::at(&self.shared, first, offset, seq, bound, false)?;
+        cursor.resume = Some(self.resume.clone());
         cursor.skip_to(from)?;
         Ok(Some(cursor))
     }
@@ -357,6 +382,8 @@ struct Cursor {
     /// Index points passed on the way, to add to the shared index.
     points: Vec<(u64, u64)>,
     last_point: u64,
+    /// Where to note the block boundary the cursor stops at.
+    resume: Option<Arc<Mutex<Option<Place>>>>,
     /// Whether a block that is cut short or fails its checksum ends the
     /// read (what a crash, or a write in progress in another process, leaves
     /// at the end) instead of failing it.
@@ -393,6 +420,7 @@ impl Cursor {
             left: 0,
             points: Vec::new(),
             last_point: offset,
+            resume: None,
             lenient: lenient || !shared.bounded,
         })
     }
@@ -561,6 +589,15 @@ impl Cursor {
 impl Drop for Cursor {
     fn drop(&mut self) {
         self.publish_points();
+        if let Some(resume) = &self.resume {
+            // At a block boundary, or inside a block read whole: its start.
+            let place = if self.left == 0 {
+                (self.next_seq, self.first, self.offset)
+            } else {
+                (self.block_first, self.first, self.offset - (BLOCK_HEADER + self.block.len()) as u64)
+            };
+            *resume.lock() = Some(place);
+        }
     }
 }
 
@@ -682,6 +719,7 @@ impl Journal for FileJournal {
             return Err(JournalError::Io(io::Error::other("a journal reader cannot recover")));
         }
         self.active = None;
+        *self.resume.lock() = None;
         let shared = self.shared.clone();
         let segments: Vec<u64> = shared.segments.lock().keys().copied().collect();
         // Later segments go first, newest first, so a crash midway leaves
@@ -752,6 +790,7 @@ impl Journal for FileJournal {
             record: Vec::new(),
             failed: false,
             lock: self.lock.clone(),
+            resume: Arc::default(),
         })
     }
 
@@ -895,12 +934,23 @@ mod tests {
         for from in [1, 11, 505, 999, 1000] {
             assert_eq!(seqs(&j, from), (from..=1000).collect::<Vec<_>>(), "from {from}");
         }
+        // A reader tailing the journal reads on from where it stopped, also
+        // from inside a batch, and can still go back.
+        let reader = j.reader();
+        assert_eq!(reader.read_from(995).unwrap().take(3).map(|e| e.unwrap().seq).collect::<Vec<_>>(), [995, 996, 997]);
+        j.append(&entries(1001..=1010, big)).unwrap();
+        assert_eq!(seqs(reader.as_ref(), 998), (998..=1010).collect::<Vec<_>>());
+        assert_eq!(seqs(reader.as_ref(), 1011), Vec::<u64>::new());
+        j.append(&entries(1011..=1012, big)).unwrap();
+        assert_eq!(seqs(reader.as_ref(), 1011), [1011, 1012]);
+        assert_eq!(seqs(reader.as_ref(), 3).len(), 1010);
         // A reopened journal builds its index as readers pass.
+        drop(reader);
         drop(j);
         drop(_store);
         let store = FileStore::open(_dir.path(), None, 1).unwrap();
         let j = store.journal(0).unwrap();
-        assert_eq!(seqs(&j, 600), (600..=1000).collect::<Vec<_>>());
+        assert_eq!(seqs(&j, 600), (600..=1012).collect::<Vec<_>>());
         assert!(j.shared.segments.lock()[&1].len() >= 10);
     }
 
