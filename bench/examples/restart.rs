@@ -11,6 +11,9 @@
 //! RSS they add per hold; they are then part of the snapshot.
 //!
 //! `--dir DIR --keep` leaves the data dir in DIR (an `inventoryd --data-dir`).
+//!
+//! `--journal file` writes the journal as segment files instead of sled
+//! (`inventoryd --journal file`).
 
 use std::path::PathBuf;
 
@@ -19,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
 use inventory_core::{Command, Entry, ReceiveBatch, ReceiveItem, Reserve, Shard, ShardConfig};
-use inventory_journal::{rebuild, snapshot, Journal, SledStore, Until};
+use inventory_journal::{rebuild, snapshot, Backend, Journal, Store, Until};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -127,7 +130,10 @@ fn main() {
     println!("snapshot: {:.0} MB written in {:.1} s", bytes as f64 / 1e6, started.elapsed().as_secs_f64());
 
     // 3. The journal after the snapshot: reserves, appended in batches.
-    let store = SledStore::open(&dir.join("journal"), Some(shards), shards).unwrap();
+    let kind: Backend =
+        std::env::args().skip_while(|a| a != "--journal").nth(1).map(|k| k.parse().unwrap()).unwrap_or_default();
+    println!("journal: {kind}");
+    let store = Store::open(&dir.join("journal"), Some(kind), Some(shards), shards).unwrap();
     let started = Instant::now();
     let per_shard = entries / shards as u64;
     std::thread::scope(|scope| {
@@ -211,7 +217,7 @@ fn restart_only() {
         .map(|n| n.parse().unwrap())
         .collect();
     let snapshots = dir.join("snapshots");
-    let store = SledStore::open(&dir.join("journal"), None, 1).unwrap();
+    let store = Store::open(&dir.join("journal"), None, None, 1).unwrap();
     let started = Instant::now();
     let rebuilt: Vec<(Shard, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..shards)

@@ -824,25 +824,17 @@ impl Journal for FileJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use inventory_core::{Command, Expire};
-
-    fn entry(seq: u64) -> Entry {
-        Entry {
-            seq,
-            at: seq * 10,
-            trace_id: 0,
-            operator: String::new(),
-            command: Command::Expire(Expire { ids: vec![] }),
-            txns: vec![],
-        }
-    }
-
-    fn big(seq: u64) -> Entry {
-        Entry { operator: "x".repeat(1_000), ..entry(seq) }
-    }
+    use crate::test_support::{big, entry};
 
     fn entries(seqs: std::ops::RangeInclusive<u64>, make: fn(u64) -> Entry) -> Vec<Entry> {
         seqs.map(make).collect()
+    }
+
+    /// Appends `batches` batches of `size` 1 KB entries from seq 1.
+    fn append_batches(j: &mut FileJournal, batches: u64, size: u64) {
+        for batch in 0..batches {
+            j.append(&entries(batch * size + 1..=batch * size + size, big)).unwrap();
+        }
     }
 
     fn seqs(j: &dyn Journal, from: u64) -> Vec<u64> {
@@ -904,9 +896,7 @@ mod tests {
     #[test]
     fn segments_roll_and_reads_cross_them_from_any_point() {
         let (dir, _store, mut j) = one_shard(8 << 10);
-        for batch in 0..40u64 {
-            j.append(&entries(batch * 5 + 1..=batch * 5 + 5, big)).unwrap();
-        }
+        append_batches(&mut j, 40, 5);
         let files = segment_files(dir.path());
         assert!(files.len() >= 10, "200 KB in {} segments", files.len());
         for pair in files.windows(2) {
@@ -925,9 +915,7 @@ mod tests {
     #[test]
     fn readers_find_their_place_through_the_index_in_a_long_segment() {
         let (_dir, _store, mut j) = one_shard(SEGMENT_BYTES);
-        for batch in 0..100u64 {
-            j.append(&entries(batch * 10 + 1..=batch * 10 + 10, big)).unwrap();
-        }
+        append_batches(&mut j, 100, 10);
         let points = j.shared.segments.lock()[&1].clone();
         assert!(points.len() >= 10, "1 MB indexed at {} points", points.len());
         assert!(points.windows(2).all(|p| p[0].0 < p[1].0 && p[0].1 < p[1].1));
@@ -985,9 +973,7 @@ mod tests {
     #[test]
     fn truncation_removes_whole_segments_before_the_bound() {
         let (dir, _store, mut j) = one_shard(4 << 10);
-        for batch in 0..20u64 {
-            j.append(&entries(batch * 4 + 1..=batch * 4 + 4, big)).unwrap();
-        }
+        append_batches(&mut j, 20, 4);
         let firsts: Vec<u64> = segment_files(dir.path()).iter().map(|f| f.0).collect();
         let keep_from = firsts[3] + 1;
         let reader = j.reader();
@@ -1045,9 +1031,7 @@ mod tests {
     #[test]
     fn damage_followed_by_whole_blocks_is_not_taken_for_an_unfinished_write() {
         let (dir, store, mut j) = one_shard(SEGMENT_BYTES);
-        for batch in 0..3u64 {
-            j.append(&entries(batch * 3 + 1..=batch * 3 + 3, big)).unwrap();
-        }
+        append_batches(&mut j, 3, 3);
         drop((j, store));
         let path = last_segment(dir.path());
         let mut bytes = fs::read(&path).unwrap();
@@ -1068,9 +1052,7 @@ mod tests {
     #[test]
     fn damage_before_the_last_segment_is_reported_with_its_sequence() {
         let (dir, _store, mut j) = one_shard(4 << 10);
-        for batch in 0..6u64 {
-            j.append(&entries(batch * 4 + 1..=batch * 4 + 4, big)).unwrap();
-        }
+        append_batches(&mut j, 6, 4);
         let files = segment_files(dir.path());
         assert!(files.len() >= 3);
         let path = dir.path().join("shard-0").join(segment_name(files[0].0));

@@ -25,7 +25,24 @@ mod store;
 
 #[cfg(test)]
 mod test_support {
-    use inventory_core::{Command, ReceiveBatch, ReceiveItem};
+    use inventory_core::{Command, Entry, Expire, ReceiveBatch, ReceiveItem};
+
+    /// A small entry: an empty expiry at `seq`.
+    pub fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            at: seq * 10,
+            trace_id: 0,
+            operator: String::new(),
+            command: Command::Expire(Expire { ids: vec![] }),
+            txns: vec![],
+        }
+    }
+
+    /// An entry of about 1 KB.
+    pub fn big(seq: u64) -> Entry {
+        Entry { operator: "x".repeat(1_000), ..entry(seq) }
+    }
 
     /// A bulk receipt of `(sku, warehouse, qty)` items.
     pub fn receive_batch(items: &[(&str, &str, u64)], idem_key: &str, reference: &str) -> Command {

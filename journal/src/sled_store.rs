@@ -492,18 +492,7 @@ impl Journal for SledJournal {
 mod tests {
     use super::*;
     use crate::codec::encode;
-    use inventory_core::{Command, Expire};
-
-    fn entry(seq: u64) -> Entry {
-        Entry {
-            seq,
-            at: seq * 10,
-            trace_id: 0,
-            operator: String::new(),
-            command: Command::Expire(Expire { ids: vec![] }),
-            txns: vec![],
-        }
-    }
+    use crate::test_support::{big, entry};
 
     #[test]
     fn entries_survive_reopen_and_recover_truncates() {
@@ -546,10 +535,6 @@ mod tests {
 
     fn seqs(j: &SledJournal, from: u64) -> Vec<u64> {
         j.read_from(from).unwrap().map(|e| e.unwrap().seq).collect()
-    }
-
-    fn big(seq: u64) -> Entry {
-        Entry { operator: "x".repeat(1_000), ..entry(seq) }
     }
 
     #[test]
