@@ -172,17 +172,7 @@ impl FileStore {
             durable: AtomicU64::new(u64::MAX),
             bounded: !read_only,
         });
-        let mut journal = FileJournal {
-            shared,
-            active: None,
-            writable: !read_only,
-            segment_bytes: self.segment_bytes,
-            batch: Vec::new(),
-            record: Vec::new(),
-            failed: false,
-            lock: self.lock.clone(),
-            resume: Arc::default(),
-        };
+        let mut journal = FileJournal::handle(shared, !read_only, self.segment_bytes, self.lock.clone());
         if !read_only {
             journal.open_tail()?;
         }
@@ -281,6 +271,21 @@ pub struct FileJournal {
 type Place = (u64, u64, u64);
 
 impl FileJournal {
+    /// A handle on a shard's journal, with nothing active or read yet.
+    fn handle(shared: Arc<Shared>, writable: bool, segment_bytes: u64, lock: Option<Arc<File>>) -> FileJournal {
+        FileJournal {
+            shared,
+            active: None,
+            writable,
+            segment_bytes,
+            batch: Vec::new(),
+            record: Vec::new(),
+            failed: false,
+            lock,
+            resume: Arc::default(),
+        }
+    }
+
     /// Reads the last segment, cuts it after its last whole record, and
     /// makes it the active one.
     fn open_tail(&mut self) -> Result<(), JournalError> {
@@ -781,17 +786,7 @@ impl Journal for FileJournal {
     }
 
     fn reader(&self) -> Box<dyn Journal + Sync> {
-        Box::new(FileJournal {
-            shared: self.shared.clone(),
-            active: None,
-            writable: false,
-            segment_bytes: self.segment_bytes,
-            batch: Vec::new(),
-            record: Vec::new(),
-            failed: false,
-            lock: self.lock.clone(),
-            resume: Arc::default(),
-        })
+        Box::new(FileJournal::handle(self.shared.clone(), false, self.segment_bytes, self.lock.clone()))
     }
 
     fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
