@@ -137,8 +137,10 @@ pub trait Journal: Send {
     /// beyond it may be rolled back.
     fn reader(&self) -> Box<dyn Journal + Sync>;
 
-    /// Removes every entry with `seq < keep_from` (covered by a snapshot)
-    /// and makes that durable. Returns how many were removed.
+    /// Removes entries with `seq < keep_from` (covered by a snapshot) and
+    /// makes that durable. Returns how many were removed. sled removes
+    /// exactly those; the file journal removes whole segments only, so some
+    /// of them may stay (reads from a later point never return them).
     fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError>;
 
     /// The first entry's sequence, if there is one.

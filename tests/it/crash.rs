@@ -173,34 +173,32 @@ async fn sigterm_answers_in_flight_requests_and_exits_cleanly() {
     assert_eq!(available + reserved, 100);
 }
 
-#[test]
-fn a_different_shard_count_on_an_existing_data_dir_is_refused() {
+/// Creates a data dir with `first` flags, stops the service, then starts it
+/// again with `then`: that start must fail; returns what it printed.
+fn refused_restart(first: &[&str], then: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::spawn(dir.path(), &["--shards", "2"]);
+    let daemon = Daemon::spawn(dir.path(), first);
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().success());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryd"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "3", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(then)
+        .arg("--data-dir")
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second start was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_different_shard_count_on_an_existing_data_dir_is_refused() {
+    let stderr = refused_restart(&["--shards", "2"], &["--shards", "3"]);
     assert!(stderr.contains("created with 2 shards"), "{stderr}");
 }
 
 #[test]
 fn another_kind_of_journal_on_an_existing_data_dir_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::spawn(dir.path(), &["--journal", "file"]);
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait().success());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryd"))
-        .args(["--listen", "127.0.0.1:0", "--journal", "sled", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_restart(&["--journal", "file"], &["--journal", "sled"]);
     assert!(stderr.contains("is a file journal, not a sled one; start with --journal file"), "{stderr}");
 }
