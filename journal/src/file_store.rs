@@ -28,7 +28,9 @@
 //! sequence. Readers in the same process stop at the last sequence made
 //! durable ([`Shared::durable`]); a read-only store opened by another
 //! process (the replay tool beside a running service) treats an unfinished
-//! block at the end of the last segment as the end, by the same rule.
+//! block at the end of the last segment as the end, by the same rule, and
+//! lists the shard's dir again at the end of a segment, so that it follows
+//! the appender into segments started after it opened.
 //!
 //! Truncation removes whole segments: every segment but the last whose
 //! entries all come before the bound. Entries before the bound may stay, in
@@ -153,18 +155,11 @@ impl FileStore {
             fs::create_dir_all(&dir)?;
             sync_dir(&self.dir)?;
         }
-        let mut segments = BTreeMap::new();
-        match fs::read_dir(&dir) {
-            Ok(listing) => {
-                for item in listing {
-                    let name = item?.file_name();
-                    let Some(first) = segment_seq(&name.to_string_lossy()) else { continue };
-                    segments.insert(first, vec![(first, 0)]);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && read_only => {}
+        let segments = match list_segments(&dir) {
+            Ok(firsts) => firsts.into_iter().map(|first| (first, vec![(first, 0)])).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && read_only => BTreeMap::new(),
             Err(e) => return Err(e.into()),
-        }
+        };
         let shared = Arc::new(Shared {
             dir,
             shard,
@@ -201,6 +196,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The first sequences of the segments in a shard's dir.
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut firsts = Vec::new();
+    for item in fs::read_dir(dir)? {
+        if let Some(first) = segment_seq(&item?.file_name().to_string_lossy()) {
+            firsts.push(first);
+        }
+    }
+    Ok(firsts)
+}
+
 fn segment_name(first: u64) -> String {
     format!("{first:020}.{SEGMENT_EXT}")
 }
@@ -228,6 +234,25 @@ struct Shared {
 impl Shared {
     fn path(&self, first: u64) -> PathBuf {
         self.dir.join(segment_name(first))
+    }
+
+    /// For a read-only store: adds the segments the appender has started
+    /// since the store listed them.
+    fn refresh(&self) -> Result<(), JournalError> {
+        if self.bounded {
+            return Ok(());
+        }
+        let firsts = match list_segments(&self.dir) {
+            Ok(firsts) => firsts,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut segments = self.segments.lock();
+        let last = segments.keys().next_back().copied().unwrap_or(0);
+        for first in firsts.into_iter().filter(|first| *first > last) {
+            segments.insert(first, vec![(first, 0)]);
+        }
+        Ok(())
     }
 
     fn corrupt(&self, seq: u64, reason: String) -> JournalError {
@@ -555,6 +580,7 @@ impl Cursor {
     /// is none.
     fn next_segment(&mut self) -> Result<Block, JournalError> {
         self.publish_points();
+        self.shared.refresh()?;
         let next = {
             let segments = self.shared.segments.lock();
             segments.range(self.first + 1..).next().map(|(first, _)| *first)
@@ -827,8 +853,14 @@ mod tests {
 
     /// Appends `batches` batches of `size` 1 KB entries from seq 1.
     fn append_batches(j: &mut FileJournal, batches: u64, size: u64) {
+        append_batches_from(j, 1, batches, size);
+    }
+
+    /// Appends `batches` batches of `size` 1 KB entries from seq `first`.
+    fn append_batches_from(j: &mut FileJournal, first: u64, batches: u64, size: u64) {
         for batch in 0..batches {
-            j.append(&entries(batch * size + 1..=batch * size + size, big)).unwrap();
+            let from = first + batch * size;
+            j.append(&entries(from..=from + size - 1, big)).unwrap();
         }
     }
 
@@ -1093,6 +1125,12 @@ mod tests {
         fs::write(&path, &before).unwrap();
         j.append(&entries(36..=40, big)).unwrap();
         assert_eq!(seqs(&view, 34), (34..=40).collect::<Vec<_>>());
+        // On into segments the appender started after the view listed its
+        // segments.
+        let listed = segment_files(dir.path()).len();
+        append_batches_from(&mut j, 41, 4, 5);
+        assert!(segment_files(dir.path()).len() >= listed + 2);
+        assert_eq!(seqs(&view, 38), (38..=60).collect::<Vec<_>>());
         let mut walked = Vec::new();
         view.visit_records(20, &mut |seq, record| {
             walked.push(decode(0, seq, record)?.seq);
