@@ -133,6 +133,8 @@ pub struct RunArgs {
 pub enum BackendKind {
     Postgres,
     Redis,
+    /// Maps in the adapter's memory, nothing on disk (a reference, not a baseline).
+    Memory,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

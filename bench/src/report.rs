@@ -117,8 +117,8 @@ pub fn compare(targets: &[TargetReport]) -> Vec<Ratio> {
             // In open loop both may carry the offered rate: compare latency
             // then; in closed loop throughput decides.
             // Only a baseline can beat the service; another configuration
-            // of it is a comparison between its own options.
-            let service_loses = t.target.is_adapter()
+            // of it, or the reference that keeps nothing, is a measure.
+            let service_loses = t.target.is_baseline()
                 && (service_throughput_ratio < 0.98 || reserve_p99_ratio.is_some_and(|r| r < 1.0));
             Ratio { target: t.target, service_throughput_ratio, reserve_p99_ratio, service_loses }
         })
@@ -369,4 +369,64 @@ pub fn table(report: &RunReport) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(target: TargetKind, ok_per_s: f64, p99_ms: f64) -> TargetReport {
+        let summary = OpSummary {
+            count: 1,
+            ok: 1,
+            rejected: 0,
+            errors: 0,
+            ok_per_s,
+            p50_ms: p99_ms / 2.0,
+            p95_ms: p99_ms,
+            p99_ms,
+            p999_ms: p99_ms,
+            max_ms: p99_ms,
+            codes: BTreeMap::new(),
+        };
+        TargetReport {
+            target,
+            label: target.label().into(),
+            offered_rate: None,
+            seconds: 1.0,
+            seed_seconds: 0.0,
+            ops: BTreeMap::from([("reserve".to_string(), summary.clone())]),
+            total: summary,
+            unsent: 0,
+            error_rate: 0.0,
+            timeline: Vec::new(),
+            audit: AuditReport::default(),
+            loadgen_cpu_us_per_request: 1.0,
+        }
+    }
+
+    #[test]
+    fn only_a_baseline_that_beats_the_service_makes_it_lose() {
+        let runs = [
+            measured(TargetKind::Service, 20_000.0, 6.0),
+            measured(TargetKind::ServiceFile, 22_000.0, 5.0),
+            measured(TargetKind::Memory, 40_000.0, 3.0),
+            measured(TargetKind::Postgres, 5_000.0, 20.0),
+            measured(TargetKind::RedisEverysec, 21_000.0, 7.0),
+        ];
+        let ratios = compare(&runs);
+        let loses: Vec<_> = ratios.iter().map(|r| (r.target, r.service_loses)).collect();
+        assert_eq!(
+            loses,
+            [
+                (TargetKind::ServiceFile, false),
+                (TargetKind::Memory, false),
+                (TargetKind::Postgres, false),
+                (TargetKind::RedisEverysec, true),
+            ]
+        );
+        let memory = &ratios[1];
+        assert!((memory.service_throughput_ratio - 0.5).abs() < 1e-9);
+        assert!((memory.reserve_p99_ratio.unwrap() - 0.5).abs() < 1e-9);
+    }
 }

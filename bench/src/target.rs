@@ -38,6 +38,9 @@ pub enum TargetKind {
     RedisAlways,
     /// Redis Lua script with `appendfsync everysec` (common deployments).
     RedisEverysec,
+    /// The same API over maps in the adapter's memory, nothing on disk: the
+    /// HTTP floor of this machine and client, not a durable alternative.
+    Memory,
 }
 
 impl TargetKind {
@@ -48,6 +51,7 @@ impl TargetKind {
             TargetKind::Postgres => "postgres",
             TargetKind::RedisAlways => "redis-always",
             TargetKind::RedisEverysec => "redis-everysec",
+            TargetKind::Memory => "memory",
         }
     }
 
@@ -58,6 +62,7 @@ impl TargetKind {
             TargetKind::Postgres => "PostgreSQL, conditional UPDATE per transaction, synchronous_commit=on",
             TargetKind::RedisAlways => "Redis Lua script, AOF appendfsync always",
             TargetKind::RedisEverysec => "Redis Lua script, AOF appendfsync everysec (up to 1 s of acks can be lost)",
+            TargetKind::Memory => "in-memory maps in the adapter, nothing on disk (the HTTP floor, not durable)",
         }
     }
 
@@ -65,6 +70,14 @@ impl TargetKind {
     /// offer a bulk seeding endpoint.
     pub fn is_adapter(self) -> bool {
         !matches!(self, TargetKind::Service | TargetKind::ServiceFile)
+    }
+
+    /// Whether the target is something a user would build instead of the
+    /// service (PostgreSQL, Redis). The service is said to lose only to
+    /// these: another configuration of the service, or the in-memory
+    /// reference that keeps nothing, is a measure, not a rival.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, TargetKind::Postgres | TargetKind::RedisAlways | TargetKind::RedisEverysec)
     }
 }
 
@@ -121,7 +134,7 @@ impl Running {
                         "--redis-url",
                         &options.redis_url,
                     ]),
-                    _ => command.args([
+                    TargetKind::RedisEverysec => command.args([
                         "--backend",
                         "redis",
                         "--appendfsync",
@@ -129,6 +142,7 @@ impl Running {
                         "--redis-url",
                         &options.redis_url,
                     ]),
+                    _ => command.args(["--backend", "memory"]),
                 };
                 (command, None)
             }

@@ -46,11 +46,11 @@ fn reachable(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
-/// The service with each kind of journal, plus every baseline whose server
-/// can be reached (all of them in CI).
+/// The service with each kind of journal, the in-memory reference, and
+/// every baseline whose server can be reached (all of them in CI).
 fn targets() -> String {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-    let mut targets = vec!["service", "service-file"];
+    let mut targets = vec!["service", "service-file", "memory"];
     if ci || reachable(5432) {
         targets.push("postgres");
     } else {

@@ -1,7 +1,8 @@
 //! The baselines behind the service's own HTTP API, so that every target is
 //! measured through the same client path: `inventory-bench adapter` serves
 //! the same routes and JSON shapes as `inventoryd` over PostgreSQL
-//! ([`postgres`]) or Redis ([`redis`]), with the same semantics: idempotency
+//! ([`postgres`]), Redis ([`redis`]) or, as a reference with nothing on
+//! disk, maps in its own memory ([`memory`]), with the same semantics: idempotency
 //! keys, one hold per order line, confirm/release/expiry, `{code, message}`
 //! errors. It also offers `POST /bench/seed` to load a catalogue in bulk.
 //!
@@ -9,6 +10,7 @@
 //! trip to the database (a PL/pgSQL function or a Lua script), and writes
 //! the stored JSON back.
 
+pub mod memory;
 pub mod postgres;
 pub mod redis;
 
@@ -110,6 +112,7 @@ pub struct SeedBody {
 pub enum Backend {
     Postgres(postgres::PgBackend),
     Redis(Box<redis::RedisBackend>),
+    Memory(memory::MemoryBackend),
 }
 
 macro_rules! dispatch {
@@ -117,6 +120,7 @@ macro_rules! dispatch {
         match $self {
             Backend::Postgres(b) => b.$method($($arg),*).await,
             Backend::Redis(b) => b.$method($($arg),*).await,
+            Backend::Memory(b) => b.$method($($arg),*).await,
         }
     };
 }
@@ -315,6 +319,7 @@ pub fn main(args: crate::cli::AdapterArgs) -> Result<()> {
             crate::cli::BackendKind::Redis => Backend::Redis(Box::new(
                 redis::RedisBackend::connect(&args.redis_url, args.pool, args.appendfsync).await?,
             )),
+            crate::cli::BackendKind::Memory => Backend::Memory(memory::MemoryBackend::new()),
         });
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
