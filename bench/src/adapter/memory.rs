@@ -48,6 +48,13 @@ impl Status {
     }
 }
 
+/// How a RESERVED hold ends.
+enum Settle {
+    Confirm(String),
+    Release(String),
+    Expire,
+}
+
 struct Hold {
     order_id: String,
     sku_id: String,
@@ -90,21 +97,43 @@ struct State {
 }
 
 impl State {
-    /// Puts a hold's units back into available, as an expiry.
-    fn expire(&mut self, id: &str, now: i64) {
+    /// Settles a RESERVED hold: confirmed (its units sold), or released or
+    /// expired (its units available again).
+    fn settle(&mut self, id: &str, how: Settle, now: i64) {
         let Some(hold) = self.holds.get_mut(id) else { return };
         if hold.status != Status::Reserved {
             return;
         }
-        hold.status = Status::Expired;
-        hold.release_reason = Some("TIMEOUT".into());
+        let confirmed = matches!(how, Settle::Confirm(_));
+        match how {
+            Settle::Confirm(payment) => (hold.status, hold.payment_id) = (Status::Confirmed, Some(payment)),
+            Settle::Release(reason) => (hold.status, hold.release_reason) = (Status::Released, Some(reason)),
+            Settle::Expire => (hold.status, hold.release_reason) = (Status::Expired, Some("TIMEOUT".into())),
+        }
         hold.updated_ms = now;
         self.expiry.remove(&(hold.expire_ms, id.to_string()));
         if let Some(row) = self.stock.get_mut(&(hold.sku_id.clone(), hold.warehouse_id.clone())) {
-            row.available += hold.qty;
             row.reserved -= hold.qty;
+            if confirmed {
+                row.sold += hold.qty;
+            } else {
+                row.available += hold.qty;
+            }
             row.version += 1;
             row.updated_ms = now;
+        }
+    }
+
+    /// What a confirm or release sees of hold `id`: `(status, due)` (`due`:
+    /// its expiry has passed), or the reply to give at once (the stored one
+    /// of a repeated key, or not found).
+    fn settling(&self, idem_key: &str, id: &str, now: i64) -> std::result::Result<(&Hold, bool), Reply> {
+        if let Some(stored) = self.idem.get(idem_key) {
+            return Err(stored.reply());
+        }
+        match self.holds.get(id) {
+            Some(hold) => Ok((hold, hold.expire_ms <= now)),
+            None => Err(Reply::error(404, "RESERVATION_NOT_FOUND", "no such reservation")),
         }
     }
 
@@ -206,85 +235,54 @@ impl MemoryBackend {
 
     pub async fn confirm(&self, b: ConfirmBody) -> Result<Reply> {
         let now = now_ms();
-        let mut guard = self.state.lock();
-        let s = &mut *guard;
-        if let Some(stored) = s.idem.get(&b.idem_key) {
-            return Ok(stored.reply());
-        }
-        let Some(hold) = s.holds.get_mut(&b.reservation_id) else {
-            return Ok(Reply::error(404, "RESERVATION_NOT_FOUND", "no such reservation"));
+        let mut s = self.state.lock();
+        let (status, due, same_payment) = match s.settling(&b.idem_key, &b.reservation_id, now) {
+            Ok((hold, due)) => (hold.status, due, hold.payment_id.as_deref() == Some(b.payment_id.as_str())),
+            Err(reply) => return Ok(reply),
         };
-        match hold.status {
-            Status::Confirmed if hold.payment_id.as_deref() == Some(b.payment_id.as_str()) => {
-                return Ok(hold_reply(&b.reservation_id, Status::Confirmed))
-            }
+        let id = b.reservation_id;
+        let reply = match status {
+            Status::Confirmed if same_payment => hold_reply(&id, Status::Confirmed),
             Status::Confirmed => {
-                return Ok(Reply::error(
-                    409,
-                    "PAYMENT_MISMATCH",
-                    "the reservation was confirmed by a different payment",
-                ))
+                Reply::error(409, "PAYMENT_MISMATCH", "the reservation was confirmed by a different payment")
             }
-            Status::Released => return Ok(Reply::error(409, "RESERVATION_RELEASED", "the reservation was released")),
-            Status::Expired => return Ok(Reply::error(409, "RESERVATION_EXPIRED", "the reservation expired")),
-            Status::Reserved if hold.expire_ms <= now => {
-                s.expire(&b.reservation_id, now);
-                return Ok(Reply::error(409, "RESERVATION_EXPIRED", "the reservation expired"));
+            Status::Released => Reply::error(409, "RESERVATION_RELEASED", "the reservation was released"),
+            Status::Expired => Reply::error(409, "RESERVATION_EXPIRED", "the reservation expired"),
+            Status::Reserved if due => {
+                s.settle(&id, Settle::Expire, now);
+                Reply::error(409, "RESERVATION_EXPIRED", "the reservation expired")
             }
-            Status::Reserved => {}
-        }
-        hold.status = Status::Confirmed;
-        hold.payment_id = Some(b.payment_id);
-        hold.updated_ms = now;
-        let (key, qty, expire_ms) = ((hold.sku_id.clone(), hold.warehouse_id.clone()), hold.qty, hold.expire_ms);
-        s.expiry.remove(&(expire_ms, b.reservation_id.clone()));
-        if let Some(row) = s.stock.get_mut(&key) {
-            row.reserved -= qty;
-            row.sold += qty;
-            row.version += 1;
-            row.updated_ms = now;
-        }
-        let reply = hold_reply(&b.reservation_id, Status::Confirmed);
-        Ok(s.remember(b.idem_key, reply))
+            Status::Reserved => {
+                s.settle(&id, Settle::Confirm(b.payment_id), now);
+                return Ok(s.remember(b.idem_key, hold_reply(&id, Status::Confirmed)));
+            }
+        };
+        Ok(reply)
     }
 
     pub async fn release(&self, b: ReleaseBody) -> Result<Reply> {
         let now = now_ms();
-        let mut guard = self.state.lock();
-        let s = &mut *guard;
-        if let Some(stored) = s.idem.get(&b.idem_key) {
-            return Ok(stored.reply());
-        }
-        let Some(hold) = s.holds.get_mut(&b.reservation_id) else {
-            return Ok(Reply::error(404, "RESERVATION_NOT_FOUND", "no such reservation"));
+        let mut s = self.state.lock();
+        let (status, due) = match s.settling(&b.idem_key, &b.reservation_id, now) {
+            Ok((hold, due)) => (hold.status, due),
+            Err(reply) => return Ok(reply),
         };
-        let status = match hold.status {
+        let id = b.reservation_id;
+        let settled = match status {
             Status::Confirmed => {
                 return Ok(Reply::error(409, "RESERVATION_CONFIRMED", "the reservation is already confirmed"))
             }
-            done @ (Status::Released | Status::Expired) => return Ok(hold_reply(&b.reservation_id, done)),
-            Status::Reserved if hold.expire_ms <= now => {
-                s.expire(&b.reservation_id, now);
+            done @ (Status::Released | Status::Expired) => return Ok(hold_reply(&id, done)),
+            Status::Reserved if due => {
+                s.settle(&id, Settle::Expire, now);
                 Status::Expired
             }
             Status::Reserved => {
-                hold.status = Status::Released;
-                hold.release_reason = Some(b.reason);
-                hold.updated_ms = now;
-                let (key, qty, expire_ms) =
-                    ((hold.sku_id.clone(), hold.warehouse_id.clone()), hold.qty, hold.expire_ms);
-                s.expiry.remove(&(expire_ms, b.reservation_id.clone()));
-                if let Some(row) = s.stock.get_mut(&key) {
-                    row.available += qty;
-                    row.reserved -= qty;
-                    row.version += 1;
-                    row.updated_ms = now;
-                }
+                s.settle(&id, Settle::Release(b.reason), now);
                 Status::Released
             }
         };
-        let reply = hold_reply(&b.reservation_id, status);
-        Ok(s.remember(b.idem_key, reply))
+        Ok(s.remember(b.idem_key, hold_reply(&id, settled)))
     }
 
     pub async fn stock(&self, sku_id: &str) -> Result<Reply> {
@@ -345,7 +343,7 @@ impl MemoryBackend {
             .map(|(_, id)| id.clone())
             .collect();
         for id in &due {
-            s.expire(id, now);
+            s.settle(id, Settle::Expire, now);
         }
         Ok(due.len() as u64)
     }
