@@ -5,6 +5,10 @@
 //! audit run against it, but an acknowledged write is lost with the
 //! process.
 //!
+//! It keeps every hold and idempotency record for the life of the process:
+//! fine for runs of minutes, not for the 30-minute `double-peak` at full
+//! rate.
+//!
 //! It is not an alternative for a durable reservation service. It measures
 //! the floor under every target here: what one HTTP/1.1 request costs on
 //! this machine through the harness's client and a hyper server, when the
