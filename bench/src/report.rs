@@ -69,6 +69,10 @@ pub struct TargetReport {
     /// measured phase, per request sent: the harness's own share of a
     /// machine it shares with the target.
     pub loadgen_cpu_us_per_request: f64,
+    /// CPU time of the process the harness started for the target (the
+    /// service, or a baseline's adapter, without its database server)
+    /// during the measured phase, per request; `None` with `--target-url`.
+    pub target_cpu_us_per_request: Option<f64>,
 }
 
 impl TargetReport {
@@ -340,7 +344,15 @@ pub fn table(report: &RunReport) -> String {
             let _ =
                 writeln!(s, "  {} requests never sent: the target fell more than 5 s behind the schedule", t.unsent);
         }
-        let _ = writeln!(s, "  load generator: {:.1} us of CPU per request", t.loadgen_cpu_us_per_request);
+        let _ = match t.target_cpu_us_per_request {
+            Some(target) => writeln!(
+                s,
+                "  CPU per request: load generator {:.1} us, {} {target:.1} us",
+                t.loadgen_cpu_us_per_request,
+                if t.target.is_adapter() { "adapter (not its database server)" } else { "inventoryd" },
+            ),
+            None => writeln!(s, "  CPU per request: load generator {:.1} us", t.loadgen_cpu_us_per_request),
+        };
         let a = &t.audit;
         let _ = writeln!(
             s,
@@ -402,6 +414,7 @@ mod tests {
             timeline: Vec::new(),
             audit: AuditReport::default(),
             loadgen_cpu_us_per_request: 1.0,
+            target_cpu_us_per_request: None,
         }
     }
 

@@ -191,6 +191,7 @@ async fn measure(
         })
     };
     let cpu_before = process_cpu();
+    let target_cpu_before = running.cpu();
     let load = loadgen::run(
         LoadConfig {
             addr: running.addr,
@@ -205,6 +206,7 @@ async fn measure(
     )
     .await;
     let loadgen_cpu = process_cpu().saturating_sub(cpu_before);
+    let target_cpu = running.cpu().zip(target_cpu_before).map(|(after, before)| after.saturating_sub(before));
     ticker.abort();
     running_bar.finish_and_clear();
 
@@ -225,7 +227,9 @@ async fn measure(
     }
     let total = OpSummary::of(&load.stats.total(), seconds);
     let attempted = total.count + load.unsent;
-    let loadgen_cpu_us_per_request = loadgen_cpu.as_secs_f64() * 1e6 / total.count.max(1) as f64;
+    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / total.count.max(1) as f64;
+    let loadgen_cpu_us_per_request = per_request(loadgen_cpu);
+    let target_cpu_us_per_request = target_cpu.map(per_request);
     let error_rate = if attempted > 0 { (total.errors + load.unsent) as f64 / attempted as f64 } else { 0.0 };
     Ok(TargetReport {
         target: kind,
@@ -243,6 +247,7 @@ async fn measure(
         timeline: load.timeline.points(),
         audit,
         loadgen_cpu_us_per_request,
+        target_cpu_us_per_request,
     })
 }
 

@@ -101,6 +101,14 @@ pub struct Running {
 }
 
 impl Running {
+    /// CPU time (user + system) the started process has used so far, from
+    /// `/proc/<pid>/stat`; `None` for an external target. For a baseline
+    /// this is its adapter: the database server's own CPU is not counted.
+    pub fn cpu(&self) -> Option<Duration> {
+        let pid = self.child.as_ref()?.id();
+        process_cpu_of(pid)
+    }
+
     pub fn external(kind: TargetKind, addr: SocketAddr) -> Running {
         Running { kind, addr, child: None, _data_dir: None }
     }
@@ -379,6 +387,20 @@ async fn receive_with_retry(conn: &mut Conn, body: String) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
     }
     Err(BenchError::Seed(format!("receive {body}: {last}")))
+}
+
+/// CPU time (user + system) of process `pid` so far, in whole clock ticks.
+fn process_cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces;
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
 }
 
 #[cfg(test)]

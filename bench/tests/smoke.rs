@@ -105,6 +105,9 @@ fn smoke(scenario: &str, extra: &[&str]) -> serde_json::Value {
         // CPU, and far less than a second of it.
         let cpu = t["loadgen_cpu_us_per_request"].as_f64().unwrap();
         assert!(cpu > 0.0 && cpu < 1e6, "{name}: load generator CPU {cpu} us per request: {stdout}");
+        // The harness started the target, so it read the target's CPU too.
+        let target_cpu = t["target_cpu_us_per_request"].as_f64();
+        assert!(target_cpu.is_some_and(|c| c > 0.0 && c < 1e6), "{name}: target CPU {target_cpu:?}: {stdout}");
         let svg = out_file(out.path(), &format!("{scenario}-{name}.svg"));
         assert!(svg.is_some(), "{name}: no plot");
     }
