@@ -299,6 +299,12 @@ fn audit_tailer(
             if from > durable {
                 continue;
             }
+            // Read after `durable`, so it covers every entry up to it.
+            if progress[shard].receipts_upto.load(Ordering::Acquire) < from {
+                // Nothing the log records was journaled since the mark.
+                marks[shard].store(durable, Ordering::Release);
+                continue;
+            }
             idle = false;
             let (mut events, mut rows) = (Vec::new(), 0);
             let mut scanned = from - 1;
@@ -337,5 +343,130 @@ fn audit_tailer(
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inventory_core::{Command, Entry, Receive, Reserve, Shard, DEFAULT_WAREHOUSE};
+    use inventory_journal::{MemJournal, RecordVisitor};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    /// A journal reader that counts the records it hands out.
+    struct Counting {
+        inner: Box<dyn Journal + Sync>,
+        visited: Arc<AtomicU64>,
+    }
+
+    impl Journal for Counting {
+        fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
+            self.inner.append(batch)
+        }
+        fn recover(&mut self, next_seq: u64) -> Result<(), JournalError> {
+            self.inner.recover(next_seq)
+        }
+        fn read_from(
+            &self,
+            from: u64,
+        ) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
+            self.inner.read_from(from)
+        }
+        fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
+            self.inner.visit_records(from, &mut |seq, record| {
+                self.visited.fetch_add(1, Ordering::Relaxed);
+                f(seq, record)
+            })
+        }
+        fn shard(&self) -> u16 {
+            self.inner.shard()
+        }
+        fn reader(&self) -> Box<dyn Journal + Sync> {
+            self.inner.reader()
+        }
+        fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
+            self.inner.truncate_before(keep_from)
+        }
+    }
+
+    /// Applies `command` as the shard loop does and journals its entry.
+    fn journal(shard: &mut Shard, journal: &mut MemJournal, progress: &ShardProgress, command: Command) {
+        let seq = progress.durable.load(Ordering::Acquire) + 1;
+        let mut txns = Vec::new();
+        assert!(shard.apply(seq, &command, &mut txns).changed);
+        let entry = Entry { seq, at: seq, trace_id: 0, operator: "t".into(), command, txns };
+        journal.append(std::slice::from_ref(&entry)).unwrap();
+        if inventory_journal::audit::is_audited(&entry) {
+            progress.receipts_upto.store(seq, Ordering::Release);
+        }
+        progress.durable.store(seq, Ordering::Release);
+    }
+
+    fn receive(sku: &str) -> Command {
+        Command::Receive(Receive {
+            sku_id: sku.into(),
+            warehouse_id: DEFAULT_WAREHOUSE.into(),
+            qty: 1_000,
+            idem_key: format!("receive-{sku}"),
+            reference: String::new(),
+        })
+    }
+
+    fn reserve(i: u64) -> Command {
+        Command::Reserve(Reserve {
+            order_id: format!("o{i}"),
+            sku_id: "a".into(),
+            warehouse_id: DEFAULT_WAREHOUSE.into(),
+            qty: 1,
+            idem_key: format!("reserve-{i}"),
+            ttl_ms: 60_000,
+            ttl_explicit: false,
+        })
+    }
+
+    #[test]
+    fn the_audit_tailer_reads_the_journal_only_where_a_receipt_was_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shard, mut mem) = (Shard::new(ShardConfig::new(0)), MemJournal::new(0));
+        let visited = Arc::new(AtomicU64::new(0));
+        let reader: Arc<dyn Journal + Sync> = Arc::new(Counting { inner: mem.reader(), visited: visited.clone() });
+        let progress: Arc<ShardProgress> = Arc::default();
+        let marks: AuditMarks = Arc::new(vec![AtomicU64::new(0)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tailer = {
+            let (log, progress, marks, stop) =
+                (AuditLog::open(dir.path()).unwrap(), vec![progress.clone()], marks.clone(), stop.clone());
+            std::thread::spawn(move || audit_tailer(log, vec![reader], progress, marks, stop))
+        };
+        let audited_to = |seq: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while marks[0].load(Ordering::Acquire) < seq {
+                assert!(Instant::now() < deadline, "the tailer never reached {seq}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+
+        journal(&mut shard, &mut mem, &progress, receive("a"));
+        audited_to(1);
+        let read = visited.load(Ordering::Relaxed);
+        assert!(read >= 1);
+        // A run of reserves is passed over without reading a record.
+        for i in 0..200 {
+            journal(&mut shard, &mut mem, &progress, reserve(i));
+        }
+        audited_to(201);
+        assert_eq!(visited.load(Ordering::Relaxed), read);
+        // A receipt after them is read and audited.
+        journal(&mut shard, &mut mem, &progress, receive("b"));
+        audited_to(202);
+        assert!(visited.load(Ordering::Relaxed) > read);
+
+        stop.store(true, Ordering::Release);
+        tailer.join().unwrap();
+        let log = std::fs::read_to_string(dir.path().join(inventory_journal::audit::LOG_FILE)).unwrap();
+        let receipts: Vec<&str> = log.lines().collect();
+        assert_eq!(receipts.len(), 2, "{log}");
+        assert!(receipts[0].contains(r#""seq":1,"#) && receipts[1].contains(r#""seq":202,"#), "{log}");
     }
 }

@@ -179,6 +179,7 @@ fn run_inner(
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
+    progress.receipts_upto.store(next_seq - 1, std::sync::atomic::Ordering::Release);
     publish(&progress, next_seq - 1, last_at);
     let labels = ShardLabels { shard: index };
     metrics.journal_healthy.get_or_create(&labels).set(1);
@@ -506,6 +507,9 @@ impl LoopState {
             self.shard.commit_batch();
             self.next_seq += self.entries.len() as u64;
             if let Some(last) = self.entries.last() {
+                if let Some(receipt) = self.entries.iter().rev().find(|e| inventory_journal::audit::is_audited(e)) {
+                    self.progress.receipts_upto.store(receipt.seq, std::sync::atomic::Ordering::Release);
+                }
                 publish(&self.progress, last.seq, last.at);
                 self.record_committed();
                 self.metrics.journal_entries.get_or_create(&self.labels).set(self.next_seq - 1);
@@ -569,12 +573,20 @@ mod tests {
 
     /// A loop on an in-memory journal, and its metrics.
     fn start_loop() -> (crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>, Arc<Metrics>) {
+        let (tx, thread, metrics, _) = start_loop_with_progress();
+        (tx, thread, metrics)
+    }
+
+    type Started = (crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>, Arc<Metrics>, Arc<ShardProgress>);
+
+    fn start_loop_with_progress() -> Started {
         let metrics = Arc::new(Metrics::new());
+        let progress: Arc<ShardProgress> = Arc::default();
         let context = LoopContext {
             clock: Arc::new(SystemClock),
             idem_index: Arc::new(IdemIndex::new(1_000)),
             metrics: metrics.clone(),
-            progress: Arc::default(),
+            progress: progress.clone(),
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
@@ -582,7 +594,7 @@ mod tests {
             LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None, expected_skus: 0 };
         let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
         ready_rx.recv().unwrap().1.unwrap();
-        (tx, thread, metrics)
+        (tx, thread, metrics, progress)
     }
 
     fn receive(sku: &str, key: &str) -> (Request, oneshot::Receiver<WriteReply>) {
@@ -595,6 +607,39 @@ mod tests {
             reference: String::new(),
         };
         (Request::Write { command: Command::Receive(receive), meta: Meta::default(), reply }, answer)
+    }
+
+    #[test]
+    fn the_loop_publishes_the_last_receipt_beside_the_last_durable_entry() {
+        use std::sync::atomic::Ordering::Acquire;
+        let (tx, thread, _, progress) = start_loop_with_progress();
+        let published = || (progress.durable.load(Acquire), progress.receipts_upto.load(Acquire));
+        let write = |(request, answer): (Request, oneshot::Receiver<WriteReply>)| {
+            tx.send(request).unwrap();
+            assert!(matches!(answer.blocking_recv().unwrap(), WriteReply::Applied(a) if a.changed));
+        };
+        assert_eq!(published(), (0, 0));
+        write(receive("s", "k1"));
+        assert_eq!(published(), (1, 1));
+        for i in 0..3 {
+            let (reply, answer) = oneshot::channel();
+            let reserve = inventory_core::Reserve {
+                order_id: format!("o{i}"),
+                sku_id: "s".into(),
+                warehouse_id: DEFAULT_WAREHOUSE.into(),
+                qty: 1,
+                idem_key: format!("r{i}"),
+                ttl_ms: 60_000,
+                ttl_explicit: false,
+            };
+            write((Request::Write { command: Command::Reserve(reserve), meta: Meta::default(), reply }, answer));
+        }
+        // Holds are not audited: the last receipt stays where it was.
+        assert_eq!(published(), (4, 1));
+        write(receive("t", "k2"));
+        assert_eq!(published(), (5, 5));
+        tx.send(Request::Shutdown).unwrap();
+        thread.join().unwrap();
     }
 
     #[test]

@@ -138,6 +138,12 @@ fn hash_of(prev_hash: &str, body: &[u8]) -> [u8; 64] {
     hex
 }
 
+/// Whether the audit log records `entry`: exactly when [`event_of`] gives
+/// it a record.
+pub fn is_audited(entry: &Entry) -> bool {
+    entry.txns.iter().any(|t| t.kind == TxnKind::Receive)
+}
+
 /// The audit record of one journal entry, if it received stock (receipts
 /// only, for now). Takes the entry to move its strings into the record.
 pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {

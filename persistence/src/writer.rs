@@ -34,6 +34,12 @@ pub struct ShardProgress {
     pub durable: AtomicU64,
     /// Journal time of that entry.
     pub durable_at: AtomicU64,
+    /// Last durable sequence that may hold a change the audit log records
+    /// (a receipt), set by the shard loop before `durable`. Between its
+    /// mark and `durable`, the audit tailer reads the journal only if this
+    /// is past its mark: a run of reserves costs it nothing. At start-up
+    /// it is the whole recovered journal, since nothing says what that held.
+    pub receipts_upto: AtomicU64,
     /// Last sequence applied to PostgreSQL (the checkpoint).
     pub applied: AtomicU64,
     /// Journal time of that entry.
