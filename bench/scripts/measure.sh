@@ -7,12 +7,12 @@
 # directory (BIN_DIR, default target/release) and PostgreSQL and Redis on
 # their default local ports. Before each run it waits until no compiler is
 # running, and it notes in OUT_DIR/busy.log any run that shared the CPUs
-# with one.
+# with one. TARGETS overrides the targets of every run.
 set -euo pipefail
 out=${1:-target/inventory-bench/measure}
 runs=${2:-3}
 bin=${BIN_DIR:-target/release}/inventory-bench
-all=service,postgres,redis-always,redis-everysec
+all=${TARGETS:-service,service-file,memory,postgres,redis-always,redis-everysec}
 mkdir -p "$out"
 
 idle() {
