@@ -349,7 +349,8 @@ fn audit_tailer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use inventory_core::{Command, Entry, Receive, Reserve, Shard, DEFAULT_WAREHOUSE};
+    use crate::shard_loop::tests::reserve;
+    use inventory_core::{Command, Entry, Receive, Shard, DEFAULT_WAREHOUSE};
     use inventory_journal::{MemJournal, RecordVisitor};
     use std::sync::atomic::AtomicBool;
     use std::time::Instant;
@@ -413,18 +414,6 @@ mod tests {
         })
     }
 
-    fn reserve(i: u64) -> Command {
-        Command::Reserve(Reserve {
-            order_id: format!("o{i}"),
-            sku_id: "a".into(),
-            warehouse_id: DEFAULT_WAREHOUSE.into(),
-            qty: 1,
-            idem_key: format!("reserve-{i}"),
-            ttl_ms: 60_000,
-            ttl_explicit: false,
-        })
-    }
-
     #[test]
     fn the_audit_tailer_reads_the_journal_only_where_a_receipt_was_journaled() {
         let dir = tempfile::tempdir().unwrap();
@@ -453,7 +442,7 @@ mod tests {
         assert!(read >= 1);
         // A run of reserves is passed over without reading a record.
         for i in 0..200 {
-            journal(&mut shard, &mut mem, &progress, reserve(i));
+            journal(&mut shard, &mut mem, &progress, reserve(i, "a"));
         }
         audited_to(201);
         assert_eq!(visited.load(Ordering::Relaxed), read);

@@ -561,7 +561,7 @@ fn publish(progress: &ShardProgress, seq: u64, at: Millis) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use inventory_core::{Levels, Receive, DEFAULT_WAREHOUSE};
@@ -597,6 +597,19 @@ mod tests {
         (tx, thread, metrics, progress)
     }
 
+    /// A one-unit reserve of `sku` for order `o<i>`, key `reserve-<i>`.
+    pub(crate) fn reserve(i: u64, sku: &str) -> Command {
+        Command::Reserve(inventory_core::Reserve {
+            order_id: format!("o{i}"),
+            sku_id: sku.into(),
+            warehouse_id: DEFAULT_WAREHOUSE.into(),
+            qty: 1,
+            idem_key: format!("reserve-{i}"),
+            ttl_ms: 60_000,
+            ttl_explicit: false,
+        })
+    }
+
     fn receive(sku: &str, key: &str) -> (Request, oneshot::Receiver<WriteReply>) {
         let (reply, answer) = oneshot::channel();
         let receive = Receive {
@@ -623,16 +636,7 @@ mod tests {
         assert_eq!(published(), (1, 1));
         for i in 0..3 {
             let (reply, answer) = oneshot::channel();
-            let reserve = inventory_core::Reserve {
-                order_id: format!("o{i}"),
-                sku_id: "s".into(),
-                warehouse_id: DEFAULT_WAREHOUSE.into(),
-                qty: 1,
-                idem_key: format!("r{i}"),
-                ttl_ms: 60_000,
-                ttl_explicit: false,
-            };
-            write((Request::Write { command: Command::Reserve(reserve), meta: Meta::default(), reply }, answer));
+            write((Request::Write { command: reserve(i, "s"), meta: Meta::default(), reply }, answer));
         }
         // Holds are not audited: the last receipt stays where it was.
         assert_eq!(published(), (4, 1));
