@@ -18,12 +18,23 @@
 //! new segment (its directory entry synced before the block is written), so
 //! a block never spans two segments.
 //!
+//! The active segment's file is kept written with zeros ahead of its last
+//! block, [`PREALLOCATE`] bytes at a time: a block that would end past the
+//! zeros is written with the next run of zeros after it, in the same commit.
+//! A block written over zeros that were already synced changes neither the
+//! file's size nor its extents, so its `fdatasync` has only the data to
+//! flush and skips the file system's own journal commit, one disk wait of
+//! the three an appending write costs. An all-zero block header is where a
+//! segment's blocks end; a closed segment is cut to its blocks when the
+//! next one starts (a crash may leave its zeros, which readers pass over).
+//!
 //! After a crash the last segment may end in a block that was cut short or
 //! half written: it was never acknowledged. Such a block fails its checksum
 //! (or is incomplete, or does not continue the sequence) and reaches the end
-//! of the file, or only zeros follow it. Opening a shard for appending cuts
-//! the last segment there (logging what it cut), so nothing left of that
-//! write can later be taken for a record. A bad block anywhere else is
+//! of the file, or only zeros follow the end its header gives. Opening a
+//! shard for appending cuts the last segment there (logging what it cut),
+//! so nothing left of that write can later be taken for a record. A bad
+//! block anywhere else, or data after the zeros where the blocks end, is
 //! damage to acknowledged entries: opening fails, naming the shard and
 //! sequence. Readers in the same process stop at the last sequence made
 //! durable ([`Shared::durable`]); a read-only store opened by another
@@ -55,6 +66,10 @@ const LOCK_FILE: &str = "LOCK";
 const SEGMENT_EXT: &str = "seg";
 /// A segment is closed once it has grown past this.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// The active segment's file is written with zeros this far past a block
+/// that ends beyond the zeros already there (see the module doc).
+pub const PREALLOCATE: usize = 1 << 20;
+static ZEROS: [u8; PREALLOCATE] = [0; PREALLOCATE];
 /// Readers seek to a sparse index point and read forward from it: one point
 /// per this many bytes of a segment.
 const INDEX_EVERY: u64 = 64 << 10;
@@ -264,8 +279,10 @@ impl Shared {
 struct Active {
     first: u64,
     file: File,
-    /// Bytes written and synced.
+    /// Bytes of blocks written and synced.
     len: u64,
+    /// The file's bytes from `len` up to this are zeros, synced.
+    allocated: u64,
     next: u64,
     /// Offset of the segment's last sparse index point.
     indexed: u64,
@@ -321,15 +338,18 @@ impl FileJournal {
                 shared.durable.store(0, Ordering::Release);
                 return Ok(());
             };
-            let (next, len, points) = {
+            let (next, len, points, unfinished) = {
                 let mut cursor = Cursor::at(&shared, first, 0, first, u64::MAX, true)?;
                 while cursor.next_record()?.is_some() {}
-                (cursor.next_seq, cursor.offset, std::mem::take(&mut cursor.points))
+                (cursor.next_seq, cursor.offset, std::mem::take(&mut cursor.points), cursor.unfinished)
             };
             let path = shared.path(first);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let on_disk = file.metadata()?.len();
-            if on_disk > len {
+            // Past `len` there is nothing, zeros written ahead, or what is
+            // left of an unfinished write followed by zeros.
+            let mut allocated = on_disk;
+            if unfinished {
                 tracing::warn!(
                     shard = shared.shard,
                     segment = %path.display(),
@@ -339,6 +359,7 @@ impl FileJournal {
                 );
                 file.set_len(len)?;
                 file.sync_all()?;
+                allocated = len;
             }
             if len == 0 {
                 // A segment created just before a crash, with nothing in it.
@@ -351,18 +372,23 @@ impl FileJournal {
             let indexed = points.last().map_or(0, |p| p.1);
             shared.segments.lock().insert(first, std::iter::once((first, 0)).chain(points).collect());
             shared.durable.store(next - 1, Ordering::Release);
-            self.active = Some(Active { first, file, len, next, indexed });
+            self.active = Some(Active { first, file, len, allocated, next, indexed });
             return Ok(());
         }
     }
 
     /// Starts a segment whose first record is `first`.
     fn start_segment(&mut self, first: u64) -> Result<(), JournalError> {
+        if let Some(closed) = &self.active {
+            // Its zeros ahead go; should a crash keep them, readers pass
+            // over them to the next segment.
+            closed.file.set_len(closed.len)?;
+        }
         let path = self.shared.path(first);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         sync_dir(&self.shared.dir)?;
         self.shared.segments.lock().insert(first, vec![(first, 0)]);
-        self.active = Some(Active { first, file, len: 0, next: first, indexed: 0 });
+        self.active = Some(Active { first, file, len: 0, allocated: 0, next: first, indexed: 0 });
         Ok(())
     }
 
@@ -418,6 +444,8 @@ struct Cursor {
     /// read (what a crash, or a write in progress in another process, leaves
     /// at the end) instead of failing it.
     lenient: bool,
+    /// The read ended at such a block.
+    unfinished: bool,
 }
 
 /// What [`Cursor::next_block`] found.
@@ -452,13 +480,14 @@ impl Cursor {
             last_point: offset,
             resume: None,
             lenient: lenient || !shared.bounded,
+            unfinished: false,
         })
     }
 
     /// Moves on to the first record at or after `from`, skipping whole
     /// blocks before it without reading them.
     fn skip_to(&mut self, from: u64) -> Result<(), JournalError> {
-        while self.next_seq < from {
+        while self.next_seq < from && self.next_seq <= self.bound {
             if self.left == 0 {
                 match self.next_block(Some(from))? {
                     Block::Read => continue,
@@ -510,6 +539,9 @@ impl Cursor {
         if got < BLOCK_HEADER {
             return self.damaged("the segment ends inside a block header", None);
         }
+        if header == [0; BLOCK_HEADER] {
+            return self.zeros();
+        }
         let (len, crc, first, count) = parse_header(&header);
         if count == 0 || len > BLOCK_BYTES_MAX {
             return self.damaged(&format!("a block header of {count} records in {len} bytes"), Some(len));
@@ -554,8 +586,9 @@ impl Cursor {
     /// its data), or only zeros follow from it. Anything else is damage.
     fn damaged(&mut self, reason: &str, body_len: Option<u32>) -> Result<Block, JournalError> {
         let is_last = self.shared.segments.lock().keys().next_back() == Some(&self.first);
-        if self.lenient && is_last && self.unfinished(body_len)? {
+        if self.lenient && is_last && self.zeros_from(body_len.map(|len| BLOCK_HEADER as u64 + u64::from(len)))? {
             self.bound = 0;
+            self.unfinished = true;
             return Ok(Block::End);
         }
         Err(self
@@ -563,17 +596,49 @@ impl Cursor {
             .corrupt(self.next_seq, format!("{reason} at byte {} of {}", self.offset, segment_name(self.first))))
     }
 
-    fn unfinished(&self, body_len: Option<u32>) -> Result<bool, JournalError> {
+    /// An all-zero block header: the end of the segment's blocks, with
+    /// zeros written ahead of them. In a closed segment, the read goes on in
+    /// the next one. In the last, every byte after it must be zero too
+    /// (else this is damage) and the read ends; the next read from here
+    /// starts at this header again and finds the block written since, if
+    /// any. A reader bounded by [`Shared::durable`] never reads this far:
+    /// zeros before its bound are damage.
+    fn zeros(&mut self) -> Result<Block, JournalError> {
+        self.shared.refresh()?;
+        let is_last = self.shared.segments.lock().keys().next_back() == Some(&self.first);
+        if !is_last {
+            return self.next_segment();
+        }
+        if self.lenient && self.zeros_from(Some(BLOCK_HEADER as u64))? {
+            self.bound = 0;
+            return Ok(Block::End);
+        }
+        Err(self.shared.corrupt(
+            self.next_seq,
+            format!("zeros where a block was written at byte {} of {}", self.offset, segment_name(self.first)),
+        ))
+    }
+
+    /// Whether the segment holds only zeros from `skip` bytes past the
+    /// current block's start to its end (`None`: the block's header was cut
+    /// short, so the file ends inside it).
+    fn zeros_from(&self, skip: Option<u64>) -> Result<bool, JournalError> {
         let file_len = self.file.get_ref().metadata()?.len();
-        let Some(len) = body_len else { return Ok(true) };
-        if self.offset + BLOCK_HEADER as u64 + u64::from(len) >= file_len {
+        let Some(skip) = skip else { return Ok(true) };
+        let from = self.offset + skip;
+        if from >= file_len {
             return Ok(true);
         }
-        let mut rest = Vec::new();
-        let mut file = File::open(self.shared.path(self.first))?;
-        file.seek(SeekFrom::Start(self.offset))?;
-        file.take(file_len - self.offset).read_to_end(&mut rest)?;
-        Ok(rest.iter().all(|b| *b == 0))
+        let mut file = BufReader::with_capacity(READ_BUFFER, File::open(self.shared.path(self.first))?);
+        file.seek(SeekFrom::Start(from))?;
+        let mut chunk = vec![0u8; READ_BUFFER];
+        loop {
+            match read_up_to(&mut file, &mut chunk)? {
+                0 => return Ok(true),
+                n if chunk[..n].iter().any(|b| *b != 0) => return Ok(false),
+                _ => {}
+            }
+        }
     }
 
     /// Moves on to the segment that starts at `next_seq`; the end if there
@@ -724,11 +789,21 @@ impl Journal for FileJournal {
         let body = self.batch.len() - BLOCK_HEADER;
         let header = block_header(body as u32, head.seq, batch.len() as u32, &self.batch[BLOCK_HEADER..]);
         self.batch[..BLOCK_HEADER].copy_from_slice(&header);
-        // One write and one flush: the group commit.
-        let written = active.file.write_all_at(&self.batch, active.len).and_then(|()| active.file.sync_data());
+        // One write and one flush: the group commit. A block that ends past
+        // the zeros written ahead takes the next run of zeros with it.
+        let end = active.len + self.batch.len() as u64;
+        let extend = end > active.allocated;
+        let written = active
+            .file
+            .write_all_at(&self.batch, active.len)
+            .and_then(|()| if extend { active.file.write_all_at(&ZEROS, end) } else { Ok(()) })
+            .and_then(|()| active.file.sync_data());
         if let Err(e) = written {
             self.failed = true;
             return Err(e.into());
+        }
+        if extend {
+            active.allocated = end + PREALLOCATE as u64;
         }
         if active.len - active.indexed >= INDEX_EVERY {
             if let Some(index) = self.shared.segments.lock().get_mut(&active.first) {
@@ -1022,13 +1097,19 @@ mod tests {
     fn an_unfinished_write_at_the_end_is_cut_off_on_open() {
         let (dir, store, mut j) = one_shard(SEGMENT_BYTES);
         j.append(&entries(1..=3, entry)).unwrap();
+        let first_end = j.active.as_ref().unwrap().len as usize;
         j.append(&entries(4..=6, entry)).unwrap();
         let path = last_segment(dir.path());
-        let whole = fs::read(&path).unwrap();
+        let mut whole = fs::read(&path).unwrap();
+        assert_eq!(whole.len(), first_end + PREALLOCATE, "zeros written ahead of the first block");
+        whole.truncate(j.active.as_ref().unwrap().len as usize);
         let second = whole.len() - (whole.len() - BLOCK_HEADER * 2) / 2 - BLOCK_HEADER;
         drop((j, store));
         // The second block cut short, then half written over with zeros,
-        // then followed by stray bytes: each time, entries 1..=3 remain.
+        // then followed by zeros only: each time, entries 1..=3 remain,
+        // except after the zeros; then all do. Each once at the end of the
+        // file and once with zeros written ahead after it, as a crash leaves
+        // it with or without them.
         let damages: [Damage<'_>; 4] = [
             Box::new(|b| b.truncate(b.len() - 7)),
             Box::new(|b| b.truncate(second + 9)),
@@ -1039,20 +1120,110 @@ mod tests {
             Box::new(|b| b.extend_from_slice(&[0; 40])),
         ];
         for (i, damage) in damages.iter().enumerate() {
-            let mut bytes = whole.clone();
-            damage(&mut bytes);
-            fs::write(&path, &bytes).unwrap();
-            let store = FileStore::open(dir.path(), None, 1).unwrap();
-            let mut j = store.journal(0).unwrap();
-            let expected: Vec<u64> = if i == 3 { (1..=6).collect() } else { (1..=3).collect() };
-            assert_eq!(seqs(&j, 1), expected, "damage {i}");
-            let kept = if i == 3 { whole.len() } else { second };
-            assert_eq!(fs::metadata(&path).unwrap().len(), kept as u64, "damage {i}: the tail is cut off");
-            let next = expected.len() as u64 + 1;
-            j.append(&[big(next)]).unwrap();
-            assert_eq!(j.read_from(next).unwrap().next().unwrap().unwrap(), big(next));
-            j.recover(next).unwrap();
+            for ahead in [0, PREALLOCATE] {
+                let mut bytes = whole.clone();
+                damage(&mut bytes);
+                bytes.resize(bytes.len() + ahead, 0);
+                fs::write(&path, &bytes).unwrap();
+                let store = FileStore::open(dir.path(), None, 1).unwrap();
+                let mut j = store.journal(0).unwrap();
+                let expected: Vec<u64> = if i == 3 { (1..=6).collect() } else { (1..=3).collect() };
+                assert_eq!(seqs(&j, 1), expected, "damage {i}, {ahead} zeros after");
+                let kept = if i == 3 { bytes.len() } else { second };
+                assert_eq!(fs::metadata(&path).unwrap().len(), kept as u64, "damage {i}: the write is cut off");
+                let next = expected.len() as u64 + 1;
+                j.append(&[big(next)]).unwrap();
+                assert_eq!(j.read_from(next).unwrap().next().unwrap().unwrap(), big(next));
+                j.recover(next).unwrap();
+            }
         }
+    }
+
+    #[test]
+    fn blocks_are_written_over_zeros_synced_ahead_and_the_file_grows_a_run_at_a_time() {
+        let (dir, store, mut j) = one_shard(SEGMENT_BYTES);
+        let path = last_segment_after(&mut j, dir.path());
+        let run = PREALLOCATE as u64;
+        let first_end = j.active.as_ref().unwrap().len;
+        assert_eq!(fs::metadata(&path).unwrap().len(), first_end + run);
+        // Batches that fit in the zeros leave the file's size as it is.
+        let mut seq = 2;
+        while j.active.as_ref().unwrap().len + 10_000 < first_end + run {
+            j.append(&entries(seq..=seq + 4, big)).unwrap();
+            seq += 5;
+            assert_eq!(fs::metadata(&path).unwrap().len(), first_end + run, "no growth at seq {seq}");
+        }
+        // The batch that passes them takes the next run with it.
+        while j.active.as_ref().unwrap().len <= first_end + run {
+            j.append(&entries(seq..=seq + 4, big)).unwrap();
+            seq += 5;
+        }
+        let len = j.active.as_ref().unwrap().len;
+        assert_eq!(fs::metadata(&path).unwrap().len(), len + run);
+        // Reopened, the zeros stay and the next batch goes over them.
+        drop((j, store));
+        let store = FileStore::open(dir.path(), None, 1).unwrap();
+        let mut j = store.journal(0).unwrap();
+        assert_eq!(seqs(&j, 1), (1..seq).collect::<Vec<_>>());
+        assert_eq!(fs::metadata(&path).unwrap().len(), len + run, "nothing was cut");
+        j.append(&entries(seq..=seq + 4, big)).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), len + run);
+        assert_eq!(seqs(&j, seq - 2), (seq - 2..=seq + 4).collect::<Vec<_>>());
+    }
+
+    /// Appends entry 1 and returns the path of the segment it went to.
+    fn last_segment_after(j: &mut FileJournal, dir: &Path) -> PathBuf {
+        j.append(&[big(1)]).unwrap();
+        last_segment(dir)
+    }
+
+    #[test]
+    fn a_closed_segment_is_cut_to_its_blocks_and_zeros_left_after_them_are_passed_over() {
+        let (dir, store, mut j) = one_shard(8 << 10);
+        append_batches(&mut j, 12, 5);
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 3, "{files:?}");
+        let (last, closed) = files.split_last().unwrap();
+        assert!(last.1 > j.active.as_ref().unwrap().len, "zeros ahead in the active segment");
+        for (first, len) in closed {
+            // Whole blocks of 5 entries of about 1 KB each, nothing after.
+            assert!(*len >= 8 << 10 && *len < (8 << 10) + 6_000, "segment {first}: {len} bytes");
+        }
+        // As a crash before the cut reached the disk leaves them.
+        for (first, _) in closed {
+            let file = OpenOptions::new().write(true).open(dir.path().join("shard-0").join(segment_name(*first)));
+            file.unwrap().set_len(PREALLOCATE as u64 * 2).unwrap();
+        }
+        assert_eq!(seqs(&j, 1), (1..=60).collect::<Vec<_>>());
+        let read_only = FileStore::open_read_only(dir.path()).unwrap().journal(0).unwrap();
+        assert_eq!(seqs(&read_only, 3), (3..=60).collect::<Vec<_>>());
+        drop((j, store));
+        let store = FileStore::open(dir.path(), None, 1).unwrap();
+        let mut j = store.journal(0).unwrap();
+        assert_eq!(seqs(&j, 1), (1..=60).collect::<Vec<_>>());
+        append_batches_from(&mut j, 61, 1, 5);
+        assert_eq!(seqs(&read_only, 58), (58..=65).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn data_after_the_zeros_where_the_blocks_end_is_damage() {
+        let (dir, store, mut j) = one_shard(SEGMENT_BYTES);
+        append_batches(&mut j, 3, 3);
+        let used = j.active.as_ref().unwrap().len as usize;
+        drop((j, store));
+        let path = last_segment(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[used + 5_000] = 0xab;
+        fs::write(&path, &bytes).unwrap();
+        let read_only = FileStore::open_read_only(dir.path()).unwrap().journal(0).unwrap();
+        let read: Vec<_> = read_only.read_from(1).unwrap().collect();
+        assert!(matches!(read.last(), Some(Err(JournalError::Corrupt { seq: 10, .. }))), "{:?}", read.last());
+        match FileStore::open(dir.path(), None, 1).unwrap().journal(0) {
+            Err(JournalError::Corrupt { seq: 10, reason, .. }) => assert!(reason.contains("zeros"), "{reason}"),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a damaged journal was opened"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
     }
 
     #[test]
@@ -1112,10 +1283,12 @@ mod tests {
         j.append(&entries(31..=35, big)).unwrap();
         let path = last_segment(dir.path());
         let before = fs::read(&path).unwrap();
-        // A write in progress: a block header and part of its body.
+        // A write in progress over the zeros ahead: a block header and part
+        // of its body.
+        let used = j.active.as_ref().unwrap().len as usize;
         let mut bytes = before.clone();
-        bytes.extend_from_slice(&block_header(5_000, 36, 5, &[]));
-        bytes.extend_from_slice(&[7; 100]);
+        bytes[used..used + BLOCK_HEADER].copy_from_slice(&block_header(5_000, 36, 5, &[]));
+        bytes[used + BLOCK_HEADER..used + BLOCK_HEADER + 100].fill(7);
         fs::write(&path, &bytes).unwrap();
         let read_only = FileStore::open_read_only(dir.path()).unwrap();
         let view = read_only.journal(0).unwrap();
