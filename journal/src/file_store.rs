@@ -586,7 +586,8 @@ impl Cursor {
     /// its data), or only zeros follow from it. Anything else is damage.
     fn damaged(&mut self, reason: &str, body_len: Option<u32>) -> Result<Block, JournalError> {
         let is_last = self.shared.segments.lock().keys().next_back() == Some(&self.first);
-        if self.lenient && is_last && self.zeros_from(body_len.map(|len| BLOCK_HEADER as u64 + u64::from(len)))? {
+        let skip = body_len.map(|len| BLOCK_HEADER as u64 + u64::from(len));
+        if self.lenient && is_last && (self.zeros_from(skip)? || self.written_since()?) {
             self.bound = 0;
             self.unfinished = true;
             return Ok(Block::End);
@@ -609,7 +610,7 @@ impl Cursor {
         if !is_last {
             return self.next_segment();
         }
-        if self.lenient && self.zeros_from(Some(BLOCK_HEADER as u64))? {
+        if self.lenient && (self.zeros_from(Some(BLOCK_HEADER as u64))? || self.written_since()?) {
             self.bound = 0;
             return Ok(Block::End);
         }
@@ -617,6 +618,30 @@ impl Cursor {
             self.next_seq,
             format!("zeros where a block was written at byte {} of {}", self.offset, segment_name(self.first)),
         ))
+    }
+
+    /// For a read-only store beside an appender: whether a whole block is
+    /// at the current block's start now. Then what looked like damage was
+    /// the appender's write in progress, and what came after it its next
+    /// one; the next read from here reads them.
+    fn written_since(&self) -> Result<bool, JournalError> {
+        if self.shared.bounded {
+            return Ok(false);
+        }
+        let file = self.file.get_ref();
+        let mut header = [0u8; BLOCK_HEADER];
+        if file.read_exact_at(&mut header, self.offset).is_err() {
+            return Ok(false);
+        }
+        let (len, crc, first, count) = parse_header(&header);
+        if count == 0 || len > BLOCK_BYTES_MAX || first != self.next_seq {
+            return Ok(false);
+        }
+        let mut body = vec![0u8; len as usize];
+        if file.read_exact_at(&mut body, self.offset + BLOCK_HEADER as u64).is_err() {
+            return Ok(false);
+        }
+        Ok(block_crc(&header, &body) == crc)
     }
 
     /// Whether the segment holds only zeros from `skip` bytes past the
@@ -1203,6 +1228,30 @@ mod tests {
         assert_eq!(seqs(&j, 1), (1..=60).collect::<Vec<_>>());
         append_batches_from(&mut j, 61, 1, 5);
         assert_eq!(seqs(&read_only, 58), (58..=65).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_read_only_reader_takes_a_block_whole_on_a_second_look_for_a_write_in_progress() {
+        let (dir, _store, mut j) = one_shard(SEGMENT_BYTES);
+        append_batches(&mut j, 3, 3);
+        let view = FileStore::open_read_only(dir.path()).unwrap().journal(0).unwrap();
+        let mut cursor = Cursor::at(&view.shared, 1, 0, 1, u64::MAX, false).unwrap();
+        for _ in 0..3 {
+            cursor.next_record().unwrap().unwrap();
+        }
+        // At the second block: whole, so a read that saw it torn a moment
+        // before ends there instead of reporting damage.
+        assert_eq!((cursor.next_seq, cursor.left), (4, 0));
+        assert!(cursor.written_since().unwrap());
+        cursor.next_seq = 5;
+        assert!(!cursor.written_since().unwrap(), "a block that does not continue the sequence");
+        cursor.next_seq = 4;
+        while cursor.next_record().unwrap().is_some() {}
+        assert_eq!(cursor.offset, j.active.as_ref().unwrap().len, "at the zeros ahead");
+        assert!(!cursor.written_since().unwrap());
+        // The appender's own readers stop at the durable point instead.
+        let bounded = Cursor::at(&j.shared, 1, 0, 1, u64::MAX, false).unwrap();
+        assert!(!bounded.written_since().unwrap());
     }
 
     #[test]
