@@ -12,8 +12,16 @@
 //! the head and before the next record). No single write is then larger than
 //! a chunk: a record of megabytes written as one value went to a blob file
 //! of its own (a file created, written and synced) on every write.
+//!
+//! sled's flush writes its log with `pwrite` and waits for it with
+//! `sync_file_range`, which neither flushes the disk's write cache nor
+//! commits the file's size: after a power loss the flushed writes can be
+//! gone. So every flush here is followed by an `fdatasync` of sled's log
+//! file (`db` in its dir), and a write is durable only once that returns.
 
+use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use inventory_core::Entry;
 
@@ -43,6 +51,8 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 pub struct SledStore {
     db: sled::Db,
     shards: u16,
+    /// sled's log file, synced after each flush.
+    log: Arc<File>,
 }
 
 impl SledStore {
@@ -53,6 +63,13 @@ impl SledStore {
         // The journal is written once and read back only at start-up and by
         // the PostgreSQL writer close behind: a small page cache is enough.
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
+        let log_path = dir.join(SLED_LOG_FILE);
+        let log = Arc::new(File::open(&log_path).map_err(|e| {
+            JournalError::Io(std::io::Error::new(
+                e.kind(),
+                format!("sled's log file {} cannot be opened to sync it: {e}", log_path.display()),
+            ))
+        })?);
         let meta = db.open_tree(META_TREE)?;
         let shards = match meta.get(SHARDS_KEY)? {
             Some(v) => {
@@ -71,10 +88,11 @@ impl SledStore {
                 let shards = requested.unwrap_or(default_shards).max(1);
                 meta.insert(SHARDS_KEY, &shards.to_le_bytes())?;
                 db.flush()?;
+                log.sync_data()?;
                 shards
             }
         };
-        Ok(SledStore { db, shards })
+        Ok(SledStore { db, shards, log })
     }
 
     pub fn shards(&self) -> u16 {
@@ -83,21 +101,27 @@ impl SledStore {
 
     pub fn journal(&self, shard: u16) -> Result<SledJournal, JournalError> {
         assert!(shard < self.shards);
-        Ok(SledJournal { tree: self.db.open_tree(format!("shard-{shard}"))?, shard, record: Vec::new() })
+        let tree = self.db.open_tree(format!("shard-{shard}"))?;
+        Ok(SledJournal { tree, shard, record: Vec::new(), log: self.log.clone() })
     }
 
     /// Flushes everything; used at shutdown.
     pub fn flush(&self) -> Result<(), JournalError> {
         self.db.flush()?;
+        self.log.sync_data()?;
         Ok(())
     }
 }
+
+/// The file of a sled 0.34 database that holds its log.
+const SLED_LOG_FILE: &str = "db";
 
 pub struct SledJournal {
     tree: sled::Tree,
     shard: u16,
     /// The record being appended, kept between appends.
     record: Vec<u8>,
+    log: Arc<File>,
 }
 
 /// Builds chunk values: `[CHUNK_TAG][count: u32 LE]` then, per entry,
@@ -212,6 +236,13 @@ fn split_parts(shard: u16, seq: u64, value: &[u8]) -> Result<Option<u32>, Journa
 }
 
 impl SledJournal {
+    /// sled's flush, then the sync that makes it durable (module doc).
+    fn flush(&self) -> Result<(), JournalError> {
+        self.tree.flush()?;
+        self.log.sync_data()?;
+        Ok(())
+    }
+
     /// The value that holds `seq`, if any: the last key at or before it, or
     /// the head of the split record whose part that is.
     /// The stored values holding entries `from..`, from the chunk that
@@ -388,8 +419,7 @@ impl Journal for SledJournal {
         }
         // One atomic batch, then one flush: the group commit.
         self.tree.apply_batch(writes)?;
-        self.tree.flush()?;
-        Ok(())
+        self.flush()
     }
 
     fn recover(&mut self, next_seq: u64) -> Result<(), JournalError> {
@@ -404,8 +434,7 @@ impl Journal for SledJournal {
             removals.remove(key?);
         }
         self.tree.apply_batch(removals)?;
-        self.tree.flush()?;
-        Ok(())
+        self.flush()
     }
 
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
@@ -433,7 +462,7 @@ impl Journal for SledJournal {
     }
 
     fn reader(&self) -> Box<dyn Journal + Sync> {
-        Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard, record: Vec::new() })
+        Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard, record: Vec::new(), log: self.log.clone() })
     }
 
     fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
@@ -476,7 +505,7 @@ impl Journal for SledJournal {
             }
             self.tree.apply_batch(batch)?;
         }
-        self.tree.flush()?;
+        self.flush()?;
         Ok(removed)
     }
 
@@ -493,6 +522,26 @@ mod tests {
     use super::*;
     use crate::codec::encode;
     use crate::test_support::{big, entry};
+
+    #[test]
+    fn an_append_is_durable_only_once_sleds_log_file_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+        let mut j = store.journal(0).unwrap();
+        j.append(&[entry(1)]).unwrap();
+        // A handle whose sync fails (`fdatasync` of a pipe is EINVAL) in
+        // place of the log file's: the append must fail, not be reported
+        // written.
+        let (_read, write) = std::io::pipe().unwrap();
+        j.log = Arc::new(File::from(std::os::fd::OwnedFd::from(write)));
+        assert!(matches!(j.append(&[entry(2)]), Err(JournalError::Io(_))));
+        assert!(j.recover(2).is_err(), "recover syncs too");
+        // The handle synced is that of the file sled writes its log to.
+        use std::os::unix::fs::MetadataExt;
+        let log = std::fs::metadata(dir.path().join(SLED_LOG_FILE)).unwrap();
+        assert_eq!(store.log.metadata().unwrap().ino(), log.ino());
+        assert!(log.len() > 0);
+    }
 
     #[test]
     fn entries_survive_reopen_and_recover_truncates() {
