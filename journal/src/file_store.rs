@@ -1167,7 +1167,8 @@ mod tests {
     #[test]
     fn blocks_are_written_over_zeros_synced_ahead_and_the_file_grows_a_run_at_a_time() {
         let (dir, store, mut j) = one_shard(SEGMENT_BYTES);
-        let path = last_segment_after(&mut j, dir.path());
+        j.append(&[big(1)]).unwrap();
+        let path = last_segment(dir.path());
         let run = PREALLOCATE as u64;
         let first_end = j.active.as_ref().unwrap().len;
         assert_eq!(fs::metadata(&path).unwrap().len(), first_end + run);
@@ -1194,12 +1195,6 @@ mod tests {
         j.append(&entries(seq..=seq + 4, big)).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), len + run);
         assert_eq!(seqs(&j, seq - 2), (seq - 2..=seq + 4).collect::<Vec<_>>());
-    }
-
-    /// Appends entry 1 and returns the path of the segment it went to.
-    fn last_segment_after(j: &mut FileJournal, dir: &Path) -> PathBuf {
-        j.append(&[big(1)]).unwrap();
-        last_segment(dir)
     }
 
     #[test]
