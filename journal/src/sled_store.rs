@@ -87,8 +87,7 @@ impl SledStore {
             None => {
                 let shards = requested.unwrap_or(default_shards).max(1);
                 meta.insert(SHARDS_KEY, &shards.to_le_bytes())?;
-                db.flush()?;
-                log.sync_data()?;
+                flush_durably(&db, &log)?;
                 shards
             }
         };
@@ -107,14 +106,20 @@ impl SledStore {
 
     /// Flushes everything; used at shutdown.
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
-        self.log.sync_data()?;
-        Ok(())
+        flush_durably(&self.db, &self.log)
     }
 }
 
 /// The file of a sled 0.34 database that holds its log.
 const SLED_LOG_FILE: &str = "db";
+
+/// sled's flush (of the whole database, whichever tree it is called on),
+/// then the sync of its log file that makes it durable (module doc).
+fn flush_durably(tree: &sled::Tree, log: &File) -> Result<(), JournalError> {
+    tree.flush()?;
+    log.sync_data()?;
+    Ok(())
+}
 
 pub struct SledJournal {
     tree: sled::Tree,
@@ -236,11 +241,8 @@ fn split_parts(shard: u16, seq: u64, value: &[u8]) -> Result<Option<u32>, Journa
 }
 
 impl SledJournal {
-    /// sled's flush, then the sync that makes it durable (module doc).
     fn flush(&self) -> Result<(), JournalError> {
-        self.tree.flush()?;
-        self.log.sync_data()?;
-        Ok(())
+        flush_durably(&self.tree, &self.log)
     }
 
     /// The value that holds `seq`, if any: the last key at or before it, or
