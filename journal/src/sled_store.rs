@@ -209,19 +209,19 @@ fn part_key(seq: u64, part: u32) -> [u8; 12] {
 }
 
 /// Writes one record as a head value and parts, each at most [`CHUNK_BYTES`].
-fn write_split(writes: &mut sled::Batch, seq: u64, record: &[u8]) {
+fn write_split(writes: &mut Vec<(sled::IVec, sled::IVec)>, seq: u64, record: &[u8]) {
     let room = CHUNK_BYTES - SPLIT_HEADER;
     let pieces: Vec<&[u8]> = std::iter::once(&record[..room]).chain(record[room..].chunks(room)).collect();
     let mut head = Vec::with_capacity(CHUNK_BYTES);
     head.push(SPLIT_TAG);
     head.extend_from_slice(&(pieces.len() as u32).to_le_bytes());
     head.extend_from_slice(pieces[0]);
-    writes.insert(&seq.to_be_bytes(), head);
+    writes.push((seq.to_be_bytes()[..].into(), head.into()));
     for (part, piece) in pieces.iter().enumerate().skip(1) {
         let mut value = Vec::with_capacity(1 + piece.len());
         value.push(PART_TAG);
         value.extend_from_slice(piece);
-        writes.insert(&part_key(seq, part as u32), value);
+        writes.push((part_key(seq, part as u32)[..].into(), value.into()));
     }
 }
 
@@ -391,7 +391,7 @@ impl Iterator for Reader {
 
 impl Journal for SledJournal {
     fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
-        let mut writes = sled::Batch::default();
+        let mut writes: Vec<(sled::IVec, sled::IVec)> = Vec::new();
         let mut chunk: Option<ChunkWriter> = None;
         let record = &mut self.record;
         for entry in batch {
@@ -401,7 +401,7 @@ impl Journal for SledJournal {
             if CHUNK_HEADER + 4 + record.len() > CHUNK_BYTES {
                 if let Some(c) = chunk.take() {
                     let (key, bytes) = c.finish();
-                    writes.insert(&key.to_be_bytes(), bytes);
+                    writes.push((key.to_be_bytes()[..].into(), bytes.into()));
                 }
                 write_split(&mut writes, entry.seq, record);
                 continue;
@@ -411,16 +411,31 @@ impl Journal for SledJournal {
                 .is_some_and(|c| c.next_seq() != entry.seq || c.bytes.len() + 4 + record.len() > CHUNK_BYTES);
             if full {
                 let (key, bytes) = chunk.take().unwrap().finish();
-                writes.insert(&key.to_be_bytes(), bytes);
+                writes.push((key.to_be_bytes()[..].into(), bytes.into()));
             }
             chunk.get_or_insert_with(|| ChunkWriter::new(entry.seq)).push(record);
         }
         if let Some(c) = chunk {
             let (key, bytes) = c.finish();
-            writes.insert(&key.to_be_bytes(), bytes);
+            writes.push((key.to_be_bytes()[..].into(), bytes.into()));
         }
-        // One atomic batch, then one flush: the group commit.
-        self.tree.apply_batch(writes)?;
+        // The group commit: its values, then one flush. One value (one
+        // chunk: the usual commit) is one insert, atomic on its own. An
+        // `apply_batch` costs more: sled first seals its current log buffer
+        // and writes a batch manifest in a buffer of its own, each handed to
+        // its I/O threads and waited on by the flush. So only a commit of
+        // several values (past a chunk, or a split record) takes one, to
+        // stay all or nothing.
+        if writes.len() == 1 {
+            let (key, value) = writes.pop().expect("one value");
+            self.tree.insert(key, value)?;
+        } else {
+            let mut all = sled::Batch::default();
+            for (key, value) in writes {
+                all.insert(key, value);
+            }
+            self.tree.apply_batch(all)?;
+        }
         self.flush()
     }
 
