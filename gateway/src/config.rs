@@ -14,7 +14,7 @@ pub struct Config {
     /// Directory holding the journal.
     #[arg(long, env = "INVENTORY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Journal kind for a new data dir: `sled` (one sled database) or
+    /// Journal kind for a new data dir: `sled` (a sled database per shard) or
     /// `file` (append-only segment files, one `fdatasync` per group commit
     /// on the shard's own thread). A data dir keeps the kind it was created
     /// with; naming another is refused.

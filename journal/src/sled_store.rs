@@ -1,4 +1,11 @@
-//! The sled backend: one sled database per data dir, one tree per shard.
+//! The sled backend: a journal dir holds one small sled database for the
+//! journal's metadata and, beside it, one sled database per shard, each
+//! holding that shard's tree (`shard-<i>/` under the dir). A shard's flush
+//! then writes and waits for its own log only: sled flushes a whole
+//! database, whichever tree it is called on, so with the shards' trees in
+//! one database every shard's flush also waited for the other shards'
+//! writes, and both synced the same log file. Journals made before keep
+//! every tree in the one database and are still opened as they are.
 //!
 //! A tree holds *chunks*: the key is the big-endian sequence number of the
 //! chunk's first entry, the value up to [`CHUNK_BYTES`] of consecutive framed
@@ -16,8 +23,9 @@
 //! sled's flush writes its log with `pwrite` and waits for it with
 //! `sync_file_range`, which neither flushes the disk's write cache nor
 //! commits the file's size: after a power loss the flushed writes can be
-//! gone. So every flush here is followed by an `fdatasync` of sled's log
-//! file (`db` in its dir), and a write is durable only once that returns.
+//! gone. So every flush here is followed by an `fdatasync` of the log file
+//! of the database flushed (`db` in its dir), and a write is durable only
+//! once that returns.
 
 use std::fs::File;
 use std::path::Path;
@@ -29,8 +37,17 @@ use crate::codec::{decode, encode_into, FORMAT_VERSION};
 use crate::{Journal, JournalError, RecordVisitor};
 
 const META_TREE: &str = "meta";
+/// sled's page cache, shared out among the shards' databases. The journal
+/// is written once and read back only at start-up and by the PostgreSQL
+/// writer close behind: a small cache is enough.
 const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// The least page cache of one shard's database.
+const SHARD_CACHE_MIN_BYTES: u64 = 16 * 1024 * 1024;
 const SHARDS_KEY: &str = "shards";
+/// Metadata key present in journals that keep each shard in a database of
+/// its own; the shards' trees are in the metadata database where it is not.
+const LAYOUT_KEY: &str = "layout";
+const LAYOUT_DB_PER_SHARD: &[u8] = b"db-per-shard";
 
 /// First byte of a chunk value. A value that starts with [`FORMAT_VERSION`]
 /// instead is a single record (the layout before chunks), still readable.
@@ -46,23 +63,26 @@ const PART_TAG: u8 = 0xC3;
 /// of its 512 KiB segment), so chunks stay inline in sled's log.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
-/// An open journal database. Cheap to clone; shared by the shard journals.
+/// An open journal. Cheap to clone; shared by the shard journals.
 #[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
+    meta: Db,
     shards: u16,
-    /// sled's log file, synced after each flush.
+    /// The database that holds each shard's tree: its own, or `meta` in a
+    /// journal made before shards had databases of their own.
+    dbs: Arc<[Db]>,
+}
+
+/// A sled database and its log file, synced after each flush.
+#[derive(Clone)]
+struct Db {
+    db: sled::Db,
     log: Arc<File>,
 }
 
-impl SledStore {
-    /// Opens (or creates) the journal under `dir`. The shard count is fixed
-    /// when the journal is created, because reservation ids and SKU routing
-    /// depend on it: `requested` must match it afterwards, or be `None`.
-    pub fn open(dir: &Path, requested: Option<u16>, default_shards: u16) -> Result<SledStore, JournalError> {
-        // The journal is written once and read back only at start-up and by
-        // the PostgreSQL writer close behind: a small page cache is enough.
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES).open()?;
+impl Db {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Db, JournalError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes).open()?;
         let log_path = dir.join(SLED_LOG_FILE);
         let log = Arc::new(File::open(&log_path).map_err(|e| {
             JournalError::Io(std::io::Error::new(
@@ -70,8 +90,25 @@ impl SledStore {
                 format!("sled's log file {} cannot be opened to sync it: {e}", log_path.display()),
             ))
         })?);
-        let meta = db.open_tree(META_TREE)?;
-        let shards = match meta.get(SHARDS_KEY)? {
+        Ok(Db { db, log })
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        flush_durably(&self.db, &self.log)
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the journal under `dir`. The shard count is fixed
+    /// when the journal is created, because reservation ids and SKU routing
+    /// depend on it: `requested` must match it afterwards, or be `None`.
+    pub fn open(dir: &Path, requested: Option<u16>, default_shards: u16) -> Result<SledStore, JournalError> {
+        // The whole cache: in a journal made before shards had databases of
+        // their own, this one holds every shard. Otherwise it holds two keys,
+        // and a cache is only ever filled by what is read or written.
+        let meta = Db::open(dir, CACHE_BYTES)?;
+        let tree = meta.db.open_tree(META_TREE)?;
+        let (shards, own_dbs) = match tree.get(SHARDS_KEY)? {
             Some(v) => {
                 let bytes: [u8; 2] = v.as_ref().try_into().map_err(|_| JournalError::Corrupt {
                     shard: 0,
@@ -82,16 +119,36 @@ impl SledStore {
                 if let Some(requested) = requested.filter(|r| *r != stored) {
                     return Err(JournalError::ShardCountMismatch { stored, requested });
                 }
-                stored
+                let own_dbs = match tree.get(LAYOUT_KEY)? {
+                    None => false,
+                    Some(v) if v == LAYOUT_DB_PER_SHARD => true,
+                    Some(v) => {
+                        return Err(JournalError::Corrupt {
+                            shard: 0,
+                            seq: 0,
+                            reason: format!("unknown journal layout {:?}", String::from_utf8_lossy(&v)),
+                        })
+                    }
+                };
+                (stored, own_dbs)
             }
-            None => {
-                let shards = requested.unwrap_or(default_shards).max(1);
-                meta.insert(SHARDS_KEY, &shards.to_le_bytes())?;
-                flush_durably(&db, &log)?;
-                shards
-            }
+            None => (requested.unwrap_or(default_shards).max(1), true),
         };
-        Ok(SledStore { db, shards, log })
+        let dbs: Arc<[Db]> = if own_dbs {
+            let cache = (CACHE_BYTES / u64::from(shards)).max(SHARD_CACHE_MIN_BYTES);
+            (0..shards).map(|i| Db::open(&dir.join(shard_tree(i)), cache)).collect::<Result<_, _>>()?
+        } else {
+            (0..shards).map(|_| meta.clone()).collect()
+        };
+        if tree.get(SHARDS_KEY)?.is_none() {
+            // Created: the shards' databases exist before the metadata that
+            // names them is durable, so a crash in between leaves a journal
+            // that is created afresh on the next open.
+            tree.insert(LAYOUT_KEY, LAYOUT_DB_PER_SHARD)?;
+            tree.insert(SHARDS_KEY, &shards.to_le_bytes())?;
+            meta.flush()?;
+        }
+        Ok(SledStore { meta, shards, dbs })
     }
 
     pub fn shards(&self) -> u16 {
@@ -100,14 +157,23 @@ impl SledStore {
 
     pub fn journal(&self, shard: u16) -> Result<SledJournal, JournalError> {
         assert!(shard < self.shards);
-        let tree = self.db.open_tree(format!("shard-{shard}"))?;
-        Ok(SledJournal { tree, shard, record: Vec::new(), log: self.log.clone() })
+        let Db { db, log } = &self.dbs[usize::from(shard)];
+        let tree = db.open_tree(shard_tree(shard))?;
+        Ok(SledJournal { tree, shard, record: Vec::new(), log: log.clone() })
     }
 
     /// Flushes everything; used at shutdown.
     pub fn flush(&self) -> Result<(), JournalError> {
-        flush_durably(&self.db, &self.log)
+        for db in self.dbs.iter() {
+            db.flush()?;
+        }
+        self.meta.flush()
     }
+}
+
+/// The name of a shard's tree, and of the dir of its database.
+fn shard_tree(shard: u16) -> String {
+    format!("shard-{shard}")
 }
 
 /// The file of a sled 0.34 database that holds its log.
@@ -553,10 +619,11 @@ mod tests {
         j.log = Arc::new(File::from(std::os::fd::OwnedFd::from(write)));
         assert!(matches!(j.append(&[entry(2)]), Err(JournalError::Io(_))));
         assert!(j.recover(2).is_err(), "recover syncs too");
-        // The handle synced is that of the file sled writes its log to.
+        // The handle synced is that of the file sled writes the shard's log
+        // to, in the shard's own database.
         use std::os::unix::fs::MetadataExt;
-        let log = std::fs::metadata(dir.path().join(SLED_LOG_FILE)).unwrap();
-        assert_eq!(store.log.metadata().unwrap().ino(), log.ino());
+        let log = std::fs::metadata(dir.path().join("shard-0").join(SLED_LOG_FILE)).unwrap();
+        assert_eq!(store.dbs[0].log.metadata().unwrap().ino(), log.ino());
         assert!(log.len() > 0);
     }
 
@@ -578,6 +645,78 @@ mod tests {
         let seqs: Vec<u64> = j.read_from(2).unwrap().map(|e| e.unwrap().seq).collect();
         assert_eq!(seqs, vec![2]);
         assert!(store.journal(0).unwrap().read_from(1).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn each_shard_keeps_its_tree_in_a_database_of_its_own() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), Some(2), 8).unwrap();
+            let (mut a, mut b) = (store.journal(0).unwrap(), store.journal(1).unwrap());
+            a.append(&[entry(1), entry(2)]).unwrap();
+            b.append(&[entry(1)]).unwrap();
+            // Each journal syncs the log of its own database.
+            let ino = |j: &SledJournal| j.log.metadata().unwrap().ino();
+            for (j, shard) in [(&a, 0), (&b, 1)] {
+                let log = dir.path().join(format!("shard-{shard}")).join(SLED_LOG_FILE);
+                assert_eq!(ino(j), std::fs::metadata(log).unwrap().ino());
+            }
+            assert_ne!(ino(&a), ino(&b));
+        }
+        let store = SledStore::open(dir.path(), None, 8).unwrap();
+        assert_eq!(seqs(&store.journal(0).unwrap(), 1), vec![1, 2]);
+        assert_eq!(seqs(&store.journal(1).unwrap(), 1), vec![1]);
+        drop(store);
+        // Nothing of the shards is in the metadata database.
+        let meta = when_unlocked(|| sled::open(dir.path())).unwrap();
+        assert!(!meta.tree_names().iter().any(|n| n.starts_with(b"shard-")));
+    }
+
+    /// `open()`, again while it fails on the lock of a database just
+    /// dropped in this process: sled lets go of its files once its deferred
+    /// frees have run, not at once.
+    fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    #[test]
+    fn a_journal_with_every_shard_in_one_database_is_opened_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As journals were made before shards had databases of their
+            // own: the shard count, and no layout.
+            let db = when_unlocked(|| sled::open(dir.path())).unwrap();
+            db.open_tree(META_TREE).unwrap().insert(SHARDS_KEY, &2u16.to_le_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let store = when_unlocked(|| SledStore::open(dir.path(), Some(2), 8)).unwrap();
+            store.journal(1).unwrap().append(&[entry(1), entry(2)]).unwrap();
+        }
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 8)).unwrap();
+        assert_eq!(seqs(&store.journal(1).unwrap(), 1), vec![1, 2]);
+        drop(store);
+        assert!(!dir.path().join("shard-0").exists() && !dir.path().join("shard-1").exists());
+        let db = when_unlocked(|| sled::open(dir.path())).unwrap();
+        assert_eq!(db.open_tree("shard-1").unwrap().len(), 1, "one chunk, in the one database");
+        // A layout this build does not know is refused, not guessed at.
+        db.open_tree(META_TREE).unwrap().insert(LAYOUT_KEY, "db-per-sku").unwrap();
+        db.flush().unwrap();
+        drop(db);
+        match when_unlocked(|| SledStore::open(dir.path(), None, 8)) {
+            Err(JournalError::Corrupt { reason, .. }) => assert!(reason.contains("db-per-sku"), "{reason}"),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("an unknown layout was opened"),
+        }
     }
 
     #[test]

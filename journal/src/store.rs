@@ -10,7 +10,7 @@ use crate::{FileStore, Journal, JournalError, SledStore};
 /// created; the kind found on disk wins over the default afterwards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// A sled database, one tree per shard ([`SledStore`]).
+    /// sled: a database per shard and one for the metadata ([`SledStore`]).
     #[default]
     Sled,
     /// Append-only segment files, one directory per shard ([`FileStore`]).
