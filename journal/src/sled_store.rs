@@ -636,7 +636,7 @@ mod tests {
             j.append(&[entry(1), entry(2)]).unwrap();
             j.append(&[entry(3)]).unwrap();
         }
-        let store = SledStore::open(dir.path(), None, 8).unwrap();
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 8)).unwrap();
         assert_eq!(store.shards(), 2);
         let mut j = store.journal(1).unwrap();
         let seqs: Vec<u64> = j.read_from(1).unwrap().map(|e| e.unwrap().seq).collect();
@@ -664,7 +664,7 @@ mod tests {
             }
             assert_ne!(ino(&a), ino(&b));
         }
-        let store = SledStore::open(dir.path(), None, 8).unwrap();
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 8)).unwrap();
         assert_eq!(seqs(&store.journal(0).unwrap(), 1), vec![1, 2]);
         assert_eq!(seqs(&store.journal(1).unwrap(), 1), vec![1]);
         drop(store);
@@ -723,12 +723,12 @@ mod tests {
     fn shard_count_is_fixed_at_creation() {
         let dir = tempfile::tempdir().unwrap();
         drop(SledStore::open(dir.path(), Some(3), 8).unwrap());
-        match SledStore::open(dir.path(), Some(4), 8) {
+        match when_unlocked(|| SledStore::open(dir.path(), Some(4), 8)) {
             Err(JournalError::ShardCountMismatch { stored: 3, requested: 4 }) => {}
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("a different shard count was accepted"),
         }
-        assert_eq!(SledStore::open(dir.path(), Some(3), 8).unwrap().shards(), 3);
+        assert_eq!(when_unlocked(|| SledStore::open(dir.path(), Some(3), 8)).unwrap().shards(), 3);
     }
 
     /// A fresh single-shard journal in a temporary dir (kept while it lives).
@@ -852,7 +852,7 @@ mod tests {
             j.append(&[entry(1), entry(2), huge(3), entry(4)]).unwrap();
             j.append(&[huge(5)]).unwrap();
         }
-        let store = SledStore::open(dir.path(), None, 1).unwrap();
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 1)).unwrap();
         let j = store.journal(0).unwrap();
         for value in j.tree.iter().values() {
             assert!(value.unwrap().len() <= CHUNK_BYTES, "no value is larger than a chunk");
