@@ -108,7 +108,7 @@ impl SledStore {
         // and a cache is only ever filled by what is read or written.
         let meta = Db::open(dir, CACHE_BYTES)?;
         let tree = meta.db.open_tree(META_TREE)?;
-        let (shards, own_dbs) = match tree.get(SHARDS_KEY)? {
+        let (shards, own_dbs, created) = match tree.get(SHARDS_KEY)? {
             Some(v) => {
                 let bytes: [u8; 2] = v.as_ref().try_into().map_err(|_| JournalError::Corrupt {
                     shard: 0,
@@ -130,9 +130,9 @@ impl SledStore {
                         })
                     }
                 };
-                (stored, own_dbs)
+                (stored, own_dbs, false)
             }
-            None => (requested.unwrap_or(default_shards).max(1), true),
+            None => (requested.unwrap_or(default_shards).max(1), true, true),
         };
         let dbs: Arc<[Db]> = if own_dbs {
             let cache = (CACHE_BYTES / u64::from(shards)).max(SHARD_CACHE_MIN_BYTES);
@@ -140,7 +140,7 @@ impl SledStore {
         } else {
             (0..shards).map(|_| meta.clone()).collect()
         };
-        if tree.get(SHARDS_KEY)?.is_none() {
+        if created {
             // Created: the shards' databases exist before the metadata that
             // names them is durable, so a crash in between leaves a journal
             // that is created afresh on the next open.
