@@ -20,8 +20,9 @@
 //! a chunk: a record of megabytes written as one value went to a blob file
 //! of its own (a file created, written and synced) on every write.
 //!
-//! sled's flush writes its log with `pwrite` and waits for it with
-//! `sync_file_range`, which neither flushes the disk's write cache nor
+//! sled's flush writes its log with `pwrite` (on the flushing thread: the
+//! vendored sled is patched for that, `vendor/sled/PATCHED.md`) and waits
+//! for it with `sync_file_range`, which neither flushes the disk's write cache nor
 //! commits the file's size: after a power loss the flushed writes can be
 //! gone. So every flush here is followed by an `fdatasync` of the log file
 //! of the database flushed (`db` in its dir), and a write is durable only
@@ -488,8 +489,8 @@ impl Journal for SledJournal {
         // The group commit: its values, then one flush. One value (one
         // chunk: the usual commit) is one insert, atomic on its own. An
         // `apply_batch` costs more: sled first seals its current log buffer
-        // and writes a batch manifest in a buffer of its own, each handed to
-        // its I/O threads and waited on by the flush. So only a commit of
+        // and writes a batch manifest in a buffer of its own, each one
+        // more log write that the flush waits for. So only a commit of
         // several values (past a chunk, or a split record) takes one, to
         // stay all or nothing.
         if writes.len() == 1 {
