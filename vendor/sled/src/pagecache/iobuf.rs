@@ -933,7 +933,9 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            // PATCHED (see PATCHED.md): written on this thread, which
+            // waits for it below.
+            seal_and_write_iobuf(iobufs, &iobuf, header, false, true)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1022,6 +1024,19 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+) -> Result<()> {
+    seal_and_write_iobuf(iobufs, iobuf, header, from_reserve, false)
+}
+
+/// PATCHED (see PATCHED.md): `maybe_seal_and_write_iobuf`, with
+/// `write_inline` set by a flush that waits for the write: the buffer is
+/// then written on the calling thread, not handed to the thread pool.
+fn seal_and_write_iobuf(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    header: Header,
+    from_reserve: bool,
+    write_inline: bool,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1175,14 +1190,16 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
 
-        // PATCHED (see PATCHED.md): a buffer sealed by a flush, not by a
-        // reservation that found it full, is written by the thread that
-        // seals it, which is about to wait for exactly this write anyway.
-        // Handing it to the thread pool cost a wake-up of every idle pool
-        // thread and a switch to one of them and back, on every flush.
-        // An error is handled as on the pool: it becomes the global
-        // error, and the waiting flush returns it.
-        if !from_reserve {
+        // PATCHED (see PATCHED.md): a buffer sealed by a flush that waits
+        // for it (`make_stable`) is written by that thread, which is about
+        // to wait for exactly this write anyway. Handing it to the thread
+        // pool cost a wake-up of every idle pool thread and a switch to one
+        // of them and back, on every flush. Other seals (a full buffer, a
+        // batch rolling the buffer before it starts) still go to the pool:
+        // their callers go on working meanwhile. An error is handled as on
+        // the pool: it becomes the global error, and the waiting flush
+        // returns it.
+        if write_inline {
             trace!("writing iobuf with lsn {} to log from maybe_seal", lsn);
             if let Err(e) = iobufs.write_to_log(iobuf) {
                 error!(
