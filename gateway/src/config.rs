@@ -46,7 +46,8 @@ pub struct Config {
     /// Pin each shard loop to a core.
     #[arg(long, env = "INVENTORY_PIN_THREADS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin_threads: bool,
-    /// HTTP worker threads (default: number of cores).
+    /// HTTP threads (default: number of cores). Each serves its share of the
+    /// connections, handed out in turn, on a runtime of its own.
     #[arg(long, env = "INVENTORY_HTTP_THREADS")]
     pub http_threads: Option<usize>,
     /// PostgreSQL to persist the journal to, asynchronously (e.g.

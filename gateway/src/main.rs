@@ -8,7 +8,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use inventory_gateway::{config::default_shards, Config};
+use inventory_gateway::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -96,8 +96,10 @@ fn main() -> ExitCode {
         logs.init();
     }
     let config = cli.config;
-    let threads = config.http_threads.unwrap_or(default_shards() as usize).max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+    // The control runtime, on this thread: the accept loop, start-up and
+    // shutdown, the PostgreSQL writers and gauges. Connections are served on
+    // the HTTP threads (`--http-threads`), each with a runtime of its own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("inventoryd: cannot start the runtime: {e}");

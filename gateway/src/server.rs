@@ -197,7 +197,8 @@ pub async fn run_with(
         })
     };
 
-    let result = serve(listener, app.clone(), shutdown, replayed).await;
+    let http_threads = config.http_threads.unwrap_or(default_shards() as usize);
+    let result = serve(listener, app.clone(), http_threads, shutdown, replayed).await;
     drop(app); // closes the snapshot queue once the connections are gone
     purger.abort();
     for task in background {
@@ -221,9 +222,70 @@ pub async fn run_with(
     result
 }
 
+/// The HTTP threads. Each runs a current-thread runtime and serves, start to
+/// end, the connections it is handed; the accept loop hands them out in
+/// turn. A connection never moves between threads, so a request and its
+/// reply cost no work stealing or hand-over between workers: a shard loop's
+/// reply wakes the one thread that waits for it.
+struct HttpThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next: usize,
+}
+
+impl HttpThreads {
+    fn start(count: usize) -> std::io::Result<HttpThreads> {
+        let mut pool = HttpThreads { handles: Vec::new(), stops: Vec::new(), threads: Vec::new(), next: 0 };
+        for i in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            pool.handles.push(runtime.handle().clone());
+            pool.stops.push(stop);
+            // Dropping the runtime at the end cancels whatever connection
+            // outlived the drain.
+            pool.threads.push(std::thread::Builder::new().name(format!("http-{i}")).spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                })
+            })?);
+        }
+        Ok(pool)
+    }
+
+    /// The runtime the next connection goes to.
+    fn next(&mut self) -> &tokio::runtime::Handle {
+        let handle = &self.handles[self.next % self.handles.len()];
+        self.next = self.next.wrapping_add(1);
+        handle
+    }
+
+    /// Stops the threads and waits for them (blocking).
+    fn stop(self) {
+        drop(self.stops);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    http_threads: usize,
+    shutdown: impl Future<Output = ()>,
+    replayed: tokio::task::JoinHandle<Result<(), ServerError>>,
+) -> Result<(), ServerError> {
+    let mut pool = HttpThreads::start(http_threads)?;
+    let result = accept_loop(listener, app, &mut pool, shutdown, replayed).await;
+    tokio::task::spawn_blocking(move || pool.stop()).await.expect("HTTP threads panicked");
+    result
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    pool: &mut HttpThreads,
     shutdown: impl Future<Output = ()>,
     replayed: tokio::task::JoinHandle<Result<(), ServerError>>,
 ) -> Result<(), ServerError> {
@@ -247,11 +309,25 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(app.clone(), req)));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                // Moved to the HTTP thread's own reactor (it stays non-blocking).
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand over a connection");
+                        continue;
+                    }
+                };
+                let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+                pool.next().spawn(async move {
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot register a connection");
+                            return;
+                        }
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(app.clone(), req)));
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -457,5 +533,46 @@ mod tests {
         let receipts: Vec<&str> = log.lines().collect();
         assert_eq!(receipts.len(), 2, "{log}");
         assert!(receipts[0].contains(r#""seq":1,"#) && receipts[1].contains(r#""seq":202,"#), "{log}");
+    }
+
+    #[test]
+    fn connections_are_handed_to_the_http_threads_in_turn() {
+        let mut pool = HttpThreads::start(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            pool.next().spawn(async move {
+                tx.send(std::thread::current().name().map(str::to_string)).unwrap();
+            });
+        }
+        let names: Vec<_> =
+            (0..4).map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("task ran").expect("named")).collect();
+        // The two threads run their tasks concurrently, so the reports come
+        // in any order: count them per thread.
+        assert_eq!(names.iter().filter(|n| *n == "http-0").count(), 2, "{names:?}");
+        assert_eq!(names.iter().filter(|n| *n == "http-1").count(), 2, "{names:?}");
+        pool.stop();
+    }
+
+    #[test]
+    fn stopping_the_http_threads_ends_what_still_runs_on_them() {
+        struct Dropped(std::sync::mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let mut pool = HttpThreads::start(1).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        pool.next().spawn(async move {
+            let _guard = Dropped(tx);
+            started_tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+        started_rx.recv_timeout(Duration::from_secs(5)).expect("task started");
+        assert!(rx.try_recv().is_err(), "the task is still running");
+        pool.stop();
+        rx.recv_timeout(Duration::from_secs(5)).expect("the task was dropped when its thread stopped");
     }
 }
