@@ -278,7 +278,7 @@ async fn serve(
 ) -> Result<(), ServerError> {
     let mut pool = HttpThreads::start(http_threads)?;
     let result = accept_loop(listener, app, &mut pool, shutdown, replayed).await;
-    tokio::task::spawn_blocking(move || pool.stop()).await.expect("HTTP threads panicked");
+    tokio::task::spawn_blocking(move || pool.stop()).await.expect("stopping the HTTP threads panicked");
     result
 }
 
