@@ -11,6 +11,7 @@
 //! system or network crate; keep it that way.
 
 mod command;
+mod grow;
 mod ids;
 mod image;
 mod outcome;

@@ -10,7 +10,7 @@
 //! failed). Rollback replays an undo log in reverse, restoring exactly the
 //! state before the batch.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
@@ -18,6 +18,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
 use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
+use crate::grow::{ChunkQueue, PartMap};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
 use crate::image::{HoldImage, IdemImage, ShardImage};
 use crate::outcome::{Applied, Outcome, Rejection};
@@ -133,17 +134,17 @@ pub struct Shard {
     /// Stock rows, SKU ids, warehouse ids and the SKU index.
     table: StockTable,
     /// Holds by reservation sequence.
-    holds: FxHashMap<u64, Hold>,
+    holds: PartMap<u64, Hold>,
     /// Order-id hash -> sequences of that order's holds (F7, per-order query).
-    orders: FxHashMap<u64, SmallVec<[u64; 2]>>,
+    orders: PartMap<u64, SmallVec<[u64; 2]>>,
     /// Exactly the `RESERVED` holds, ordered by `(expire_at, seq)`.
     expiry: BTreeSet<(Millis, u64)>,
-    idem: FxHashMap<u128, IdemRecord>,
+    idem: PartMap<u128, IdemRecord>,
     /// Idempotency records in insertion order, for incremental purging.
     /// `(expires_at, key)`, the key split in halves (24 bytes, not 32).
-    idem_expiry: VecDeque<(Millis, u64, u64)>,
+    idem_expiry: ChunkQueue<(Millis, u64, u64)>,
     /// Finished holds in the order they finished, for incremental purging.
-    finished: VecDeque<(Millis, u64)>,
+    finished: ChunkQueue<(Millis, u64)>,
     next_hold_seq: u64,
     next_txn_seq: u64,
     last_at: Millis,
@@ -169,12 +170,12 @@ impl Shard {
         Shard {
             config,
             table: StockTable::new(),
-            holds: FxHashMap::default(),
-            orders: FxHashMap::default(),
+            holds: PartMap::default(),
+            orders: PartMap::default(),
             expiry: BTreeSet::new(),
-            idem: FxHashMap::default(),
-            idem_expiry: VecDeque::new(),
-            finished: VecDeque::new(),
+            idem: PartMap::default(),
+            idem_expiry: ChunkQueue::default(),
+            finished: ChunkQueue::default(),
             next_hold_seq: 1,
             next_txn_seq: 1,
             last_at: 0,
@@ -554,7 +555,7 @@ impl Shard {
                 change: HoldChange { status: ReservationStatus::Reserved, updated_at: at, detail: None },
             },
         );
-        self.orders.entry(order).or_default().push(seq);
+        self.orders.get_or_default(order).push(seq);
         self.expiry.insert((expire_at, seq));
         self.record(Undo::NewHold { seq });
         let txn = self.txn(
@@ -1015,7 +1016,7 @@ impl Shard {
         shard.table = StockTable::load(&image);
         shard.holds.reserve(image.holds.len());
         for h in image.holds {
-            shard.orders.entry(order_hash(&h.order_id)).or_default().push(h.seq);
+            shard.orders.get_or_default(order_hash(&h.order_id)).push(h.seq);
             if h.status == ReservationStatus::Reserved {
                 shard.expiry.insert((h.expire_at, h.seq));
             }
@@ -1048,7 +1049,7 @@ impl Shard {
             .map(|(&seq, h)| (h.change.updated_at, seq))
             .collect();
         finished.sort_unstable();
-        shard.finished = finished.into();
+        shard.finished = finished.into_iter().collect();
         shard.idem.reserve(image.idem.len());
         for r in image.idem {
             shard
@@ -1067,7 +1068,7 @@ impl Shard {
         let mut reserved: FxHashMap<u32, u64> = FxHashMap::default();
         let mut sold: FxHashMap<u32, u64> = FxHashMap::default();
         let mut live = BTreeSet::new();
-        for (&seq, hold) in &self.holds {
+        for (&seq, hold) in self.holds.iter() {
             if hold.row >= self.table.len() {
                 return Err(format!("hold {seq} refers to row {} of {}", hold.row, self.table.len()));
             }
