@@ -268,8 +268,8 @@ mod tests {
             keys.insert(xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()), ());
         }
         for (name, largest) in [("seqs", seqs.largest_part_capacity()), ("keys", keys.largest_part_capacity())] {
-            // An even share is N / 256 = 4,096 entries; a part's table holds
-            // up to twice what it needs after doubling, 8,192 plus slack.
+            // An even share is N / 256 = 4,096 entries, for which a table
+            // has room for 7,168; a part twice its share would have 14,336.
             assert!(
                 largest <= 4 * N / MAP_PARTS,
                 "{name}: a part has room for {largest}, the share is {}",
