@@ -26,7 +26,9 @@
 //! commits the file's size: after a power loss the flushed writes can be
 //! gone. So every flush here is followed by an `fdatasync` of the log file
 //! of the database flushed (`db` in its dir), and a write is durable only
-//! once that returns.
+//! once that returns. The vendored sled writes each new 512 KiB segment of
+//! its log with zeros before using it, so that sync has a new file size to
+//! commit once per segment, not on every append.
 
 use std::fs::File;
 use std::path::Path;
@@ -626,6 +628,45 @@ mod tests {
         let log = std::fs::metadata(dir.path().join("shard-0").join(SLED_LOG_FILE)).unwrap();
         assert_eq!(store.dbs[0].log.metadata().unwrap().ino(), log.ino());
         assert!(log.len() > 0);
+    }
+
+    /// The segment size of sled 0.34's log (its default, which the store
+    /// keeps).
+    const SLED_SEGMENT: u64 = 512 * 1024;
+
+    #[test]
+    fn sleds_log_grows_by_whole_segments_written_with_zeros() {
+        // The vendored sled writes a new segment with zeros before using it
+        // (`vendor/sled/PATCHED.md`), so an append writes over blocks the
+        // log file already has and its `fdatasync` has no new size to
+        // commit: the file's length only ever moves a segment at a time.
+        let dir = tempfile::tempdir().unwrap();
+        let log_len = || std::fs::metadata(dir.path().join("shard-0").join(SLED_LOG_FILE)).unwrap().len();
+        let mut lengths = std::collections::BTreeSet::new();
+        {
+            let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+            let mut j = store.journal(0).unwrap();
+            for seq in 1..=1_500 {
+                j.append(&[big(seq)]).unwrap();
+                let len = log_len();
+                assert_eq!(len % SLED_SEGMENT, 0, "log file {len} bytes after append {seq}");
+                lengths.insert(len);
+            }
+        }
+        assert!(lengths.len() >= 3, "1.5 MB of entries crossed segments: {lengths:?}");
+        // The zeros past the last write read as the end of the log: the
+        // journal reopens with every entry, and goes on from there.
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 1)).unwrap();
+        let mut j = store.journal(0).unwrap();
+        assert_eq!(seqs(&j, 1), (1..=1_500).collect::<Vec<_>>());
+        for seq in 1_501..=2_000 {
+            j.append(&[big(seq)]).unwrap();
+            assert_eq!(log_len() % SLED_SEGMENT, 0);
+        }
+        drop(j);
+        drop(store);
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 1)).unwrap();
+        assert_eq!(seqs(&store.journal(0).unwrap(), 1), (1..=2_000).collect::<Vec<_>>());
     }
 
     #[test]

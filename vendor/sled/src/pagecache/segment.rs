@@ -997,6 +997,18 @@ impl SegmentAccountant {
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
+        // PATCHED: the new segment is written with zeros (the bytes sled
+        // itself writes over a garbage segment at recovery) before any
+        // message goes into it, so that the log writes into it overwrite
+        // blocks the file already has, and an `fdatasync` after one of
+        // them has no new file size to commit. See PATCHED.md.
+        io_fail!(self.config, "zero new segment SA");
+        pwrite_all(
+            &self.config.file,
+            &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
+            lid,
+        )?;
+
         Ok(lid)
     }
 
