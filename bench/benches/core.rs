@@ -9,13 +9,14 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use inventory_core::{Command, Entry, Millis, Receive, Reserve, Shard, ShardConfig, DEFAULT_WAREHOUSE, HOUR_MS};
+use inventory_core::{Command, Entry, Millis};
 use inventory_journal::{Backend, Journal, Store};
+
+mod common;
+use common::{reserve, seeded_shard};
 
 /// Reserves generated per chunk outside the timed section.
 const CHUNK: usize = 16_384;
-/// Holds outlive any run, so nothing expires while measuring.
-const HOLD_TTL_MS: Millis = 24 * HOUR_MS;
 
 struct Xorshift(u64);
 
@@ -26,40 +27,6 @@ impl Xorshift {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
-}
-
-fn sku(i: u64) -> String {
-    format!("sku-{i}")
-}
-
-/// A shard holding `skus` SKUs with plenty of stock each.
-fn seeded_shard(skus: u64) -> Shard {
-    let mut shard = Shard::new(ShardConfig::new(0));
-    let mut txns = Vec::new();
-    for i in 0..skus {
-        let receive = Command::Receive(Receive {
-            sku_id: sku(i),
-            warehouse_id: DEFAULT_WAREHOUSE.to_string(),
-            qty: 1_000_000_000,
-            idem_key: format!("seed:{i}"),
-            reference: String::new(),
-        });
-        txns.clear();
-        shard.apply(1, &receive, &mut txns);
-    }
-    shard
-}
-
-fn reserve(n: u64, sku_index: u64) -> Command {
-    Command::Reserve(Reserve {
-        order_id: format!("o-{n}"),
-        sku_id: sku(sku_index),
-        warehouse_id: DEFAULT_WAREHOUSE.to_string(),
-        qty: 1,
-        idem_key: format!("t1:o-{n}:reserve"),
-        ttl_ms: HOLD_TTL_MS,
-        ttl_explicit: true,
-    })
 }
 
 fn shard_apply(c: &mut Criterion) {

@@ -12,11 +12,14 @@
 
 use std::time::{Duration, Instant};
 
-use inventory_core::{Command, Entry, Millis, Receive, Reserve, Shard, ShardConfig, DEFAULT_WAREHOUSE, HOUR_MS};
+use inventory_core::Entry;
 use inventory_journal::{Backend, Journal, Store};
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{reserve, seeded_shard};
+
 const SKUS: u64 = 10_000;
-const HOLD_TTL_MS: Millis = 24 * HOUR_MS;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -46,19 +49,7 @@ fn main() {
     let store = Store::open(dir.path(), Some(backend), Some(1), 1).expect("open journal");
     let mut journal = store.journal(0).expect("journal");
 
-    let mut shard = Shard::new(ShardConfig::new(0));
-    let mut txns = Vec::new();
-    for i in 0..SKUS {
-        let receive = Command::Receive(Receive {
-            sku_id: format!("sku-{i}"),
-            warehouse_id: DEFAULT_WAREHOUSE.to_string(),
-            qty: 1_000_000_000,
-            idem_key: format!("seed:{i}"),
-            reference: String::new(),
-        });
-        txns.clear();
-        shard.apply(1, &receive, &mut txns);
-    }
+    let mut shard = seeded_shard(SKUS);
 
     let mut seq = 0u64;
     let mut walls = Vec::with_capacity(commits);
@@ -71,15 +62,7 @@ fn main() {
             .map(|_| {
                 order += 1;
                 seq += 1;
-                let command = Command::Reserve(Reserve {
-                    order_id: format!("o-{order}"),
-                    sku_id: format!("sku-{}", order.wrapping_mul(0x9E37_79B9_7F4A_7C15) % SKUS),
-                    warehouse_id: DEFAULT_WAREHOUSE.to_string(),
-                    qty: 1,
-                    idem_key: format!("t1:o-{order}:reserve"),
-                    ttl_ms: HOLD_TTL_MS,
-                    ttl_explicit: true,
-                });
+                let command = reserve(order, order.wrapping_mul(0x9E37_79B9_7F4A_7C15) % SKUS);
                 let mut txns = Vec::new();
                 shard.apply(2, &command, &mut txns);
                 Entry { seq, at: 2, trace_id: 0, operator: "bench".into(), command, txns }
