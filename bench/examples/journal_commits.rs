@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use inventory_bench::stats::rusage;
 use inventory_core::Entry;
 use inventory_journal::{Backend, Journal, Store};
 
@@ -24,16 +25,6 @@ const SKUS: u64 = 10_000;
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
-/// CPU time (user + system) and voluntary context switches of `who`.
-fn usage(who: libc::c_int) -> (Duration, i64) {
-    // SAFETY: getrusage writes the struct it is given and nothing else.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(who, &mut u) };
-    assert_eq!(rc, 0, "getrusage");
-    let cpu = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (cpu(u.ru_utime) + cpu(u.ru_stime), u.ru_nvcsw)
 }
 
 fn main() {
@@ -54,8 +45,8 @@ fn main() {
     let mut seq = 0u64;
     let mut walls = Vec::with_capacity(commits);
     let mut order = 0u64;
-    let (process_before, _) = usage(libc::RUSAGE_SELF);
-    let (thread_before, switches_before) = usage(libc::RUSAGE_THREAD);
+    let (process_before, _) = rusage(libc::RUSAGE_SELF);
+    let (thread_before, switches_before) = rusage(libc::RUSAGE_THREAD);
     let started = Instant::now();
     for _ in 0..commits {
         let entries: Vec<Entry> = (0..batch)
@@ -73,8 +64,8 @@ fn main() {
         walls.push(start.elapsed());
     }
     let total = started.elapsed();
-    let (process_after, _) = usage(libc::RUSAGE_SELF);
-    let (thread_after, switches_after) = usage(libc::RUSAGE_THREAD);
+    let (process_after, _) = rusage(libc::RUSAGE_SELF);
+    let (thread_after, switches_after) = rusage(libc::RUSAGE_THREAD);
 
     walls.sort();
     let per = |d: Duration| d.as_secs_f64() * 1e6 / commits as f64;

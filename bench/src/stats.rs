@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -204,6 +205,21 @@ impl RunStats {
         }
         total
     }
+}
+
+/// CPU time (user + system) and voluntary context switches so far, of this
+/// process (`libc::RUSAGE_SELF`) or of the calling thread
+/// (`libc::RUSAGE_THREAD`).
+pub fn rusage(who: libc::c_int) -> (Duration, i64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        let rc = libc::getrusage(who, &mut usage);
+        assert_eq!(rc, 0, "getrusage({who})");
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    (time(usage.ru_utime) + time(usage.ru_stime), usage.ru_nvcsw)
 }
 
 #[cfg(test)]
