@@ -18,7 +18,7 @@ pub enum Command {
     Confirm(Confirm),
     /// 3: return a hold to available (cancel).
     Release(Release),
-    /// 4: release the listed holds whose `expire_at` has passed (F5). Issued
+    /// 4: release the listed holds whose `expire_at` has passed. Issued
     /// by the shard loop's timer; the ids make replay independent of timers.
     Expire(Expire),
     /// 5: many receipts at once (bulk load): all of them or none.
@@ -121,7 +121,7 @@ impl Command {
     }
 
     /// Fingerprint of the request without its idempotency key: the same key
-    /// with a different fingerprint is a conflict (F6).
+    /// with a different fingerprint is a conflict.
     pub fn fingerprint(&self) -> u64 {
         let mut f = Fingerprint::default();
         match self {
@@ -170,7 +170,7 @@ impl Command {
 /// Read-only requests. Never journaled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
-    /// All warehouse rows of one SKU (F1).
+    /// All warehouse rows of one SKU.
     Stock { sku_id: String },
     /// One reservation.
     Reservation { id: ReservationId },

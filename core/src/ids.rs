@@ -12,12 +12,12 @@ pub type Millis = u64;
 
 pub const SECOND_MS: Millis = 1_000;
 pub const HOUR_MS: Millis = 3_600 * SECOND_MS;
-/// How long an idempotency key is remembered (F6).
+/// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL_MS: Millis = 72 * HOUR_MS;
 
 /// Warehouse used when a request names none.
 pub const DEFAULT_WAREHOUSE: &str = "default";
-/// Release reason recorded when a hold expires (F5).
+/// Release reason recorded when a hold expires.
 pub const REASON_TIMEOUT: &str = "TIMEOUT";
 
 /// A reservation id packs the owning shard (high 16 bits) and the shard's

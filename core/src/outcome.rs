@@ -46,7 +46,7 @@ pub enum Rejection {
         available: u64,
     },
     /// The order line `(orderId, skuId)` already has a hold that this request
-    /// does not match (F7).
+    /// does not match: one hold per order line.
     DuplicateOrderLine {
         existing: ReservationId,
         status: ReservationStatus,
@@ -57,7 +57,7 @@ pub enum Rejection {
     ReservationConfirmed,
     /// The hold was already confirmed by a different payment.
     PaymentMismatch,
-    /// Same idempotency key, different request (F6).
+    /// Same idempotency key, different request.
     IdempotencyKeyReused,
     /// Receiving this quantity would take the row's total received past
     /// [`crate::ROW_UNITS_MAX`] (counters are 32-bit).

@@ -129,13 +129,31 @@ pub struct ShardStats {
     pub idempotency_keys: usize,
 }
 
+/// One change to one stock row, as a [`Txn`] records it before the shard
+/// numbers it.
+struct RowChange {
+    kind: TxnKind,
+    row: u32,
+    qty: u64,
+    /// What the change answers to: the receipt's reference or the hold's id.
+    ref_id: String,
+    /// The hold's order; empty for a receipt.
+    order_id: String,
+    /// The payment of a confirmation, the reason of a release; empty
+    /// otherwise.
+    detail: String,
+    before: Levels,
+    after: StockRow,
+    at: Millis,
+}
+
 pub struct Shard {
     config: ShardConfig,
     /// Stock rows, SKU ids, warehouse ids and the SKU index.
     table: StockTable,
     /// Holds by reservation sequence.
     holds: PartMap<u64, Hold>,
-    /// Order-id hash -> sequences of that order's holds (F7, per-order query).
+    /// Order-id hash -> sequences of that order's holds (the per-order query).
     orders: PartMap<u64, SmallVec<[u64; 2]>>,
     /// Exactly the `RESERVED` holds, ordered by `(expire_at, seq)`.
     expiry: BTreeSet<(Millis, u64)>,
@@ -353,17 +371,17 @@ impl Shard {
         // Checked: `received + qty <= ROW_UNITS_MAX`.
         let qty = c.qty as u32;
         let (before, row_after) = self.change_row(row, at, |r| r.received += qty);
-        let txn = self.txn(
-            TxnKind::Receive,
+        let txn = self.txn(RowChange {
+            kind: TxnKind::Receive,
             row,
-            c.qty,
-            c.reference.to_string(),
-            String::new(),
-            String::new(),
+            qty: c.qty,
+            ref_id: c.reference.to_string(),
+            order_id: String::new(),
+            detail: String::new(),
             before,
-            row_after,
+            after: row_after,
             at,
-        );
+        });
         txns.push(txn);
         Outcome::Received { levels: row_after.levels, version: row_after.version, updated_at: row_after.updated_at }
     }
@@ -514,7 +532,7 @@ impl Shard {
         };
         let order = order_hash(&c.order_id);
         if let Some(seq) = self.find_order_line(order, &c.order_id, first, at) {
-            // One hold per order line (F7). The same request under a new key
+            // One hold per order line. The same request under a new key
             // gets the live hold back; anything else is a conflict.
             let hold = &self.holds[&seq];
             let reservation_id = ReservationId::new(self.config.index, seq);
@@ -558,17 +576,17 @@ impl Shard {
         self.orders.get_or_default(order).push(seq);
         self.expiry.insert((expire_at, seq));
         self.record(Undo::NewHold { seq });
-        let txn = self.txn(
-            TxnKind::Reserve,
+        let txn = self.txn(RowChange {
+            kind: TxnKind::Reserve,
             row,
-            c.qty,
-            reservation_id.to_string(),
-            c.order_id.clone(),
-            String::new(),
+            qty: c.qty,
+            ref_id: reservation_id.to_string(),
+            order_id: c.order_id.clone(),
+            detail: String::new(),
             before,
-            row_after,
+            after: row_after,
             at,
-        );
+        });
         txns.push(txn);
         (Outcome::Reserved { reservation_id, expire_at }, true)
     }
@@ -603,17 +621,17 @@ impl Shard {
                     r.sold += qty;
                 });
                 self.set_hold(id.seq(), at, ReservationStatus::Confirmed, c.payment_id.as_str().into());
-                let txn = self.txn(
-                    TxnKind::Confirm,
+                let txn = self.txn(RowChange {
+                    kind: TxnKind::Confirm,
                     row,
-                    qty as u64,
-                    id.to_string(),
+                    qty: qty as u64,
+                    ref_id: id.to_string(),
                     order_id,
-                    c.payment_id.clone(),
+                    detail: c.payment_id.clone(),
                     before,
-                    row_after,
+                    after: row_after,
                     at,
-                );
+                });
                 txns.push(txn);
                 (Outcome::Confirmed { reservation_id: id }, true)
             }
@@ -663,17 +681,17 @@ impl Shard {
         let (before, row_after) = self.change_row(row, at, |r| r.reserved -= qty);
         self.set_hold(seq, at, status, reason.into());
         let reservation_id = ReservationId::new(self.config.index, seq);
-        let txn = self.txn(
-            TxnKind::Release,
+        let txn = self.txn(RowChange {
+            kind: TxnKind::Release,
             row,
-            qty as u64,
-            reservation_id.to_string(),
+            qty: qty as u64,
+            ref_id: reservation_id.to_string(),
             order_id,
-            reason.to_string(),
+            detail: reason.to_string(),
             before,
-            row_after,
+            after: row_after,
             at,
-        );
+        });
         txns.push(txn);
     }
 
@@ -707,18 +725,9 @@ impl Shard {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn txn(
-        &mut self,
-        kind: TxnKind,
-        row: u32,
-        qty: u64,
-        ref_id: String,
-        order_id: String,
-        detail: String,
-        before: Levels,
-        after: StockRow,
-        at: Millis,
-    ) -> Txn {
+    /// Numbers a change to one stock row and names its row.
+    fn txn(&mut self, change: RowChange) -> Txn {
+        let RowChange { kind, row, qty, ref_id, order_id, detail, before, after, at } = change;
         let txn_id = ((self.config.index as u64) << ReservationId::SEQ_BITS) | self.next_txn_seq;
         self.next_txn_seq += 1;
         Txn {
@@ -885,7 +894,7 @@ impl Shard {
         purged
     }
 
-    /// Holds past `expire_at` and not yet released (the F5 backlog).
+    /// Holds past `expire_at` and not yet released (the expiry backlog).
     pub fn expiry_backlog(&self, at: Millis) -> usize {
         self.expiry.range(..(at.saturating_add(1), 0)).count()
     }

@@ -3,7 +3,7 @@
 use crate::command::Command;
 use crate::ids::{Millis, ReservationId};
 
-/// The three counters of a stock row (F1).
+/// The three counters of a stock row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Levels {
     pub available: u64,
@@ -109,7 +109,7 @@ pub struct WarehouseStock {
     pub row: StockRow,
 }
 
-/// Every row of one SKU (F1, F14).
+/// Every row of one SKU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkuStock {
     pub sku_id: String,
@@ -154,7 +154,7 @@ impl TxnKind {
     }
 }
 
-/// One change of a stock row's counters (F8): the unit of history, audit
+/// One change of a stock row's counters: the unit of history, audit
 /// and reconciliation.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Txn {

@@ -1,4 +1,4 @@
--- The read model of the inventory service (F11). Rows are written only by
+-- The read model of the inventory service. Rows are written only by
 -- the service's journal writer; everything here can be rebuilt from the
 -- journal.
 
@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS inventory (
 -- demand and dropped after the retention window. PostgreSQL cannot enforce a
 -- unique constraint across partitions without the partition key, so
 -- (order_id, sku_id) is unique per day partition here; the service's core
--- enforces it globally (F7).
+-- enforces it globally (one hold per order line).
 CREATE TABLE IF NOT EXISTS reservation (
     reservation_id text        NOT NULL,
     order_id       text        NOT NULL,
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS inventory_txn (
 CREATE INDEX IF NOT EXISTS inventory_txn_ref_type_idx ON inventory_txn (ref_id, type);
 CREATE INDEX IF NOT EXISTS inventory_txn_sku_idx ON inventory_txn (sku_id, warehouse_id, version);
 
--- Events for downstream systems (F10), written in the same transaction as
+-- Events for downstream systems, written in the same transaction as
 -- the rows they describe; event_id is unique so consumers can de-duplicate.
 CREATE TABLE IF NOT EXISTS outbox (
     event_id     text        PRIMARY KEY,
@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS writer_checkpoint (
     updated_at timestamptz NOT NULL
 );
 
--- Every repair made by reconciliation (F9).
+-- Every repair made by reconciliation.
 CREATE TABLE IF NOT EXISTS reconcile_audit (
     id           bigserial   PRIMARY KEY,
     at           timestamptz NOT NULL,

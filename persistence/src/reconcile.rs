@@ -1,4 +1,4 @@
-//! The PostgreSQL side of reconciliation (F9): the rows as PostgreSQL holds
+//! The PostgreSQL side of reconciliation: the rows as PostgreSQL holds
 //! them, each row rebuilt from `inventory_txn`, and repairs with an audit
 //! record.
 

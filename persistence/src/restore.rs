@@ -1,4 +1,4 @@
-//! Rebuilding a data dir from PostgreSQL (F21), for a replacement machine
+//! Rebuilding a data dir from PostgreSQL, for a replacement machine
 //! when the old one and its disk are gone.
 //!
 //! For each shard, the rows and holds PostgreSQL holds reflect the journal up
