@@ -147,7 +147,12 @@ pub fn is_audited(entry: &Entry) -> bool {
 /// The audit record of one journal entry, if it received stock (receipts
 /// only, for now). Takes the entry to move its strings into the record.
 pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
-    let bulk = matches!(entry.command, Command::ReceiveBatch(_));
+    let bulk = match entry.command {
+        Command::ReceiveBatch(_) => true,
+        Command::Receive(_) | Command::Reserve(_) | Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => {
+            false
+        }
+    };
     let Entry { seq, at, trace_id, operator, txns, .. } = entry;
     let mut receipts = txns.into_iter().filter(|t| t.kind == TxnKind::Receive).peekable();
     let first = receipts.peek()?;
@@ -197,6 +202,11 @@ impl Pending {
     /// Rows this event audits: one for a single receipt.
     pub fn rows(&self) -> usize {
         self.row_count.max(1)
+    }
+
+    /// The journal time of the change.
+    pub fn at_ms(&self) -> Millis {
+        self.event.at_ms
     }
 }
 
@@ -253,10 +263,14 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 /// The audit record of one framed journal record (see [`event_of`]). A
 /// bulk receipt's rows are written straight from the record, without
 /// decoding the entry and its txns.
-pub fn pending_of_record(shard: u16, seq: u64, record: &[u8]) -> Result<Option<Pending>, crate::JournalError> {
-    crate::inspect(shard, seq, record, |inspected| match inspected {
-        crate::Inspected::Entry(entry) => event_of(shard, entry).map(Pending::from),
-        crate::Inspected::Bulk(bulk) => {
+pub fn pending_of_record(
+    shard: u16,
+    seq: u64,
+    record: &[u8],
+) -> Result<Option<Pending>, inventory_journal::JournalError> {
+    inventory_journal::inspect(shard, seq, record, |inspected| match inspected {
+        inventory_journal::Inspected::Entry(entry) => event_of(shard, entry).map(Pending::from),
+        inventory_journal::Inspected::Bulk(bulk) => {
             let (mut rows, mut row_count, mut qty) = (Vec::new(), 0, 0);
             for row in bulk.rows() {
                 if row_count == 0 {
@@ -521,6 +535,18 @@ pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
 mod tests {
     use super::*;
 
+    /// A bulk receipt of `(sku, warehouse, qty)` items.
+    fn receive_batch(items: &[(&str, &str, u64)], idem_key: &str, reference: &str) -> Command {
+        Command::ReceiveBatch(inventory_core::ReceiveBatch {
+            items: items
+                .iter()
+                .map(|&(s, w, q)| inventory_core::ReceiveItem { sku_id: s.into(), warehouse_id: w.into(), qty: q })
+                .collect(),
+            idem_key: idem_key.into(),
+            reference: reference.into(),
+        })
+    }
+
     fn event(seq: u64, qty: u64) -> AuditEvent {
         AuditEvent {
             shard: 0,
@@ -587,7 +613,7 @@ mod tests {
             reference: "po-1".into(),
         });
         let items = [("a", "w", 3), ("b", "w", 4), ("c", "e", 6)];
-        let bulk = crate::test_support::receive_batch(&items, "k2", "po-2");
+        let bulk = receive_batch(&items, "k2", "po-2");
         let one = event_of(0, entry_of(&mut shard, 1, 10, single)).unwrap();
         assert_eq!((one.action.as_str(), one.sku_id.as_deref(), one.qty), ("RECEIVE", Some("a"), 5));
         assert!(one.rows.is_empty());
@@ -626,18 +652,18 @@ mod tests {
         let items = [("a", "w", 3), ("q\"u\\o\u{1}", "w", 4), ("é€", "tab\there", 6), ("b", "w", 1)];
         let entries = [
             entry_of(&mut shard, 1, 10, receive("a", "k1")),
-            entry_of(&mut shard, 2, 20, crate::test_support::receive_batch(&items, "k2", "")),
+            entry_of(&mut shard, 2, 20, receive_batch(&items, "k2", "")),
             entry_of(&mut shard, 3, 30, receive("b", "k3")),
-            entry_of(&mut shard, 4, 40, crate::test_support::receive_batch(&items, "k4", "po-4")),
+            entry_of(&mut shard, 4, 40, receive_batch(&items, "k4", "po-4")),
         ];
         let (decoded, in_place) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let events: Vec<AuditEvent> = entries.iter().map(|e| event_of(0, e.clone()).unwrap()).collect();
         AuditLog::open(decoded.path()).unwrap().append(events).unwrap();
         let mut pending = Vec::new();
         for e in &entries {
-            let record = crate::encode(e);
+            let record = inventory_journal::encode(e);
             let bulk = matches!(e.command, Command::ReceiveBatch(_));
-            assert_eq!(record[0] == crate::codec::FORMAT_BULK_COLUMNS, bulk);
+            assert_eq!(record[0] == inventory_journal::FORMAT_BULK_COLUMNS, bulk);
             let p = pending_of_record(0, e.seq, &record).unwrap().unwrap();
             assert_eq!(p.rows(), if bulk { items.len() } else { 1 });
             pending.push(p);
@@ -647,7 +673,7 @@ mod tests {
         assert!(verify(in_place.path()).unwrap().ok());
         assert!(lines(in_place.path())[1].contains(r#"["a","w",3,[5,0,0],[8,0,0]],["q\"u\\o\u0001","w",4,"#));
         // A record that does not check out is an error, not a skipped line.
-        let mut bad = crate::encode(&entries[1]);
+        let mut bad = inventory_journal::encode(&entries[1]);
         bad[9] ^= 1;
         assert!(pending_of_record(0, 2, &bad).is_err());
     }

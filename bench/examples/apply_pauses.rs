@@ -77,7 +77,7 @@ fn main() {
     let reserves = arg("--reserves", 2_000_000);
     let batch = arg("--batch", 16) as usize;
     // As inventoryd runs once it has recovered.
-    inventory_gateway::disable_transparent_huge_pages();
+    inventory_runtime::disable_transparent_huge_pages();
     let mut shard = Shard::new(ShardConfig::new(0));
     let mut at = 1_700_000_000_000;
     let receipts = (0..skus).map(|i| {

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use inventory_gateway::metrics::Metrics;
+use inventory_runtime::metrics::Metrics;
 
 const CALLS: u64 = 5_000_000;
 

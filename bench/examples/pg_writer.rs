@@ -8,13 +8,13 @@
 //! `cargo run --release -p inventory-bench --example pg_writer -- --skus 1000000 --holds 1000000`
 //! (`PG_URL` overrides `host=127.0.0.1 user=root dbname=test`.)
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inventory_core::{
     Applied, Command, Confirm, Entry, Outcome, ReceiveBatch, ReceiveItem, Release, Reserve, Shard, ShardConfig,
 };
+use inventory_journal::follow::Followers;
 use inventory_journal::{Journal, SledStore};
 use inventory_persistence::{connect, spawn_writers, Schema, ShardProgress, WriterConfig, WriterFaults};
 
@@ -126,9 +126,9 @@ async fn main() {
     let progress: Vec<Arc<ShardProgress>> = durable
         .iter()
         .map(|&d| {
-            let p = Arc::new(ShardProgress::default());
-            p.durable.store(d, Ordering::Release);
-            p
+            let followers: Arc<Followers> = Arc::default();
+            followers.publish(d, 0);
+            ShardProgress::follow(&followers)
         })
         .collect();
     let config = WriterConfig {
@@ -143,9 +143,7 @@ async fn main() {
     let tasks = spawn_writers(config, readers, progress.clone(), Arc::new(WriterFaults::default()));
     let mut receipts_done: Option<f64> = None;
     while progress.iter().any(|p| p.lag_records() > 0) {
-        if receipts_done.is_none()
-            && progress.iter().zip(&receipt_entries).all(|(p, &r)| p.applied.load(Ordering::Acquire) >= r)
-        {
+        if receipts_done.is_none() && progress.iter().zip(&receipt_entries).all(|(p, &r)| p.applied() >= r) {
             receipts_done = Some(started.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -228,7 +228,7 @@ fn restart_only() {
                     let (shard, stats) =
                         rebuild(ShardConfig::new(i), Some(&snapshots), &journal, Until::End, |_| {}).unwrap();
                     // As inventoryd's shard loops do after recovery.
-                    inventory_gateway::release_free_memory();
+                    inventory_runtime::release_free_memory();
                     (shard, stats.entries)
                 })
             })
@@ -237,7 +237,7 @@ fn restart_only() {
     });
     let secs = started.elapsed().as_secs_f64();
     // As inventoryd does once recovered.
-    inventory_gateway::disable_transparent_huge_pages();
+    inventory_runtime::disable_transparent_huge_pages();
     let replayed: u64 = rebuilt.iter().map(|(_, n)| n).sum();
     let (rss, peak) = (rss_bytes(), peak_rss_bytes());
     for (i, (shard, _)) in rebuilt.iter().enumerate() {

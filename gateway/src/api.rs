@@ -351,21 +351,26 @@ pub struct HoldJson {
     pub expire_at: Option<String>,
 }
 
-/// The success body of a write, or its rejection. `sku`/`warehouse` name the
-/// row a receive acted on.
-pub fn outcome_json(outcome: Outcome, sku: &str, warehouse: &str) -> Result<Vec<u8>, ApiError> {
+/// The body of a receipt: the row it changed, named by the request (the
+/// outcome carries only the counters).
+pub fn row_json(sku: &str, warehouse: &str, levels: Levels, version: u64, updated_at: Millis) -> Vec<u8> {
+    let Levels { available, reserved, sold } = levels;
+    serde_json::to_vec(&RowJson {
+        sku_id: sku,
+        warehouse_id: warehouse,
+        available,
+        reserved,
+        sold,
+        version,
+        updated_at: rfc3339(updated_at),
+    })
+    .expect("json")
+}
+
+/// The success body of a write other than a receipt, or its rejection.
+pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
     let json = match outcome {
-        Outcome::Received { levels: Levels { available, reserved, sold }, version, updated_at } => {
-            serde_json::to_vec(&RowJson {
-                sku_id: sku,
-                warehouse_id: warehouse,
-                available,
-                reserved,
-                sold,
-                version,
-                updated_at: rfc3339(updated_at),
-            })
-        }
+        Outcome::Received { .. } => unreachable!("a receipt's body names its row: row_json"),
         Outcome::Reserved { reservation_id, expire_at } => serde_json::to_vec(&HoldJson {
             reservation_id: reservation_id.to_string(),
             status: "RESERVED",

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use inventory_journal::Backend;
+use inventory_runtime::RuntimeConfig;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -109,8 +110,17 @@ impl Config {
         self.data_dir.join("journal")
     }
 
-    pub fn snapshot_dir(&self) -> PathBuf {
-        self.data_dir.join("snapshots")
+    /// What the shard runtime is told.
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            data_dir: self.data_dir.clone(),
+            queue_capacity: self.queue_capacity,
+            batch_max: self.batch_max,
+            pin_threads: self.pin_threads,
+            expected_skus: self.expected_skus,
+            snapshot_every_entries: self.snapshot_every_entries,
+            snapshots_keep: self.snapshots_keep as usize,
+        }
     }
 }
 

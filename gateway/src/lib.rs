@@ -1,87 +1,23 @@
-//! The inventory reservation service's gateway: HTTP in, shard loops behind.
+//! The inventory reservation service's HTTP gateway (binary `inventoryd`).
 //!
-//! Owns: the hyper server and its JSON API ([`http`], [`api`]), routing of
-//! requests to shards over bounded queues ([`router`]), the pinned shard
-//! loops that own the core state and group-commit to the journal
-//! ([`shard_loop`]), and start-up/shutdown ([`server`]).
+//! Owns: the HTTP API on axum ([`http`]) with its JSON shapes and validation
+//! ([`api`]) and trace context ([`trace`]); the service's configuration
+//! ([`config`]); and start-up and shutdown ([`server`]): opening the
+//! journals, starting the shard runtime
+//! ([`inventory_runtime::Runtime`]) and the PostgreSQL writer, serving
+//! connections on the HTTP threads, and draining them.
 //!
-//! Never: touches stock state outside a shard loop, acknowledges a write
-//! before its journal flush, or blocks a request on a full queue (it sheds
-//! load with `503 OVERLOADED` instead).
+//! Never: touches stock state (only the shard loops do, behind the
+//! runtime's queues), acknowledges a write before the shard's journal flush
+//! has answered, or waits on a full queue (it refuses with `503
+//! OVERLOADED`).
 
-pub mod admin;
 pub mod api;
-pub mod clock;
 pub mod config;
 pub mod http;
-pub mod metrics;
-pub mod router;
 pub mod server;
-pub mod shard_loop;
-pub mod snapshotter;
 pub mod trace;
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
+pub use inventory_runtime::{Clock, ManualClock, SystemClock};
 pub use server::{run, run_with, ServerError};
-
-/// Returns freed memory held by mimalloc (`inventoryd`'s allocator) to the
-/// OS: the calling thread's heap and the pages shared by all threads. Costs
-/// milliseconds; called once after start-up work that frees a lot at once.
-/// Under another global allocator (the tests) there is nothing to return.
-pub fn release_free_memory() {
-    // SAFETY: mi_collect only walks the allocator's own structures.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
-/// Turns transparent huge pages off for this process from now on; the
-/// service calls it once recovery is done. mimalloc asks for huge pages on
-/// its memory but returns freed memory to the OS in small pieces, so reusing
-/// a returned piece faulted in, and zeroed, a whole fresh 2 MiB page: page
-/// zeroing was a tenth of the CPU of a bulk import, and the faults showed in
-/// reserve tail latency. Recovery, which only grows, builds its state faster
-/// on huge pages, and what it built keeps them. README (benchmarks) has the
-/// measurements.
-pub fn disable_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE sets a flag on this process and reads no
-    // memory.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        eprintln!("could not turn off transparent huge pages: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// Lowers the calling thread's CPU priority to the least there is (nice
-/// 19), for background work that should take only the CPU the shard loops
-/// leave: the audit tailer. It reads the journal, so falling behind under
-/// full load loses nothing; it catches up as soon as the shards idle.
-pub fn lower_thread_priority() {
-    // SAFETY: gettid and setpriority take integers and touch no memory;
-    // on Linux, PRIO_PROCESS with a thread id sets that thread's nice.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-    if rc != 0 {
-        eprintln!("could not lower a background thread's priority: {}", std::io::Error::last_os_error());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The calling thread's nice value.
-    fn nice() -> i32 {
-        // SAFETY: as in `lower_thread_priority`.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-    }
-
-    #[test]
-    fn a_lowered_thread_runs_at_the_least_priority_and_the_others_keep_theirs() {
-        let before = nice();
-        let lowered = std::thread::spawn(|| {
-            super::lower_thread_priority();
-            nice()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(lowered, 19);
-        assert_eq!(nice(), before, "only the calling thread is lowered");
-    }
-}

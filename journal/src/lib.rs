@@ -12,10 +12,10 @@
 //! core alone interprets them. See `DESIGN.md` for the layout and the write
 //! path step by step.
 
-pub mod audit;
 mod codec;
 mod fault;
 mod file_store;
+pub mod follow;
 mod memory;
 mod recover;
 mod replay;
@@ -59,7 +59,7 @@ mod test_support {
 
 use inventory_core::Entry;
 
-pub use codec::{decode, encode, inspect, BulkRow, BulkView, Inspected, FORMAT_VERSION};
+pub use codec::{decode, encode, inspect, BulkRow, BulkView, Inspected, FORMAT_BULK_COLUMNS, FORMAT_VERSION};
 pub use fault::{FaultHandle, FaultyJournal};
 pub use file_store::{FileJournal, FileStore, SEGMENT_BYTES};
 pub use memory::MemJournal;
@@ -113,8 +113,8 @@ pub trait Journal: Send {
 
     /// Calls `f` with each framed record (what [`decode`] and [`inspect`]
     /// read) with `seq >= from`, in order, for as long as `f` returns
-    /// `Ok(true)`. For readers that need less than whole entries: the audit
-    /// reads a bulk receipt's rows in place. The default encodes what
+    /// `Ok(true)`. For readers that need less than whole entries (the audit
+    /// log reads a bulk receipt's rows in place). The default encodes what
     /// `read_from` yields.
     fn visit_records(&self, from: u64, f: RecordVisitor<'_>) -> Result<(), JournalError> {
         let mut record = Vec::new();

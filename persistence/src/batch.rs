@@ -152,7 +152,14 @@ impl Batch {
                 let update = match t.kind {
                     TxnKind::Receive => continue,
                     TxnKind::Reserve => {
-                        let Command::Reserve(r) = &entry.command else { continue };
+                        let r = match &entry.command {
+                            Command::Reserve(r) => r,
+                            Command::Receive(_)
+                            | Command::ReceiveBatch(_)
+                            | Command::Confirm(_)
+                            | Command::Release(_)
+                            | Command::Expire(_) => unreachable!("only a reserve makes a hold"),
+                        };
                         b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
                         b.new_holds.push(NewHold {
                             id: t.ref_id.clone(),

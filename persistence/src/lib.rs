@@ -17,7 +17,7 @@ pub mod schema;
 mod writer;
 
 pub use schema::{connect, migrate, Schema};
-pub use writer::{spawn_writers, Progress, ShardProgress, WriterConfig, WriterFaults};
+pub use writer::{spawn_writers, Progress, ShardProgress, WriterConfig, WriterFaults, FOLLOWER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistenceError {

@@ -2,11 +2,12 @@
 //! checkpoint, one PostgreSQL transaction per batch.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inventory_core::{Entry, Millis};
+use inventory_journal::follow::{Cursor, Followers};
 use inventory_journal::Journal;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -25,44 +26,52 @@ pub struct WriterConfig {
     pub txn_retention_ms: Millis,
 }
 
-/// One shard's progress, shared between its shard loop (which publishes
-/// what is durable) and its writer (which publishes what is applied).
-#[derive(Default)]
+/// The name of the writer's cursor on each shard's journal.
+pub const FOLLOWER: &str = "postgres";
+
+/// One shard's writer: its cursor on the shard's journal (the checkpoint:
+/// the last sequence applied to PostgreSQL) and its connection state.
 pub struct ShardProgress {
-    /// Last acknowledged journal sequence (set by the shard loop). The
-    /// writer never reads past it.
-    pub durable: AtomicU64,
-    /// Journal time of that entry.
-    pub durable_at: AtomicU64,
-    /// Last durable sequence that may hold a change the audit log records
-    /// (a receipt), set by the shard loop before `durable`. Between its
-    /// mark and `durable`, the audit tailer reads the journal only if this
-    /// is past its mark: a run of reserves costs it nothing. At start-up
-    /// it is the whole recovered journal, since nothing says what that held.
-    pub receipts_upto: AtomicU64,
-    /// Last sequence applied to PostgreSQL (the checkpoint).
-    pub applied: AtomicU64,
-    /// Journal time of that entry.
-    pub applied_at: AtomicU64,
+    /// The shard's journal head; the writer never reads past it.
+    pub followers: Arc<Followers>,
+    pub cursor: Arc<Cursor>,
     pub connected: AtomicBool,
     pub last_error: ErrorSlot,
 }
 
-/// Every shard's progress, by shard index.
+/// Every shard's writer progress, by shard index.
 pub type Progress = Vec<Arc<ShardProgress>>;
 
 impl ShardProgress {
+    /// Registers the writer as a follower of one shard's journal. Until it
+    /// has read its checkpoint, it holds back every entry from truncation.
+    pub fn follow(followers: &Arc<Followers>) -> Arc<ShardProgress> {
+        Arc::new(ShardProgress {
+            followers: followers.clone(),
+            cursor: followers.follow(FOLLOWER),
+            connected: AtomicBool::new(false),
+            last_error: ErrorSlot::default(),
+        })
+    }
+
+    /// Last acknowledged journal sequence.
+    pub fn durable(&self) -> u64 {
+        self.followers.durable()
+    }
+
+    /// Last sequence applied to PostgreSQL.
+    pub fn applied(&self) -> u64 {
+        self.cursor.position()
+    }
+
     /// Entries durable in the journal but not yet in PostgreSQL.
     pub fn lag_records(&self) -> u64 {
-        self.durable.load(Ordering::Acquire).saturating_sub(self.applied.load(Ordering::Acquire))
+        self.cursor.lag_entries(&self.followers)
     }
 
     /// How far behind the writer is, in journal time.
     pub fn lag_ms(&self) -> u64 {
-        if self.lag_records() == 0 {
-            return 0;
-        }
-        self.durable_at.load(Ordering::Acquire).saturating_sub(self.applied_at.load(Ordering::Acquire))
+        self.cursor.lag_ms(&self.followers)
     }
 }
 
@@ -147,7 +156,7 @@ async fn session(
     let row = client.query_one("SELECT seq FROM writer_checkpoint WHERE shard = $1", &[&(shard as i16)]).await?;
     let mut applied = row.get::<_, i64>(0) as u64;
     let p = &progress[shard as usize];
-    p.applied.store(applied, Ordering::Release);
+    p.cursor.advance(applied, p.cursor.position_at());
     p.connected.store(true, Ordering::Release);
     p.last_error.set(None);
     *backoff = Duration::from_millis(100);
@@ -155,7 +164,7 @@ async fn session(
     let mut days: BTreeSet<i64> = BTreeSet::new();
     let mut previous: Option<Batch> = None;
     loop {
-        let durable = p.durable.load(Ordering::Acquire);
+        let durable = p.durable();
         if applied >= durable {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -167,8 +176,7 @@ async fn session(
         let batch = Batch::build(shard, &entries);
         apply(&mut client, shard, applied, to, &batch, &mut days, faults).await?;
         applied = to;
-        p.applied_at.store(to_at, Ordering::Release);
-        p.applied.store(applied, Ordering::Release);
+        p.cursor.advance(applied, to_at);
         if faults.reapply_previous_batch.swap(false, Ordering::SeqCst) {
             if let Some(stale) = &previous {
                 let tx = client.transaction().await?;

@@ -29,9 +29,11 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::metrics::{Metrics, ShardLabels};
 use crate::router::IdemIndex;
-use inventory_persistence::ShardProgress;
+use inventory_audit::{is_audited, AuditedUpto};
+use inventory_journal::follow::Followers;
 
-/// How often a loop looks for due holds (F5: released within about a second).
+/// How often a loop looks for due holds: a hold is released within about a
+/// second of its expiry.
 pub const EXPIRY_TICK_MS: u64 = 100;
 /// Most holds one `Expire` command releases; the rest wait for the next tick.
 pub const EXPIRE_BATCH_MAX: usize = 4_096;
@@ -47,7 +49,7 @@ pub const OVERSELL_SWEEP_SKUS: usize = 65_536;
 /// Operator recorded for the service's own commands.
 pub const SYSTEM_OPERATOR: &str = "system";
 
-/// Who asked for a write, recorded in its journal entry (N4).
+/// Who asked for a write, recorded in its journal entry.
 #[derive(Clone, Debug, Default)]
 pub struct Meta {
     pub trace_id: u128,
@@ -111,7 +113,9 @@ pub struct LoopContext {
     pub idem_index: Arc<IdemIndex>,
     pub metrics: Arc<Metrics>,
     /// Where this shard publishes its last acknowledged entry.
-    pub progress: Arc<ShardProgress>,
+    pub followers: Arc<Followers>,
+    /// Where it notes the last acknowledged entry the audit log records.
+    pub audited_upto: Arc<AuditedUpto>,
 }
 
 /// Runs one shard loop on the current thread until shutdown. `ready`
@@ -143,7 +147,7 @@ fn run_inner(
     requests: Receiver<Request>,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
-    let LoopContext { clock, idem_index, metrics, progress } = context;
+    let LoopContext { clock, idem_index, metrics, followers, audited_upto } = context;
     if let Some(core) = config.core {
         core_affinity::set_for_current(core);
     }
@@ -179,8 +183,8 @@ fn run_inner(
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
-    progress.receipts_upto.store(next_seq - 1, std::sync::atomic::Ordering::Release);
-    publish(&progress, next_seq - 1, last_at);
+    audited_upto.note(next_seq - 1);
+    followers.publish(next_seq - 1, last_at);
     let labels = ShardLabels { shard: index };
     metrics.journal_healthy.get_or_create(&labels).set(1);
     metrics.journal_entries.get_or_create(&labels).set(next_seq - 1);
@@ -189,7 +193,8 @@ fn run_inner(
         journal,
         clock,
         metrics,
-        progress,
+        followers,
+        audited_upto,
         labels,
         next_seq,
         healthy: true,
@@ -217,7 +222,8 @@ struct LoopState {
     journal: Box<dyn Journal>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    progress: Arc<ShardProgress>,
+    followers: Arc<Followers>,
+    audited_upto: Arc<AuditedUpto>,
     labels: ShardLabels,
     next_seq: u64,
     healthy: bool,
@@ -463,12 +469,12 @@ impl LoopState {
         }
         for entry in &self.entries {
             let rows = entry.txns.len();
-            let (first, receipt) = match &entry.command {
-                Command::Receive(c) => (c.sku_id.as_str(), true),
-                Command::ReceiveBatch(c) => (c.items.first().map_or("", |i| i.sku_id.as_str()), true),
-                _ => ("", false),
+            let first = match &entry.command {
+                Command::Receive(c) => Some(c.sku_id.as_str()),
+                Command::ReceiveBatch(c) => c.items.first().map(|i| i.sku_id.as_str()),
+                Command::Reserve(_) | Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => None,
             };
-            if receipt {
+            if let Some(first) = first {
                 tracing::info!(
                     target: "inventory::txn",
                     trace_id = %format_args!("{:032x}", entry.trace_id),
@@ -507,10 +513,10 @@ impl LoopState {
             self.shard.commit_batch();
             self.next_seq += self.entries.len() as u64;
             if let Some(last) = self.entries.last() {
-                if let Some(receipt) = self.entries.iter().rev().find(|e| inventory_journal::audit::is_audited(e)) {
-                    self.progress.receipts_upto.store(receipt.seq, std::sync::atomic::Ordering::Release);
+                if let Some(receipt) = self.entries.iter().rev().find(|e| is_audited(e)) {
+                    self.audited_upto.note(receipt.seq);
                 }
-                publish(&self.progress, last.seq, last.at);
+                self.followers.publish(last.seq, last.at);
                 self.record_committed();
                 self.metrics.journal_entries.get_or_create(&self.labels).set(self.next_seq - 1);
             }
@@ -552,16 +558,8 @@ impl LoopState {
     }
 }
 
-/// Publishes the last acknowledged entry (time first: a reader that sees
-/// the new sequence also sees its time).
-fn publish(progress: &ShardProgress, seq: u64, at: Millis) {
-    use std::sync::atomic::Ordering;
-    progress.durable_at.store(at, Ordering::Release);
-    progress.durable.store(seq, Ordering::Release);
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use inventory_core::{Levels, Receive, DEFAULT_WAREHOUSE};
@@ -573,20 +571,27 @@ pub(crate) mod tests {
 
     /// A loop on an in-memory journal, and its metrics.
     fn start_loop() -> (crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>, Arc<Metrics>) {
-        let (tx, thread, metrics, _) = start_loop_with_progress();
+        let (tx, thread, metrics, _, _) = start_loop_with_progress();
         (tx, thread, metrics)
     }
 
-    type Started = (crossbeam_channel::Sender<Request>, std::thread::JoinHandle<()>, Arc<Metrics>, Arc<ShardProgress>);
+    type Started = (
+        crossbeam_channel::Sender<Request>,
+        std::thread::JoinHandle<()>,
+        Arc<Metrics>,
+        Arc<Followers>,
+        Arc<AuditedUpto>,
+    );
 
     fn start_loop_with_progress() -> Started {
         let metrics = Arc::new(Metrics::new());
-        let progress: Arc<ShardProgress> = Arc::default();
+        let (followers, audited_upto): (Arc<Followers>, Arc<AuditedUpto>) = Default::default();
         let context = LoopContext {
             clock: Arc::new(SystemClock),
             idem_index: Arc::new(IdemIndex::new(1_000)),
             metrics: metrics.clone(),
-            progress: progress.clone(),
+            followers: followers.clone(),
+            audited_upto: audited_upto.clone(),
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
@@ -594,11 +599,11 @@ pub(crate) mod tests {
             LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None, expected_skus: 0 };
         let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
         ready_rx.recv().unwrap().1.unwrap();
-        (tx, thread, metrics, progress)
+        (tx, thread, metrics, followers, audited_upto)
     }
 
     /// A one-unit reserve of `sku` for order `o<i>`, key `reserve-<i>`.
-    pub(crate) fn reserve(i: u64, sku: &str) -> Command {
+    fn reserve(i: u64, sku: &str) -> Command {
         Command::Reserve(inventory_core::Reserve {
             order_id: format!("o{i}"),
             sku_id: sku.into(),
@@ -624,9 +629,8 @@ pub(crate) mod tests {
 
     #[test]
     fn the_loop_publishes_the_last_receipt_beside_the_last_durable_entry() {
-        use std::sync::atomic::Ordering::Acquire;
-        let (tx, thread, _, progress) = start_loop_with_progress();
-        let published = || (progress.durable.load(Acquire), progress.receipts_upto.load(Acquire));
+        let (tx, thread, _, followers, audited_upto) = start_loop_with_progress();
+        let published = || (followers.durable(), audited_upto.get());
         let write = |(request, answer): (Request, oneshot::Receiver<WriteReply>)| {
             tx.send(request).unwrap();
             assert!(matches!(answer.blocking_recv().unwrap(), WriteReply::Applied(a) if a.changed));

@@ -4,18 +4,17 @@
 //! shard's newest snapshot plus its journal up to the last acknowledged
 //! entry, replayed by the same code start-up uses. The live loop is never
 //! paused. After writing, the journal is truncated below the oldest kept
-//! snapshot, but never past what the PostgreSQL writer has applied (when
-//! configured) nor past what the audit thread has scanned.
+//! snapshot, but never past what a follower of the journal (the PostgreSQL
+//! writer, the audit tailer) has not taken yet.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use inventory_core::ShardConfig;
+use inventory_journal::follow::Followers;
 use inventory_journal::{rebuild, snapshot, Journal, JournalError, Until};
-use inventory_persistence::ShardProgress;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -30,11 +29,10 @@ pub struct SnapshotConfig {
     pub keep: usize,
 }
 
-/// How long a snapshot waits for the audit thread before truncating less.
-const AUDIT_WAIT: Duration = Duration::from_secs(1);
-
-/// Per shard: the audit thread has scanned the journal up to this sequence.
-pub type AuditMarks = Arc<Vec<AtomicU64>>;
+/// How long a snapshot waits for the journal's followers to reach it
+/// before truncating less. In-process followers trail the journal by
+/// milliseconds.
+const FOLLOWER_WAIT: Duration = Duration::from_secs(1);
 
 /// A request to snapshot every shard now.
 pub type SnapshotRequest = oneshot::Sender<Vec<SnapshotReport>>;
@@ -48,8 +46,12 @@ pub struct SnapshotReport {
     pub millis: u64,
     /// Journal entries removed (covered by a snapshot and safe to drop).
     pub truncated: u64,
-    /// Entries kept only because PostgreSQL or the audit log still needs them.
+    /// Entries kept only because a follower (PostgreSQL, the audit log)
+    /// has not taken them yet.
     pub held_back: u64,
+    /// The follower that held them back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_back_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -58,10 +60,8 @@ pub struct Snapshotter {
     pub config: SnapshotConfig,
     pub shard_configs: Vec<ShardConfig>,
     pub readers: Vec<Arc<dyn Journal + Sync>>,
-    pub progress: Vec<Arc<ShardProgress>>,
-    /// PostgreSQL is configured: do not truncate what it has not applied.
-    pub postgres: bool,
-    pub audit_marks: AuditMarks,
+    /// Per shard: the journal's head and the cursors that bound truncation.
+    pub followers: Vec<Arc<Followers>>,
 }
 
 impl Snapshotter {
@@ -75,7 +75,7 @@ impl Snapshotter {
             };
             let mut reports = Vec::new();
             for shard in 0..self.readers.len() {
-                let durable = self.progress[shard].durable.load(Ordering::Acquire);
+                let durable = self.followers[shard].durable();
                 let last =
                     snapshot::list(&self.config.dir, shard as u16).ok().and_then(|l| l.first().copied()).unwrap_or(0);
                 let due = durable > last && (forced.is_some() || durable - last >= self.config.every_entries);
@@ -104,8 +104,16 @@ impl Snapshotter {
 
     fn take(&self, shard: usize, seq: u64) -> SnapshotReport {
         let started = Instant::now();
-        let mut report =
-            SnapshotReport { shard: shard as u16, seq, bytes: 0, millis: 0, truncated: 0, held_back: 0, error: None };
+        let mut report = SnapshotReport {
+            shard: shard as u16,
+            seq,
+            bytes: 0,
+            millis: 0,
+            truncated: 0,
+            held_back: 0,
+            held_back_by: None,
+            error: None,
+        };
         let result = (|| -> Result<(), String> {
             let reader = &self.readers[shard];
             let (replica, _) =
@@ -119,19 +127,20 @@ impl Snapshotter {
             snapshot::prune(&self.config.dir, shard as u16, self.config.keep).map_err(|e| e.to_string())?;
             // How far the journal may go: below the oldest kept snapshot...
             let kept = snapshot::list(&self.config.dir, shard as u16).map_err(|e| e.to_string())?;
-            let mut bound = kept.last().copied().unwrap_or(0).min(seq);
-            // ...and nothing PostgreSQL has not applied...
-            if self.postgres {
-                bound = bound.min(self.progress[shard].applied.load(Ordering::Acquire));
-            }
-            // ...nor what the audit thread has not scanned yet (it trails the
-            // journal by milliseconds: give it a moment to reach `seq`).
-            let deadline = Instant::now() + AUDIT_WAIT;
-            while self.audit_marks[shard].load(Ordering::Acquire) < seq && Instant::now() < deadline {
+            let kept_from = kept.last().copied().unwrap_or(0).min(seq);
+            // ...and nothing a follower has not taken (give them a moment
+            // to reach `seq`).
+            let followers = &self.followers[shard];
+            let deadline = Instant::now() + FOLLOWER_WAIT;
+            while followers.truncation_bound().0 < seq && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            bound = bound.min(self.audit_marks[shard].load(Ordering::Acquire));
+            let (taken, slowest) = followers.truncation_bound();
+            let bound = kept_from.min(taken);
             report.held_back = seq - bound;
+            if taken < kept_from {
+                report.held_back_by = slowest;
+            }
             report.truncated = reader.truncate_before(bound + 1).map_err(|e| e.to_string())?;
             Ok(())
         })();

@@ -1,24 +1,27 @@
-//! Admin endpoints: PostgreSQL writer progress, reconciliation (F9), snapshots
-//! on demand, and sizing the stock index ahead of a bulk load.
+//! Admin endpoints: PostgreSQL writer progress, reconciliation of the
+//! core, its journal and PostgreSQL, snapshots on demand, and sizing the
+//! stock index ahead of a bulk load.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::{Response, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
 use inventory_core::{Shard, ShardConfig, StockRow};
 use inventory_journal::replay_upto;
 use inventory_persistence::reconcile::{self, History, PgRow};
-use inventory_persistence::{connect, ShardProgress, WriterConfig};
+use inventory_persistence::{connect, Progress, WriterConfig};
+use inventory_runtime::metrics::{Metrics, ShardLabels};
+use inventory_runtime::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::extract::{BodyBytes, SmallBody};
+use super::{json, ready, stopping, App};
 use crate::api::{self, ApiError};
-use crate::http::{json, stopping, App, Body};
-use crate::metrics::{Metrics, ShardLabels};
-use crate::shard_loop::Request;
 
 /// How long reconciliation waits for the writer to reach the rows it checks.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
@@ -26,19 +29,19 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 const DETAILS_MAX: usize = 100;
 pub const REPAIR_REASON: &str = "AUTO_RECONCILE";
 
-pub fn persistence_status(app: &App) -> Response<Body> {
+pub async fn persistence_status(State(app): State<Arc<App>>) -> Response {
     let shards: Vec<_> = app
-        .progress
+        .writers
         .iter()
         .enumerate()
         .map(|(i, p)| {
             json!({
                 "shard": i,
-                "durableSeq": p.durable.load(Ordering::Acquire),
-                "appliedSeq": p.applied.load(Ordering::Acquire),
+                "durableSeq": p.durable(),
+                "appliedSeq": p.applied(),
                 "lagRecords": p.lag_records(),
                 "lagSeconds": p.lag_ms() as f64 / 1_000.0,
-                "connected": p.connected.load(Ordering::Acquire),
+                "connected": p.connected.load(std::sync::atomic::Ordering::Acquire),
                 "lastError": p.last_error.get(),
             })
         })
@@ -52,7 +55,7 @@ pub fn persistence_status(app: &App) -> Response<Body> {
 }
 
 /// Keeps the lag and outbox gauges current.
-pub async fn persistence_gauges(config: WriterConfig, progress: Vec<Arc<ShardProgress>>, metrics: Arc<Metrics>) {
+pub async fn persistence_gauges(config: WriterConfig, progress: Progress, metrics: Arc<Metrics>) {
     let mut client = None;
     let mut tick = 0u64;
     loop {
@@ -125,18 +128,20 @@ fn pg_json(row: &PgRow) -> serde_json::Value {
 /// and, when configured, with PostgreSQL's row and transaction history. In
 /// repair mode a wrong PostgreSQL row is set to the core's value and the
 /// repair recorded in `reconcile_audit` with reason `AUTO_RECONCILE`.
-pub async fn reconcile(app: &App, body: &[u8]) -> Result<Response<Body>, ApiError> {
+pub async fn reconcile(State(app): State<Arc<App>>, BodyBytes(body): SmallBody) -> Result<Response, ApiError> {
+    ready(&app)?;
+    let app = &*app;
     let request: ReconcileBody =
-        if body.iter().all(u8::is_ascii_whitespace) { ReconcileBody::default() } else { api::parse(body)? };
+        if body.iter().all(u8::is_ascii_whitespace) { ReconcileBody::default() } else { api::parse(&body)? };
     let mut report = Report { repair: request.repair, ..Report::default() };
     // Per shard: the live rows at a sequence, and the journal replayed to it.
     let mut core: BTreeMap<(String, String), (u16, StockRow)> = BTreeMap::new();
     let mut seqs = Vec::new();
-    for shard in 0..app.router.shards() {
+    for shard in 0..app.runtime.shards() {
         let (reply, answer) = oneshot::channel();
-        app.router.send(shard, Request::Rows { reply }).map_err(|e| app.send_error(e))?;
+        app.runtime.router.send(shard, Request::Rows { reply }).map_err(|e| app.send_error(e))?;
         let (seq, live) = answer.await.map_err(|_| stopping())?;
-        let reader = app.readers[shard as usize].clone();
+        let reader = app.runtime.readers[shard as usize].clone();
         let rebuilt = tokio::task::spawn_blocking(move || {
             let mut replica = Shard::new(ShardConfig::new(shard));
             replay_upto(&mut replica, &*reader, seq, |_| {}).map(|_| replica.dump().rows)
@@ -190,7 +195,7 @@ async fn reconcile_postgres(
     // PostgreSQL must have applied at least what the core rows reflect.
     let deadline = Instant::now() + CATCH_UP_WAIT;
     for (shard, &seq) in seqs.iter().enumerate() {
-        while app.progress[shard].applied.load(Ordering::Acquire) < seq {
+        while app.writers[shard].applied() < seq {
             if Instant::now() > deadline {
                 return Err(ApiError::unavailable(
                     "PERSISTENCE_LAGGING",
@@ -204,7 +209,7 @@ async fn reconcile_postgres(
     let rows = reconcile::inventory_rows(&client).await.map_err(pg_error)?;
     let history = reconcile::txn_history(&client).await.map_err(pg_error)?;
     let mut pg = PgReport::default();
-    let now = app.clock.now_ms();
+    let now = app.runtime.clock.now_ms();
     for (key, (_, row)) in core {
         pg.compared += 1;
         let want = PgRow { levels: row.levels, version: row.version };
@@ -286,17 +291,18 @@ struct CapacityBody {
 /// it step by step. The memory is taken now: about 8-10 bytes per SKU. Each
 /// shard does it a slice at a time between batches; this answers once all
 /// are done.
-pub async fn capacity(app: &App, body: &[u8]) -> Result<Response<Body>, ApiError> {
-    let CapacityBody { skus } = api::parse(body)?;
+pub async fn capacity(State(app): State<Arc<App>>, BodyBytes(body): SmallBody) -> Result<Response, ApiError> {
+    ready(&app)?;
+    let CapacityBody { skus } = api::parse(&body)?;
     if skus == 0 || skus > CAPACITY_SKUS_MAX {
         return Err(ApiError::invalid(format!("skus must be from 1 to {CAPACITY_SKUS_MAX}, not {skus}")));
     }
-    let shards = app.router.shards();
+    let shards = app.runtime.shards();
     let more = skus.div_ceil(u64::from(shards)) as usize;
     let mut answers = Vec::with_capacity(shards as usize);
     for shard in 0..shards {
         let (reply, answer) = oneshot::channel();
-        app.router.send(shard, Request::Capacity { more, reply }).map_err(|e| app.send_error(e))?;
+        app.runtime.router.send(shard, Request::Capacity { more, reply }).map_err(|e| app.send_error(e))?;
         answers.push(answer);
     }
     let mut sized = Vec::with_capacity(answers.len());
@@ -308,9 +314,10 @@ pub async fn capacity(app: &App, body: &[u8]) -> Result<Response<Body>, ApiError
 }
 
 /// Snapshots every shard now (and truncates what the snapshots cover).
-pub async fn snapshot(app: &App) -> Result<Response<Body>, ApiError> {
+pub async fn snapshot(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    ready(&app)?;
     let (reply, answer) = oneshot::channel();
-    app.snapshots.send(reply).map_err(|_| stopping())?;
+    app.runtime.snapshots.send(reply).map_err(|_| stopping())?;
     let reports = answer.await.map_err(|_| stopping())?;
     let failed = reports.iter().any(|r| r.error.is_some());
     let status = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };

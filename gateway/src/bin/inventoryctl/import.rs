@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use inventory_gateway::admin::CAPACITY_SKUS_MAX;
 use inventory_gateway::api::csv_fields;
+use inventory_gateway::http::CAPACITY_SKUS_MAX;
 use serde::Deserialize;
 
 #[derive(clap::Args)]

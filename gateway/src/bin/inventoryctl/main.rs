@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use inventory_journal::audit;
+use inventory_audit as audit;
 
 mod import;
 mod journal;

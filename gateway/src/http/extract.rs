@@ -1,0 +1,101 @@
+//! What handlers take from a request besides its path: the caller's context,
+//! the `Idempotency-Key` header, and a body read up to a limit.
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use inventory_runtime::Meta;
+
+use super::ANONYMOUS_OPERATOR;
+use crate::api::{self, ApiError, ID_BYTES_MAX};
+use crate::trace::TraceContext;
+
+/// Who asked, and in which trace: journaled with every write.
+pub struct Ctx {
+    pub trace: TraceContext,
+    pub operator: String,
+}
+
+impl Ctx {
+    pub fn meta(&self) -> Meta {
+        Meta { trace_id: self.trace.trace_id, operator: self.operator.clone() }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ctx, ApiError> {
+        let trace = *parts.extensions.get::<TraceContext>().expect("the observing middleware runs first");
+        let operator = match parts.headers.get("x-operator") {
+            None => ANONYMOUS_OPERATOR.to_string(),
+            Some(v) => {
+                let v = v.to_str().map_err(|_| ApiError::invalid("X-Operator header must be visible ASCII"))?;
+                api::check_text("X-Operator", v, ID_BYTES_MAX)?;
+                v.to_string()
+            }
+        };
+        Ok(Ctx { trace, operator })
+    }
+}
+
+/// The `Idempotency-Key` header, if the request has one.
+pub struct HeaderKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for HeaderKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<HeaderKey, ApiError> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(HeaderKey(None)),
+            Some(v) => v
+                .to_str()
+                .map(|s| HeaderKey(Some(s.to_string())))
+                .map_err(|_| ApiError::invalid("Idempotency-Key header must be visible ASCII")),
+        }
+    }
+}
+
+/// A request body of at most `LIMIT` bytes; a longer one is 413, refused
+/// from its `Content-Length` before it is read where it declares one.
+pub struct BodyBytes<const LIMIT: usize>(pub Bytes);
+
+/// The body of most requests.
+pub type SmallBody = BodyBytes<{ api::BODY_BYTES_MAX }>;
+/// The body of a bulk receipt.
+pub type BatchBody = BodyBytes<{ api::BATCH_BODY_BYTES_MAX }>;
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for BodyBytes<LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<BodyBytes<LIMIT>, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("request bodies are limited to {LIMIT} bytes"),
+            )
+        };
+        let declared =
+            request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > LIMIT as u64) {
+            return Err(too_large());
+        }
+        match Limited::new(request.into_body(), LIMIT).collect().await {
+            Ok(collected) => Ok(BodyBytes(collected.to_bytes())),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+            Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
+        }
+    }
+}
+
+/// A path parameter, percent-decoded and checked like any id.
+pub fn path_id(field: &str, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(value) = path.map_err(|_| ApiError::invalid(format!("{field} in the path is not UTF-8")))?;
+    api::check_text(field, &value, ID_BYTES_MAX)?;
+    Ok(value)
+}

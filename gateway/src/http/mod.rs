@@ -1,0 +1,283 @@
+//! The HTTP API on axum: the route table, the request context every handler
+//! gets, and the one middleware that gives each response its trace headers
+//! and counts it.
+//!
+//! A handler parses and validates its request (any problem is a 4xx and
+//! changes nothing), turns it into a shard command or query, sends it
+//! through the [`Router`](inventory_runtime::Router)'s bounded queue and
+//! renders the reply. Errors of every kind are an [`ApiError`], rendered as
+//! `{code, message}` in one place.
+
+mod admin;
+mod extract;
+mod reads;
+mod writes;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use inventory_runtime::{Runtime, SendError};
+
+pub use admin::{persistence_gauges, CAPACITY_SKUS_MAX};
+pub use extract::Ctx;
+
+use crate::api::ApiError;
+use crate::trace::TraceIds;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    pub runtime: Runtime,
+    pub trace_ids: TraceIds,
+    /// The PostgreSQL writer's progress per shard (empty without PostgreSQL).
+    pub writers: inventory_persistence::Progress,
+    pub postgres: Option<inventory_persistence::WriterConfig>,
+    pub default_ttl_ms: u64,
+    pub max_qty: u64,
+}
+
+/// Operator recorded when a request names none.
+pub const ANONYMOUS_OPERATOR: &str = "anonymous";
+
+/// Every endpoint: its path, its label in the request metrics, and its
+/// handlers. The route table below is built from this list alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Reserve,
+    Confirm,
+    Release,
+    Receive,
+    ReceiveBatch,
+    Stock,
+    Reservation,
+    OrderStatus,
+    Health,
+    Ready,
+    Metrics,
+    AdminPersistence,
+    AdminReconcile,
+    AdminSnapshot,
+    AdminCapacity,
+}
+
+impl Endpoint {
+    /// In the order a request's path is looked up for its label: the
+    /// busiest first.
+    pub const ALL: [Endpoint; 15] = [
+        Endpoint::Reserve,
+        Endpoint::Confirm,
+        Endpoint::Release,
+        Endpoint::Stock,
+        Endpoint::Receive,
+        Endpoint::ReceiveBatch,
+        Endpoint::Reservation,
+        Endpoint::OrderStatus,
+        Endpoint::Health,
+        Endpoint::Ready,
+        Endpoint::Metrics,
+        Endpoint::AdminPersistence,
+        Endpoint::AdminReconcile,
+        Endpoint::AdminSnapshot,
+        Endpoint::AdminCapacity,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Reserve => "/api/inventory/reserve",
+            Endpoint::Confirm => "/api/inventory/confirm",
+            Endpoint::Release => "/api/inventory/release",
+            Endpoint::Receive => "/api/inventory/receive",
+            Endpoint::ReceiveBatch => "/api/inventory/receive-batch",
+            Endpoint::Stock => "/api/inventory/{sku_id}",
+            Endpoint::Reservation => "/api/reservations/{reservation_id}",
+            Endpoint::OrderStatus => "/api/orders/{order_id}/inventory-status",
+            Endpoint::Health => "/healthz",
+            Endpoint::Ready => "/readyz",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::AdminPersistence => "/api/admin/persistence",
+            Endpoint::AdminReconcile => "/api/admin/reconcile",
+            Endpoint::AdminSnapshot => "/api/admin/snapshot",
+            Endpoint::AdminCapacity => "/api/admin/capacity",
+        }
+    }
+
+    /// The `endpoint` label of the request metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Reserve => "reserve",
+            Endpoint::Confirm => "confirm",
+            Endpoint::Release => "release",
+            Endpoint::Receive => "receive",
+            Endpoint::ReceiveBatch => "receive_batch",
+            Endpoint::Stock => "stock",
+            Endpoint::Reservation => "reservation",
+            Endpoint::OrderStatus => "order_status",
+            Endpoint::Health | Endpoint::Ready => "health",
+            Endpoint::Metrics => "metrics",
+            Endpoint::AdminPersistence
+            | Endpoint::AdminReconcile
+            | Endpoint::AdminSnapshot
+            | Endpoint::AdminCapacity => "admin",
+        }
+    }
+
+    /// The one method the endpoint takes.
+    pub fn method(self) -> Method {
+        match self {
+            Endpoint::Stock
+            | Endpoint::Reservation
+            | Endpoint::OrderStatus
+            | Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::Metrics
+            | Endpoint::AdminPersistence => Method::GET,
+            Endpoint::Reserve
+            | Endpoint::Confirm
+            | Endpoint::Release
+            | Endpoint::Receive
+            | Endpoint::ReceiveBatch
+            | Endpoint::AdminReconcile
+            | Endpoint::AdminSnapshot
+            | Endpoint::AdminCapacity => Method::POST,
+        }
+    }
+
+    fn handler(self) -> MethodRouter<Arc<App>> {
+        let method = MethodFilter::try_from(self.method()).expect("GET and POST are filters");
+        match self {
+            Endpoint::Reserve => on(method, writes::reserve),
+            Endpoint::Confirm => on(method, writes::confirm),
+            Endpoint::Release => on(method, writes::release),
+            Endpoint::Receive => on(method, writes::receive),
+            Endpoint::ReceiveBatch => on(method, writes::receive_batch),
+            Endpoint::Stock => on(method, reads::stock),
+            Endpoint::Reservation => on(method, reads::reservation),
+            Endpoint::OrderStatus => on(method, reads::order_status),
+            Endpoint::Health => on(method, reads::health),
+            Endpoint::Ready => on(method, reads::ready_check),
+            Endpoint::Metrics => on(method, reads::metrics),
+            Endpoint::AdminPersistence => on(method, admin::persistence_status),
+            Endpoint::AdminReconcile => on(method, admin::reconcile),
+            Endpoint::AdminSnapshot => on(method, admin::snapshot),
+            Endpoint::AdminCapacity => on(method, admin::capacity),
+        }
+    }
+
+    /// The endpoint whose route a request matched.
+    fn of(matched: Option<&MatchedPath>) -> Option<Endpoint> {
+        let path = matched?.as_str();
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+}
+
+/// The service's routes, with the observing middleware around every one of
+/// them (and around the answers to unknown routes and methods).
+pub fn routes(app: Arc<App>) -> axum::Router {
+    let mut router = axum::Router::new();
+    for endpoint in Endpoint::ALL {
+        router = router.route(endpoint.path(), endpoint.handler());
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// The response's `code` label: what [`ApiError`] put in the response's
+/// extensions, `OK` when nothing did.
+#[derive(Clone, Copy)]
+struct ErrorCode(&'static str);
+
+/// Accepts the request's trace context (for the handler and the journal),
+/// and on the way out sets `traceparent` and `x-request-id` and counts the
+/// response in the request metrics.
+async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let endpoint = Endpoint::of(request.extensions().get::<MatchedPath>()).map_or("other", Endpoint::label);
+    let trace = app.trace_ids.accept(request.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    request.extensions_mut().insert(trace);
+    let mut response = next.run(request).await;
+    let code = response.extensions().get::<ErrorCode>().map_or("OK", |c| c.0);
+    let headers = response.headers_mut();
+    headers.insert("traceparent", HeaderValue::from_str(&trace.traceparent()).expect("hex"));
+    headers.insert("x-request-id", HeaderValue::from_str(&trace.request_id()).expect("hex"));
+    app.runtime.metrics.record_request(endpoint, code, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {}", uri.path()))
+}
+
+/// A known path asked with a method it does not take.
+async fn method_not_allowed(matched: Option<MatchedPath>) -> ApiError {
+    let allow = Endpoint::of(matched.as_ref()).map_or(Method::GET, Endpoint::method);
+    let mut e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("use {allow} here"));
+    e.detail = Some(serde_json::json!({ "allow": allow.as_str() }));
+    e
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = json(self.status, self.body());
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(allow) = self.detail.as_ref().and_then(|d| d["allow"].as_str()) {
+                response.headers_mut().insert(ALLOW, HeaderValue::from_str(allow).expect("static"));
+            }
+        }
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Marks a response as the replay of an idempotent request.
+pub(crate) fn replayed(mut response: Response) -> Response {
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+pub(crate) fn ready(app: &App) -> Result<(), ApiError> {
+    if app.runtime.router.is_ready() {
+        Ok(())
+    } else {
+        Err(not_ready())
+    }
+}
+
+pub(crate) fn not_ready() -> ApiError {
+    ApiError::unavailable("NOT_READY", "the service is replaying its journal")
+}
+
+pub(crate) fn stopping() -> ApiError {
+    ApiError::unavailable("SHUTTING_DOWN", "the service is shutting down")
+}
+
+impl App {
+    /// The error for a request its shard's queue did not take.
+    pub(crate) fn send_error(&self, e: SendError) -> ApiError {
+        match e {
+            SendError::Overloaded => {
+                self.runtime.metrics.overload_refusals.inc();
+                ApiError::unavailable("OVERLOADED", "the shard's queue is full; retry shortly")
+            }
+            SendError::Stopped => stopping(),
+        }
+    }
+}

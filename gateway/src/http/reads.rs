@@ -1,0 +1,104 @@
+//! Reads: stock, holds and orders, answered by the shard loops from
+//! committed state; health, readiness and metrics.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::response::Response;
+use inventory_core::{Query, QueryResult};
+use inventory_runtime::Request;
+use tokio::sync::oneshot;
+
+use super::extract::path_id;
+use super::{json, not_ready, ready, stopping, App};
+use crate::api::{self, ApiError};
+
+pub async fn health() -> Response {
+    json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+pub async fn ready_check(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    if app.runtime.router.is_ready() {
+        Ok(json(StatusCode::OK, br#"{"status":"ready"}"#.to_vec()))
+    } else {
+        Err(not_ready())
+    }
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let runtime = &app.runtime;
+    let mut response = Response::new(Body::from(runtime.metrics.render(&runtime.router.queue_depths())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    response
+}
+
+pub async fn stock(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let sku = path_id("skuId", path)?;
+    ready(&app)?;
+    let shard = app.runtime.router.shard_for_sku(&sku);
+    match read(&app, shard, Query::Stock { sku_id: sku.clone() }).await? {
+        QueryResult::Stock(Some(stock)) => Ok(json(StatusCode::OK, api::stock_json(&stock))),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "SKU_NOT_FOUND", format!("no stock for SKU {sku:?}"))),
+    }
+}
+
+pub async fn reservation(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id("reservationId", path)?;
+    let id = api::parse_reservation_id("reservationId", &id)?;
+    ready(&app)?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}"));
+    let shard = app.runtime.router.shard_for_reservation(id).ok_or_else(not_found)?;
+    match read(&app, shard, Query::Reservation { id }).await? {
+        QueryResult::Reservation(Some(view)) => {
+            Ok(json(StatusCode::OK, serde_json::to_vec(&api::ReservationJson::from(view)).expect("json")))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// Every hold of an order. Holds of one order live on the shards of their
+/// SKUs: every shard is asked.
+pub async fn order_status(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let order_id = path_id("orderId", path)?;
+    ready(&app)?;
+    let router = &app.runtime.router;
+    let mut answers = Vec::with_capacity(router.shards() as usize);
+    for shard in 0..router.shards() {
+        let (reply, answer) = oneshot::channel();
+        router
+            .send(shard, Request::Read { query: Query::Order { order_id: order_id.clone() }, reply })
+            .map_err(|e| app.send_error(e))?;
+        answers.push(answer);
+    }
+    let mut holds = Vec::new();
+    for answer in answers {
+        if let QueryResult::Order(views) = answer.await.map_err(|_| stopping())? {
+            holds.extend(views);
+        }
+    }
+    holds.sort_by_key(|v| (v.created_at, v.reservation_id));
+    let body = api::OrderJson { order_id, reservations: holds.into_iter().map(Into::into).collect() };
+    Ok(json(StatusCode::OK, serde_json::to_vec(&body).expect("json")))
+}
+
+/// Asks one shard a question; it answers from committed state.
+async fn read(app: &App, shard: u16, query: Query) -> Result<QueryResult, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    app.runtime.router.send(shard, Request::Read { query, reply }).map_err(|e| app.send_error(e))?;
+    answer.await.map_err(|_| stopping())
+}

@@ -1,0 +1,234 @@
+//! Starting and stopping the shards: one loop thread per journal, the
+//! snapshotter thread and the audit tailer thread.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use inventory_audit::{AuditLog, AuditedUpto, TailedShard};
+use inventory_core::{ShardConfig, IDEMPOTENCY_TTL_MS};
+use inventory_journal::follow::Followers;
+use inventory_journal::{Journal, JournalError};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::router::{IdemIndex, Router};
+use crate::shard_loop::{self, LoopConfig, LoopContext};
+use crate::snapshotter::{SnapshotConfig, SnapshotRequest, Snapshotter};
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Snapshots live in `<data_dir>/snapshots`, the audit log in
+    /// `<data_dir>/audit`.
+    pub data_dir: PathBuf,
+    /// Requests queued per shard before senders are refused.
+    pub queue_capacity: usize,
+    /// Most requests one shard applies per journal flush.
+    pub batch_max: usize,
+    /// Pin each shard loop to a core.
+    pub pin_threads: bool,
+    /// SKUs (over all shards) to size the stock index for once recovered.
+    pub expected_skus: u64,
+    /// Snapshot a shard once this many entries accumulated since its last
+    /// (0: only on request).
+    pub snapshot_every_entries: u64,
+    /// Snapshots kept per shard.
+    pub snapshots_keep: usize,
+}
+
+impl RuntimeConfig {
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.data_dir.join("audit")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a shard loop stopped during start-up")]
+    ShardLost,
+}
+
+/// What callers use while the shards run: shared by every request.
+pub struct Runtime {
+    pub router: Arc<Router>,
+    pub idem: Arc<IdemIndex>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    /// Per shard: the journal's head and its followers' cursors.
+    pub followers: Vec<Arc<Followers>>,
+    /// Read handles on every shard's journal.
+    pub readers: Vec<Arc<dyn Journal + Sync>>,
+    /// Asks the snapshotter for a snapshot of every shard now. The
+    /// snapshotter stops once every copy of this is dropped.
+    pub snapshots: Sender<SnapshotRequest>,
+}
+
+/// The threads behind a [`Runtime`], to stop it.
+pub struct Threads {
+    router: Arc<Router>,
+    ready: Receiver<(u16, Result<u64, JournalError>)>,
+    loops: Vec<JoinHandle<()>>,
+    snapshotter: JoinHandle<()>,
+    audit: JoinHandle<()>,
+    audit_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Starts a shard loop per journal (each begins replaying at once), the
+    /// snapshotter and the audit tailer. `followers[i]` is shard `i`'s,
+    /// with every follower outside the runtime (the PostgreSQL writer)
+    /// already registered: the snapshotter may truncate as soon as it runs.
+    pub fn start(
+        config: RuntimeConfig,
+        journals: Vec<Box<dyn Journal>>,
+        followers: Vec<Arc<Followers>>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Runtime, Threads), RuntimeError> {
+        let shards = journals.len() as u16;
+        assert_eq!(followers.len(), journals.len(), "one set of followers per shard");
+        let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS));
+        let readers: Vec<Arc<dyn Journal + Sync>> = journals.iter().map(|j| Arc::from(j.reader())).collect();
+        let audited_upto: Vec<Arc<AuditedUpto>> = (0..shards).map(|_| Arc::default()).collect();
+
+        // The audit tailer's cursors are registered, at the log's last
+        // audited entries, before anything can truncate.
+        let audit_log = AuditLog::open(&config.audit_dir())?;
+        let tailed: Vec<TailedShard> = (0..shards as usize)
+            .map(|i| {
+                let cursor = followers[i].follow(inventory_audit::tail::FOLLOWER);
+                cursor.advance(audit_log.audited_upto(i as u16), 0);
+                TailedShard {
+                    reader: readers[i].clone(),
+                    followers: followers[i].clone(),
+                    cursor,
+                    audited_upto: audited_upto[i].clone(),
+                }
+            })
+            .collect();
+
+        let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let (ready_tx, ready) = crossbeam_channel::unbounded();
+        let mut queues = Vec::with_capacity(shards as usize);
+        let mut loops = Vec::with_capacity(shards as usize);
+        for (i, journal) in journals.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+            queues.push(tx);
+            let loop_config = LoopConfig {
+                shard: ShardConfig::new(i as u16),
+                snapshots: Some(config.snapshot_dir()),
+                batch_max: config.batch_max,
+                core: (!cores.is_empty()).then(|| cores[i % cores.len()]),
+                expected_skus: config.expected_skus.div_ceil(shards as u64) as usize,
+            };
+            let context = LoopContext {
+                clock: clock.clone(),
+                idem_index: idem.clone(),
+                metrics: metrics.clone(),
+                followers: followers[i].clone(),
+                audited_upto: audited_upto[i].clone(),
+            };
+            let ready = ready_tx.clone();
+            loops.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{i}"))
+                    .spawn(move || shard_loop::run(loop_config, journal, context, rx, ready))?,
+            );
+        }
+        let router = Arc::new(Router::new(queues));
+
+        let (snapshots, snapshot_requests) = crossbeam_channel::unbounded();
+        let snapshotter = Snapshotter {
+            config: SnapshotConfig {
+                dir: config.snapshot_dir(),
+                every_entries: if config.snapshot_every_entries == 0 {
+                    u64::MAX
+                } else {
+                    config.snapshot_every_entries
+                },
+                check_every: Duration::from_secs(1),
+                keep: config.snapshots_keep,
+            },
+            shard_configs: (0..shards).map(ShardConfig::new).collect(),
+            readers: readers.clone(),
+            followers: followers.clone(),
+        };
+        let snapshotter =
+            std::thread::Builder::new().name("snapshots".into()).spawn(move || snapshotter.run(snapshot_requests))?;
+
+        let audit_stop = Arc::new(AtomicBool::new(false));
+        let audit = {
+            let stop = audit_stop.clone();
+            std::thread::Builder::new().name("audit".into()).spawn(move || {
+                crate::lower_thread_priority();
+                inventory_audit::run_tailer(audit_log, tailed, stop)
+            })?
+        };
+
+        let runtime =
+            Runtime { router: router.clone(), idem: idem.clone(), metrics, clock, followers, readers, snapshots };
+        let threads = Threads { router, ready, loops, snapshotter, audit, audit_stop };
+        Ok((runtime, threads))
+    }
+
+    pub fn shards(&self) -> u16 {
+        self.router.shards()
+    }
+}
+
+/// The shards' replay, to wait for.
+pub struct Replay {
+    router: Arc<Router>,
+    ready: Receiver<(u16, Result<u64, JournalError>)>,
+}
+
+impl Replay {
+    /// Waits (blocking) until every shard has replayed its journal, then
+    /// marks the router ready. An error is the first shard's that failed.
+    pub fn wait(self) -> Result<(), RuntimeError> {
+        for _ in 0..self.router.shards() {
+            match self.ready.recv() {
+                Ok((_, Ok(_))) => {}
+                Ok((_, Err(e))) => return Err(e.into()),
+                Err(_) => return Err(RuntimeError::ShardLost),
+            }
+        }
+        crate::disable_transparent_huge_pages();
+        self.router.set_ready();
+        tracing::info!(shards = self.router.shards(), "ready");
+        Ok(())
+    }
+}
+
+impl Threads {
+    /// The replay the shard loops began at start.
+    pub fn replay(&self) -> Replay {
+        Replay { router: self.router.clone(), ready: self.ready.clone() }
+    }
+
+    /// Stops the shards (blocking): a stop marker is queued behind every
+    /// request already queued, so each is answered and flushed; then the
+    /// audit tailer catches up and ends, and the snapshotter ends once the
+    /// last [`Runtime`] (and its snapshot queue) is gone.
+    pub fn stop(self) {
+        self.router.stop_all();
+        for thread in self.loops {
+            let _ = thread.join();
+        }
+        self.audit_stop.store(true, Ordering::Release);
+        let _ = self.audit.join();
+        drop(self.router);
+        let _ = self.snapshotter.join();
+    }
+}
