@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 
 use serde_json::json;
 
-use crate::support::{skus_on_different_shards, TestServer};
+use crate::support::{inventoryctl, skus_on_different_shards, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_sizes_every_shard_for_its_share_of_more_skus() {
@@ -97,20 +97,8 @@ async fn bulk_import_loads_a_catalogue_once() {
     }
     std::fs::write(&csv, text).unwrap();
     let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
-            .args([
-                "import",
-                "--file",
-                csv.to_str().unwrap(),
-                "--url",
-                &server.url,
-                "--chunk",
-                "300",
-                "--concurrency",
-                "3",
-            ])
-            .output()
-            .unwrap()
+        let file = csv.to_str().unwrap();
+        inventoryctl(["import", "--file", file, "--url", &server.url, "--chunk", "300", "--concurrency", "3"])
     };
     let out = run();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -134,10 +122,7 @@ async fn bulk_import_loads_a_catalogue_once() {
         "{\"skuId\":\"imp-j1\",\"qty\":2}\n\n{\"skuId\":\"imp-7\",\"warehouseId\":\"east\",\"qty\":3}\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
-        .args(["import", "--file", jsonl.to_str().unwrap(), "--url", &server.url, "--no-presize"])
-        .output()
-        .unwrap();
+    let out = inventoryctl(["import", "--file", jsonl.to_str().unwrap(), "--url", &server.url, "--no-presize"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 2 rows, 5 units"), "{out:?}");
     assert_eq!((c.levels("imp-j1").await, c.levels("imp-7").await), ((2, 0, 0), (4, 0, 0)));
     // A bad row is named, nothing of its chunk lands.

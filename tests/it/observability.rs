@@ -9,7 +9,7 @@ use inventory_journal::{Journal, SledStore};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{Options, TestServer};
+use crate::support::{inventoryctl, Options, TestServer};
 
 /// `series -> value` for every sample line of an exposition.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -142,7 +142,7 @@ async fn trace_context_is_returned_and_journaled_with_the_operator() {
 }
 
 fn ctl(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl")).args(args).output().unwrap();
+    let out = inventoryctl(args);
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 

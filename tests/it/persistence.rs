@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::pg::{url_for, wait_caught_up, PgProxy, TestSchema, PG_ADDR};
-use crate::support::{Client, Daemon, Options, TestServer};
+use crate::support::{inventoryctl, inventoryd, Client, Daemon, Options, TestServer};
 
 fn pg_options(schema: &TestSchema, url: String) -> Options {
     Options { postgres: Some((url, schema.name.clone())), ..Default::default() }
@@ -277,10 +277,7 @@ async fn reconciliation_finds_and_repairs_a_corrupted_row() {
     assert_ne!(audit.get::<_, String>(2), audit.get::<_, String>(3), "before and after images differ");
     assert_eq!(reconcile(c, false).await["mismatched"], 0);
     // The same from the command line.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
-        .args(["reconcile", "--url", &server.url])
-        .output()
-        .unwrap();
+    let out = inventoryctl(["reconcile", "--url", &server.url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("\"mismatched\": 0"),
@@ -348,11 +345,11 @@ async fn restore_from_postgres_then_serve() {
     server.stop().await; // the machine and its disk are gone
 
     let fresh = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryd"))
-        .args(["restore", "--from-postgres", &url_for(PG_ADDR), "--postgres-schema", &schema.name, "--data-dir"])
-        .arg(fresh.path())
-        .output()
-        .unwrap();
+    let restore = |data_dir: &std::path::Path| {
+        let (url, dir) = (url_for(PG_ADDR), data_dir.to_str().unwrap().to_string());
+        inventoryd(["restore", "--from-postgres", &url, "--postgres-schema", &schema.name, "--data-dir", &dir])
+    };
+    let out = restore(fresh.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("restored 6 rows and 25 holds"),
@@ -388,11 +385,7 @@ async fn restore_from_postgres_then_serve() {
     assert_eq!(schema.count("SELECT count(*) - count(DISTINCT txn_id) FROM inventory_txn").await, 0);
     assert_pg_matches_core(&c, &schema, &skus).await;
     // Restoring over an existing journal is refused.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryd"))
-        .args(["restore", "--from-postgres", &url_for(PG_ADDR), "--postgres-schema", &schema.name, "--data-dir"])
-        .arg(fresh.path())
-        .output()
-        .unwrap();
+    let again = restore(fresh.path());
     assert!(!again.status.success());
     server.stop().await;
     schema.drop().await;

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::pg::{wait_caught_up, PgProxy, TestSchema};
-use crate::support::{Client, Daemon, Options, TestServer};
+use crate::support::{inventoryctl, Client, Daemon, Options, TestServer};
 
 async fn snapshot(c: &Client) -> Vec<Value> {
     let r = c.post("/api/admin/snapshot", json!({})).await;
@@ -99,10 +99,7 @@ async fn restart_from_snapshot(journal: Backend) {
     assert!(!holds.contains(&fresh));
     // Receipts before the snapshot are still in the audit log.
     server.stop().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
-        .args(["audit", "verify", "--data-dir", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = inventoryctl(["audit", "verify", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("30 entries"), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -283,3 +283,14 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `inventoryctl` with `args` to completion.
+pub fn inventoryctl<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    Process::new(env!("CARGO_BIN_EXE_inventoryctl")).args(args).output().unwrap()
+}
+
+/// Runs `inventoryd` with `args` to completion: a subcommand, or a start
+/// that is to be refused.
+pub fn inventoryd<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    Process::new(env!("CARGO_BIN_EXE_inventoryd")).args(args).output().unwrap()
+}
