@@ -1,13 +1,15 @@
 //! `inventoryctl`: operator tools for an inventory data dir.
 //!
 //! Each subcommand lives in its own file (`journal/` and `audit/` hold one
-//! file per subcommand of theirs).
+//! file per subcommand of theirs); every one that talks to a running
+//! service does so through [`client`].
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod client;
 mod import;
 mod journal;
 mod reconcile;
