@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use inventory_core::{shard_for_sku, Command, Entry, Millis, ReservationId, TxnKind};
+use inventory_core::{shard_for_sku, Command, Entry, Millis, ReservationId, Txn, TxnKind};
 use serde_json::{json, Value};
 
 use super::args::{parse_reservation, Format, Source};
@@ -68,14 +68,23 @@ impl Filter {
                 Command::Receive(c) => c.sku_id == *sku,
                 Command::Reserve(c) => c.sku_id == *sku,
                 Command::ReceiveBatch(c) => c.items.iter().any(|i| i.sku_id == *sku),
-                _ => false,
+                // These name holds; only their txns name the SKU.
+                Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => false,
             };
             if !named && !entry.txns.iter().any(|t| t.sku_id == *sku) {
                 return false;
             }
         }
         if let Some(order) = &self.order {
-            let named = matches!(&entry.command, Command::Reserve(c) if c.order_id == *order);
+            let named = match &entry.command {
+                Command::Reserve(c) => c.order_id == *order,
+                // Only their txns name an order, if any.
+                Command::Receive(_)
+                | Command::Confirm(_)
+                | Command::Release(_)
+                | Command::Expire(_)
+                | Command::ReceiveBatch(_) => false,
+            };
             if !named && !entry.txns.iter().any(|t| t.order_id == *order) {
                 return false;
             }
@@ -85,14 +94,25 @@ impl Filter {
                 Command::Confirm(c) => c.reservation_id == id,
                 Command::Release(c) => c.reservation_id == id,
                 Command::Expire(c) => c.ids.contains(&id),
-                _ => false,
+                // A reserve names the hold it creates only in its txn.
+                Command::Receive(_) | Command::Reserve(_) | Command::ReceiveBatch(_) => false,
             };
             let rendered = id.to_string();
-            if !named && !entry.txns.iter().any(|t| t.kind != TxnKind::Receive && t.ref_id == rendered) {
+            if !named && !entry.txns.iter().any(|t| changes_hold(t.kind) && t.ref_id == rendered) {
                 return false;
             }
         }
         true
+    }
+}
+
+/// Whether a txn of this kind changes a hold, so that its `ref_id` is the
+/// hold's reservation id (a receipt's is the caller's reference, which may
+/// look like one).
+fn changes_hold(kind: TxnKind) -> bool {
+    match kind {
+        TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release => true,
+        TxnKind::Receive => false,
     }
 }
 
@@ -169,8 +189,16 @@ fn entry_details(entry: &Entry) -> String {
             }
             p
         }
-        Command::Confirm(c) => vec![format!("reservation={}", c.reservation_id), kv("payment", &c.payment_id)],
-        Command::Release(c) => vec![format!("reservation={}", c.reservation_id), kv("reason", &c.reason)],
+        Command::Confirm(c) => {
+            let mut p = vec![format!("reservation={}", c.reservation_id), kv("payment", &c.payment_id)];
+            p.extend(hold_owner(first));
+            p
+        }
+        Command::Release(c) => {
+            let mut p = vec![format!("reservation={}", c.reservation_id), kv("reason", &c.reason)];
+            p.extend(hold_owner(first));
+            p
+        }
         Command::Expire(c) => {
             let mut ids: Vec<String> = c.ids.iter().take(TABLE_IDS_MAX).map(|id| id.to_string()).collect();
             if c.ids.len() > TABLE_IDS_MAX {
@@ -187,20 +215,16 @@ fn entry_details(entry: &Entry) -> String {
             p.push(skus_cell(c.items.iter().map(|i| i.sku_id.as_str())));
             p
         }
-        // A command added after this tool: what its txns changed.
-        #[allow(unreachable_patterns)]
-        _ => vec![skus_cell(entry.txns.iter().map(|t| t.sku_id.as_str()))],
     };
-    if matches!(entry.command, Command::Confirm(_) | Command::Release(_)) {
-        if let Some(t) = first {
-            parts.push(kv("order", &t.order_id));
-            parts.push(kv("sku", &t.sku_id));
-        }
-    }
     if !entry.operator.is_empty() {
         parts.push(kv("operator", &entry.operator));
     }
     parts.join(" ")
+}
+
+/// `order=… sku=…` of the hold a confirm or release changed, from its txn.
+fn hold_owner(txn: Option<&Txn>) -> Vec<String> {
+    txn.map(|t| vec![kv("order", &t.order_id), kv("sku", &t.sku_id)]).unwrap_or_default()
 }
 
 /// `skus=a,b,c,+N more` (at most [`TABLE_IDS_MAX`] named, repeats dropped).
@@ -250,9 +274,6 @@ fn command_json(command: &Command) -> Value {
             "items": c.items.iter().map(|i| json!({"skuId": i.sku_id, "warehouseId": i.warehouse_id, "qty": i.qty}))
                 .collect::<Vec<_>>(),
         }),
-        // A command added after this tool: its txns still say what changed.
-        #[allow(unreachable_patterns)]
-        _ => json!({"type": command.name()}),
     }
 }
 
