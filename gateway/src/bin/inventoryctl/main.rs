@@ -25,12 +25,12 @@ struct Cli {
 enum Top {
     /// The tamper-evident audit log.
     Audit(audit::AuditArgs),
-    /// Inspect, verify and replay the journal (F22).
+    /// Inspect, verify and replay the journal.
     Journal(journal::JournalArgs),
     /// Load a catalogue (CSV or JSONL of skuId, warehouseId, qty) into a
     /// running service through its bulk path.
     Import(import::ImportArgs),
-    /// Reconcile a running service's counters with its journal and PostgreSQL (F9).
+    /// Reconcile a running service's counters with its journal and PostgreSQL.
     Reconcile(reconcile::ReconcileArgs),
 }
 

@@ -1,5 +1,6 @@
-//! `inventoryctl journal history`: the transaction records (F8) of one SKU
-//! or one order, oldest first.
+//! `inventoryctl journal history`: the transaction records (every change
+//! of a stock row, with its levels before and after) of one SKU or one
+//! order, oldest first.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,5 +1,4 @@
-//! `inventoryctl journal`: inspect, verify and replay a data dir's journal
-//! (F22).
+//! `inventoryctl journal`: inspect, verify and replay a data dir's journal.
 //!
 //! - `list`: one row (or one JSON line) per entry, filtered by shard, SKU,
 //!   order, reservation and time range. Several shards are merged by time;
@@ -12,7 +11,7 @@
 //!   each shard.
 //! - `replay`: the state of one SKU or one order after replaying up to a
 //!   point in time or a `shard:seq`.
-//! - `history`: the transaction records (F8) of one SKU or one order.
+//! - `history`: the transaction records of one SKU or one order.
 //! - `diff`: the state replayed from the journal against a running service.
 //!
 //! Reads `<data-dir>/journal` (a copy or a live one, of either kind) and the
@@ -65,7 +64,7 @@ enum JournalCommand {
     Verify(verify::VerifyArgs),
     /// The state of an SKU or an order after replaying up to a point.
     Replay(replay::ReplayArgs),
-    /// The transaction records (F8) of an SKU or an order, oldest first.
+    /// The transaction records of an SKU or an order, oldest first.
     History(history::HistoryArgs),
     /// Compare the state replayed from the journal with a running service;
     /// exit 1 if any row differs.
