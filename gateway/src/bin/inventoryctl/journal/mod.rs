@@ -1,18 +1,10 @@
 //! `inventoryctl journal`: inspect, verify and replay a data dir's journal.
 //!
-//! - `list`: one row (or one JSON line) per entry, filtered by shard, SKU,
-//!   order, reservation and time range. Several shards are merged by time;
-//!   entries of different shards in the same millisecond have no order
-//!   between them and are listed lower shard first.
-//! - `verify`: every record decodes and passes its checksum, sequences run
-//!   without gaps (from 1, or from just after a snapshot that covers the
-//!   truncated start), replay reproduces the journaled txns, and each later
-//!   snapshot equals the state replayed to it; names the first bad record of
-//!   each shard.
-//! - `replay`: the state of one SKU or one order after replaying up to a
-//!   point in time or a `shard:seq`.
-//! - `history`: the transaction records of one SKU or one order.
-//! - `diff`: the state replayed from the journal against a running service.
+//! One file per subcommand, each saying what it does: `list` (the entries,
+//! filtered), `verify` (every record, and replay against the journaled
+//! txns and the snapshots), `replay` (the state of an SKU or an order at a
+//! point), `history` (the txns of an SKU or an order) and `diff` (the
+//! replayed state against a running service).
 //!
 //! Reads `<data-dir>/journal` (a copy or a live one, of either kind) and the
 //! snapshots in `<data-dir>/snapshots`; never adds, changes or removes an
