@@ -23,9 +23,9 @@ pub fn rebuild_shard(
 /// How far a shard was rebuilt: the last sequence included (from a snapshot
 /// or the journal) and the time of the last journal entry applied.
 pub struct Replayed {
-    pub shard: u16,
+    shard: u16,
     pub seq: u64,
-    pub at: Option<Millis>,
+    at: Option<Millis>,
 }
 
 impl Replayed {
