@@ -10,13 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use inventory_gateway::api::csv_fields;
-use inventory_gateway::http::CAPACITY_SKUS_MAX;
+use hyper::StatusCode;
+use inventory_gateway::{api::csv_fields, http::CAPACITY_SKUS_MAX};
 use serde::Deserialize;
+
+use crate::client::{Endpoint, Request};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -212,35 +210,19 @@ fn count_lines(path: &std::path::Path) -> std::io::Result<u64> {
     }
 }
 
-async fn connect(authority: &str) -> Result<http1::SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("{authority}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
 /// Asks the service to make room in its stock index for `rows` more SKUs,
 /// so the import does not grow the index step by step. A service without
 /// the endpoint is imported into all the same.
-async fn presize(authority: &str, rows: u64) -> Result<(), String> {
-    let mut sender = connect(authority).await?;
+async fn presize(endpoint: &Endpoint, rows: u64) -> Result<(), String> {
     let body = serde_json::to_vec(&serde_json::json!({ "skus": rows.min(CAPACITY_SKUS_MAX) })).expect("json");
-    let request = hyper::Request::post("/api/admin/capacity")
-        .header("host", authority)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    match status {
+    let response = endpoint.send(Request::post("/api/admin/capacity", "application/json", body)).await?;
+    match response.status {
         s if s.is_success() => Ok(()),
-        hyper::StatusCode::NOT_FOUND => {
+        StatusCode::NOT_FOUND => {
             eprintln!("inventoryctl import: the service cannot size its index ahead (no /api/admin/capacity)");
             Ok(())
         }
-        s => Err(format!("sizing the index for {rows} SKUs refused: {s} {}", String::from_utf8_lossy(&body))),
+        s => Err(format!("sizing the index for {rows} SKUs refused: {s} {}", String::from_utf8_lossy(&response.body))),
     }
 }
 
@@ -256,8 +238,8 @@ pub fn run(args: ImportArgs) -> ExitCode {
 }
 
 async fn import(args: ImportArgs) -> Result<(), String> {
-    let authority = args.url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let size = std::fs::metadata(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?.len();
+    let endpoint = Endpoint::parse_scheme_optional(&args.url)?;
     let prefix = args.key_prefix.clone().unwrap_or_else(|| {
         format!("import:{}:{size}", args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
     });
@@ -279,7 +261,7 @@ async fn import(args: ImportArgs) -> Result<(), String> {
             .expect("count panicked")
             .map_err(|e| format!("{}: {e}", args.file.display()))?;
         if lines > 0 {
-            presize(&authority, lines).await?;
+            presize(&endpoint, lines).await?;
         }
     }
     let progress = indicatif::ProgressBar::new(size);
@@ -288,26 +270,22 @@ async fn import(args: ImportArgs) -> Result<(), String> {
     );
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (rx, authority, progress, reference) = (rx.clone(), authority.clone(), progress.clone(), reference.clone());
+        let (rx, endpoint, progress, reference) = (rx.clone(), endpoint.clone(), progress.clone(), reference.clone());
         workers.push(tokio::spawn(async move {
-            let mut sender = connect(&authority).await?;
+            let mut connection = endpoint.connect().await?;
             let (mut rows, mut units) = (0u64, 0u64);
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(chunk) = next else { break };
                 let Chunk { index, key, body, csv, file_bytes } = chunk?;
                 let request = if csv {
-                    hyper::Request::post(format!("/api/inventory/receive-batch?ref={reference}"))
-                        .header("content-type", "text/csv")
+                    Request::post(format!("/api/inventory/receive-batch?ref={reference}"), "text/csv", body)
                         .header("idempotency-key", key)
                 } else {
-                    hyper::Request::post("/api/inventory/receive-batch").header("content-type", "application/json")
+                    Request::post("/api/inventory/receive-batch", "application/json", body)
                 };
-                let request =
-                    request.header("host", authority.as_str()).body(Full::new(Bytes::from(body))).expect("request");
-                let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                let response = connection.send(request).await?;
+                let (status, body) = (response.status, response.body);
                 let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 if !status.is_success() {
                     return Err(format!("chunk {index} refused: {status} {}", String::from_utf8_lossy(&body)));

@@ -1,10 +1,15 @@
 //! `inventoryctl reconcile`: runs `POST /api/admin/reconcile` on a service
 //! and prints its report.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use hyper::StatusCode;
+
+use crate::client::{Blocking, Endpoint, Request};
+
+/// Longest wait for the report: the service compares every row first.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args)]
 pub struct ReconcileArgs {
@@ -17,24 +22,12 @@ pub struct ReconcileArgs {
 }
 
 pub fn run(args: ReconcileArgs) -> ExitCode {
-    let authority = args.url.trim_start_matches("http://").trim_end_matches('/');
     let body = format!("{{\"repair\":{}}}", args.repair);
-    let result = (|| -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(authority)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        write!(
-            stream,
-            "POST /api/admin/reconcile HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let payload = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, payload))
-    })();
+    let request = Request::post("/api/admin/reconcile", "application/json", body).timeout(REPORT_TIMEOUT);
+    let result = Endpoint::parse_scheme_optional(&args.url).and_then(|endpoint| Blocking::new(endpoint).send(request));
     match result {
-        Ok((200, payload)) => {
+        Ok(response) if response.status == StatusCode::OK => {
+            let payload = String::from_utf8_lossy(&response.body).into_owned();
             let report: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
             println!("{}", serde_json::to_string_pretty(&report).unwrap_or(payload));
             if report["mismatched"].as_u64().unwrap_or(0) > report["repaired"].as_u64().unwrap_or(0) {
@@ -43,12 +36,13 @@ pub fn run(args: ReconcileArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Ok((status, payload)) => {
-            eprintln!("inventoryctl reconcile: the service answered {status}: {payload}");
+        Ok(response) => {
+            let payload = String::from_utf8_lossy(&response.body);
+            eprintln!("inventoryctl reconcile: the service answered {}: {payload}", response.status.as_u16());
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("inventoryctl reconcile: {authority}: {e}");
+            eprintln!("inventoryctl reconcile: {e}");
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,287 @@
+//! `inventoryctl journal list`: one row (or one JSON line) per entry,
+//! filtered by shard, SKU, order, reservation and time range. Several
+//! shards are merged by time; entries of different shards in the same
+//! millisecond have no order between them and are listed lower shard first.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use inventory_core::{shard_for_sku, Command, Entry, Millis, ReservationId, Txn, TxnKind};
+use serde_json::{json, Value};
+
+use super::args::{parse_reservation, Format, Source};
+use super::entries::{note_truncated, Merged};
+use super::format::{kv, shown, trace_hex, txn_json};
+use super::open::open;
+use super::time::{fmt_time, parse_time};
+use super::CtlError;
+
+/// Expire entries list at most this many reservation ids in a table row.
+const TABLE_IDS_MAX: usize = 5;
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    source: Source,
+    /// Only this shard.
+    #[arg(long)]
+    shard: Option<u16>,
+    /// Only entries that change this SKU.
+    #[arg(long)]
+    sku: Option<String>,
+    /// Only entries that change a hold of this order.
+    #[arg(long)]
+    order: Option<String>,
+    /// Only entries that create or change this reservation (rsv-<shard>-<seq>).
+    #[arg(long, value_parser = parse_reservation)]
+    reservation: Option<ReservationId>,
+    /// Only entries applied at or after this time (RFC 3339 UTC or ms since the epoch).
+    #[arg(long, value_parser = parse_time)]
+    from: Option<Millis>,
+    /// Only entries applied at or before this time (RFC 3339 UTC or ms since the epoch).
+    #[arg(long, value_parser = parse_time)]
+    to: Option<Millis>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Stop after this many entries.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// Which entries `list` shows.
+#[derive(Default)]
+struct Filter {
+    sku: Option<String>,
+    order: Option<String>,
+    reservation: Option<ReservationId>,
+    from: Option<Millis>,
+    to: Option<Millis>,
+}
+
+impl Filter {
+    fn matches(&self, entry: &Entry) -> bool {
+        if self.from.is_some_and(|from| entry.at < from) || self.to.is_some_and(|to| entry.at > to) {
+            return false;
+        }
+        if let Some(sku) = &self.sku {
+            let named = match &entry.command {
+                Command::Receive(c) => c.sku_id == *sku,
+                Command::Reserve(c) => c.sku_id == *sku,
+                Command::ReceiveBatch(c) => c.items.iter().any(|i| i.sku_id == *sku),
+                // These name holds; only their txns name the SKU.
+                Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => false,
+            };
+            if !named && !entry.txns.iter().any(|t| t.sku_id == *sku) {
+                return false;
+            }
+        }
+        if let Some(order) = &self.order {
+            let named = match &entry.command {
+                Command::Reserve(c) => c.order_id == *order,
+                // Only their txns name an order, if any.
+                Command::Receive(_)
+                | Command::Confirm(_)
+                | Command::Release(_)
+                | Command::Expire(_)
+                | Command::ReceiveBatch(_) => false,
+            };
+            if !named && !entry.txns.iter().any(|t| t.order_id == *order) {
+                return false;
+            }
+        }
+        if let Some(id) = self.reservation {
+            let named = match &entry.command {
+                Command::Confirm(c) => c.reservation_id == id,
+                Command::Release(c) => c.reservation_id == id,
+                Command::Expire(c) => c.ids.contains(&id),
+                // A reserve names the hold it creates only in its txn.
+                Command::Receive(_) | Command::Reserve(_) | Command::ReceiveBatch(_) => false,
+            };
+            let rendered = id.to_string();
+            if !named && !entry.txns.iter().any(|t| changes_hold(t.kind) && t.ref_id == rendered) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Whether a txn of this kind changes a hold, so that its `ref_id` is the
+/// hold's reservation id (a receipt's is the caller's reference, which may
+/// look like one).
+fn changes_hold(kind: TxnKind) -> bool {
+    match kind {
+        TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release => true,
+        TxnKind::Receive => false,
+    }
+}
+
+pub fn run(out: &mut impl Write, args: ListArgs) -> Result<ExitCode, CtlError> {
+    let opened = open(&args.source.data_dir)?;
+    let mut shards: Vec<u16> = (0..opened.shards()).collect();
+    if let Some(shard) = args.shard {
+        opened.check_shard(shard)?;
+        shards.retain(|s| *s == shard);
+    }
+    if let Some(id) = args.reservation {
+        opened.check_shard(id.shard())?;
+        shards.retain(|s| *s == id.shard());
+    }
+    if let Some(sku) = &args.sku {
+        let home = shard_for_sku(sku, opened.shards());
+        shards.retain(|s| *s == home);
+    }
+    let filter =
+        Filter { sku: args.sku, order: args.order, reservation: args.reservation, from: args.from, to: args.to };
+    let journals = shards.iter().map(|s| opened.journal(*s)).collect::<Result<Vec<_>, _>>()?;
+    note_truncated(&journals)?;
+    let limit = args.limit.unwrap_or(usize::MAX);
+    if args.format == Format::Table {
+        writeln!(out, "{:>5} {:>8} {:<24} {:<8} {:>4}  DETAILS", "SHARD", "SEQ", "TIME", "COMMAND", "TXNS")?;
+    }
+    let mut matched = 0usize;
+    for item in Merged::new(&journals)? {
+        if matched >= limit {
+            break;
+        }
+        let (shard, entry) = item?;
+        if !filter.matches(&entry) {
+            continue;
+        }
+        matched += 1;
+        match args.format {
+            Format::Table => writeln!(
+                out,
+                "{:>5} {:>8} {:<24} {:<8} {:>4}  {}",
+                shard,
+                entry.seq,
+                fmt_time(entry.at),
+                entry.command.name(),
+                entry.txns.len(),
+                entry_details(&entry)
+            )?,
+            Format::Jsonl => writeln!(out, "{}", entry_json(shard, &entry))?,
+        }
+    }
+    if args.format == Format::Table {
+        writeln!(out, "{matched} entries")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The key fields of an entry for a table row. Confirm, release and expire
+/// name the SKU and order only in their txns.
+fn entry_details(entry: &Entry) -> String {
+    let first = entry.txns.first();
+    let mut parts = match &entry.command {
+        Command::Receive(c) => {
+            let mut p = vec![kv("sku", &c.sku_id), kv("warehouse", &c.warehouse_id), format!("qty={}", c.qty)];
+            if !c.reference.is_empty() {
+                p.push(kv("ref", &c.reference));
+            }
+            p
+        }
+        Command::Reserve(c) => {
+            let mut p = vec![kv("order", &c.order_id), kv("sku", &c.sku_id), kv("warehouse", &c.warehouse_id)];
+            p.push(format!("qty={}", c.qty));
+            if let Some(t) = first {
+                p.push(kv("reservation", &t.ref_id));
+            }
+            p
+        }
+        Command::Confirm(c) => {
+            let mut p = vec![format!("reservation={}", c.reservation_id), kv("payment", &c.payment_id)];
+            p.extend(hold_owner(first));
+            p
+        }
+        Command::Release(c) => {
+            let mut p = vec![format!("reservation={}", c.reservation_id), kv("reason", &c.reason)];
+            p.extend(hold_owner(first));
+            p
+        }
+        Command::Expire(c) => {
+            let mut ids: Vec<String> = c.ids.iter().take(TABLE_IDS_MAX).map(|id| id.to_string()).collect();
+            if c.ids.len() > TABLE_IDS_MAX {
+                ids.push(format!("+{} more", c.ids.len() - TABLE_IDS_MAX));
+            }
+            vec![format!("reservations={}", ids.join(","))]
+        }
+        Command::ReceiveBatch(c) => {
+            let units: u64 = c.items.iter().map(|i| i.qty).sum();
+            let mut p = vec![format!("items={}", c.items.len()), format!("units={units}")];
+            if !c.reference.is_empty() {
+                p.push(kv("ref", &c.reference));
+            }
+            p.push(skus_cell(c.items.iter().map(|i| i.sku_id.as_str())));
+            p
+        }
+    };
+    if !entry.operator.is_empty() {
+        parts.push(kv("operator", &entry.operator));
+    }
+    parts.join(" ")
+}
+
+/// `order=… sku=…` of the hold a confirm or release changed, from its txn.
+fn hold_owner(txn: Option<&Txn>) -> Vec<String> {
+    txn.map(|t| vec![kv("order", &t.order_id), kv("sku", &t.sku_id)]).unwrap_or_default()
+}
+
+/// `skus=a,b,c,+N more` (at most [`TABLE_IDS_MAX`] named, repeats dropped).
+fn skus_cell<'a>(skus: impl Iterator<Item = &'a str>) -> String {
+    let mut named: Vec<&str> = Vec::new();
+    let mut more = 0usize;
+    for sku in skus {
+        if named.contains(&sku) {
+            continue;
+        }
+        if named.len() < TABLE_IDS_MAX {
+            named.push(sku);
+        } else {
+            more += 1;
+        }
+    }
+    let mut cells: Vec<String> = named.into_iter().map(shown).collect();
+    if more > 0 {
+        cells.push(format!("+{more} more"));
+    }
+    format!("skus={}", cells.join(","))
+}
+
+fn command_json(command: &Command) -> Value {
+    match command {
+        Command::Receive(c) => json!({
+            "type": "receive", "skuId": c.sku_id, "warehouseId": c.warehouse_id, "qty": c.qty,
+            "idemKey": c.idem_key, "ref": c.reference,
+        }),
+        Command::Reserve(c) => json!({
+            "type": "reserve", "orderId": c.order_id, "skuId": c.sku_id, "warehouseId": c.warehouse_id,
+            "qty": c.qty, "idemKey": c.idem_key, "ttlMs": c.ttl_ms, "ttlExplicit": c.ttl_explicit,
+        }),
+        Command::Confirm(c) => json!({
+            "type": "confirm", "reservationId": c.reservation_id.to_string(), "paymentId": c.payment_id,
+            "idemKey": c.idem_key,
+        }),
+        Command::Release(c) => json!({
+            "type": "release", "reservationId": c.reservation_id.to_string(), "reason": c.reason,
+            "idemKey": c.idem_key,
+        }),
+        Command::Expire(c) => json!({
+            "type": "expire", "reservationIds": c.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        }),
+        Command::ReceiveBatch(c) => json!({
+            "type": "receive_batch", "idemKey": c.idem_key, "ref": c.reference,
+            "items": c.items.iter().map(|i| json!({"skuId": i.sku_id, "warehouseId": i.warehouse_id, "qty": i.qty}))
+                .collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn entry_json(shard: u16, entry: &Entry) -> Value {
+    json!({
+        "shard": shard, "seq": entry.seq, "atMs": entry.at, "at": fmt_time(entry.at),
+        "traceId": trace_hex(entry.trace_id), "operator": entry.operator,
+        "command": command_json(&entry.command),
+        "txns": entry.txns.iter().map(txn_json).collect::<Vec<_>>(),
+    })
+}
