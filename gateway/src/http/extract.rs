@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use inventory_runtime::Meta;
 
-use super::ANONYMOUS_OPERATOR;
+use std::sync::Arc;
+
+use super::{ready, App, ANONYMOUS_OPERATOR};
 use crate::api::{self, ApiError, ID_BYTES_MAX};
 use crate::trace::TraceContext;
 
@@ -90,6 +92,48 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for BodyBytes<LIMIT> {
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
             Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
         }
+    }
+}
+
+/// A JSON write body that may carry its idempotency key.
+pub trait WriteBody: serde::de::DeserializeOwned {
+    /// Takes the body's `idemKey`, if it has one.
+    fn take_idem_key(&mut self) -> Option<String>;
+}
+
+macro_rules! write_bodies {
+    ($($body:ty),*) => {$(
+        impl WriteBody for $body {
+            fn take_idem_key(&mut self) -> Option<String> {
+                self.idem_key.take()
+            }
+        }
+    )*};
+}
+write_bodies!(api::ReceiveBody, api::ReserveBody, api::ConfirmBody, api::ReleaseBody);
+
+/// A single write: who asked, its JSON body, and its idempotency key (from
+/// the body or the `Idempotency-Key` header, which must agree). Checked in
+/// this order: the caller's headers, the body's size, that the service is
+/// ready, the body's JSON, the key.
+pub struct Write<T> {
+    pub ctx: Ctx,
+    pub body: T,
+    pub idem_key: String,
+}
+
+impl<T: WriteBody> FromRequest<Arc<App>> for Write<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Write<T>, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let ctx = Ctx::from_request_parts(&mut parts, app).await?;
+        let HeaderKey(header_key) = HeaderKey::from_request_parts(&mut parts, app).await?;
+        let BodyBytes(bytes) = SmallBody::from_request(Request::from_parts(parts, body), app).await?;
+        ready(app)?;
+        let mut body: T = api::parse(&bytes)?;
+        let idem_key = api::idem_key(body.take_idem_key(), header_key.as_deref())?;
+        Ok(Write { ctx, body, idem_key })
     }
 }
 

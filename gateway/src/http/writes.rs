@@ -15,19 +15,14 @@ use inventory_runtime::{Claim, Meta, Request, WriteReply};
 use percent_encoding::percent_decode_str;
 use tokio::sync::oneshot;
 
-use super::extract::{BatchBody, BodyBytes, Ctx, HeaderKey, SmallBody};
+use super::extract::{BatchBody, BodyBytes, Ctx, HeaderKey, Write};
 use super::{json, ready, replayed, stopping, App};
 use crate::api::{self, ApiError, ID_BYTES_MAX, TEXT_BYTES_MAX, TTL_SECONDS_MAX};
 
 pub async fn receive(
     State(app): State<Arc<App>>,
-    ctx: Ctx,
-    HeaderKey(header_key): HeaderKey,
-    BodyBytes(body): SmallBody,
+    Write { ctx, body: b, idem_key }: Write<api::ReceiveBody>,
 ) -> Result<Response, ApiError> {
-    ready(&app)?;
-    let b: api::ReceiveBody = api::parse(&body)?;
-    let idem_key = api::idem_key(b.idem_key, header_key.as_deref())?;
     api::check_text("skuId", &b.sku_id, ID_BYTES_MAX)?;
     let warehouse_id = warehouse(b.warehouse_id)?;
     api::check_qty(b.qty, app.max_qty)?;
@@ -191,13 +186,8 @@ pub async fn receive_batch(
 
 pub async fn reserve(
     State(app): State<Arc<App>>,
-    ctx: Ctx,
-    HeaderKey(header_key): HeaderKey,
-    BodyBytes(body): SmallBody,
+    Write { ctx, body: b, idem_key }: Write<api::ReserveBody>,
 ) -> Result<Response, ApiError> {
-    ready(&app)?;
-    let b: api::ReserveBody = api::parse(&body)?;
-    let idem_key = api::idem_key(b.idem_key, header_key.as_deref())?;
     api::check_text("orderId", &b.order_id, ID_BYTES_MAX)?;
     api::check_text("skuId", &b.sku_id, ID_BYTES_MAX)?;
     let warehouse_id = warehouse(b.warehouse_id)?;
@@ -219,42 +209,29 @@ pub async fn reserve(
         ttl_ms,
         ttl_explicit: b.ttl_seconds.is_some(),
     });
-    let applied = write(&app, shard, command, ctx.meta()).await?;
-    Ok(answer(api::outcome_json(applied.outcome)?, applied.replayed))
+    hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
 
 pub async fn confirm(
     State(app): State<Arc<App>>,
-    ctx: Ctx,
-    HeaderKey(header_key): HeaderKey,
-    BodyBytes(body): SmallBody,
+    Write { ctx, body: b, idem_key }: Write<api::ConfirmBody>,
 ) -> Result<Response, ApiError> {
-    ready(&app)?;
-    let b: api::ConfirmBody = api::parse(&body)?;
-    let idem_key = api::idem_key(b.idem_key, header_key.as_deref())?;
     let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
     api::check_text("paymentId", &b.payment_id, ID_BYTES_MAX)?;
     let shard = own_shard(&app, id)?;
     let command = Command::Confirm(Confirm { reservation_id: id, payment_id: b.payment_id, idem_key });
-    let applied = write(&app, shard, command, ctx.meta()).await?;
-    Ok(answer(api::outcome_json(applied.outcome)?, applied.replayed))
+    hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
 
 pub async fn release(
     State(app): State<Arc<App>>,
-    ctx: Ctx,
-    HeaderKey(header_key): HeaderKey,
-    BodyBytes(body): SmallBody,
+    Write { ctx, body: b, idem_key }: Write<api::ReleaseBody>,
 ) -> Result<Response, ApiError> {
-    ready(&app)?;
-    let b: api::ReleaseBody = api::parse(&body)?;
-    let idem_key = api::idem_key(b.idem_key, header_key.as_deref())?;
     let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
     api::check_text("reason", &b.reason, TEXT_BYTES_MAX)?;
     let shard = own_shard(&app, id)?;
     let command = Command::Release(Release { reservation_id: id, reason: b.reason, idem_key });
-    let applied = write(&app, shard, command, ctx.meta()).await?;
-    Ok(answer(api::outcome_json(applied.outcome)?, applied.replayed))
+    hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
 
 fn warehouse(id: Option<String>) -> Result<String, ApiError> {
@@ -298,6 +275,11 @@ async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Ap
         )),
         Err(_) => Err(stopping()),
     }
+}
+
+/// The answer to a reserve, confirm or release.
+fn hold_answer(applied: Applied) -> Result<Response, ApiError> {
+    Ok(answer(api::outcome_json(applied.outcome)?, applied.replayed))
 }
 
 /// A write's 200 answer; a replayed one carries `idempotent-replayed: true`
