@@ -149,9 +149,12 @@ pub fn is_audited(entry: &Entry) -> bool {
 pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
     let bulk = match entry.command {
         Command::ReceiveBatch(_) => true,
-        Command::Receive(_) | Command::Reserve(_) | Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => {
-            false
-        }
+        Command::Receive(_)
+        | Command::Reserve(_)
+        | Command::Confirm(_)
+        | Command::Release(_)
+        | Command::Expire(_)
+        | Command::Evict(_) => false,
     };
     let Entry { seq, at, trace_id, operator, txns, .. } = entry;
     let mut receipts = txns.into_iter().filter(|t| t.kind == TxnKind::Receive).peekable();
@@ -598,7 +601,7 @@ mod tests {
     fn entry_of(shard: &mut inventory_core::Shard, seq: u64, at: Millis, command: Command) -> Entry {
         let mut txns = Vec::new();
         assert!(shard.apply(at, &command, &mut txns).changed);
-        Entry { seq, at, trace_id: 7, operator: "ops".into(), command, txns }
+        Entry { seq, at, trace_id: 7, operator: "ops".into(), command, txns, cold: Default::default() }
     }
 
     #[test]

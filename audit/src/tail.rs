@@ -167,7 +167,7 @@ mod tests {
         let seq = tailed.followers.durable() + 1;
         let mut txns = Vec::new();
         assert!(shard.apply(seq, &command, &mut txns).changed);
-        let entry = Entry { seq, at: seq, trace_id: 0, operator: "t".into(), command, txns };
+        let entry = Entry { seq, at: seq, trace_id: 0, operator: "t".into(), command, txns, cold: Default::default() };
         journal.append(std::slice::from_ref(&entry)).unwrap();
         if is_audited(&entry) {
             tailed.audited_upto.note(seq);

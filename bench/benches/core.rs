@@ -97,7 +97,7 @@ fn group_commit(c: &mut Criterion, backend: Backend) {
             let command = reserve(n, rng.below(10_000));
             let mut txns = Vec::new();
             shard.apply(2, &command, &mut txns);
-            Entry { seq: 0, at: 2, trace_id: 0, operator: "bench".into(), command, txns }
+            Entry { seq: 0, at: 2, trace_id: 0, operator: "bench".into(), command, txns, cold: Default::default() }
         })
         .collect();
     let mut seq = 0u64;

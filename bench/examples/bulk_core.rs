@@ -61,7 +61,8 @@ fn main() {
             assert!(applied.changed, "{:?}", applied.outcome);
             in_core += started.elapsed();
             if let Some(journal) = journal.as_mut() {
-                let entries = [Entry { seq, at, trace_id: 0, operator: "bench".into(), command, txns }];
+                let entries =
+                    [Entry { seq, at, trace_id: 0, operator: "bench".into(), command, txns, cold: Default::default() }];
                 let started = Instant::now();
                 journal.append(&entries).expect("append");
                 in_journal += started.elapsed();

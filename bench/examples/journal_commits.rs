@@ -56,7 +56,7 @@ fn main() {
                 let command = reserve(order, order.wrapping_mul(0x9E37_79B9_7F4A_7C15) % SKUS);
                 let mut txns = Vec::new();
                 shard.apply(2, &command, &mut txns);
-                Entry { seq, at: 2, trace_id: 0, operator: "bench".into(), command, txns }
+                Entry { seq, at: 2, trace_id: 0, operator: "bench".into(), command, txns, cold: Default::default() }
             })
             .collect();
         let start = Instant::now();

@@ -30,7 +30,15 @@ fn apply(shard: &mut Shard, at: u64, command: Command, out: &mut Vec<Entry>) -> 
     let mut txns = Vec::new();
     let applied = shard.apply(at, &command, &mut txns);
     if applied.changed {
-        out.push(Entry { seq: out.len() as u64 + 1, at, trace_id: 0, operator: "bench".into(), command, txns });
+        out.push(Entry {
+            seq: out.len() as u64 + 1,
+            at,
+            trace_id: 0,
+            operator: "bench".into(),
+            command,
+            txns,
+            cold: Default::default(),
+        });
     }
     applied
 }

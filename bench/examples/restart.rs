@@ -164,7 +164,15 @@ fn main() {
                     txns.clear();
                     if shard.apply(at, &command, &mut txns).changed {
                         let txns = std::mem::take(&mut txns);
-                        batch.push(Entry { seq: next_seq, at, trace_id: 0, operator: "bench".into(), command, txns });
+                        batch.push(Entry {
+                            seq: next_seq,
+                            at,
+                            trace_id: 0,
+                            operator: "bench".into(),
+                            command,
+                            txns,
+                            cold: Default::default(),
+                        });
                         next_seq += 1;
                     }
                     if batch.len() == 1_000 || n + 1 == per_shard {

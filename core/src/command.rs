@@ -23,6 +23,10 @@ pub enum Command {
     Expire(Expire),
     /// 5: many receipts at once (bulk load): all of them or none.
     ReceiveBatch(ReceiveBatch),
+    /// 6: move the finished holds and the idempotency records older than
+    /// the hot window out of memory, to the cold tier (`cold.rs`). Issued
+    /// by the shard loop once the cold tier holds them.
+    Evict(Evict),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -107,6 +111,14 @@ pub struct Expire {
     pub ids: Vec<ReservationId>,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Evict {
+    /// Holds that finished before this time leave memory.
+    pub holds_before: Millis,
+    /// Idempotency records made before this time leave memory.
+    pub keys_before: Millis,
+}
+
 impl Command {
     /// The idempotency key, for commands that carry one.
     pub fn idem_key(&self) -> Option<&str> {
@@ -115,7 +127,7 @@ impl Command {
             Command::Reserve(c) => Some(&c.idem_key),
             Command::Confirm(c) => Some(&c.idem_key),
             Command::Release(c) => Some(&c.idem_key),
-            Command::Expire(_) => None,
+            Command::Expire(_) | Command::Evict(_) => None,
             Command::ReceiveBatch(c) => Some(&c.idem_key),
         }
     }
@@ -150,6 +162,9 @@ impl Command {
                     f.str(&i.sku_id).str(&i.warehouse_id).u64(i.qty);
                 }
             }
+            Command::Evict(c) => {
+                f.tag(6).u64(c.holds_before).u64(c.keys_before);
+            }
         }
         f.finish()
     }
@@ -163,6 +178,7 @@ impl Command {
             Command::Release(_) => "release",
             Command::Expire(_) => "expire",
             Command::ReceiveBatch(_) => "receive_batch",
+            Command::Evict(_) => "evict",
         }
     }
 }

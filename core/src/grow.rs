@@ -172,6 +172,18 @@ impl<T> ChunkQueue<T> {
         }
     }
 
+    /// Puts an element back at the front (an undo of `pop_front`).
+    pub fn push_front(&mut self, value: T) {
+        match self.chunks.front_mut() {
+            Some(chunk) if chunk.len() < QUEUE_CHUNK => chunk.push_front(value),
+            _ => {
+                let mut chunk = VecDeque::with_capacity(QUEUE_CHUNK);
+                chunk.push_front(value);
+                self.chunks.push_front(chunk);
+            }
+        }
+    }
+
     pub fn pop_back(&mut self) -> Option<T> {
         let chunk = self.chunks.back_mut()?;
         let value = chunk.pop_back();

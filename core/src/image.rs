@@ -7,6 +7,7 @@
 //! are one string with end offsets, warehouse ids a small table, and stock
 //! rows plain fixed-size records that refer to both by position.
 
+use crate::cold::SliceFilters;
 use crate::ids::Millis;
 use crate::outcome::Outcome;
 use crate::state::{Levels, ReservationStatus, StockRow};
@@ -32,6 +33,22 @@ pub struct ShardImage {
     pub rows: Vec<RowImage>,
     pub holds: Vec<HoldImage>,
     pub idem: Vec<IdemImage>,
+    /// The filters of what moved to the cold tier. Stored in a section of
+    /// its own after the image (the snapshot file's layout), so images
+    /// written before the cold tier read unchanged.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub cold: ColdImage,
+}
+
+/// The keys of what a shard moved to the cold tier, by time slice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ColdImage {
+    /// Idempotency key hashes, filed by when the record expires.
+    pub keys: SliceFilters,
+    /// Hold sequences, filed by when the finished hold's retention ends.
+    pub holds: SliceFilters,
+    /// Order-id hashes of those holds.
+    pub orders: SliceFilters,
 }
 
 /// One stock row. `available` is `received - reserved - sold`.

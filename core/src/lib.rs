@@ -10,6 +10,7 @@
 //! records reproduces the state exactly. Depends on no async runtime, file
 //! system or network crate; keep it that way.
 
+mod cold;
 mod command;
 mod grow;
 mod ids;
@@ -19,12 +20,16 @@ mod shard;
 mod state;
 mod table;
 
-pub use command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
+pub use cold::{
+    cold_changes, ColdChange, ColdFacts, ColdHold, ColdIdem, ColdQuery, KeyFilter, SliceFilters, TierConfig,
+    UnknownHold,
+};
+pub use command::{Command, Confirm, Evict, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
 pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,
     REASON_TIMEOUT, SECOND_MS,
 };
-pub use image::{HoldImage, IdemImage, RowImage, ShardImage};
+pub use image::{ColdImage, HoldImage, IdemImage, RowImage, ShardImage};
 pub use outcome::{Applied, Outcome, Rejection};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
 pub use state::{

@@ -35,6 +35,11 @@ pub enum Outcome {
         units: u64,
     },
     Rejected(Rejection),
+    /// What an `Evict` moved to the cold tier.
+    Evicted {
+        holds: u32,
+        keys: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

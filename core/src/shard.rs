@@ -17,10 +17,11 @@ use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
-use crate::command::{Command, Confirm, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
+use crate::cold::{hashes_of_u128, hashes_of_u64, ColdFacts, ColdHold, ColdQuery, TierConfig};
+use crate::command::{Command, Confirm, Evict, Expire, Query, Receive, ReceiveBatch, Release, Reserve};
 use crate::grow::{ChunkQueue, PartMap};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
-use crate::image::{HoldImage, IdemImage, ShardImage};
+use crate::image::{ColdImage, HoldImage, IdemImage, ShardImage};
 use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
     Hold, HoldChange, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
@@ -44,11 +45,13 @@ pub struct ShardConfig {
     pub index: u16,
     /// How long idempotency keys are remembered.
     pub idempotency_ttl_ms: Millis,
+    /// How the filters of records moved to the cold tier are cut.
+    pub tiers: TierConfig,
 }
 
 impl ShardConfig {
     pub fn new(index: u16) -> ShardConfig {
-        ShardConfig { index, idempotency_ttl_ms: IDEMPOTENCY_TTL_MS }
+        ShardConfig { index, idempotency_ttl_ms: IDEMPOTENCY_TTL_MS, tiers: TierConfig::default() }
     }
 }
 
@@ -110,6 +113,18 @@ enum Undo {
         key: u128,
         prev: Option<IdemRecord>,
     },
+    /// A finished hold moved to the cold tier, and its place in the queue.
+    EvictedHold {
+        seq: u64,
+        hold: Box<Hold>,
+        finished_at: Millis,
+    },
+    /// An idempotency record moved to the cold tier (`None`: the queue's
+    /// entry was of a record replaced since), and its queue entry.
+    EvictedIdem {
+        record: Option<IdemRecord>,
+        entry: (Millis, u64, u64),
+    },
 }
 
 struct BatchMark {
@@ -163,6 +178,11 @@ pub struct Shard {
     idem_expiry: ChunkQueue<(Millis, u64, u64)>,
     /// Finished holds in the order they finished, for incremental purging.
     finished: ChunkQueue<(Millis, u64)>,
+    /// What left memory for the cold tier, by time slice: idempotency key
+    /// hashes, hold sequences and order-id hashes. They only ever gain
+    /// keys, rollback included (an extra key costs a lookup, never a
+    /// different decision).
+    cold: ColdImage,
     next_hold_seq: u64,
     next_txn_seq: u64,
     last_at: Millis,
@@ -183,6 +203,30 @@ fn visible(hold: &Hold, at: Millis) -> bool {
     hold.change.status == ReservationStatus::Reserved || at < hold.change.updated_at.saturating_add(HOLD_RETENTION_MS)
 }
 
+/// A confirm of a hold that has finished: a repeated payment callback is
+/// answered again and deducts nothing; anything else is refused.
+fn confirm_finished(id: ReservationId, c: &Confirm, status: ReservationStatus, payment: Option<&str>) -> Outcome {
+    match status {
+        ReservationStatus::Confirmed if payment == Some(c.payment_id.as_str()) => {
+            Outcome::Confirmed { reservation_id: id }
+        }
+        ReservationStatus::Confirmed => Outcome::Rejected(Rejection::PaymentMismatch),
+        ReservationStatus::Released => Outcome::Rejected(Rejection::ReservationReleased),
+        ReservationStatus::Expired => Outcome::Rejected(Rejection::ReservationExpired),
+        ReservationStatus::Reserved => unreachable!("a finished hold"),
+    }
+}
+
+/// A release of a hold that has finished: released again, or refused if it
+/// was sold.
+fn release_finished(id: ReservationId, status: ReservationStatus) -> Outcome {
+    match status {
+        ReservationStatus::Confirmed => Outcome::Rejected(Rejection::ReservationConfirmed),
+        ReservationStatus::Released | ReservationStatus::Expired => Outcome::Released { reservation_id: id, status },
+        ReservationStatus::Reserved => unreachable!("a finished hold"),
+    }
+}
+
 impl Shard {
     pub fn new(config: ShardConfig) -> Shard {
         Shard {
@@ -194,6 +238,7 @@ impl Shard {
             idem: PartMap::default(),
             idem_expiry: ChunkQueue::default(),
             finished: ChunkQueue::default(),
+            cold: ColdImage::default(),
             next_hold_seq: 1,
             next_txn_seq: 1,
             last_at: 0,
@@ -265,6 +310,19 @@ impl Shard {
                         self.idem.remove(&key);
                     }
                 },
+                Undo::EvictedHold { seq, hold, finished_at } => {
+                    let seqs = self.orders.get_or_default(order_hash(&hold.order_id));
+                    let at = seqs.partition_point(|&s| s < seq);
+                    seqs.insert(at, seq);
+                    self.holds.insert(seq, *hold);
+                    self.finished.push_front((finished_at, seq));
+                }
+                Undo::EvictedIdem { record, entry } => {
+                    if let Some(record) = record {
+                        self.idem.insert(expiry_key(entry.1, entry.2), record);
+                    }
+                    self.idem_expiry.push_front(entry);
+                }
             }
         }
         self.undo = undo;
@@ -286,37 +344,72 @@ impl Shard {
 
     // ----- commands ------------------------------------------------------
 
+    /// [`apply_with`](Self::apply_with) with no cold facts, for a shard
+    /// that never evicts. Panics if the command needs a record that has
+    /// left memory.
+    pub fn apply(&mut self, at: Millis, command: &Command, txns: &mut Vec<Txn>) -> Applied {
+        self.apply_with(at, command, &ColdFacts::default(), txns)
+            .unwrap_or_else(|needs| panic!("{needs:?} left memory: apply it with cold facts"))
+    }
+
     /// Applies one command at time `at`, appending the counter changes it
     /// makes to `txns`. `at` must not go backwards.
-    pub fn apply(&mut self, at: Millis, command: &Command, txns: &mut Vec<Txn>) -> Applied {
+    ///
+    /// If the command needs a record that has moved to the cold tier and
+    /// `cold` does not answer for it, nothing changes and the answer is what
+    /// to look up; apply it again with the facts found (journaled with its
+    /// entry). Facts are used only where memory has no record.
+    pub fn apply_with(
+        &mut self,
+        at: Millis,
+        command: &Command,
+        cold: &ColdFacts,
+        txns: &mut Vec<Txn>,
+    ) -> Result<Applied, ColdQuery> {
         assert!(at >= self.last_at, "time went backwards: {at} < {}", self.last_at);
         assert!(at <= ROW_MILLIS_MAX, "time {at} past what a stock row records (48 bits of milliseconds)");
+        let needs = self.cold_needs(at, command, cold);
+        if !needs.is_empty() {
+            return Err(needs);
+        }
         self.last_at = at;
-        if let Command::Expire(expire) = command {
-            let count = self.expire(at, expire, txns);
-            return Applied { outcome: Outcome::Expired { count }, changed: count > 0, replayed: false };
+        match command {
+            Command::Expire(expire) => {
+                let count = self.expire(at, expire, txns);
+                return Ok(Applied { outcome: Outcome::Expired { count }, changed: count > 0, replayed: false });
+            }
+            Command::Evict(evict) => {
+                let (holds, keys) = self.evict(at, evict);
+                let changed = holds + keys > 0;
+                return Ok(Applied { outcome: Outcome::Evicted { holds, keys }, changed, replayed: false });
+            }
+            Command::Receive(_)
+            | Command::Reserve(_)
+            | Command::Confirm(_)
+            | Command::Release(_)
+            | Command::ReceiveBatch(_) => {}
         }
         let key = key_hash(command.idem_key().expect("write commands carry a key"));
         let fingerprint = command.fingerprint();
-        if let Some(record) = self.idem.get(&key) {
-            if record.expires_at > at {
-                if record.fingerprint == fingerprint {
-                    return Applied { outcome: record.outcome, changed: false, replayed: true };
-                }
-                return Applied {
-                    outcome: Outcome::Rejected(Rejection::IdempotencyKeyReused),
-                    changed: false,
-                    replayed: false,
-                };
-            }
+        let remembered = match self.idem.get(&key) {
+            Some(record) if record.expires_at > at => Some((record.fingerprint, record.outcome)),
+            _ => cold.key(key).flatten().filter(|r| r.expires_at > at).map(|r| (r.fingerprint, r.outcome)),
+        };
+        if let Some((remembered, outcome)) = remembered {
+            let outcome = if remembered == fingerprint {
+                return Ok(Applied { outcome, changed: false, replayed: true });
+            } else {
+                Outcome::Rejected(Rejection::IdempotencyKeyReused)
+            };
+            return Ok(Applied { outcome, changed: false, replayed: false });
         }
         let (outcome, changed) = match command {
             Command::Receive(c) => self.receive(at, c, txns),
-            Command::Reserve(c) => self.reserve(at, c, txns),
-            Command::Confirm(c) => self.confirm(at, c, txns),
-            Command::Release(c) => self.release(at, c, txns),
+            Command::Reserve(c) => self.reserve(at, c, cold, txns),
+            Command::Confirm(c) => self.confirm(at, c, cold, txns),
+            Command::Release(c) => self.release(at, c, cold, txns),
             Command::ReceiveBatch(c) => self.receive_batch(at, c, txns),
-            Command::Expire(_) => unreachable!(),
+            Command::Expire(_) | Command::Evict(_) => unreachable!("applied above"),
         };
         // Only a command that changed state is remembered: one that changed
         // nothing is simply evaluated again when retried.
@@ -330,7 +423,100 @@ impl Shard {
             }
             self.record(Undo::Idem { key, prev });
         }
-        Applied { outcome, changed, replayed: false }
+        Ok(Applied { outcome, changed, replayed: false })
+    }
+
+    /// What `command` needs from the cold tier that neither memory nor
+    /// `cold` holds. A record that may have left memory is one whose key
+    /// passes the filters of evicted keys.
+    fn cold_needs(&self, at: Millis, command: &Command, cold: &ColdFacts) -> ColdQuery {
+        let mut needs = ColdQuery::default();
+        let Some(key) = command.idem_key().map(key_hash) else {
+            return needs;
+        };
+        let tiers = &self.config.tiers;
+        if self.idem.get(&key).is_some_and(|r| r.expires_at > at) {
+            return needs;
+        }
+        match cold.key(key) {
+            Some(Some(record)) if record.expires_at > at => return needs,
+            Some(_) => {}
+            None => {
+                if self.cold.keys.may_contain(hashes_of_u128(key), at, tiers) {
+                    needs.key = Some(key);
+                }
+            }
+        }
+        match command {
+            Command::Reserve(c) => {
+                let Some(first) = self.table.find_sku(&c.sku_id) else { return needs };
+                let order = order_hash(&c.order_id);
+                let known = c.qty == 0
+                    || self.find_order_line(order, &c.order_id, first, at).is_some()
+                    || cold.order(&c.order_id).is_some();
+                if !known && self.cold.orders.may_contain(hashes_of_u64(order), at, tiers) {
+                    needs.order = Some(c.order_id.clone());
+                }
+            }
+            Command::Confirm(Confirm { reservation_id: id, .. })
+            | Command::Release(Release { reservation_id: id, .. }) => {
+                let known = id.shard() != self.config.index
+                    || self.own_hold(*id, at).is_some()
+                    || cold.hold(id.seq()).is_some();
+                if !known && self.cold.holds.may_contain(hashes_of_u64(id.seq()), at, tiers) {
+                    needs.hold = Some(id.seq());
+                }
+            }
+            Command::Receive(_) | Command::ReceiveBatch(_) | Command::Expire(_) | Command::Evict(_) => {}
+        }
+        needs
+    }
+
+    /// Moves the finished holds that finished before `holds_before` and the
+    /// idempotency records made before `keys_before` out of memory, noting
+    /// each one's key in the filters. Returns how many of each.
+    fn evict(&mut self, at: Millis, c: &Evict) -> (u32, u32) {
+        let tiers = self.config.tiers.clone();
+        let mut holds = 0;
+        while let Some(&(finished_at, seq)) = self.finished.front() {
+            if finished_at >= c.holds_before {
+                break;
+            }
+            self.finished.pop_front();
+            let hold = self.holds.remove(&seq).expect("a finished hold in the queue is held");
+            self.unindex_order(&hold.order_id, seq);
+            let retention_end = finished_at.saturating_add(HOLD_RETENTION_MS);
+            if retention_end > at {
+                self.cold.holds.insert(hashes_of_u64(seq), retention_end, &tiers);
+                self.cold.orders.insert(hashes_of_u64(order_hash(&hold.order_id)), retention_end, &tiers);
+            }
+            if self.batch.is_some() {
+                self.record(Undo::EvictedHold { seq, hold: Box::new(hold), finished_at });
+            }
+            holds += 1;
+        }
+        let mut keys = 0;
+        let ttl = self.config.idempotency_ttl_ms;
+        while let Some(&entry) = self.idem_expiry.front() {
+            let (expires_at, lo, hi) = entry;
+            if expires_at.saturating_sub(ttl) >= c.keys_before {
+                break;
+            }
+            self.idem_expiry.pop_front();
+            let key = expiry_key(lo, hi);
+            let record = match self.idem.get(&key) {
+                Some(r) if r.expires_at == expires_at => self.idem.remove(&key),
+                _ => None,
+            };
+            if record.is_some() {
+                if expires_at > at {
+                    self.cold.keys.insert(hashes_of_u128(key), expires_at, &tiers);
+                }
+                keys += 1;
+            }
+            self.record(Undo::EvictedIdem { record, entry });
+        }
+        (holds, keys)
     }
 
     fn receive(&mut self, at: Millis, c: &Receive, txns: &mut Vec<Txn>) -> (Outcome, bool) {
@@ -523,7 +709,7 @@ impl Shard {
         Ok(())
     }
 
-    fn reserve(&mut self, at: Millis, c: &Reserve, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+    fn reserve(&mut self, at: Millis, c: &Reserve, cold: &ColdFacts, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
         }
@@ -546,6 +732,14 @@ impl Shard {
                 let rejection = Rejection::DuplicateOrderLine { existing: reservation_id, status: hold.change.status };
                 (Outcome::Rejected(rejection), false)
             };
+        }
+        let cold_line = cold
+            .order(&c.order_id)
+            .and_then(|holds| holds.iter().find(|h| h.order_id == c.order_id && h.sku_id == c.sku_id && h.visible(at)));
+        if let Some(hold) = cold_line {
+            // A hold in the cold tier is finished: never the same request.
+            let existing = ReservationId::new(self.config.index, hold.seq);
+            return (Outcome::Rejected(Rejection::DuplicateOrderLine { existing, status: hold.status }), false);
         }
         let Some(row) = self.table.find_row(first, &c.warehouse_id) else {
             return (Outcome::Rejected(Rejection::SkuNotFound), false);
@@ -591,22 +785,18 @@ impl Shard {
         (Outcome::Reserved { reservation_id, expire_at }, true)
     }
 
-    fn confirm(&mut self, at: Millis, c: &Confirm, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+    fn confirm(&mut self, at: Millis, c: &Confirm, cold: &ColdFacts, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         let id = c.reservation_id;
         let Some(hold) = self.own_hold(id, at) else {
-            return (Outcome::Rejected(Rejection::ReservationNotFound), false);
+            return match self.cold_hold(id, at, cold) {
+                Some(hold) => (confirm_finished(id, c, hold.status, hold.payment_id()), false),
+                None => (Outcome::Rejected(Rejection::ReservationNotFound), false),
+            };
         };
         match hold.change.status {
-            ReservationStatus::Confirmed => {
-                // A repeated payment callback: answer again, deduct nothing.
-                if hold.change.payment_id() == Some(c.payment_id.as_str()) {
-                    (Outcome::Confirmed { reservation_id: id }, false)
-                } else {
-                    (Outcome::Rejected(Rejection::PaymentMismatch), false)
-                }
+            status @ (ReservationStatus::Confirmed | ReservationStatus::Released | ReservationStatus::Expired) => {
+                (confirm_finished(id, c, status, hold.change.payment_id()), false)
             }
-            ReservationStatus::Released => (Outcome::Rejected(Rejection::ReservationReleased), false),
-            ReservationStatus::Expired => (Outcome::Rejected(Rejection::ReservationExpired), false),
             ReservationStatus::Reserved if at >= hold.expire_at => {
                 // Past its deadline but the timer has not fired yet: expire
                 // it now, so a late payment can never turn into a sale.
@@ -638,15 +828,19 @@ impl Shard {
         }
     }
 
-    fn release(&mut self, at: Millis, c: &Release, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+    fn release(&mut self, at: Millis, c: &Release, cold: &ColdFacts, txns: &mut Vec<Txn>) -> (Outcome, bool) {
         let id = c.reservation_id;
         let Some(hold) = self.own_hold(id, at) else {
-            return (Outcome::Rejected(Rejection::ReservationNotFound), false);
+            return match self.cold_hold(id, at, cold) {
+                Some(hold) => (release_finished(id, hold.status), false),
+                None => (Outcome::Rejected(Rejection::ReservationNotFound), false),
+            };
         };
         let released = |status| Outcome::Released { reservation_id: id, status };
         match hold.change.status {
-            ReservationStatus::Confirmed => (Outcome::Rejected(Rejection::ReservationConfirmed), false),
-            status @ (ReservationStatus::Released | ReservationStatus::Expired) => (released(status), false),
+            status @ (ReservationStatus::Confirmed | ReservationStatus::Released | ReservationStatus::Expired) => {
+                (release_finished(id, status), false)
+            }
             ReservationStatus::Reserved if at >= hold.expire_at => {
                 self.release_hold(at, id.seq(), ReservationStatus::Expired, REASON_TIMEOUT, txns);
                 (released(ReservationStatus::Expired), true)
@@ -724,7 +918,6 @@ impl Shard {
         self.record(Undo::Hold { seq, prev });
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Numbers a change to one stock row and names its row.
     fn txn(&mut self, change: RowChange) -> Txn {
         let RowChange { kind, row, qty, ref_id, order_id, detail, before, after, at } = change;
@@ -753,6 +946,15 @@ impl Shard {
             return None;
         }
         self.holds.get(&id.seq()).filter(|h| visible(h, at))
+    }
+
+    /// A hold of this shard that has moved to the cold tier, as `cold`
+    /// holds it, if it is still visible at `at`.
+    fn cold_hold<'a>(&self, id: ReservationId, at: Millis, cold: &'a ColdFacts) -> Option<&'a ColdHold> {
+        if id.shard() != self.config.index {
+            return None;
+        }
+        cold.hold(id.seq()).flatten().filter(|h| h.visible(at))
     }
 
     /// The visible hold of order line `(order_id, sku)`, the SKU given by
@@ -876,6 +1078,8 @@ impl Shard {
     /// Frees at most `max` finished holds that are past retention at `at`.
     /// They are already invisible, so this only reclaims memory.
     pub fn purge_holds(&mut self, at: Millis, max: usize) -> usize {
+        self.cold.holds.drop_before(at, &self.config.tiers);
+        self.cold.orders.drop_before(at, &self.config.tiers);
         let mut purged = 0;
         while purged < max {
             match self.finished.front() {
@@ -903,6 +1107,7 @@ impl Shard {
     /// records are already ignored by lookups, so when this runs never
     /// changes an outcome; it only bounds memory, a little per call.
     pub fn purge_idempotency(&mut self, at: Millis, max: usize) -> usize {
+        self.cold.keys.drop_before(at, &self.config.tiers);
         let mut purged = 0;
         while purged < max {
             match self.idem_expiry.front() {
@@ -1009,6 +1214,7 @@ impl Shard {
             last_at: self.last_at,
             holds,
             idem,
+            cold: self.cold.clone(),
             ..ShardImage::default()
         };
         self.table.fill_image(&mut image);
@@ -1023,6 +1229,7 @@ impl Shard {
         shard.next_txn_seq = image.next_txn_seq;
         shard.last_at = image.last_at;
         shard.table = StockTable::load(&image);
+        shard.cold = image.cold;
         shard.holds.reserve(image.holds.len());
         for h in image.holds {
             shard.orders.get_or_default(order_hash(&h.order_id)).push(h.seq);

@@ -1,5 +1,6 @@
 //! The records a shard owns and the transaction records it emits.
 
+use crate::cold::ColdFacts;
 use crate::command::Command;
 use crate::ids::{Millis, ReservationId};
 
@@ -191,4 +192,9 @@ pub struct Entry {
     pub operator: String,
     pub command: Command,
     pub txns: Vec<Txn>,
+    /// The records from the cold tier the command was decided with (empty
+    /// for nearly every entry). The journal stores them in a record format
+    /// of their own, so entries without them keep their layout.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub cold: Option<Box<ColdFacts>>,
 }

@@ -214,7 +214,7 @@ fn explicit_ttl_is_part_of_the_fingerprint_default_is_not() {
 
 #[test]
 fn idempotency_keys_expire_after_their_ttl() {
-    let mut s = Shard::new(ShardConfig { index: 0, idempotency_ttl_ms: 1_000 });
+    let mut s = Shard::new(ShardConfig { idempotency_ttl_ms: 1_000, ..ShardConfig::new(0) });
     apply(&mut s, T0, &receive("sku-1", DEFAULT_WAREHOUSE, 10, "k"));
     assert!(apply(&mut s, T0 + 999, &receive("sku-1", DEFAULT_WAREHOUSE, 10, "k")).0.replayed);
     // After the TTL the key is new again: this receive adds stock.
@@ -402,7 +402,7 @@ fn an_image_restores_the_same_shard() {
 
 #[test]
 fn finished_holds_leave_after_retention_and_memory_stays_flat() {
-    let mut s = Shard::new(ShardConfig { index: 0, idempotency_ttl_ms: 72 * HOUR_MS });
+    let mut s = Shard::new(ShardConfig { idempotency_ttl_ms: 72 * HOUR_MS, ..ShardConfig::new(0) });
     apply(&mut s, T0, &receive("hot", DEFAULT_WAREHOUSE, ROW_UNITS_MAX / 4, "rcv"));
     let mut first = None;
     let mut peak = 0;
@@ -658,4 +658,53 @@ fn a_hold_stores_one_detail_string() {
     let (a, b) = (s.reservation(a).unwrap(), s.reservation(b).unwrap());
     assert_eq!((a.payment_id.as_deref(), a.release_reason.as_deref()), (Some("pay-1"), None));
     assert_eq!((b.payment_id.as_deref(), b.release_reason.as_deref()), (None, Some("CANCELLED")));
+}
+
+#[test]
+fn evicted_records_are_asked_for_decided_from_the_facts_and_restored_by_a_rollback() {
+    use crate::{cold_changes, ColdChange, ColdFacts, ColdHold, Evict};
+    let mut s = Shard::new(ShardConfig::new(0));
+    let mut entries = Vec::new();
+    let mut apply = |s: &mut Shard, at, command: Command| {
+        let mut txns = Vec::new();
+        let applied = s.apply(at, &command, &mut txns);
+        let cold = None;
+        entries.push(Entry { seq: 0, at, trace_id: 0, operator: String::new(), command, txns, cold });
+        applied
+    };
+    apply(&mut s, 1, receive("sku", DEFAULT_WAREHOUSE, 10, "r"));
+    let id = match apply(&mut s, 2, reserve("o", "sku", 2, "k1")).outcome {
+        Outcome::Reserved { reservation_id, .. } => reservation_id,
+        other => panic!("{other:?}"),
+    };
+    apply(&mut s, 3, confirm(id, "pay", "k2"));
+    // The cold tier's records, from the entries.
+    let mut holds: Vec<ColdHold> = Vec::new();
+    for e in &entries {
+        for change in cold_changes(IDEMPOTENCY_TTL_MS, e, |seq| holds.iter().find(|h| h.seq == seq).cloned()).unwrap() {
+            if let ColdChange::Hold(h) = change {
+                holds.retain(|old| old.seq != h.seq);
+                holds.push(h);
+            }
+        }
+    }
+    let before = s.dump();
+    s.begin_batch();
+    let evicted = s.apply(10, &Command::Evict(Evict { holds_before: 4, keys_before: 4 }), &mut Vec::new());
+    assert_eq!(evicted.outcome, Outcome::Evicted { holds: 1, keys: 3 });
+    assert!(s.reservation(id).is_none(), "the hold left memory");
+    s.rollback_batch();
+    assert_eq!(s.dump(), before, "a rollback brings evicted records back");
+    s.apply(10, &Command::Evict(Evict { holds_before: 4, keys_before: 4 }), &mut Vec::new());
+
+    // A repeated payment callback under a new key needs the hold.
+    let again = confirm(id, "pay", "k3");
+    let needs = s.apply_with(11, &again, &ColdFacts::NONE, &mut Vec::new()).unwrap_err();
+    assert_eq!(needs.hold, Some(id.seq()));
+    let facts = ColdFacts { hold: Some((id.seq(), holds.first().cloned())), ..ColdFacts::NONE };
+    let applied = s.apply_with(11, &again, &facts, &mut Vec::new()).unwrap();
+    assert_eq!(applied.outcome, Outcome::Confirmed { reservation_id: id });
+    assert!(!applied.changed, "nothing deducted twice");
+    let other = s.apply_with(11, &confirm(id, "other", "k4"), &facts, &mut Vec::new()).unwrap();
+    assert_eq!(other.outcome, Outcome::Rejected(Rejection::PaymentMismatch));
 }

@@ -390,7 +390,7 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
             serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units }))
         }
         Outcome::Rejected(rejection) => return Err(rejection_error(rejection)),
-        Outcome::Expired { .. } => unreachable!("expiry is internal"),
+        Outcome::Expired { .. } | Outcome::Evicted { .. } => unreachable!("expiry and eviction are internal"),
     };
     Ok(json.expect("json"))
 }

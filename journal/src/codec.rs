@@ -13,8 +13,13 @@
 //!   the txns back and uses this format only when they match exactly.
 //! - [`FORMAT_BULK_RECEIPT`]: the same, with the items stored as they are
 //!   (37 bytes per such row); written before the columns, still read.
+//! - [`FORMAT_WITH_COLD`]: an [`Entry`] decided with records from the cold
+//!   tier, stored beside it ([`WithCold`]); the entry's own layout is that
+//!   of [`FORMAT_VERSION`], where they are left out.
 
-use inventory_core::{ArchivedLevels, Command, Entry, Levels, Millis, ReceiveBatch, ReceiveItem, Txn, TxnKind};
+use inventory_core::{
+    ArchivedLevels, ColdFacts, Command, Entry, Levels, Millis, ReceiveBatch, ReceiveItem, Txn, TxnKind,
+};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::with::Inline;
@@ -27,6 +32,8 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const FORMAT_BULK_RECEIPT: u8 = 2;
 /// A bulk receipt with derived txns, its items by column.
 pub const FORMAT_BULK_COLUMNS: u8 = 3;
+/// An entry and the cold-tier records it was decided with.
+pub const FORMAT_WITH_COLD: u8 = 4;
 const HEADER_LEN: usize = 5;
 
 /// The body of a [`FORMAT_BULK_RECEIPT`] record. Such records are read,
@@ -44,6 +51,15 @@ struct BulkReceipt<'a> {
     first_txn_id: u64,
     /// Rows that existed before the receipt, by item position.
     existing: Vec<Existing>,
+}
+
+/// The body of a [`FORMAT_WITH_COLD`] record.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct WithCold<'a> {
+    #[rkyv(with = Inline)]
+    entry: &'a Entry,
+    #[rkyv(with = Inline)]
+    cold: &'a ColdFacts,
 }
 
 /// The body of a [`FORMAT_BULK_COLUMNS`] record.
@@ -260,11 +276,19 @@ pub fn encode_into(entry: &Entry, out: &mut Vec<u8>) {
                     .expect("entries always serialize");
                 FORMAT_BULK_COLUMNS
             }
-            None => {
-                *scratch = rkyv::api::high::to_bytes_in::<_, rancor::Error>(entry, std::mem::take(scratch))
-                    .expect("entries always serialize");
-                FORMAT_VERSION
-            }
+            None => match entry.cold.as_deref().filter(|cold| !cold.is_empty()) {
+                None => {
+                    *scratch = rkyv::api::high::to_bytes_in::<_, rancor::Error>(entry, std::mem::take(scratch))
+                        .expect("entries always serialize");
+                    FORMAT_VERSION
+                }
+                Some(cold) => {
+                    let with_cold = WithCold { entry, cold };
+                    *scratch = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&with_cold, std::mem::take(scratch))
+                        .expect("entries always serialize");
+                    FORMAT_WITH_COLD
+                }
+            },
         };
         out.clear();
         out.reserve(HEADER_LEN + scratch.len());
@@ -319,7 +343,14 @@ fn bulk_entry(
         return Err(<rancor::Error as rancor::Source>::new(BadBulk::Existing));
     }
     let command = Command::ReceiveBatch(batch);
-    Ok(Entry { seq, at, trace_id, operator: operator.to_string(), command, txns })
+    Ok(Entry { seq, at, trace_id, operator: operator.to_string(), command, txns, cold: None })
+}
+
+fn decode_with_cold(body: &[u8]) -> Result<Entry, rancor::Error> {
+    let a = rkyv::access::<ArchivedWithCold, rancor::Error>(body)?;
+    let mut entry: Entry = rkyv::deserialize::<Entry, rancor::Error>(&a.entry)?;
+    entry.cold = Some(Box::new(rkyv::deserialize::<ColdFacts, rancor::Error>(&a.cold)?));
+    Ok(entry)
 }
 
 fn decode_bulk(body: &[u8]) -> Result<Entry, rancor::Error> {
@@ -483,7 +514,7 @@ fn in_item_order(listed: impl IntoIterator<Item = u32>, items: usize) -> bool {
 pub fn inspect<T>(shard: u16, seq: u64, record: &[u8], f: impl FnOnce(Inspected<'_>) -> T) -> Result<T, JournalError> {
     let corrupt = |reason: String| JournalError::Corrupt { shard, seq, reason };
     let (format, body) = checked_body(shard, seq, record)?;
-    if format == FORMAT_VERSION {
+    if format == FORMAT_VERSION || format == FORMAT_WITH_COLD {
         return decode(shard, seq, record).map(|entry| f(Inspected::Entry(entry)));
     }
     with_scratch(|aligned| {
@@ -528,6 +559,7 @@ pub fn decode(shard: u16, seq: u64, record: &[u8]) -> Result<Entry, JournalError
         aligned.extend_from_slice(body);
         match format {
             FORMAT_VERSION => rkyv::from_bytes::<Entry, rancor::Error>(aligned),
+            FORMAT_WITH_COLD => decode_with_cold(aligned),
             FORMAT_BULK_COLUMNS => decode_columns(aligned),
             _ => decode_bulk(aligned),
         }
@@ -545,7 +577,7 @@ fn checked_body(shard: u16, seq: u64, record: &[u8]) -> Result<(u8, &[u8]), Jour
     if record.len() < HEADER_LEN {
         return Err(corrupt(format!("record of {} bytes is shorter than its header", record.len())));
     }
-    if ![FORMAT_VERSION, FORMAT_BULK_RECEIPT, FORMAT_BULK_COLUMNS].contains(&record[0]) {
+    if ![FORMAT_VERSION, FORMAT_BULK_RECEIPT, FORMAT_BULK_COLUMNS, FORMAT_WITH_COLD].contains(&record[0]) {
         return Err(corrupt(format!("unknown format version {}", record[0])));
     }
     let crc = u32::from_le_bytes(record[1..5].try_into().unwrap());
@@ -569,6 +601,7 @@ mod tests {
             operator: "op".into(),
             command: Command::Expire(Expire { ids: vec![ReservationId::new(1, 2)] }),
             txns: vec![],
+            cold: Default::default(),
         }
     }
 
@@ -591,7 +624,7 @@ mod tests {
         let command = crate::test_support::receive_batch(&items, "bulk-key", reference);
         txns.clear();
         assert!(shard.apply(9, &command, &mut txns).changed);
-        Entry { seq: 3, at: 9, trace_id: 11, operator: "ops".into(), command, txns }
+        Entry { seq: 3, at: 9, trace_id: 11, operator: "ops".into(), command, txns, cold: Default::default() }
     }
 
     /// A record in the bulk format written before the columns.
@@ -624,7 +657,7 @@ mod tests {
         let command = crate::test_support::receive_batch(&items, "import:0", "import");
         let mut txns = Vec::new();
         assert!(Shard::new(ShardConfig::new(0)).apply(9, &command, &mut txns).changed);
-        Entry { seq: 1, at: 9, trace_id: 0, operator: "ops".into(), command, txns }
+        Entry { seq: 1, at: 9, trace_id: 0, operator: "ops".into(), command, txns, cold: Default::default() }
     }
 
     #[test]
@@ -799,6 +832,52 @@ mod tests {
     #[test]
     fn round_trip() {
         assert_eq!(decode(0, 7, &encode(&entry())).unwrap(), entry());
+    }
+
+    #[test]
+    fn an_entry_decided_with_cold_records_keeps_them_and_one_without_keeps_its_layout() {
+        use inventory_core::{ColdFacts, ColdHold, ColdIdem, Outcome, ReservationStatus};
+        let hold = ColdHold {
+            seq: 9,
+            order_id: "o".into(),
+            sku_id: "a".into(),
+            warehouse_id: "w".into(),
+            qty: 2,
+            expire_at: 50,
+            idem_key: "k".into(),
+            created_at: 5,
+            status: ReservationStatus::Confirmed,
+            updated_at: 20,
+            detail: Some("pay".into()),
+        };
+        let idem = ColdIdem {
+            key: 77,
+            fingerprint: 5,
+            outcome: Outcome::Confirmed { reservation_id: ReservationId::new(1, 9) },
+            expires_at: 99,
+        };
+        let facts = ColdFacts {
+            key: Some((77, Some(idem))),
+            hold: Some((9, Some(hold.clone()))),
+            order: Some(("o".into(), vec![hold])),
+        };
+        let with = Entry { cold: Some(Box::new(facts)), ..entry() };
+        let record = encode(&with);
+        assert_eq!(record[0], FORMAT_WITH_COLD);
+        assert_eq!(decode(0, 7, &record).unwrap(), with);
+        let inspected = inspect(0, 7, &record, |i| match i {
+            Inspected::Entry(e) => e,
+            Inspected::Bulk(_) => panic!("not a bulk receipt"),
+        });
+        assert_eq!(inspected.unwrap(), with);
+        // Empty facts are not stored: the record is an ordinary entry.
+        let empty = Entry { cold: Some(Box::default()), ..entry() };
+        assert_eq!(encode(&empty)[0], FORMAT_VERSION);
+        assert_eq!(encode(&empty), encode(&entry()));
+        let mut bad = record.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(decode(0, 7, &bad).is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ mod test_support {
             operator: String::new(),
             command: Command::Expire(Expire { ids: vec![] }),
             txns: vec![],
+            cold: Default::default(),
         }
     }
 

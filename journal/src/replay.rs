@@ -1,6 +1,6 @@
 //! Rebuilding a shard from its journal.
 
-use inventory_core::{Shard, Txn};
+use inventory_core::{ColdFacts, Shard, Txn};
 
 use crate::{Journal, JournalError};
 
@@ -65,7 +65,15 @@ pub fn replay_range(
             return Err(diverged(format!("time {} before {}", entry.at, shard.last_at())));
         }
         txns.clear();
-        let applied = shard.apply(entry.at, &entry.command, &mut txns);
+        let applied = match shard.apply_with(
+            entry.at,
+            &entry.command,
+            entry.cold.as_deref().unwrap_or(&ColdFacts::NONE),
+            &mut txns,
+        ) {
+            Ok(applied) => applied,
+            Err(needs) => return Err(diverged(format!("{} needs {needs:?} from the cold tier", entry.command.name()))),
+        };
         if !applied.changed {
             return Err(diverged(format!("{} changed nothing on replay", entry.command.name())));
         }
@@ -105,7 +113,16 @@ mod tests {
             let (command, at) = receive(seq, seq);
             let mut txns = Vec::new();
             assert!(live.apply(at, &command, &mut txns).changed);
-            j.append(&[Entry { seq, at, trace_id: 0, operator: String::new(), command, txns }]).unwrap();
+            j.append(&[Entry {
+                seq,
+                at,
+                trace_id: 0,
+                operator: String::new(),
+                command,
+                txns,
+                cold: Default::default(),
+            }])
+            .unwrap();
         }
         (j, live)
     }
@@ -131,13 +148,31 @@ mod tests {
         let (mut j, _) = journal_of(5);
         j.recover(3).unwrap();
         let (command, at) = receive(9, 1);
-        j.append(&[Entry { seq: 4, at, trace_id: 0, operator: String::new(), command, txns: vec![] }]).unwrap();
+        j.append(&[Entry {
+            seq: 4,
+            at,
+            trace_id: 0,
+            operator: String::new(),
+            command,
+            txns: vec![],
+            cold: Default::default(),
+        }])
+        .unwrap();
         let err = replay(&mut Shard::new(ShardConfig::new(0)), &j).unwrap_err();
         assert!(matches!(err, JournalError::Gap { expected: 3, found: 4, .. }), "{err}");
 
         let (mut j, _) = journal_of(2);
         let (command, at) = receive(3, 7);
-        j.append(&[Entry { seq: 3, at, trace_id: 0, operator: String::new(), command, txns: vec![] }]).unwrap();
+        j.append(&[Entry {
+            seq: 3,
+            at,
+            trace_id: 0,
+            operator: String::new(),
+            command,
+            txns: vec![],
+            cold: Default::default(),
+        }])
+        .unwrap();
         let err = replay(&mut Shard::new(ShardConfig::new(0)), &j).unwrap_err();
         assert!(matches!(err, JournalError::Diverged { seq: 3, .. }), "{err}");
     }

@@ -10,7 +10,11 @@
 //! | 24 | 4 | CRC-32 of the body, u32 LE |
 //! | 28 | 4 | format version of the body, u32 LE ([`FORMAT_VERSION`]; 0 in the files of version 1, where this was padding) |
 //! | 32 | n | rkyv archive of `inventory_core::ShardImage` |
+//! | 32 + n | 8 | cold section length m, u64 LE (version 3) |
+//! | 40 + n | 4 | CRC-32 of the cold section, u32 LE |
+//! | 44 + n | m | rkyv archive of `inventory_core::ColdImage`: the filters of what moved to the cold tier |
 //!
+//! Version 2 files (no cold section) are read with empty filters.
 //! A file of another format version is unusable (reported, naming both
 //! versions) like any other bad file: start-up skips it and falls back to an
 //! older snapshot or to the journal from its start, and refuses to start if
@@ -25,7 +29,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use inventory_core::ShardImage;
+use inventory_core::{ColdImage, ShardImage};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -33,7 +37,11 @@ const MAGIC: &[u8; 8] = b"INVSNAP1";
 const HEADER: usize = 32;
 /// Layout of the body. 2: columnar stock (SKU id string, warehouse table,
 /// fixed-size rows with 32-bit counters); holds refer to rows by position.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the same, followed by the cold section.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version still read.
+const FORMAT_VERSION_MIN: u32 = 2;
+const COLD_HEADER: usize = 12;
 
 fn shard_dir(dir: &Path, shard: u16) -> PathBuf {
     dir.join(format!("shard-{shard}"))
@@ -49,6 +57,10 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
     let sdir = shard_dir(dir, shard);
     fs::create_dir_all(&sdir)?;
     let body = rkyv::to_bytes::<rancor::Error>(image).map_err(std::io::Error::other)?;
+    let cold = rkyv::to_bytes::<rancor::Error>(&image.cold).map_err(std::io::Error::other)?;
+    let mut cold_header = [0u8; COLD_HEADER];
+    cold_header[..8].copy_from_slice(&(cold.len() as u64).to_le_bytes());
+    cold_header[8..].copy_from_slice(&crc32fast::hash(&cold).to_le_bytes());
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(MAGIC);
     header[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -61,11 +73,13 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
         let mut f = File::create(&tmp)?;
         f.write_all(&header)?;
         f.write_all(&body)?;
+        f.write_all(&cold_header)?;
+        f.write_all(&cold)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
     File::open(&sdir)?.sync_all()?;
-    Ok((path, (HEADER + body.len()) as u64))
+    Ok((path, (HEADER + body.len() + COLD_HEADER + cold.len()) as u64))
 }
 
 /// Sequences of the snapshots of `shard`, newest first.
@@ -98,9 +112,9 @@ pub fn read(dir: &Path, shard: u16, seq: u64) -> Result<ShardImage, String> {
     if at != seq {
         return Err(format!("{}: header says seq {at}", path.display()));
     }
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "{}: snapshot format version {version}, this build reads only version {FORMAT_VERSION}",
+            "{}: snapshot format version {version}, this build reads versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION}",
             path.display()
         ));
     }
@@ -110,8 +124,22 @@ pub fn read(dir: &Path, shard: u16, seq: u64) -> Result<ShardImage, String> {
     if crc32fast::hash(&body) != crc {
         return Err(format!("{}: checksum mismatch", path.display()));
     }
-    let image = rkyv::from_bytes::<ShardImage, rancor::Error>(&body)
+    let mut image = rkyv::from_bytes::<ShardImage, rancor::Error>(&body)
         .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
+    if version >= 3 {
+        let mut cold_header = [0u8; COLD_HEADER];
+        f.read_exact(&mut cold_header).map_err(|e| format!("{}: cold section: {e}", path.display()))?;
+        let len = u64::from_le_bytes(cold_header[..8].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(cold_header[8..].try_into().unwrap());
+        let mut cold = AlignedVec::<16>::with_capacity(len);
+        cold.resize(len, 0);
+        f.read_exact(&mut cold).map_err(|e| format!("{}: cold section: {e}", path.display()))?;
+        if crc32fast::hash(&cold) != crc {
+            return Err(format!("{}: cold section checksum mismatch", path.display()));
+        }
+        image.cold = rkyv::from_bytes::<ColdImage, rancor::Error>(&cold)
+            .map_err(|e| format!("{}: cold section undecodable: {e}", path.display()))?;
+    }
     if image.index != shard {
         return Err(format!("{}: image of shard {}", path.display(), image.index));
     }
@@ -191,7 +219,55 @@ mod tests {
         bytes[28..32].copy_from_slice(&[0; 4]);
         fs::write(&newest, &bytes).unwrap();
         let e = read(dir.path(), 1, 20).unwrap_err();
-        assert!(e.ends_with("snapshot format version 1, this build reads only version 2"), "{e}");
+        assert!(e.ends_with("snapshot format version 1, this build reads versions 2 to 3"), "{e}");
         assert_eq!(latest(dir.path(), 1, u64::MAX).unwrap().unwrap(), (10, image(1)));
+    }
+
+    /// An image whose shard moved records to the cold tier.
+    fn image_with_cold() -> ShardImage {
+        use inventory_core::{ColdFacts, Evict, Release, Reserve};
+        let mut s = Shard::new(ShardConfig::new(1));
+        let apply = |s: &mut Shard, at, c: Command| s.apply_with(at, &c, &ColdFacts::NONE, &mut Vec::new()).unwrap();
+        let receive = Receive {
+            sku_id: "s".into(),
+            warehouse_id: "w".into(),
+            qty: 5,
+            idem_key: "k".into(),
+            reference: String::new(),
+        };
+        apply(&mut s, 5, Command::Receive(receive));
+        let reserve = Reserve {
+            order_id: "o".into(),
+            sku_id: "s".into(),
+            warehouse_id: "w".into(),
+            qty: 1,
+            idem_key: "r".into(),
+            ttl_ms: 1_000,
+            ttl_explicit: false,
+        };
+        apply(&mut s, 6, Command::Reserve(reserve));
+        let id = "rsv-1-1".parse().unwrap();
+        apply(&mut s, 7, Command::Release(Release { reservation_id: id, reason: "no".into(), idem_key: "x".into() }));
+        apply(&mut s, 9, Command::Evict(Evict { holds_before: 8, keys_before: 8 }));
+        let image = s.image();
+        assert!(image.cold != Default::default(), "the shard moved records out");
+        image
+    }
+
+    #[test]
+    fn the_filters_of_what_moved_to_the_cold_tier_are_kept_and_a_version_2_file_reads_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = write(dir.path(), 1, 10, &image_with_cold()).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), bytes);
+        assert_eq!(read(dir.path(), 1, 10).unwrap(), image_with_cold());
+        // The same file as version 2 wrote it: no cold section.
+        let mut old = fs::read(&path).unwrap();
+        let body = u64::from_le_bytes(old[16..24].try_into().unwrap()) as usize;
+        old.truncate(HEADER + body);
+        old[28..32].copy_from_slice(&2u32.to_le_bytes());
+        fs::write(&path, &old).unwrap();
+        let read_back = read(dir.path(), 1, 10).unwrap();
+        assert_eq!(read_back.cold, Default::default());
+        assert_eq!(ShardImage { cold: Default::default(), ..image_with_cold() }, read_back);
     }
 }

@@ -16,6 +16,7 @@ fn entry(seq: u64) -> Entry {
         operator: "x".repeat(200),
         command: Command::Expire(Expire { ids: vec![] }),
         txns: vec![],
+        cold: Default::default(),
     }
 }
 

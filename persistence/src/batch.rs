@@ -158,7 +158,8 @@ impl Batch {
                             | Command::ReceiveBatch(_)
                             | Command::Confirm(_)
                             | Command::Release(_)
-                            | Command::Expire(_) => unreachable!("only a reserve makes a hold"),
+                            | Command::Expire(_)
+                            | Command::Evict(_) => unreachable!("only a reserve makes a hold"),
                         };
                         b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
                         b.new_holds.push(NewHold {

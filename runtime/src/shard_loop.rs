@@ -389,7 +389,7 @@ impl LoopState {
         let seq = self.next_seq + self.entries.len() as u64;
         let Meta { trace_id, operator } = meta;
         let txns = std::mem::replace(txns, self.spare_txns.pop().unwrap_or_default());
-        self.entries.push(Entry { seq, at, trace_id, operator, command, txns });
+        self.entries.push(Entry { seq, at, trace_id, operator, command, txns, cold: Default::default() });
     }
 
     /// One slice of a pending index resize: at least one part, then more
@@ -472,7 +472,11 @@ impl LoopState {
             let first = match &entry.command {
                 Command::Receive(c) => Some(c.sku_id.as_str()),
                 Command::ReceiveBatch(c) => c.items.first().map(|i| i.sku_id.as_str()),
-                Command::Reserve(_) | Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => None,
+                Command::Reserve(_)
+                | Command::Confirm(_)
+                | Command::Release(_)
+                | Command::Expire(_)
+                | Command::Evict(_) => None,
             };
             if let Some(first) = first {
                 tracing::info!(

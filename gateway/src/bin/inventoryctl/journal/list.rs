@@ -70,6 +70,7 @@ impl Filter {
                 Command::ReceiveBatch(c) => c.items.iter().any(|i| i.sku_id == *sku),
                 // These name holds; only their txns name the SKU.
                 Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => false,
+                Command::Evict(_) => false,
             };
             if !named && !entry.txns.iter().any(|t| t.sku_id == *sku) {
                 return false;
@@ -83,6 +84,7 @@ impl Filter {
                 | Command::Confirm(_)
                 | Command::Release(_)
                 | Command::Expire(_)
+                | Command::Evict(_)
                 | Command::ReceiveBatch(_) => false,
             };
             if !named && !entry.txns.iter().any(|t| t.order_id == *order) {
@@ -96,6 +98,7 @@ impl Filter {
                 Command::Expire(c) => c.ids.contains(&id),
                 // A reserve names the hold it creates only in its txn.
                 Command::Receive(_) | Command::Reserve(_) | Command::ReceiveBatch(_) => false,
+                Command::Evict(_) => false,
             };
             let rendered = id.to_string();
             if !named && !entry.txns.iter().any(|t| changes_hold(t.kind) && t.ref_id == rendered) {
@@ -215,6 +218,12 @@ fn entry_details(entry: &Entry) -> String {
             p.push(skus_cell(c.items.iter().map(|i| i.sku_id.as_str())));
             p
         }
+        Command::Evict(c) => {
+            vec![
+                format!("holds_before={}", fmt_time(c.holds_before)),
+                format!("keys_before={}", fmt_time(c.keys_before)),
+            ]
+        }
     };
     if !entry.operator.is_empty() {
         parts.push(kv("operator", &entry.operator));
@@ -273,6 +282,9 @@ fn command_json(command: &Command) -> Value {
             "type": "receive_batch", "idemKey": c.idem_key, "ref": c.reference,
             "items": c.items.iter().map(|i| json!({"skuId": i.sku_id, "warehouseId": i.warehouse_id, "qty": i.qty}))
                 .collect::<Vec<_>>(),
+        }),
+        Command::Evict(c) => json!({
+            "type": "evict", "holdsBeforeMs": c.holds_before, "keysBeforeMs": c.keys_before,
         }),
     }
 }
