@@ -1,0 +1,74 @@
+//! The follower that builds a shard's cold store from its journal: it reads
+//! from the store's position up to the journal's head, has the store take
+//! the entries, and moves its cursor, which holds back truncation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use inventory_journal::follow::{Cursor, Followers};
+use inventory_journal::Journal;
+
+use crate::store::ColdStore;
+
+/// The name of the cold store's cursor on each shard's journal.
+pub const FOLLOWER: &str = "cold";
+
+/// Most entries taken in one durable write.
+const ENTRIES_MAX: usize = 4_096;
+/// How long the follower sleeps when it has taken everything.
+const IDLE_SLEEP: Duration = Duration::from_millis(2);
+/// How long it waits after a failure before trying again.
+const RETRY_SLEEP: Duration = Duration::from_millis(500);
+
+/// Follows one shard's journal into its cold store until `stop` is set and
+/// it has taken everything acknowledged. `cursor` starts at the store's
+/// position.
+pub fn run_follower(
+    store: Arc<ColdStore>,
+    reader: Arc<dyn Journal + Sync>,
+    followers: Arc<Followers>,
+    cursor: Arc<Cursor>,
+    stop: Arc<AtomicBool>,
+) {
+    let shard = reader.shard();
+    let mut entries = Vec::with_capacity(ENTRIES_MAX);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let from = cursor.position() + 1;
+        let durable = followers.durable();
+        if from > durable {
+            if stopping {
+                return;
+            }
+            std::thread::sleep(IDLE_SLEEP);
+            continue;
+        }
+        entries.clear();
+        let read = reader.read_from(from).and_then(|it| {
+            for entry in it {
+                let entry = entry?;
+                if entry.seq > durable || entries.len() >= ENTRIES_MAX {
+                    break;
+                }
+                entries.push(entry);
+            }
+            Ok(())
+        });
+        let taken = read.map_err(|e| e.to_string()).and_then(|()| match entries.first() {
+            Some(first) if first.seq != from => Err(format!("the journal resumes at {} after {}", first.seq, from - 1)),
+            _ => store.take(&entries).map_err(|e| e.to_string()),
+        });
+        match (taken, entries.last()) {
+            (Ok(()), Some(last)) => cursor.advance(last.seq, last.at),
+            (Ok(()), None) => std::thread::sleep(IDLE_SLEEP),
+            (Err(e), _) => {
+                tracing::error!(shard, from, error = %e, "cold store: cannot take the journal; retrying");
+                if stopping {
+                    return;
+                }
+                std::thread::sleep(RETRY_SLEEP);
+            }
+        }
+    }
+}
