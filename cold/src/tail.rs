@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use inventory_core::Millis;
 
 use inventory_journal::follow::{Cursor, Followers};
 use inventory_journal::Journal;
@@ -20,20 +22,33 @@ const ENTRIES_MAX: usize = 4_096;
 const IDLE_SLEEP: Duration = Duration::from_millis(2);
 /// How long it waits after a failure before trying again.
 const RETRY_SLEEP: Duration = Duration::from_millis(500);
+/// How often it drops the slices whose retention has ended.
+const DROP_EVERY: Duration = Duration::from_secs(60);
 
 /// Follows one shard's journal into its cold store until `stop` is set and
 /// it has taken everything acknowledged. `cursor` starts at the store's
-/// position.
+/// position. Once a minute it drops the slices whose retention has ended
+/// by `now()`.
 pub fn run_follower(
     store: Arc<ColdStore>,
     reader: Arc<dyn Journal + Sync>,
     followers: Arc<Followers>,
     cursor: Arc<Cursor>,
+    now: impl Fn() -> Millis,
     stop: Arc<AtomicBool>,
 ) {
     let shard = reader.shard();
     let mut entries = Vec::with_capacity(ENTRIES_MAX);
+    let mut next_drop = Instant::now();
     loop {
+        if Instant::now() >= next_drop {
+            next_drop = Instant::now() + DROP_EVERY;
+            match store.drop_before(now()) {
+                Ok(0) => {}
+                Ok(dropped) => tracing::info!(shard, dropped, "cold store: slices past retention dropped"),
+                Err(e) => tracing::error!(shard, error = %e, "cold store: cannot drop old slices"),
+            }
+        }
         let stopping = stop.load(Ordering::Acquire);
         let from = cursor.position() + 1;
         let durable = followers.durable();

@@ -1098,6 +1098,37 @@ impl Shard {
         purged
     }
 
+    /// Whether an `Evict` with these bounds would move anything.
+    pub fn has_evictable(&self, holds_before: Millis, keys_before: Millis) -> bool {
+        let ttl = self.config.idempotency_ttl_ms;
+        self.finished.front().is_some_and(|&(finished_at, _)| finished_at < holds_before)
+            || self.idem_expiry.front().is_some_and(|&(expires_at, _, _)| expires_at.saturating_sub(ttl) < keys_before)
+    }
+
+    /// Every hold and idempotency record the shard holds, as the cold tier
+    /// keeps them: what a cold tier that did not take the journal from its
+    /// start begins with.
+    pub fn cold_seed(&self) -> (Vec<ColdHold>, Vec<IdemImage>) {
+        let holds = self
+            .holds
+            .iter()
+            .map(|(&seq, h)| ColdHold {
+                seq,
+                order_id: h.order_id.to_string(),
+                sku_id: self.table.sku_id(h.row).to_string(),
+                warehouse_id: self.table.warehouse_id(h.row).to_string(),
+                qty: h.qty as u64,
+                expire_at: h.expire_at,
+                idem_key: h.idem_key.to_string(),
+                created_at: h.created_at,
+                status: h.change.status,
+                updated_at: h.change.updated_at,
+                detail: h.change.detail.as_deref().map(str::to_string),
+            })
+            .collect();
+        (holds, self.image_idem())
+    }
+
     /// Holds past `expire_at` and not yet released (the expiry backlog).
     pub fn expiry_backlog(&self, at: Millis) -> usize {
         self.expiry.range(..(at.saturating_add(1), 0)).count()
@@ -1197,16 +1228,7 @@ impl Shard {
             })
             .collect();
         holds.sort_by_key(|h| h.seq);
-        // Insertion order, so a restored shard purges keys in the same order.
-        let idem = self
-            .idem_expiry
-            .iter()
-            .filter_map(|&(expires_at, lo, hi)| {
-                let key = expiry_key(lo, hi);
-                let r = self.idem.get(&key).filter(|r| r.expires_at == expires_at)?;
-                Some(IdemImage { key, fingerprint: r.fingerprint, outcome: r.outcome, expires_at })
-            })
-            .collect();
+        let idem = self.image_idem();
         let mut image = ShardImage {
             index: self.config.index,
             next_hold_seq: self.next_hold_seq,
@@ -1219,6 +1241,19 @@ impl Shard {
         };
         self.table.fill_image(&mut image);
         image
+    }
+
+    /// The idempotency records in insertion order, so that a restored shard
+    /// purges keys in the same order.
+    fn image_idem(&self) -> Vec<IdemImage> {
+        self.idem_expiry
+            .iter()
+            .filter_map(|&(expires_at, lo, hi)| {
+                let key = expiry_key(lo, hi);
+                let r = self.idem.get(&key).filter(|r| r.expires_at == expires_at)?;
+                Some(IdemImage { key, fingerprint: r.fingerprint, outcome: r.outcome, expires_at })
+            })
+            .collect()
     }
 
     /// Rebuilds a shard, indexes included, from an image.

@@ -21,7 +21,7 @@ pub mod snapshotter;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::Metrics;
 pub use router::{Claim, IdemIndex, Router, SendError};
-pub use service::{Replay, Runtime, RuntimeConfig, RuntimeError, Threads};
+pub use service::{HotWindows, Replay, Runtime, RuntimeConfig, RuntimeError, Threads};
 pub use shard_loop::{Meta, Request, WriteReply};
 
 /// Returns freed memory held by mimalloc (`inventoryd`'s allocator) to the

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub journal_failures: Counter,
     pub idempotent_replays: Counter,
     pub overload_refusals: Counter,
+    pub cold_lookups: Counter,
+    pub evicted: Family<EventLabels, Counter>,
     pub journal_entries: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_records: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_seconds: Family<ShardLabels, Gauge<f64, AtomicU64>>,
@@ -169,6 +171,18 @@ impl Metrics {
             "Requests refused because a shard queue was full",
             overload_refusals.clone(),
         );
+        let cold_lookups = Counter::default();
+        registry.register(
+            "cold_lookups",
+            "Writes that needed records from the cold tier before they could be decided",
+            cold_lookups.clone(),
+        );
+        let evicted = Family::default();
+        registry.register(
+            "evicted",
+            "Finished holds (kind=hold) and idempotency records (kind=key) moved from memory to the cold tier",
+            evicted.clone(),
+        );
         let journal_entries = Family::default();
         registry.register("journal_entries", "Entries in each shard's journal", journal_entries.clone());
         let holds = Family::default();
@@ -202,6 +216,8 @@ impl Metrics {
             journal_failures,
             idempotent_replays,
             overload_refusals,
+            cold_lookups,
+            evicted,
             journal_entries,
         }
     }

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use inventory_audit::{AuditLog, AuditedUpto, TailedShard};
-use inventory_core::{ShardConfig, IDEMPOTENCY_TTL_MS};
+use inventory_cold::ColdStore;
+use inventory_core::{Millis, ShardConfig, IDEMPOTENCY_TTL_MS};
 use inventory_journal::follow::Followers;
 use inventory_journal::{Journal, JournalError};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
-use crate::shard_loop::{self, LoopConfig, LoopContext};
+use crate::shard_loop::{self, resolve_lookups, LoopConfig, LoopContext, Request, ShardCold, LOOKUPS_MAX};
 use crate::snapshotter::{SnapshotConfig, SnapshotRequest, Snapshotter};
 
 #[derive(Clone, Debug)]
@@ -37,6 +38,17 @@ pub struct RuntimeConfig {
     pub snapshot_every_entries: u64,
     /// Snapshots kept per shard.
     pub snapshots_keep: usize,
+    /// Finished holds and idempotency records stay in memory this long
+    /// after they finish or are made, then move to the cold tier under
+    /// `<data_dir>/cold` (`None`: everything stays in memory).
+    pub hot: Option<HotWindows>,
+}
+
+/// How long records stay in memory before they move to the cold tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotWindows {
+    pub holds_ms: Millis,
+    pub keys_ms: Millis,
 }
 
 impl RuntimeConfig {
@@ -46,6 +58,10 @@ impl RuntimeConfig {
 
     pub fn audit_dir(&self) -> PathBuf {
         self.data_dir.join("audit")
+    }
+
+    pub fn cold_dir(&self, shard: u16) -> PathBuf {
+        self.data_dir.join("cold").join(format!("shard-{shard}"))
     }
 }
 
@@ -57,6 +73,8 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
     #[error("a shard loop stopped during start-up")]
     ShardLost,
+    #[error(transparent)]
+    Cold(#[from] inventory_cold::ColdError),
 }
 
 /// What callers use while the shards run: shared by every request.
@@ -69,6 +87,9 @@ pub struct Runtime {
     pub followers: Vec<Arc<Followers>>,
     /// Read handles on every shard's journal.
     pub readers: Vec<Arc<dyn Journal + Sync>>,
+    /// Every shard's cold store, by shard (empty when nothing leaves
+    /// memory).
+    pub cold: Vec<Arc<ColdStore>>,
     /// Asks the snapshotter for a snapshot of every shard now. The
     /// snapshotter stops once every copy of this is dropped.
     pub snapshots: Sender<SnapshotRequest>,
@@ -81,7 +102,10 @@ pub struct Threads {
     loops: Vec<JoinHandle<()>>,
     snapshotter: JoinHandle<()>,
     audit: JoinHandle<()>,
-    audit_stop: Arc<AtomicBool>,
+    /// The followers that end once the shards have stopped: the audit
+    /// tailer and the cold stores' followers.
+    follower_stop: Arc<AtomicBool>,
+    cold: Vec<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -118,12 +142,24 @@ impl Runtime {
             })
             .collect();
 
+        let follower_stop = Arc::new(AtomicBool::new(false));
+        let (mut cold_threads, mut stores) = (Vec::new(), Vec::new());
         let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let (ready_tx, ready) = crossbeam_channel::unbounded();
         let mut queues = Vec::with_capacity(shards as usize);
         let mut loops = Vec::with_capacity(shards as usize);
         for (i, journal) in journals.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+            let cold = match config.hot {
+                Some(hot) => {
+                    let (cold, threads) =
+                        start_cold(&config, hot, i, &readers[i], &followers[i], &clock, &tx, &follower_stop)?;
+                    cold_threads.extend(threads);
+                    stores.push(cold.store.clone());
+                    Some(cold)
+                }
+                None => None,
+            };
             queues.push(tx);
             let loop_config = LoopConfig {
                 shard: ShardConfig::new(i as u16),
@@ -138,6 +174,7 @@ impl Runtime {
                 metrics: metrics.clone(),
                 followers: followers[i].clone(),
                 audited_upto: audited_upto[i].clone(),
+                cold,
             };
             let ready = ready_tx.clone();
             loops.push(
@@ -167,18 +204,25 @@ impl Runtime {
         let snapshotter =
             std::thread::Builder::new().name("snapshots".into()).spawn(move || snapshotter.run(snapshot_requests))?;
 
-        let audit_stop = Arc::new(AtomicBool::new(false));
         let audit = {
-            let stop = audit_stop.clone();
+            let stop = follower_stop.clone();
             std::thread::Builder::new().name("audit".into()).spawn(move || {
                 crate::lower_thread_priority();
                 inventory_audit::run_tailer(audit_log, tailed, stop)
             })?
         };
 
-        let runtime =
-            Runtime { router: router.clone(), idem: idem.clone(), metrics, clock, followers, readers, snapshots };
-        let threads = Threads { router, ready, loops, snapshotter, audit, audit_stop };
+        let runtime = Runtime {
+            router: router.clone(),
+            idem: idem.clone(),
+            metrics,
+            clock,
+            followers,
+            readers,
+            cold: stores,
+            snapshots,
+        };
+        let threads = Threads { router, ready, loops, snapshotter, audit, follower_stop, cold: cold_threads };
         Ok((runtime, threads))
     }
 
@@ -226,9 +270,53 @@ impl Threads {
         for thread in self.loops {
             let _ = thread.join();
         }
-        self.audit_stop.store(true, Ordering::Release);
+        self.follower_stop.store(true, Ordering::Release);
         let _ = self.audit.join();
+        for thread in self.cold {
+            let _ = thread.join();
+        }
         drop(self.router);
         let _ = self.snapshotter.join();
     }
+}
+
+/// Opens shard `shard`'s cold store and starts its follower and the thread
+/// that answers its loop's lookups.
+#[allow(clippy::too_many_arguments)]
+fn start_cold(
+    config: &RuntimeConfig,
+    hot: HotWindows,
+    shard: usize,
+    reader: &Arc<dyn Journal + Sync>,
+    followers: &Arc<Followers>,
+    clock: &Arc<dyn Clock>,
+    queue: &Sender<Request>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(ShardCold, Vec<JoinHandle<()>>), RuntimeError> {
+    let shard_config = ShardConfig::new(shard as u16);
+    let store = Arc::new(ColdStore::open(
+        &config.cold_dir(shard as u16),
+        shard_config.tiers.clone(),
+        shard_config.idempotency_ttl_ms,
+    )?);
+    let position = store.position()?;
+    let cursor = followers.follow(inventory_cold::FOLLOWER);
+    cursor.advance(position.seq, position.at);
+    let follower = {
+        let (store, reader, followers, cursor, clock, stop) =
+            (store.clone(), reader.clone(), followers.clone(), cursor.clone(), clock.clone(), stop.clone());
+        std::thread::Builder::new().name(format!("cold-{shard}")).spawn(move || {
+            crate::lower_thread_priority();
+            inventory_cold::run_follower(store, reader, followers, cursor, move || clock.now_ms(), stop)
+        })?
+    };
+    let (lookups, waiting) = crossbeam_channel::bounded(LOOKUPS_MAX);
+    let resolver = {
+        let (store, queue) = (store.clone(), queue.clone());
+        std::thread::Builder::new()
+            .name(format!("cold-lookup-{shard}"))
+            .spawn(move || resolve_lookups(store, waiting, queue))?
+    };
+    let cold = ShardCold { store, cursor, holds_hot_ms: hot.holds_ms, keys_hot_ms: hot.keys_ms, lookups };
+    Ok((cold, vec![follower, resolver]))
 }

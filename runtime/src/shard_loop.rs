@@ -19,18 +19,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use inventory_cold::{ColdStore, Position};
 use inventory_core::{
-    Applied, Command, Entry, Expire, Millis, Query, QueryResult, Shard, ShardConfig, Txn, TxnKind, INDEX_PARTS,
-    REASON_TIMEOUT,
+    Applied, ColdFacts, ColdQuery, Command, Entry, Evict, Expire, Millis, Outcome, Query, QueryResult, Shard,
+    ShardConfig, Txn, TxnKind, INDEX_PARTS, REASON_TIMEOUT,
 };
 use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::metrics::{Metrics, ShardLabels};
+use crate::metrics::{EventLabels, Metrics, ShardLabels};
 use crate::router::IdemIndex;
 use inventory_audit::{is_audited, AuditedUpto};
-use inventory_journal::follow::Followers;
+use inventory_journal::follow::{Cursor, Followers};
 
 /// How often a loop looks for due holds: a hold is released within about a
 /// second of its expiry.
@@ -62,6 +63,11 @@ pub enum WriteReply {
     Applied(Applied),
     /// The journal could not make the batch durable: not acknowledged.
     JournalUnavailable,
+    /// The command needs records from the cold tier and too many commands
+    /// are waiting for theirs already: nothing changed.
+    Overloaded,
+    /// The cold tier could not be read: nothing changed.
+    ColdUnavailable,
 }
 
 pub enum Request {
@@ -69,6 +75,13 @@ pub enum Request {
         command: Command,
         meta: Meta,
         reply: oneshot::Sender<WriteReply>,
+    },
+    /// A write that needed records from the cold tier, with them.
+    Resolved {
+        command: Command,
+        meta: Meta,
+        reply: oneshot::Sender<WriteReply>,
+        facts: Box<ColdFacts>,
     },
     Read {
         query: Query,
@@ -116,6 +129,63 @@ pub struct LoopContext {
     pub followers: Arc<Followers>,
     /// Where it notes the last acknowledged entry the audit log records.
     pub audited_upto: Arc<AuditedUpto>,
+    /// The shard's cold tier, if it moves records out of memory.
+    pub cold: Option<ShardCold>,
+}
+
+/// What a shard loop needs of its cold tier.
+pub struct ShardCold {
+    pub store: Arc<ColdStore>,
+    /// How far the store has taken the journal: only what it holds leaves
+    /// memory.
+    pub cursor: Arc<Cursor>,
+    /// Finished holds stay in memory this long after they finish.
+    pub holds_hot_ms: Millis,
+    /// Idempotency records stay in memory this long after they are made.
+    pub keys_hot_ms: Millis,
+    /// Where writes that need records from the store wait for them.
+    pub lookups: crossbeam_channel::Sender<Lookup>,
+}
+
+/// A write waiting for records from the cold tier.
+pub struct Lookup {
+    pub command: Command,
+    pub meta: Meta,
+    pub reply: oneshot::Sender<WriteReply>,
+    pub needs: ColdQuery,
+}
+
+/// Most writes of one shard waiting for the cold tier at once; past that a
+/// write that needs it is refused as overloaded.
+pub const LOOKUPS_MAX: usize = 1_024;
+
+/// Answers the lookups of one shard's writes from its cold store and
+/// queues each write back to its shard with the records found. Runs until
+/// `lookups` is closed.
+pub fn resolve_lookups(store: Arc<ColdStore>, lookups: Receiver<Lookup>, queue: crossbeam_channel::Sender<Request>) {
+    for Lookup { command, meta, reply, needs } in lookups {
+        match cold_facts(&store, needs) {
+            Ok(facts) => {
+                let facts = Box::new(facts);
+                if queue.send(Request::Resolved { command, meta, reply, facts }).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cold store lookup failed");
+                let _ = reply.send(WriteReply::ColdUnavailable);
+            }
+        }
+    }
+}
+
+/// What the cold store holds for `needs`.
+fn cold_facts(store: &ColdStore, needs: ColdQuery) -> Result<ColdFacts, inventory_cold::ColdError> {
+    Ok(ColdFacts {
+        key: needs.key.map(|key| store.idem(key, 0).map(|r| (key, r))).transpose()?,
+        hold: needs.hold.map(|seq| store.hold(seq).map(|h| (seq, h))).transpose()?,
+        order: needs.order.map(|order| store.order(&order).map(|holds| (order, holds))).transpose()?,
+    })
 }
 
 /// Runs one shard loop on the current thread until shutdown. `ready`
@@ -147,7 +217,7 @@ fn run_inner(
     requests: Receiver<Request>,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
-    let LoopContext { clock, idem_index, metrics, followers, audited_upto } = context;
+    let LoopContext { clock, idem_index, metrics, followers, audited_upto, cold } = context;
     if let Some(core) = config.core {
         core_affinity::set_for_current(core);
     }
@@ -183,6 +253,12 @@ fn run_inner(
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
+    if let Some(cold) = &cold {
+        if let Err(e) = seed_cold(&shard, &*journal, cold, next_seq - 1, last_at) {
+            let _ = ready.send((index, Err(JournalError::Io(std::io::Error::other(e.to_string())))));
+            return;
+        }
+    }
     audited_upto.note(next_seq - 1);
     followers.publish(next_seq - 1, last_at);
     let labels = ShardLabels { shard: index };
@@ -195,6 +271,7 @@ fn run_inner(
         metrics,
         followers,
         audited_upto,
+        cold,
         labels,
         next_seq,
         healthy: true,
@@ -224,6 +301,7 @@ struct LoopState {
     metrics: Arc<Metrics>,
     followers: Arc<Followers>,
     audited_upto: Arc<AuditedUpto>,
+    cold: Option<ShardCold>,
     labels: ShardLabels,
     next_seq: u64,
     healthy: bool,
@@ -313,15 +391,10 @@ impl LoopState {
         for request in batch.drain(..) {
             match request {
                 Request::Write { command, meta, reply } => {
-                    if !self.healthy {
-                        let _ = reply.send(WriteReply::JournalUnavailable);
-                        continue;
-                    }
-                    let applied = self.shard.apply(now, &command, &mut txns);
-                    if applied.changed {
-                        self.push_entry(now, meta, command, &mut txns);
-                    }
-                    self.writes.push((reply, applied));
+                    self.write(now, command, meta, reply, None, &mut txns);
+                }
+                Request::Resolved { command, meta, reply, facts } => {
+                    self.write(now, command, meta, reply, Some(facts), &mut txns);
                 }
                 read @ (Request::Read { .. } | Request::Rows { .. }) => self.reads.push(read),
                 Request::Capacity { more, reply } => {
@@ -348,9 +421,10 @@ impl LoopState {
                 let command = Command::Expire(Expire { ids: due });
                 if self.shard.apply(now, &command, &mut txns).changed {
                     let meta = Meta { trace_id: 0, operator: SYSTEM_OPERATOR.to_string() };
-                    self.push_entry(now, meta, command, &mut txns);
+                    self.push_entry(now, meta, command, None, &mut txns);
                 }
             }
+            self.evict(now, &mut txns);
             self.shard.purge_idempotency(now, PURGE_BATCH_MAX);
             self.shard.purge_holds(now, PURGE_BATCH_MAX);
             self.sweep_oversold();
@@ -385,11 +459,75 @@ impl LoopState {
         self.size_index();
     }
 
-    fn push_entry(&mut self, at: Millis, meta: Meta, command: Command, txns: &mut Vec<Txn>) {
+    fn push_entry(
+        &mut self,
+        at: Millis,
+        meta: Meta,
+        command: Command,
+        cold: Option<Box<ColdFacts>>,
+        txns: &mut Vec<Txn>,
+    ) {
         let seq = self.next_seq + self.entries.len() as u64;
         let Meta { trace_id, operator } = meta;
         let txns = std::mem::replace(txns, self.spare_txns.pop().unwrap_or_default());
-        self.entries.push(Entry { seq, at, trace_id, operator, command, txns, cold: Default::default() });
+        self.entries.push(Entry { seq, at, trace_id, operator, command, txns, cold });
+    }
+
+    /// Applies one write, with the cold tier's records if it waited for
+    /// them; one that needs records not yet looked up waits for them.
+    fn write(
+        &mut self,
+        now: Millis,
+        command: Command,
+        meta: Meta,
+        reply: oneshot::Sender<WriteReply>,
+        facts: Option<Box<ColdFacts>>,
+        txns: &mut Vec<Txn>,
+    ) {
+        if !self.healthy {
+            let _ = reply.send(WriteReply::JournalUnavailable);
+            return;
+        }
+        match self.shard.apply_with(now, &command, facts.as_deref().unwrap_or(&ColdFacts::NONE), txns) {
+            Ok(applied) => {
+                if applied.changed {
+                    let facts = facts.filter(|f| !f.is_empty());
+                    self.push_entry(now, meta, command, facts, txns);
+                }
+                self.writes.push((reply, applied));
+            }
+            Err(needs) => {
+                let Some(cold) = &self.cold else {
+                    unreachable!("a shard without a cold tier never moves records out: {needs:?}")
+                };
+                self.metrics.cold_lookups.inc();
+                if let Err(e) = cold.lookups.try_send(Lookup { command, meta, reply, needs }) {
+                    let _ = e.into_inner().reply.send(WriteReply::Overloaded);
+                }
+            }
+        }
+    }
+
+    /// Moves out of memory the finished holds and idempotency records older
+    /// than the hot windows, of what the cold store has already taken.
+    fn evict(&mut self, now: Millis, txns: &mut Vec<Txn>) {
+        let Some(cold) = &self.cold else { return };
+        let taken_at = cold.cursor.position_at();
+        let holds_before = now.saturating_sub(cold.holds_hot_ms).min(taken_at);
+        let keys_before = now.saturating_sub(cold.keys_hot_ms).min(taken_at);
+        if !self.shard.has_evictable(holds_before, keys_before) {
+            return;
+        }
+        let command = Command::Evict(Evict { holds_before, keys_before });
+        let applied = self.shard.apply(now, &command, txns);
+        if let Outcome::Evicted { holds, keys } = applied.outcome {
+            self.metrics.evicted.get_or_create(&EventLabels { event: "hold" }).inc_by(holds as u64);
+            self.metrics.evicted.get_or_create(&EventLabels { event: "key" }).inc_by(keys as u64);
+        }
+        if applied.changed {
+            let meta = Meta { trace_id: 0, operator: SYSTEM_OPERATOR.to_string() };
+            self.push_entry(now, meta, command, None, txns);
+        }
     }
 
     /// One slice of a pending index resize: at least one part, then more
@@ -562,6 +700,38 @@ impl LoopState {
     }
 }
 
+/// Starts a cold store that has not taken the journal from its start (a
+/// data dir whose journal was truncated before the store existed, or whose
+/// store was lost) from the shard's recovered state.
+fn seed_cold(
+    shard: &Shard,
+    journal: &dyn Journal,
+    cold: &ShardCold,
+    recovered: u64,
+    at: Millis,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let position = cold.store.position()?;
+    if position.seq >= recovered {
+        return Ok(());
+    }
+    let next = journal.read_from(position.seq + 1)?.next().transpose()?;
+    if next.is_some_and(|e| e.seq == position.seq + 1) {
+        return Ok(());
+    }
+    let (holds, records) = shard.cold_seed();
+    tracing::warn!(
+        shard = shard.index(),
+        from = position.seq,
+        to = recovered,
+        holds = holds.len(),
+        keys = records.len(),
+        "cold store behind the journal's start: seeding it from the shard's state"
+    );
+    cold.store.seed(holds, records, Position { seq: recovered, at })?;
+    cold.cursor.advance(recovered, at);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,6 +766,7 @@ mod tests {
             metrics: metrics.clone(),
             followers: followers.clone(),
             audited_upto: audited_upto.clone(),
+            cold: None,
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();

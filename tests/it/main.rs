@@ -15,3 +15,4 @@ mod observability;
 mod persistence;
 mod pg;
 mod snapshots;
+mod tiers;

@@ -36,6 +36,9 @@ pub struct Options {
     pub writer_faults: Arc<inventory_persistence::WriterFaults>,
     /// The kind of journal a new data dir gets.
     pub journal: Backend,
+    /// Seconds finished holds and idempotency records stay in memory before
+    /// they move to the cold tier.
+    pub hot_secs: (u64, u64),
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             postgres_batch_max: 2_048,
             writer_faults: Arc::default(),
             journal: Backend::Sled,
+            hot_secs: (60, 300),
         }
     }
 }
@@ -80,6 +84,7 @@ impl TestServer {
             config.postgres_schema = schema.clone();
         }
         config.postgres_batch_max = options.postgres_batch_max;
+        (config.hot_holds_secs, config.hot_keys_secs) = options.hot_secs;
         config.writer_faults = options.writer_faults.clone();
         let faults = FaultHandle::default();
         let store = Store::open(&config.journal_dir(), Some(options.journal), config.shards, 1).unwrap();

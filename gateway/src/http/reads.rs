@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{HeaderValue, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::Response;
-use inventory_core::{Query, QueryResult};
+use inventory_core::{Query, QueryResult, ReservationView};
 use inventory_runtime::Request;
 use tokio::sync::oneshot;
 
@@ -60,12 +60,36 @@ pub async fn reservation(
     ready(&app)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}"));
     let shard = app.runtime.router.shard_for_reservation(id).ok_or_else(not_found)?;
-    match read(&app, shard, Query::Reservation { id }).await? {
-        QueryResult::Reservation(Some(view)) => {
-            Ok(json(StatusCode::OK, serde_json::to_vec(&api::ReservationJson::from(view)).expect("json")))
-        }
-        _ => Err(not_found()),
+    let view = match read(&app, shard, Query::Reservation { id }).await? {
+        QueryResult::Reservation(Some(view)) => view,
+        _ => cold_hold(&app, shard, id.seq()).await?.ok_or_else(not_found)?,
+    };
+    Ok(json(StatusCode::OK, serde_json::to_vec(&api::ReservationJson::from(view)).expect("json")))
+}
+
+/// A finished hold that has moved to the cold tier, if it is still kept.
+async fn cold_hold(app: &App, shard: u16, seq: u64) -> Result<Option<ReservationView>, ApiError> {
+    let Some(store) = app.runtime.cold.get(shard as usize).cloned() else { return Ok(None) };
+    let now = app.runtime.clock.now_ms();
+    let hold = tokio::task::spawn_blocking(move || store.hold(seq)).await.expect("cold lookup panicked");
+    Ok(hold.map_err(cold_unavailable)?.filter(|h| h.visible(now)).map(|h| h.view(shard)))
+}
+
+/// The finished holds of an order that have moved to the cold tier.
+async fn cold_order(app: &App, order_id: &str) -> Result<Vec<ReservationView>, ApiError> {
+    let now = app.runtime.clock.now_ms();
+    let mut views = Vec::new();
+    for (shard, store) in app.runtime.cold.iter().enumerate() {
+        let (store, order_id) = (store.clone(), order_id.to_string());
+        let holds = tokio::task::spawn_blocking(move || store.order(&order_id)).await.expect("cold lookup panicked");
+        let holds = holds.map_err(cold_unavailable)?;
+        views.extend(holds.into_iter().filter(|h| h.visible(now)).map(|h| h.view(shard as u16)));
     }
+    Ok(views)
+}
+
+fn cold_unavailable(e: inventory_cold::ColdError) -> ApiError {
+    ApiError::unavailable("COLD_TIER_UNAVAILABLE", format!("the cold tier could not be read: {e}"))
 }
 
 /// Every hold of an order. Holds of one order live on the shards of their
@@ -91,6 +115,10 @@ pub async fn order_status(
             holds.extend(views);
         }
     }
+    // A hold that finished recently is in memory and already in the cold
+    // tier: memory's copy stands.
+    let hot: std::collections::HashSet<_> = holds.iter().map(|v| v.reservation_id).collect();
+    holds.extend(cold_order(&app, &order_id).await?.into_iter().filter(|v| !hot.contains(&v.reservation_id)));
     holds.sort_by_key(|v| (v.created_at, v.reservation_id));
     let body = api::OrderJson { order_id, reservations: holds.into_iter().map(Into::into).collect() };
     Ok(json(StatusCode::OK, serde_json::to_vec(&body).expect("json")))

@@ -11,7 +11,7 @@ use axum::response::Response;
 use inventory_core::{
     key_hash, Applied, Command, Confirm, Outcome, Receive, Release, Reserve, DEFAULT_WAREHOUSE, SECOND_MS,
 };
-use inventory_runtime::{Claim, Meta, Request, WriteReply};
+use inventory_runtime::{Claim, Meta, Request, SendError, WriteReply};
 use percent_encoding::percent_decode_str;
 use tokio::sync::oneshot;
 
@@ -272,6 +272,11 @@ async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Ap
         Ok(WriteReply::JournalUnavailable) => Err(ApiError::unavailable(
             "JOURNAL_UNAVAILABLE",
             "the journal could not make this change durable; nothing was acknowledged, retry with the same idempotency key",
+        )),
+        Ok(WriteReply::Overloaded) => Err(app.send_error(SendError::Overloaded)),
+        Ok(WriteReply::ColdUnavailable) => Err(ApiError::unavailable(
+            "COLD_TIER_UNAVAILABLE",
+            "this request needs records from the cold tier, which could not be read; nothing changed, retry shortly",
         )),
         Err(_) => Err(stopping()),
     }
