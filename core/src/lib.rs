@@ -21,8 +21,8 @@ mod state;
 mod table;
 
 pub use cold::{
-    cold_changes, ColdChange, ColdFacts, ColdHold, ColdIdem, ColdQuery, KeyFilter, SliceFilters, TierConfig,
-    UnknownHold,
+    cold_changes, hashes_of_u128, ColdChange, ColdFacts, ColdHold, ColdIdem, ColdQuery, KeyFilter, SliceFilters,
+    TierConfig, UnknownHold,
 };
 pub use command::{Command, Confirm, Evict, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
 pub use ids::{

@@ -1098,6 +1098,12 @@ impl Shard {
         purged
     }
 
+    /// The filters of the idempotency keys this shard has moved to the
+    /// cold tier.
+    pub fn cold_keys(&self) -> &crate::SliceFilters {
+        &self.cold.keys
+    }
+
     /// Whether an `Evict` with these bounds would move anything.
     pub fn has_evictable(&self, holds_before: Millis, keys_before: Millis) -> bool {
         let ttl = self.config.idempotency_ttl_ms;

@@ -21,7 +21,7 @@ use crate::http::{routes, App};
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired keys leave the cross-shard idempotency index.
-const IDEM_PURGE_EVERY: Duration = Duration::from_secs(60);
+const IDEM_PURGE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -1,10 +1,10 @@
 //! Routing from the gateway to the shard loops: which shard owns a request,
 //! the bounded queues in between, and the cross-shard idempotency index.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::{Sender, TrySendError};
-use inventory_core::{shard_for_sku, Millis, ReservationId};
+use inventory_core::{hashes_of_u128, shard_for_sku, Millis, ReservationId, SliceFilters, TierConfig};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
@@ -78,15 +78,25 @@ const IDEM_STRIPES: usize = 64;
 /// Shards keep the authoritative idempotency records, but a key reused for a
 /// request that routes to a *different* shard (another SKU, say) would never
 /// meet its first use there. This index catches exactly that case: a key
-/// claimed by one shard and presented for another is a conflict. It holds
-/// only the key's 128-bit hash, its shard and its expiry, is rebuilt from the
-/// shards after replay, and is striped so the gateway's threads rarely meet.
+/// claimed by one shard and presented for another is a conflict.
+///
+/// It keeps in memory only the keys of records their shard still holds in
+/// memory (the key's 128-bit hash, its shard and its expiry), striped so the
+/// gateway's threads rarely meet. Once a shard has moved a key's record to
+/// its cold tier, [`purge`](Self::purge) moves the key into a filter of that
+/// shard's cold keys; a claim that passes another shard's filter is
+/// [`Claim::Maybe`]: that shard's cold store has the answer.
 pub struct IdemIndex {
     stripes: Vec<Mutex<FxHashMap<u128, (u16, Millis)>>>,
     ttl_ms: Millis,
+    /// Per shard: the keys whose records it has moved to its cold tier.
+    cold: Vec<Mutex<SliceFilters>>,
+    /// Per shard: records made before this time have left its memory.
+    evicted_before: Vec<AtomicU64>,
+    tiers: TierConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The key was unclaimed; it is now this shard's.
     Fresh,
@@ -95,11 +105,20 @@ pub enum Claim {
     Same,
     /// The key belongs to another shard: a different request.
     Conflict,
+    /// Claimed for this shard, but these other shards may hold the key in
+    /// their cold tier: ask them before going on.
+    Maybe(Vec<u16>),
 }
 
 impl IdemIndex {
-    pub fn new(ttl_ms: Millis) -> IdemIndex {
-        IdemIndex { stripes: (0..IDEM_STRIPES).map(|_| Mutex::default()).collect(), ttl_ms }
+    pub fn new(ttl_ms: Millis, shards: u16) -> IdemIndex {
+        IdemIndex {
+            stripes: (0..IDEM_STRIPES).map(|_| Mutex::default()).collect(),
+            ttl_ms,
+            cold: (0..shards).map(|_| Mutex::default()).collect(),
+            evicted_before: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            tiers: TierConfig::default(),
+        }
     }
 
     fn stripe(&self, key: u128) -> &Mutex<FxHashMap<u128, (u16, Millis)>> {
@@ -118,7 +137,17 @@ impl IdemIndex {
             }
             _ => {
                 stripe.insert(key, (shard, now.saturating_add(self.ttl_ms)));
-                Claim::Fresh
+                drop(stripe);
+                let hashes = hashes_of_u128(key);
+                let elsewhere: Vec<u16> = (0..self.cold.len() as u16)
+                    .filter(|&other| other != shard)
+                    .filter(|&other| self.cold[other as usize].lock().may_contain(hashes, now, &self.tiers))
+                    .collect();
+                if elsewhere.is_empty() {
+                    Claim::Fresh
+                } else {
+                    Claim::Maybe(elsewhere)
+                }
             }
         }
     }
@@ -131,23 +160,55 @@ impl IdemIndex {
         }
     }
 
-    /// Re-registers a key found in a shard's state after replay.
+    /// Re-registers a key found in a shard's memory after replay.
     pub fn restore(&self, key: u128, shard: u16, expires_at: Millis) {
         self.stripe(key).lock().insert(key, (shard, expires_at));
     }
 
-    /// Forgets expired claims; returns how many.
+    /// Starts a shard's filter of cold keys from the shard's own, after
+    /// replay.
+    pub fn restore_cold(&self, shard: u16, keys: SliceFilters) {
+        *self.cold[shard as usize].lock() = keys;
+    }
+
+    /// A shard has moved every record made before `before` out of memory.
+    pub fn evicted(&self, shard: u16, before: Millis) {
+        self.evicted_before[shard as usize].fetch_max(before, Ordering::AcqRel);
+    }
+
+    /// Forgets expired claims, and moves the keys their shards have moved
+    /// to the cold tier into the filters; returns how many left memory.
     pub fn purge(&self, now: Millis) -> usize {
+        let evicted: Vec<Millis> = self.evicted_before.iter().map(|e| e.load(Ordering::Acquire)).collect();
         let mut purged = 0;
+        let mut cold: Vec<Vec<(u128, Millis)>> = vec![Vec::new(); self.cold.len()];
         for stripe in &self.stripes {
             let mut stripe = stripe.lock();
             let before = stripe.len();
-            stripe.retain(|_, &mut (_, expires_at)| expires_at > now);
+            stripe.retain(|&key, &mut (shard, expires_at)| {
+                if expires_at <= now {
+                    return false;
+                }
+                let made_at = expires_at.saturating_sub(self.ttl_ms);
+                if evicted.get(shard as usize).is_some_and(|&before| made_at < before) {
+                    cold[shard as usize].push((key, expires_at));
+                    return false;
+                }
+                true
+            });
             purged += before - stripe.len();
+        }
+        for (shard, keys) in cold.into_iter().enumerate() {
+            let mut filters = self.cold[shard].lock();
+            filters.drop_before(now, &self.tiers);
+            for (key, expires_at) in keys {
+                filters.insert(hashes_of_u128(key), expires_at, &self.tiers);
+            }
         }
         purged
     }
 
+    /// Keys in memory.
     pub fn len(&self) -> usize {
         self.stripes.iter().map(|s| s.lock().len()).sum()
     }
@@ -163,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_key_belongs_to_the_first_shard_that_used_it() {
-        let index = IdemIndex::new(1_000);
+        let index = IdemIndex::new(1_000, 4);
         assert_eq!(index.claim(7, 0, 100), Claim::Fresh);
         assert_eq!(index.claim(7, 0, 200), Claim::Same);
         assert_eq!(index.claim(7, 1, 200), Claim::Conflict);
@@ -174,5 +235,24 @@ mod tests {
         index.restore(9, 2, 500);
         assert_eq!(index.claim(9, 3, 499), Claim::Conflict);
         assert_eq!(index.purge(500), 1);
+    }
+
+    #[test]
+    fn a_key_its_shard_moved_to_disk_leaves_memory_and_its_reuse_elsewhere_is_asked_about() {
+        let index = IdemIndex::new(100_000, 3);
+        assert_eq!(index.claim(7, 0, 1_000), Claim::Fresh);
+        assert_eq!(index.claim(8, 1, 1_000), Claim::Fresh);
+        // Shard 0 has moved what it made before 2,000; shard 1 nothing.
+        index.evicted(0, 2_000);
+        assert_eq!(index.purge(5_000), 1);
+        assert_eq!(index.len(), 1);
+        // Reused on another shard: shard 0's cold tier must be asked.
+        assert_eq!(index.claim(7, 2, 5_000), Claim::Maybe(vec![0]));
+        index.unclaim(7, 2);
+        // On its own shard, the shard itself decides.
+        assert_eq!(index.claim(7, 0, 5_000), Claim::Fresh);
+        // Past its expiry nobody is asked.
+        index.unclaim(7, 0);
+        assert_eq!(index.claim(7, 2, 1_000 + 100_000 + TierConfig::default().slice_ms), Claim::Fresh);
     }
 }

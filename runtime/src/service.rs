@@ -122,7 +122,7 @@ impl Runtime {
     ) -> Result<(Runtime, Threads), RuntimeError> {
         let shards = journals.len() as u16;
         assert_eq!(followers.len(), journals.len(), "one set of followers per shard");
-        let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS));
+        let idem = Arc::new(IdemIndex::new(IDEMPOTENCY_TTL_MS, shards));
         let readers: Vec<Arc<dyn Journal + Sync>> = journals.iter().map(|j| Arc::from(j.reader())).collect();
         let audited_upto: Vec<Arc<AuditedUpto>> = (0..shards).map(|_| Arc::default()).collect();
 

@@ -253,6 +253,7 @@ fn run_inner(
     for (key, expires_at) in shard.idempotency_keys() {
         idem_index.restore(key, index, expires_at);
     }
+    idem_index.restore_cold(index, shard.cold_keys().clone());
     if let Some(cold) = &cold {
         if let Err(e) = seed_cold(&shard, &*journal, cold, next_seq - 1, last_at) {
             let _ = ready.send((index, Err(JournalError::Io(std::io::Error::other(e.to_string())))));
@@ -269,6 +270,7 @@ fn run_inner(
         journal,
         clock,
         metrics,
+        idem_index,
         followers,
         audited_upto,
         cold,
@@ -299,6 +301,7 @@ struct LoopState {
     journal: Box<dyn Journal>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    idem_index: Arc<IdemIndex>,
     followers: Arc<Followers>,
     audited_upto: Arc<AuditedUpto>,
     cold: Option<ShardCold>,
@@ -512,9 +515,17 @@ impl LoopState {
     /// than the hot windows, of what the cold store has already taken.
     fn evict(&mut self, now: Millis, txns: &mut Vec<Txn>) {
         let Some(cold) = &self.cold else { return };
+        // Everything made before the time of the last entry the store took
+        // is in the store; everything up to that time, once it has taken
+        // every acknowledged entry.
         let taken_at = cold.cursor.position_at();
-        let holds_before = now.saturating_sub(cold.holds_hot_ms).min(taken_at);
-        let keys_before = now.saturating_sub(cold.keys_hot_ms).min(taken_at);
+        let taken_before = if cold.cursor.position() >= self.followers.durable() { taken_at + 1 } else { taken_at };
+        let holds_before = now.saturating_sub(cold.holds_hot_ms).min(taken_before);
+        let keys_before = now.saturating_sub(cold.keys_hot_ms).min(taken_before);
+        // Whatever was made before the bound is out of memory once this
+        // batch is applied (a rollback brings keys back, which only makes
+        // a reuse elsewhere ask the cold store that has them).
+        self.idem_index.evicted(self.shard.index(), keys_before);
         if !self.shard.has_evictable(holds_before, keys_before) {
             return;
         }
@@ -762,7 +773,7 @@ mod tests {
         let (followers, audited_upto): (Arc<Followers>, Arc<AuditedUpto>) = Default::default();
         let context = LoopContext {
             clock: Arc::new(SystemClock),
-            idem_index: Arc::new(IdemIndex::new(1_000)),
+            idem_index: Arc::new(IdemIndex::new(1_000, 1)),
             metrics: metrics.clone(),
             followers: followers.clone(),
             audited_upto: audited_upto.clone(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{Client, Options, Reply, TestServer};
+use crate::support::{skus_on_different_shards, Client, Options, Reply, TestServer};
 
 /// A server whose records leave memory a second after they finish or are
 /// made.
@@ -42,8 +42,16 @@ struct Made {
     reserve: Reply,
 }
 
+/// An SKU on another shard than `cold-a` (two shards).
+fn elsewhere() -> String {
+    let (home, other) = skus_on_different_shards("cold", 2);
+    assert_eq!(inventory_core::shard_for_sku("cold-a", 2), inventory_core::shard_for_sku(&home, 2));
+    other
+}
+
 async fn make(c: &Client) -> Made {
     assert_eq!(c.receive("cold-a", 10).await.status, StatusCode::OK);
+    assert_eq!(c.receive(&elsewhere(), 10).await.status, StatusCode::OK);
     let reserve = c.reserve("order-1", "cold-a", 2, "t:k1").await;
     let sold = reserve.body["reservationId"].as_str().unwrap().to_string();
     assert_eq!(c.confirm(&sold, "pay-1", "t:k2").await.status, StatusCode::OK);
@@ -66,6 +74,9 @@ async fn check_answers_from_the_cold_tier(c: &Client, made: &Made, round: &str) 
     assert_eq!(again.headers["idempotent-replayed"], "true");
     // The same key for another request.
     let reused = c.reserve("order-9", "cold-a", 1, "t:k1").await;
+    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"));
+    // ...and for a request that goes to another shard.
+    let reused = c.reserve("order-9", &elsewhere(), 1, "t:k1").await;
     assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"));
     // A repeated payment callback under a new key deducts nothing.
     let paid = c.confirm(&made.sold, "pay-1", &format!("t:{round}:again")).await;
@@ -95,8 +106,8 @@ async fn records_on_disk_answer_as_they_did_in_memory_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(options(dir.path())).await;
     let made = make(&server.client).await;
-    // Two finished holds; the keys of the receipt and the four hold changes.
-    wait_until_moved(&server.client, 2.0, 5.0).await;
+    // Two finished holds; the keys of the receipts and the hold changes.
+    wait_until_moved(&server.client, 2.0, 6.0).await;
     check_answers_from_the_cold_tier(&server.client, &made, "a").await;
     let lookups = metric(&server.client.get("/metrics").await.text, "inventory_cold_lookups_total");
     assert!(lookups >= 5.0, "decisions came from the cold tier: {lookups}");

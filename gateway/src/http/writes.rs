@@ -247,17 +247,40 @@ fn own_shard(app: &App, id: inventory_core::ReservationId) -> Result<u16, ApiErr
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}")))
 }
 
+/// Whether shard `shard`'s cold tier holds an unexpired record of `key`.
+async fn cold_key(app: &App, shard: u16, key: u128, now: u64) -> Result<bool, ApiError> {
+    let Some(store) = app.runtime.cold.get(shard as usize).cloned() else { return Ok(false) };
+    let found = tokio::task::spawn_blocking(move || store.idem(key, now)).await.expect("cold lookup panicked");
+    found
+        .map(|record| record.is_some())
+        .map_err(|e| ApiError::unavailable("COLD_TIER_UNAVAILABLE", format!("the cold tier could not be read: {e}")))
+}
+
 /// Sends a command to its shard and waits for the durable outcome.
 async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Applied, ApiError> {
     let key = key_hash(command.idem_key().expect("writes carry a key"));
     let runtime = &app.runtime;
-    let claim = runtime.idem.claim(key, shard, runtime.clock.now_ms());
-    if claim == Claim::Conflict {
-        return Err(api::rejection_error(inventory_core::Rejection::IdempotencyKeyReused));
-    }
+    let now = runtime.clock.now_ms();
+    let reused = || api::rejection_error(inventory_core::Rejection::IdempotencyKeyReused);
+    let fresh = match runtime.idem.claim(key, shard, now) {
+        Claim::Conflict => return Err(reused()),
+        Claim::Same => false,
+        Claim::Fresh => true,
+        Claim::Maybe(others) => {
+            // Other shards may have used the key long enough ago that it
+            // is in their cold tier only: ask them.
+            for other in others {
+                if cold_key(app, other, key, now).await.inspect_err(|_| runtime.idem.unclaim(key, shard))? {
+                    runtime.idem.unclaim(key, shard);
+                    return Err(reused());
+                }
+            }
+            true
+        }
+    };
     let (reply, answer) = oneshot::channel();
     if let Err(e) = runtime.router.send(shard, Request::Write { command, meta, reply }) {
-        if claim == Claim::Fresh {
+        if fresh {
             runtime.idem.unclaim(key, shard);
         }
         return Err(app.send_error(e));
