@@ -218,3 +218,25 @@ async fn kill_9_while_records_move_to_disk_loses_and_repeats_nothing() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().success());
 }
+
+/// A data dir whose journal was truncated before it had a cold tier (or
+/// whose cold tier was lost): the cold tier starts from the shard's state,
+/// and everything still answers from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_tier_that_missed_the_journals_start_begins_from_the_shards_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep_all = Options { data_dir: Some(dir.path().to_path_buf()), hot_secs: (3_600, 3_600), ..Default::default() };
+    let server = TestServer::start_with(keep_all).await;
+    let made = make(&server.client).await;
+    let snapshot = server.client.post("/api/admin/snapshot", json!({})).await;
+    let truncated: u64 =
+        snapshot.body["snapshots"].as_array().unwrap().iter().map(|s| s["truncated"].as_u64().unwrap()).sum();
+    assert!(truncated > 0, "the journal no longer starts at entry 1: {}", snapshot.text);
+    server.stop().await;
+    std::fs::remove_dir_all(dir.path().join("cold")).unwrap();
+
+    let server = TestServer::start_with(options(dir.path())).await;
+    wait_until_moved(&server.client, 2.0, 6.0).await;
+    check_answers_from_the_cold_tier(&server.client, &made, "c").await;
+    server.stop().await;
+}
