@@ -50,9 +50,16 @@ pub struct RunArgs {
     /// Targets to measure, one after the other, comma separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "service")]
     pub targets: Vec<TargetKind>,
-    /// Length of the measured phase (e.g. 60s, 30m).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// Length of the measured phase (e.g. 60s, 30m; default 60s, 10m for
+    /// soak).
+    #[arg(long = "duration", value_parser = parse_duration)]
+    pub duration_arg: Option<Duration>,
+    /// The measured phase's length, resolved against the scenario.
+    #[arg(skip = Duration::ZERO)]
     pub duration: Duration,
+    /// How often soak samples the target's memory and disk use.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub sample_every: Duration,
     /// Offered rate in requests per second for the open-loop scenarios
     /// (default: 30000 peak, 60000 double-peak, 3000 base for hot-burst).
     #[arg(long)]
@@ -170,6 +177,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl RunArgs {
+    /// Resolves what defaults by scenario, then checks combinations clap
+    /// cannot express.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        let default = if self.scenario == Scenario::Soak { 600 } else { 60 };
+        self.duration = self.duration_arg.unwrap_or(Duration::from_secs(default));
+        self.validate()
+    }
+
     /// Checks combinations clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.targets.is_empty() {
@@ -207,8 +222,9 @@ impl RunArgs {
         if self.hold_ttl_secs == 0 {
             return Err("--hold-ttl-secs must be at least 1".into());
         }
-        if self.mix == MixKind::Reserves && !matches!(self.scenario, Scenario::Max | Scenario::HotOnly) {
-            return Err("--mix reserves applies to the closed-loop scenarios max and hot-only".into());
+        if self.mix == MixKind::Reserves && !matches!(self.scenario, Scenario::Max | Scenario::HotOnly | Scenario::Soak)
+        {
+            return Err("--mix reserves applies to the closed-loop scenarios max, hot-only and soak".into());
         }
         if self.target_url.is_some() && self.targets != [TargetKind::Service] {
             return Err("--target-url measures one running service: use it with --targets service".into());
@@ -229,8 +245,8 @@ mod tests {
         all.extend_from_slice(args);
         let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
         let Commands::Run(run) = cli.command else { unreachable!() };
-        let run = *run;
-        run.validate()?;
+        let mut run = *run;
+        run.resolve()?;
         Ok(run)
     }
 

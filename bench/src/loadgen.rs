@@ -98,6 +98,7 @@ impl Ledger {
 pub struct Progress {
     pub ok: AtomicU64,
     pub errors: AtomicU64,
+    pub reserves_ok: AtomicU64,
 }
 
 pub struct LoadConfig {
@@ -325,6 +326,7 @@ impl Worker {
                 s.ok += 1;
                 if op == Op::Reserve {
                     s.reserves_ok += 1;
+                    self.progress.reserves_ok.fetch_add(1, Relaxed);
                 }
                 self.progress.ok.fetch_add(1, Relaxed);
             }

@@ -73,6 +73,41 @@ pub struct TargetReport {
     /// service, or a baseline's adapter, without its database server)
     /// during the measured phase, per request; `None` with `--target-url`.
     pub target_cpu_us_per_request: Option<f64>,
+    /// The target's resident memory and disk use over the measured phase
+    /// (soak only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceSample>,
+}
+
+/// One sample of what the target holds, `t_s` seconds into the measured
+/// phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResourceSample {
+    pub t_s: f64,
+    pub rss_bytes: u64,
+    pub disk_bytes: u64,
+    /// Reserves answered OK so far.
+    pub reserves_ok: u64,
+}
+
+impl TargetReport {
+    /// Resident memory growth per reserve from the sample halfway through
+    /// the run to the last: what each hold costs memory once the hot
+    /// windows are full (run longer than twice the longest window). `None`
+    /// with fewer than two samples.
+    pub fn rss_bytes_per_reserve(&self) -> Option<f64> {
+        let from = self.resources.get(self.resources.len() / 2)?;
+        let to = self.resources.last()?;
+        let reserves = to.reserves_ok.checked_sub(from.reserves_ok).filter(|&n| n > 0)?;
+        Some((to.rss_bytes as f64 - from.rss_bytes as f64) / reserves as f64)
+    }
+
+    /// Disk use per reserve over the whole run.
+    pub fn disk_bytes_per_reserve(&self) -> Option<f64> {
+        let (first, last) = (self.resources.first()?, self.resources.last()?);
+        let reserves = last.reserves_ok.checked_sub(first.reserves_ok).filter(|&n| n > 0)?;
+        Some((last.disk_bytes as f64 - first.disk_bytes as f64) / reserves as f64)
+    }
 }
 
 impl TargetReport {
@@ -134,6 +169,10 @@ pub fn write(report: &RunReport, dir: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(report).map_err(|e| BenchError::Report(e.to_string()))?;
     std::fs::write(dir.join("report.json"), json)?;
     for t in &report.targets {
+        if !t.resources.is_empty() {
+            let path = dir.join(format!("{}-{}-resources.svg", report.scenario.name(), t.target.name()));
+            plot_resources(t, &path).map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         let path = dir.join(format!("{}-{}.svg", report.scenario.name(), t.target.name()));
         plot_target(report, t, &path).map_err(|e| BenchError::Report(format!("{}: {e}", path.display())))?;
     }
@@ -199,6 +238,33 @@ fn plot_target(report: &RunReport, t: &TargetReport, path: &Path) -> PlotResult 
     for (name, f, color) in series {
         chart
             .draw_series(LineSeries::new(points.iter().map(|p| (p.t_s as f64, f(p) as f64)), color))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Resident memory and disk use over a soak run.
+fn plot_resources(t: &TargetReport, path: &Path) -> PlotResult {
+    let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let t_max = t.resources.last().map_or(1.0, |r| r.t_s).max(1.0);
+    let mb = |b: u64| b as f64 / 1e6;
+    let y_max = t.resources.iter().map(|r| mb(r.rss_bytes).max(mb(r.disk_bytes))).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: resident memory and disk use (MB)", t.target.name()), ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max * 1.1)?;
+    chart.configure_mesh().x_desc("seconds").y_desc("MB").draw()?;
+    type Resource = (&'static str, fn(&ResourceSample) -> u64, RGBColor);
+    let series: [Resource; 2] = [("resident memory", |r| r.rss_bytes, BLUE), ("disk", |r| r.disk_bytes, RED)];
+    for (name, f, color) in series {
+        chart
+            .draw_series(LineSeries::new(t.resources.iter().map(|r| (r.t_s, mb(f(r)))), color))?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
@@ -344,6 +410,27 @@ pub fn table(report: &RunReport) -> String {
             let _ =
                 writeln!(s, "  {} requests never sent: the target fell more than 5 s behind the schedule", t.unsent);
         }
+        if !t.resources.is_empty() {
+            let _ = writeln!(s, "  {:>8} {:>10} {:>10} {:>12}", "seconds", "RSS MB", "disk MB", "reserves ok");
+            for r in &t.resources {
+                let mb = |b: u64| b as f64 / 1e6;
+                let _ = writeln!(
+                    s,
+                    "  {:>8.0} {:>10.1} {:>10.1} {:>12}",
+                    r.t_s,
+                    mb(r.rss_bytes),
+                    mb(r.disk_bytes),
+                    r.reserves_ok
+                );
+            }
+            let per = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "  per reserve: RSS growth over the second half {} bytes, disk {} bytes",
+                per(t.rss_bytes_per_reserve()),
+                per(t.disk_bytes_per_reserve())
+            );
+        }
         let _ = match t.target_cpu_us_per_request {
             Some(target) => writeln!(
                 s,
@@ -415,6 +502,7 @@ mod tests {
             audit: AuditReport::default(),
             loadgen_cpu_us_per_request: 1.0,
             target_cpu_us_per_request: None,
+            resources: Vec::new(),
         }
     }
 

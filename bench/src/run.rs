@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::audit::audit;
 use crate::cli::{MixKind, RunArgs};
 use crate::loadgen::{self, LoadConfig, Progress};
-use crate::report::{self, HostInfo, RunReport, TargetReport};
+use crate::report::{self, HostInfo, ResourceSample, RunReport, TargetReport};
 use crate::stats::OpSummary;
 use crate::target::{self, Running, StartOptions, TargetKind};
 use crate::workload::{Burst, Catalogue, Mix, Mode, Op, Plan, Scenario};
@@ -64,8 +64,8 @@ pub fn catalogue(args: &RunArgs, plan: &Plan, tag: &str) -> Catalogue {
     }
 }
 
-pub fn main(args: RunArgs) -> Result<RunReport> {
-    args.validate().map_err(BenchError::Config)?;
+pub fn main(mut args: RunArgs) -> Result<RunReport> {
+    args.resolve().map_err(BenchError::Config)?;
     // One thread drives every connection: on a machine the target shares,
     // that measured 11% less of the harness's CPU per request than a
     // two-worker runtime (bench/README.md). At the 15-20 us a request
@@ -190,6 +190,7 @@ async fn measure(
             }
         })
     };
+    let sampler = (plan.scenario == Scenario::Soak).then(|| sample_resources(&running, &progress, args.sample_every));
     let cpu_before = process_cpu();
     let target_cpu_before = running.cpu();
     let load = loadgen::run(
@@ -209,6 +210,13 @@ async fn measure(
     let target_cpu = running.cpu().zip(target_cpu_before).map(|(after, before)| after.saturating_sub(before));
     ticker.abort();
     running_bar.finish_and_clear();
+    let resources = match sampler {
+        Some((stop, task)) => {
+            let _ = stop.send(());
+            task.await.unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
 
     eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
     let audit = audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?;
@@ -248,7 +256,42 @@ async fn measure(
         audit,
         loadgen_cpu_us_per_request,
         target_cpu_us_per_request,
+        resources,
     })
+}
+
+/// Samples the target's resident memory and disk use every `every` until
+/// told to stop, and once more then.
+fn sample_resources(
+    running: &Running,
+    progress: &Arc<Progress>,
+    every: Duration,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Vec<ResourceSample>>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let (rss, disk) = (running.rss_probe(), running.disk_probe());
+    let progress = progress.clone();
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut samples = Vec::new();
+        loop {
+            let done = tokio::select! {
+                _ = tokio::time::sleep(every) => false,
+                _ = &mut stopped => true,
+            };
+            let disk = disk.clone();
+            let disk_bytes = tokio::task::spawn_blocking(move || disk()).await.unwrap_or(0);
+            samples.push(ResourceSample {
+                t_s: start.elapsed().as_secs_f64(),
+                rss_bytes: rss(),
+                disk_bytes,
+                reserves_ok: progress.reserves_ok.load(std::sync::atomic::Ordering::Relaxed),
+            });
+            if done {
+                return samples;
+            }
+        }
+    });
+    (stop, task)
 }
 
 /// CPU time (user + system) this process has used so far.

@@ -109,6 +109,37 @@ impl Running {
         process_cpu_of(pid)
     }
 
+    /// Reads the started process's resident memory in bytes (`VmRSS`; 0
+    /// for an external target).
+    pub fn rss_probe(&self) -> impl Fn() -> u64 + Send + 'static {
+        let pid = self.child.as_ref().map(Child::id);
+        move || {
+            let Some(pid) = pid else { return 0 };
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().strip_suffix("kB"));
+            kb.and_then(|kb| kb.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+        }
+    }
+
+    /// Reads the bytes the started service's data dir takes on disk
+    /// (allocated blocks, as `du` counts them; 0 without one).
+    pub fn disk_probe(&self) -> Arc<dyn Fn() -> u64 + Send + Sync> {
+        fn walk(dir: &std::path::Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.blocks() * 512,
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        let dir = self._data_dir.as_ref().map(|d| d.path().to_path_buf());
+        Arc::new(move || dir.as_deref().map_or(0, walk))
+    }
+
     pub fn external(kind: TargetKind, addr: SocketAddr) -> Running {
         Running { kind, addr, child: None, _data_dir: None }
     }

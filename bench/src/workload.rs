@@ -166,6 +166,9 @@ pub enum Scenario {
     HotOnly,
     /// Closed loop, uniform SKUs: saturation throughput.
     Max,
+    /// Closed loop at saturation for a long time (default 10 minutes),
+    /// sampling the target's resident memory and disk use as it goes.
+    Soak,
 }
 
 impl Scenario {
@@ -176,6 +179,7 @@ impl Scenario {
             Scenario::HotBurst => "hot-burst",
             Scenario::HotOnly => "hot-only",
             Scenario::Max => "max",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -185,7 +189,7 @@ impl Scenario {
             Scenario::Peak => Some(30_000.0),
             Scenario::DoublePeak => Some(60_000.0),
             Scenario::HotBurst => Some(3_000.0),
-            Scenario::HotOnly | Scenario::Max => None,
+            Scenario::HotOnly | Scenario::Max | Scenario::Soak => None,
         }
     }
 }

@@ -157,6 +157,22 @@ fn max_smoke() {
 }
 
 #[test]
+fn soak_smoke() {
+    let report = smoke("soak", &["--sample-every", "500ms"]);
+    for t in report["targets"].as_array().unwrap() {
+        let name = t["target"].as_str().unwrap();
+        let samples = t["resources"].as_array().unwrap_or_else(|| panic!("{name}: no resource samples"));
+        assert!(samples.len() >= 3, "{name}: {samples:?}");
+        assert!(samples.iter().all(|s| s["rss_bytes"].as_u64().unwrap() > 0), "{name}: {samples:?}");
+        if name.starts_with("service") {
+            assert!(samples.iter().all(|s| s["disk_bytes"].as_u64().unwrap() > 0), "{name}: {samples:?}");
+        }
+        let last = samples.last().unwrap()["reserves_ok"].as_u64().unwrap();
+        assert_eq!(last, t["ops"]["reserve"]["ok"].as_u64().unwrap(), "{name}: the last sample counts every reserve");
+    }
+}
+
+#[test]
 fn bad_input_is_refused_with_a_clear_message() {
     let output = Command::new(bench_bin())
         .args(["run", "--scenario", "peak", "--catalogue", "0"])
