@@ -69,6 +69,12 @@ pub struct ShardLabels {
     pub shard: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    pub follower: &'static str,
+    pub shard: u16,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -89,6 +95,7 @@ pub struct Metrics {
     pub overload_refusals: Counter,
     pub cold_lookups: Counter,
     pub evicted: Family<EventLabels, Counter>,
+    pub follower_lag: Family<FollowerLabels, Gauge<u64, AtomicU64>>,
     pub journal_entries: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_records: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_seconds: Family<ShardLabels, Gauge<f64, AtomicU64>>,
@@ -183,6 +190,12 @@ impl Metrics {
             "Finished holds (kind=hold) and idempotency records (kind=key) moved from memory to the cold tier",
             evicted.clone(),
         );
+        let follower_lag = Family::default();
+        registry.register(
+            "follower_lag_entries",
+            "Acknowledged journal entries a follower of the journal (postgres, audit, cold) has not taken yet",
+            follower_lag.clone(),
+        );
         let journal_entries = Family::default();
         registry.register("journal_entries", "Entries in each shard's journal", journal_entries.clone());
         let holds = Family::default();
@@ -218,6 +231,7 @@ impl Metrics {
             overload_refusals,
             cold_lookups,
             evicted,
+            follower_lag,
             journal_entries,
         }
     }

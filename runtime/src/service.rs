@@ -305,8 +305,8 @@ fn start_cold(
     let follower = {
         let (store, reader, followers, cursor, clock, stop) =
             (store.clone(), reader.clone(), followers.clone(), cursor.clone(), clock.clone(), stop.clone());
+        // At the shard loops' priority: memory holds what it has not taken.
         std::thread::Builder::new().name(format!("cold-{shard}")).spawn(move || {
-            crate::lower_thread_priority();
             inventory_cold::run_follower(store, reader, followers, cursor, move || clock.now_ms(), stop)
         })?
     };

@@ -28,7 +28,7 @@ use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::metrics::{EventLabels, Metrics, ShardLabels};
+use crate::metrics::{EventLabels, FollowerLabels, Metrics, ShardLabels};
 use crate::router::IdemIndex;
 use inventory_audit::{is_audited, AuditedUpto};
 use inventory_journal::follow::{Cursor, Followers};
@@ -439,6 +439,10 @@ impl LoopState {
             self.metrics.holds.get_or_create(&self.labels).set(stats.holds as i64);
             self.metrics.idempotency_keys.get_or_create(&self.labels).set(stats.idempotency_keys as i64);
             self.metrics.stock_rows.get_or_create(&self.labels).set(stats.rows as i64);
+            for cursor in self.followers.cursors() {
+                let labels = FollowerLabels { follower: cursor.name(), shard: self.labels.shard };
+                self.metrics.follower_lag.get_or_create(&labels).set(cursor.lag_entries(&self.followers));
+            }
         }
         if now >= self.next_tick {
             self.next_tick = now + EXPIRY_TICK_MS;
