@@ -75,13 +75,18 @@ pub struct Config {
     /// Snapshots kept per shard.
     #[arg(long, env = "INVENTORY_SNAPSHOTS_KEEP", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub snapshots_keep: u64,
-    /// Finished holds stay in memory this long after they finish, then
-    /// move to the cold tier on local disk (`<data-dir>/cold`) for the rest
-    /// of their 48 h.
+    /// Move finished holds and idempotency records older than the hot
+    /// windows below to a cold tier on local disk (`<data-dir>/cold`), so
+    /// memory stays flat through a long sale. Off by default while its
+    /// store costs as much CPU as the shards (bench/README.md, soak).
+    #[arg(long, env = "INVENTORY_COLD_TIER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cold_tier: bool,
+    /// With the cold tier: finished holds stay in memory this long after
+    /// they finish, then move to disk for the rest of their 48 h.
     #[arg(long, env = "INVENTORY_HOT_HOLDS_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=172_800))]
     pub hot_holds_secs: u64,
-    /// Idempotency records stay in memory this long after they are made,
-    /// then move to the cold tier for the rest of their 72 h.
+    /// With the cold tier: idempotency records stay in memory this long
+    /// after they are made, then move to disk for the rest of their 72 h.
     #[arg(long, env = "INVENTORY_HOT_KEYS_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=259_200))]
     pub hot_keys_secs: u64,
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
@@ -111,6 +116,7 @@ impl Config {
             txn_retention_hours: 30 * 24,
             snapshot_every_entries: 1_000_000,
             snapshots_keep: 2,
+            cold_tier: false,
             hot_holds_secs: 60,
             hot_keys_secs: 300,
             writer_faults: Default::default(),
@@ -131,7 +137,9 @@ impl Config {
             expected_skus: self.expected_skus,
             snapshot_every_entries: self.snapshot_every_entries,
             snapshots_keep: self.snapshots_keep as usize,
-            hot: Some(HotWindows { holds_ms: self.hot_holds_secs * 1_000, keys_ms: self.hot_keys_secs * 1_000 }),
+            hot: self
+                .cold_tier
+                .then(|| HotWindows { holds_ms: self.hot_holds_secs * 1_000, keys_ms: self.hot_keys_secs * 1_000 }),
         }
     }
 }

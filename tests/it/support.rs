@@ -36,9 +36,9 @@ pub struct Options {
     pub writer_faults: Arc<inventory_persistence::WriterFaults>,
     /// The kind of journal a new data dir gets.
     pub journal: Backend,
-    /// Seconds finished holds and idempotency records stay in memory before
-    /// they move to the cold tier.
-    pub hot_secs: (u64, u64),
+    /// With a cold tier: seconds finished holds and idempotency records
+    /// stay in memory before they move to it.
+    pub hot_secs: Option<(u64, u64)>,
 }
 
 impl Default for Options {
@@ -53,7 +53,7 @@ impl Default for Options {
             postgres_batch_max: 2_048,
             writer_faults: Arc::default(),
             journal: Backend::Sled,
-            hot_secs: (60, 300),
+            hot_secs: None,
         }
     }
 }
@@ -84,7 +84,9 @@ impl TestServer {
             config.postgres_schema = schema.clone();
         }
         config.postgres_batch_max = options.postgres_batch_max;
-        (config.hot_holds_secs, config.hot_keys_secs) = options.hot_secs;
+        if let Some((holds, keys)) = options.hot_secs {
+            (config.cold_tier, config.hot_holds_secs, config.hot_keys_secs) = (true, holds, keys);
+        }
         config.writer_faults = options.writer_faults.clone();
         let faults = FaultHandle::default();
         let store = Store::open(&config.journal_dir(), Some(options.journal), config.shards, 1).unwrap();
