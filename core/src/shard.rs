@@ -430,40 +430,42 @@ impl Shard {
     /// `cold` holds. A record that may have left memory is one whose key
     /// passes the filters of evicted keys.
     fn cold_needs(&self, at: Millis, command: &Command, cold: &ColdFacts) -> ColdQuery {
+        // The filters first: with nothing moved out (or nothing that
+        // matches) no lookup of memory is repeated here.
         let mut needs = ColdQuery::default();
         let Some(key) = command.idem_key().map(key_hash) else {
             return needs;
         };
         let tiers = &self.config.tiers;
-        if self.idem.get(&key).is_some_and(|r| r.expires_at > at) {
-            return needs;
-        }
-        match cold.key(key) {
-            Some(Some(record)) if record.expires_at > at => return needs,
-            Some(_) => {}
-            None => {
-                if self.cold.keys.may_contain(hashes_of_u128(key), at, tiers) {
-                    needs.key = Some(key);
-                }
+        if self.cold.keys.may_contain(hashes_of_u128(key), at, tiers) {
+            if self.idem.get(&key).is_some_and(|r| r.expires_at > at) {
+                return needs;
+            }
+            match cold.key(key) {
+                Some(Some(record)) if record.expires_at > at => return needs,
+                Some(_) => {}
+                None => needs.key = Some(key),
             }
         }
         match command {
             Command::Reserve(c) => {
-                let Some(first) = self.table.find_sku(&c.sku_id) else { return needs };
                 let order = order_hash(&c.order_id);
-                let known = c.qty == 0
-                    || self.find_order_line(order, &c.order_id, first, at).is_some()
-                    || cold.order(&c.order_id).is_some();
-                if !known && self.cold.orders.may_contain(hashes_of_u64(order), at, tiers) {
+                if c.qty == 0 || !self.cold.orders.may_contain(hashes_of_u64(order), at, tiers) {
+                    return needs;
+                }
+                let Some(first) = self.table.find_sku(&c.sku_id) else { return needs };
+                let known =
+                    self.find_order_line(order, &c.order_id, first, at).is_some() || cold.order(&c.order_id).is_some();
+                if !known {
                     needs.order = Some(c.order_id.clone());
                 }
             }
             Command::Confirm(Confirm { reservation_id: id, .. })
             | Command::Release(Release { reservation_id: id, .. }) => {
-                let known = id.shard() != self.config.index
-                    || self.own_hold(*id, at).is_some()
-                    || cold.hold(id.seq()).is_some();
-                if !known && self.cold.holds.may_contain(hashes_of_u64(id.seq()), at, tiers) {
+                if id.shard() != self.config.index || !self.cold.holds.may_contain(hashes_of_u64(id.seq()), at, tiers) {
+                    return needs;
+                }
+                if self.own_hold(*id, at).is_none() && cold.hold(id.seq()).is_none() {
                     needs.hold = Some(id.seq());
                 }
             }
