@@ -354,6 +354,16 @@ mod tests {
         }
     }
 
+    fn receive() -> Command {
+        Command::Receive(Receive {
+            sku_id: "sku".into(),
+            warehouse_id: DEFAULT_WAREHOUSE.into(),
+            qty: 9,
+            idem_key: "r".into(),
+            reference: String::new(),
+        })
+    }
+
     fn reserve(order: &str, key: &str) -> Command {
         Command::Reserve(Reserve {
             order_id: order.into(),
@@ -382,14 +392,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journaled::new();
         let t = 10 * HOUR_MS;
-        let receive = Receive {
-            sku_id: "sku".into(),
-            warehouse_id: DEFAULT_WAREHOUSE.into(),
-            qty: 9,
-            idem_key: "r".into(),
-            reference: String::new(),
-        };
-        j.apply(t, Command::Receive(receive));
+        j.apply(t, receive());
         let sold = id(j.apply(t + 1, reserve("o1", "k1")));
         let released = id(j.apply(t + 2, reserve("o2", "k2")));
         let live = id(j.apply(t + 3, reserve("o3", "k3")));
@@ -437,14 +440,7 @@ mod tests {
     fn slices_are_dropped_whole_once_their_retention_has_ended() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journaled::new();
-        let receive = Receive {
-            sku_id: "sku".into(),
-            warehouse_id: DEFAULT_WAREHOUSE.into(),
-            qty: 9,
-            idem_key: "r".into(),
-            reference: String::new(),
-        };
-        j.apply(1, Command::Receive(receive));
+        j.apply(1, receive());
         let early = id(j.apply(2, reserve("o1", "k1")));
         j.apply(3, Command::Release(Release { reservation_id: early, reason: "x".into(), idem_key: "k2".into() }));
         let late = id(j.apply(20 * HOUR_MS, reserve("o2", "k3")));
@@ -467,14 +463,7 @@ mod tests {
     fn a_seeded_store_takes_the_journal_on_from_the_shards_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journaled::new();
-        let receive = Receive {
-            sku_id: "sku".into(),
-            warehouse_id: DEFAULT_WAREHOUSE.into(),
-            qty: 9,
-            idem_key: "r".into(),
-            reference: String::new(),
-        };
-        j.apply(1, Command::Receive(receive));
+        j.apply(1, receive());
         let hold = id(j.apply(2, reserve("o1", "k1")));
         let store = open(dir.path());
         // Without the hold's creation, its finish cannot be taken.
