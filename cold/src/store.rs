@@ -17,7 +17,7 @@
 //! what is durable, and a crash in between takes the same entries again
 //! (every write is an upsert of the same value).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::Path;
 
@@ -101,26 +101,38 @@ pub struct ColdStore {
     slices: Slices,
 }
 
-/// The slices that exist, by kind.
+/// The slices that exist, by kind, with their open trees (opening a sled
+/// tree by name costs a lookup under sled's lock: done once per slice).
 #[derive(Default)]
-struct Slices(Mutex<BTreeSet<(Kind, u64)>>);
+struct Slices(Mutex<BTreeMap<(Kind, u64), sled::Tree>>);
 
 impl Slices {
-    fn insert(&self, kind: Kind, slice: u64) {
-        self.0.lock().insert((kind, slice));
+    fn tree(&self, db: &sled::Db, kind: Kind, slice: u64) -> Result<sled::Tree, ColdError> {
+        let mut slices = self.0.lock();
+        if let Some(tree) = slices.get(&(kind, slice)) {
+            return Ok(tree.clone());
+        }
+        let tree = db.open_tree(kind.tree(slice))?;
+        slices.insert((kind, slice), tree.clone());
+        Ok(tree)
     }
 
     fn remove(&self, kind: Kind, slice: u64) {
         self.0.lock().remove(&(kind, slice));
     }
 
-    /// The slices of `kind` from `first` on, newest first.
-    fn of(&self, kind: Kind, first: u64) -> Vec<u64> {
-        self.0.lock().range((kind, first)..=(kind, u64::MAX)).rev().map(|&(_, s)| s).collect()
+    /// The trees of `kind` from slice `first` on, newest first.
+    fn of(&self, kind: Kind, first: u64) -> Vec<sled::Tree> {
+        self.0.lock().range((kind, first)..=(kind, u64::MAX)).rev().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// The slice numbers of `kind`, newest first.
+    fn numbers(&self, kind: Kind) -> Vec<u64> {
+        self.0.lock().range((kind, 0)..=(kind, u64::MAX)).rev().map(|(&(_, slice), _)| slice).collect()
     }
 
     fn all(&self) -> Vec<(Kind, u64)> {
-        self.0.lock().iter().copied().collect()
+        self.0.lock().keys().copied().collect()
     }
 }
 
@@ -135,7 +147,7 @@ impl ColdStore {
         let slices = Slices::default();
         for name in db.tree_names() {
             if let Some((kind, slice)) = Kind::parse(&name) {
-                slices.insert(kind, slice);
+                slices.tree(&db, kind, slice)?;
             }
         }
         Ok(ColdStore { db, log, meta, live, tiers, idempotency_ttl_ms, slices })
@@ -209,9 +221,7 @@ impl ColdStore {
     }
 
     fn tree(&self, kind: Kind, slice: u64) -> Result<sled::Tree, ColdError> {
-        let tree = self.db.open_tree(kind.tree(slice))?;
-        self.slices.insert(kind, slice);
-        Ok(tree)
+        self.slices.tree(&self.db, kind, slice)
     }
 
     fn put_hold(&self, hold: &ColdHold) -> Result<(), ColdError> {
@@ -243,8 +253,8 @@ impl ColdStore {
 
     /// The idempotency record of `key`, if one is kept and unexpired at `at`.
     pub fn idem(&self, key: u128, at: Millis) -> Result<Option<ColdIdem>, ColdError> {
-        for slice in self.slices.of(Kind::Keys, self.slice(at)) {
-            if let Some(v) = self.tree(Kind::Keys, slice)?.get(key.to_be_bytes())? {
+        for keys in self.slices.of(Kind::Keys, self.slice(at)) {
+            if let Some(v) = keys.get(key.to_be_bytes())? {
                 let record: ColdIdem = decode(&v)?;
                 return Ok((record.expires_at > at).then_some(record));
             }
@@ -254,8 +264,8 @@ impl ColdStore {
 
     /// The finished hold of sequence `seq`, if one is kept.
     pub fn hold(&self, seq: u64) -> Result<Option<ColdHold>, ColdError> {
-        for slice in self.slices.of(Kind::Holds, 0) {
-            if let Some(v) = self.tree(Kind::Holds, slice)?.get(seq.to_be_bytes())? {
+        for holds in self.slices.of(Kind::Holds, 0) {
+            if let Some(v) = holds.get(seq.to_be_bytes())? {
                 return decode(&v).map(Some);
             }
         }
@@ -266,7 +276,7 @@ impl ColdStore {
     pub fn order(&self, order_id: &str) -> Result<Vec<ColdHold>, ColdError> {
         let prefix = order_hash(order_id).to_be_bytes();
         let mut holds = Vec::new();
-        for slice in self.slices.of(Kind::Orders, 0) {
+        for slice in self.slices.numbers(Kind::Orders) {
             let (orders, by_seq) = (self.tree(Kind::Orders, slice)?, self.tree(Kind::Holds, slice)?);
             for key in orders.scan_prefix(prefix).keys() {
                 let key = key?;
