@@ -480,20 +480,9 @@ mod tests {
         let finish = Command::Confirm(Confirm { reservation_id: hold, payment_id: "p".into(), idem_key: "k2".into() });
         j.apply(3, finish);
         assert!(matches!(store.take(&j.entries[2..]), Err(ColdError::UnknownHold { seq: 3, hold: 1 })));
-        let view = j.shard.reservation(hold).unwrap();
-        let created = ColdHold {
-            seq: hold.seq(),
-            order_id: view.order_id,
-            sku_id: view.sku_id,
-            warehouse_id: view.warehouse_id,
-            qty: view.qty,
-            expire_at: view.expire_at,
-            idem_key: view.idem_key,
-            created_at: view.created_at,
-            status: ReservationStatus::Reserved,
-            updated_at: view.created_at,
-            detail: None,
-        };
+        // The hold as it was before the confirm: live.
+        let mut created = ColdHold::of_view(j.shard.reservation(hold).unwrap());
+        (created.status, created.updated_at, created.detail) = (ReservationStatus::Reserved, created.created_at, None);
         store.seed([created], [], Position { seq: 2, at: 2 }).unwrap();
         store.take(&j.entries[2..]).unwrap();
         assert_eq!(store.hold(hold.seq()).unwrap().unwrap().view(0), j.shard.reservation(hold).unwrap());

@@ -65,6 +65,23 @@ impl ColdHold {
         self.detail.as_deref().filter(|_| self.status == ReservationStatus::Confirmed)
     }
 
+    /// The record of a hold as a query shows it.
+    pub fn of_view(view: ReservationView) -> ColdHold {
+        ColdHold {
+            seq: view.reservation_id.seq(),
+            order_id: view.order_id,
+            sku_id: view.sku_id,
+            warehouse_id: view.warehouse_id,
+            qty: view.qty,
+            expire_at: view.expire_at,
+            idem_key: view.idem_key,
+            created_at: view.created_at,
+            status: view.status,
+            updated_at: view.updated_at,
+            detail: view.payment_id.or(view.release_reason),
+        }
+    }
+
     pub fn view(&self, shard: u16) -> ReservationView {
         let release_reason = matches!(self.status, ReservationStatus::Released | ReservationStatus::Expired)
             .then(|| self.detail.clone())

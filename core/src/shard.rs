@@ -348,7 +348,7 @@ impl Shard {
     /// that never evicts. Panics if the command needs a record that has
     /// left memory.
     pub fn apply(&mut self, at: Millis, command: &Command, txns: &mut Vec<Txn>) -> Applied {
-        self.apply_with(at, command, &ColdFacts::default(), txns)
+        self.apply_with(at, command, &ColdFacts::NONE, txns)
             .unwrap_or_else(|needs| panic!("{needs:?} left memory: apply it with cold facts"))
     }
 
@@ -368,7 +368,8 @@ impl Shard {
     ) -> Result<Applied, ColdQuery> {
         assert!(at >= self.last_at, "time went backwards: {at} < {}", self.last_at);
         assert!(at <= ROW_MILLIS_MAX, "time {at} past what a stock row records (48 bits of milliseconds)");
-        let needs = self.cold_needs(at, command, cold);
+        let key = command.idem_key().map(key_hash);
+        let needs = self.cold_needs(at, command, key, cold);
         if !needs.is_empty() {
             return Err(needs);
         }
@@ -389,18 +390,17 @@ impl Shard {
             | Command::Release(_)
             | Command::ReceiveBatch(_) => {}
         }
-        let key = key_hash(command.idem_key().expect("write commands carry a key"));
+        let key = key.expect("write commands carry a key");
         let fingerprint = command.fingerprint();
         let remembered = match self.idem.get(&key) {
             Some(record) if record.expires_at > at => Some((record.fingerprint, record.outcome)),
             _ => cold.key(key).flatten().filter(|r| r.expires_at > at).map(|r| (r.fingerprint, r.outcome)),
         };
         if let Some((remembered, outcome)) = remembered {
-            let outcome = if remembered == fingerprint {
+            if remembered == fingerprint {
                 return Ok(Applied { outcome, changed: false, replayed: true });
-            } else {
-                Outcome::Rejected(Rejection::IdempotencyKeyReused)
-            };
+            }
+            let outcome = Outcome::Rejected(Rejection::IdempotencyKeyReused);
             return Ok(Applied { outcome, changed: false, replayed: false });
         }
         let (outcome, changed) = match command {
@@ -429,11 +429,11 @@ impl Shard {
     /// What `command` needs from the cold tier that neither memory nor
     /// `cold` holds. A record that may have left memory is one whose key
     /// passes the filters of evicted keys.
-    fn cold_needs(&self, at: Millis, command: &Command, cold: &ColdFacts) -> ColdQuery {
+    fn cold_needs(&self, at: Millis, command: &Command, key: Option<u128>, cold: &ColdFacts) -> ColdQuery {
         // The filters first: with nothing moved out (or nothing that
         // matches) no lookup of memory is repeated here.
         let mut needs = ColdQuery::default();
-        let Some(key) = command.idem_key().map(key_hash) else {
+        let Some(key) = key else {
             return needs;
         };
         let tiers = &self.config.tiers;
@@ -1117,23 +1117,7 @@ impl Shard {
     /// keeps them: what a cold tier that did not take the journal from its
     /// start begins with.
     pub fn cold_seed(&self) -> (Vec<ColdHold>, Vec<IdemImage>) {
-        let holds = self
-            .holds
-            .iter()
-            .map(|(&seq, h)| ColdHold {
-                seq,
-                order_id: h.order_id.to_string(),
-                sku_id: self.table.sku_id(h.row).to_string(),
-                warehouse_id: self.table.warehouse_id(h.row).to_string(),
-                qty: h.qty as u64,
-                expire_at: h.expire_at,
-                idem_key: h.idem_key.to_string(),
-                created_at: h.created_at,
-                status: h.change.status,
-                updated_at: h.change.updated_at,
-                detail: h.change.detail.as_deref().map(str::to_string),
-            })
-            .collect();
+        let holds = self.holds.iter().map(|(&seq, h)| ColdHold::of_view(self.view(seq, h))).collect();
         (holds, self.image_idem())
     }
 

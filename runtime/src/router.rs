@@ -91,6 +91,9 @@ pub struct IdemIndex {
     ttl_ms: Millis,
     /// Per shard: the keys whose records it has moved to its cold tier.
     cold: Vec<Mutex<SliceFilters>>,
+    /// Per shard: whether its filter has ever held a key, so that a claim
+    /// takes no lock for a shard that never moved anything out.
+    has_cold: Vec<AtomicBool>,
     /// Per shard: records made before this time have left its memory.
     evicted_before: Vec<AtomicU64>,
     tiers: TierConfig,
@@ -116,6 +119,7 @@ impl IdemIndex {
             stripes: (0..IDEM_STRIPES).map(|_| Mutex::default()).collect(),
             ttl_ms,
             cold: (0..shards).map(|_| Mutex::default()).collect(),
+            has_cold: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             evicted_before: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             tiers: TierConfig::default(),
         }
@@ -140,7 +144,7 @@ impl IdemIndex {
                 drop(stripe);
                 let hashes = hashes_of_u128(key);
                 let elsewhere: Vec<u16> = (0..self.cold.len() as u16)
-                    .filter(|&other| other != shard)
+                    .filter(|&other| other != shard && self.has_cold[other as usize].load(Ordering::Acquire))
                     .filter(|&other| self.cold[other as usize].lock().may_contain(hashes, now, &self.tiers))
                     .collect();
                 if elsewhere.is_empty() {
@@ -168,7 +172,11 @@ impl IdemIndex {
     /// Starts a shard's filter of cold keys from the shard's own, after
     /// replay.
     pub fn restore_cold(&self, shard: u16, keys: SliceFilters) {
-        *self.cold[shard as usize].lock() = keys;
+        let mut filters = self.cold[shard as usize].lock();
+        *filters = keys;
+        if filters.keys() > 0 {
+            self.has_cold[shard as usize].store(true, Ordering::Release);
+        }
     }
 
     /// A shard has moved every record made before `before` out of memory.
@@ -180,8 +188,11 @@ impl IdemIndex {
     /// to the cold tier into the filters; returns how many left memory.
     pub fn purge(&self, now: Millis) -> usize {
         let evicted: Vec<Millis> = self.evicted_before.iter().map(|e| e.load(Ordering::Acquire)).collect();
+        for filters in &self.cold {
+            filters.lock().drop_before(now, &self.tiers);
+        }
         let mut purged = 0;
-        let mut cold: Vec<Vec<(u128, Millis)>> = vec![Vec::new(); self.cold.len()];
+        let mut moved: Vec<(u16, u128, Millis)> = Vec::new();
         for stripe in &self.stripes {
             let mut stripe = stripe.lock();
             let before = stripe.len();
@@ -191,18 +202,17 @@ impl IdemIndex {
                 }
                 let made_at = expires_at.saturating_sub(self.ttl_ms);
                 if evicted.get(shard as usize).is_some_and(|&before| made_at < before) {
-                    cold[shard as usize].push((key, expires_at));
+                    moved.push((shard, key, expires_at));
                     return false;
                 }
                 true
             });
             purged += before - stripe.len();
-        }
-        for (shard, keys) in cold.into_iter().enumerate() {
-            let mut filters = self.cold[shard].lock();
-            filters.drop_before(now, &self.tiers);
-            for (key, expires_at) in keys {
-                filters.insert(hashes_of_u128(key), expires_at, &self.tiers);
+            // Into the filters before the stripe is released: a claim of
+            // one of these keys finds it in one place or the other.
+            for (shard, key, expires_at) in moved.drain(..) {
+                self.cold[shard as usize].lock().insert(hashes_of_u128(key), expires_at, &self.tiers);
+                self.has_cold[shard as usize].store(true, Ordering::Release);
             }
         }
         purged

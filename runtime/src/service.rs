@@ -17,7 +17,7 @@ use inventory_journal::{Journal, JournalError};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
-use crate::shard_loop::{self, resolve_lookups, LoopConfig, LoopContext, Request, ShardCold, LOOKUPS_MAX};
+use crate::shard_loop::{self, resolve_lookups, Evicting, LoopConfig, LoopContext, Request, ShardCold, LOOKUPS_MAX};
 use crate::snapshotter::{SnapshotConfig, SnapshotRequest, Snapshotter};
 
 #[derive(Clone, Debug)]
@@ -150,15 +150,15 @@ impl Runtime {
         let mut loops = Vec::with_capacity(shards as usize);
         for (i, journal) in journals.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-            let cold = match config.hot {
-                Some(hot) => {
-                    let (cold, threads) =
-                        start_cold(&config, hot, i, &readers[i], &followers[i], &clock, &tx, &follower_stop)?;
-                    cold_threads.extend(threads);
-                    stores.push(cold.store.clone());
-                    Some(cold)
-                }
-                None => None,
+            // A data dir that moved records out before keeps its stores for
+            // lookups, whether or not records move out now.
+            let cold = if config.hot.is_some() || config.cold_dir(i as u16).exists() {
+                let (cold, threads) = start_cold(&config, i, &readers[i], &followers[i], &clock, &tx, &follower_stop)?;
+                cold_threads.extend(threads);
+                stores.push(cold.store.clone());
+                Some(cold)
+            } else {
+                None
             };
             queues.push(tx);
             let loop_config = LoopConfig {
@@ -280,12 +280,10 @@ impl Threads {
     }
 }
 
-/// Opens shard `shard`'s cold store and starts its follower and the thread
-/// that answers its loop's lookups.
-#[allow(clippy::too_many_arguments)]
+/// Opens shard `shard`'s cold store and starts the thread that answers its
+/// loop's lookups and, when records move out of memory, its follower.
 fn start_cold(
     config: &RuntimeConfig,
-    hot: HotWindows,
     shard: usize,
     reader: &Arc<dyn Journal + Sync>,
     followers: &Arc<Followers>,
@@ -299,16 +297,21 @@ fn start_cold(
         shard_config.tiers.clone(),
         shard_config.idempotency_ttl_ms,
     )?);
-    let position = store.position()?;
-    let cursor = followers.follow(inventory_cold::FOLLOWER);
-    cursor.advance(position.seq, position.at);
-    let follower = {
-        let (store, reader, followers, cursor, clock, stop) =
-            (store.clone(), reader.clone(), followers.clone(), cursor.clone(), clock.clone(), stop.clone());
-        // At the shard loops' priority: memory holds what it has not taken.
-        std::thread::Builder::new().name(format!("cold-{shard}")).spawn(move || {
-            inventory_cold::run_follower(store, reader, followers, cursor, move || clock.now_ms(), stop)
-        })?
+    let mut threads = Vec::new();
+    let evicting = match config.hot {
+        Some(hot) => {
+            let position = store.position()?;
+            let cursor = followers.follow(inventory_cold::FOLLOWER);
+            cursor.advance(position.seq, position.at);
+            let (store, reader, followers, follower, clock, stop) =
+                (store.clone(), reader.clone(), followers.clone(), cursor.clone(), clock.clone(), stop.clone());
+            // At the shard loops' priority: memory holds what it has not taken.
+            threads.push(std::thread::Builder::new().name(format!("cold-{shard}")).spawn(move || {
+                inventory_cold::run_follower(store, reader, followers, follower, move || clock.now_ms(), stop)
+            })?);
+            Some(Evicting { cursor, holds_hot_ms: hot.holds_ms, keys_hot_ms: hot.keys_ms })
+        }
+        None => None,
     };
     let (lookups, waiting) = crossbeam_channel::bounded(LOOKUPS_MAX);
     let resolver = {
@@ -317,6 +320,6 @@ fn start_cold(
             .name(format!("cold-lookup-{shard}"))
             .spawn(move || resolve_lookups(store, waiting, queue))?
     };
-    let cold = ShardCold { store, cursor, holds_hot_ms: hot.holds_ms, keys_hot_ms: hot.keys_ms, lookups };
-    Ok((cold, vec![follower, resolver]))
+    threads.push(resolver);
+    Ok((ShardCold { store, lookups, evicting }, threads))
 }

@@ -5,8 +5,11 @@
 //! 1. replays its journal, then reports ready;
 //! 2. blocks for the first request (or the expiry tick), then drains up to
 //!    `batch_max` more without blocking;
-//! 3. reads the clock once and applies the batch's writes, plus an `Expire`
-//!    command for holds that came due;
+//! 3. reads the clock once and applies the batch's writes (a write that
+//!    needs records from the cold tier waits for them on the lookup thread
+//!    and comes back as `Request::Resolved`), plus an `Expire` command for
+//!    holds that came due and, with a cold tier, an `Evict` command for
+//!    what is older than the hot windows and already in the cold store;
 //! 4. appends the entries of the commands that changed state to the journal
 //!    and flushes them (one group commit per batch);
 //! 5. only then replies: outcomes if the flush succeeded; if it failed, rolls
@@ -136,6 +139,16 @@ pub struct LoopContext {
 /// What a shard loop needs of its cold tier.
 pub struct ShardCold {
     pub store: Arc<ColdStore>,
+    /// Where writes that need records from the store wait for them.
+    pub lookups: crossbeam_channel::Sender<Lookup>,
+    /// Set while records move out of memory; `None` for a data dir that
+    /// moved records out before and now keeps everything in memory (its
+    /// store still answers for what it holds).
+    pub evicting: Option<Evicting>,
+}
+
+/// How a shard moves records out of memory.
+pub struct Evicting {
     /// How far the store has taken the journal: only what it holds leaves
     /// memory.
     pub cursor: Arc<Cursor>,
@@ -143,8 +156,6 @@ pub struct ShardCold {
     pub holds_hot_ms: Millis,
     /// Idempotency records stay in memory this long after they are made.
     pub keys_hot_ms: Millis,
-    /// Where writes that need records from the store wait for them.
-    pub lookups: crossbeam_channel::Sender<Lookup>,
 }
 
 /// A write waiting for records from the cold tier.
@@ -254,7 +265,7 @@ fn run_inner(
         idem_index.restore(key, index, expires_at);
     }
     idem_index.restore_cold(index, shard.cold_keys().clone());
-    if let Some(cold) = &cold {
+    if let Some(cold) = cold.as_ref().filter(|c| c.evicting.is_some()) {
         if let Err(e) = seed_cold(&shard, &*journal, cold, next_seq - 1, last_at) {
             let _ = ready.send((index, Err(JournalError::Io(std::io::Error::other(e.to_string())))));
             return;
@@ -505,7 +516,15 @@ impl LoopState {
             }
             Err(needs) => {
                 let Some(cold) = &self.cold else {
-                    unreachable!("a shard without a cold tier never moves records out: {needs:?}")
+                    // Records moved out, and their store is gone from the
+                    // data dir.
+                    tracing::error!(
+                        shard = self.shard.index(),
+                        ?needs,
+                        "a write needs the cold store, which is missing"
+                    );
+                    let _ = reply.send(WriteReply::ColdUnavailable);
+                    return;
                 };
                 self.metrics.cold_lookups.inc();
                 if let Err(e) = cold.lookups.try_send(Lookup { command, meta, reply, needs }) {
@@ -518,7 +537,7 @@ impl LoopState {
     /// Moves out of memory the finished holds and idempotency records older
     /// than the hot windows, of what the cold store has already taken.
     fn evict(&mut self, now: Millis, txns: &mut Vec<Txn>) {
-        let Some(cold) = &self.cold else { return };
+        let Some(cold) = self.cold.as_ref().and_then(|c| c.evicting.as_ref()) else { return };
         // Everything made before the time of the last entry the store took
         // is in the store; everything up to that time, once it has taken
         // every acknowledged entry.
@@ -725,6 +744,7 @@ fn seed_cold(
     recovered: u64,
     at: Millis,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let cursor = &cold.evicting.as_ref().expect("seeding a store that takes the journal").cursor;
     let position = cold.store.position()?;
     if position.seq >= recovered {
         return Ok(());
@@ -743,7 +763,7 @@ fn seed_cold(
         "cold store behind the journal's start: seeding it from the shard's state"
     );
     cold.store.seed(holds, records, Position { seq: recovered, at })?;
-    cold.cursor.advance(recovered, at);
+    cursor.advance(recovered, at);
     Ok(())
 }
 

@@ -118,6 +118,12 @@ async fn records_on_disk_answer_as_they_did_in_memory_and_after_a_restart() {
     let server = TestServer::start_with(options(dir.path())).await;
     check_answers_from_the_cold_tier(&server.client, &made, "b").await;
     server.stop().await;
+
+    // Started without the cold tier, the data dir still answers from it.
+    let keep_all = Options { data_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let server = TestServer::start_with(keep_all).await;
+    check_answers_from_the_cold_tier(&server.client, &made, "c").await;
+    server.stop().await;
 }
 
 /// kill -9 while records move to disk under load: after a restart every

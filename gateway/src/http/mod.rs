@@ -265,6 +265,10 @@ pub(crate) fn not_ready() -> ApiError {
     ApiError::unavailable("NOT_READY", "the service is replaying its journal")
 }
 
+pub(crate) fn cold_unavailable(e: inventory_cold::ColdError) -> ApiError {
+    ApiError::unavailable("COLD_TIER_UNAVAILABLE", format!("the cold tier could not be read: {e}"))
+}
+
 pub(crate) fn stopping() -> ApiError {
     ApiError::unavailable("SHUTTING_DOWN", "the service is shutting down")
 }

@@ -14,7 +14,7 @@ use inventory_runtime::Request;
 use tokio::sync::oneshot;
 
 use super::extract::path_id;
-use super::{json, not_ready, ready, stopping, App};
+use super::{cold_unavailable, json, not_ready, ready, stopping, App};
 use crate::api::{self, ApiError};
 
 pub async fn health() -> Response {
@@ -86,10 +86,6 @@ async fn cold_order(app: &App, order_id: &str) -> Result<Vec<ReservationView>, A
         views.extend(holds.into_iter().filter(|h| h.visible(now)).map(|h| h.view(shard as u16)));
     }
     Ok(views)
-}
-
-fn cold_unavailable(e: inventory_cold::ColdError) -> ApiError {
-    ApiError::unavailable("COLD_TIER_UNAVAILABLE", format!("the cold tier could not be read: {e}"))
 }
 
 /// Every hold of an order. Holds of one order live on the shards of their

@@ -16,7 +16,7 @@ use percent_encoding::percent_decode_str;
 use tokio::sync::oneshot;
 
 use super::extract::{BatchBody, BodyBytes, Ctx, HeaderKey, Write};
-use super::{json, ready, replayed, stopping, App};
+use super::{cold_unavailable, json, ready, replayed, stopping, App};
 use crate::api::{self, ApiError, ID_BYTES_MAX, TEXT_BYTES_MAX, TTL_SECONDS_MAX};
 
 pub async fn receive(
@@ -251,9 +251,7 @@ fn own_shard(app: &App, id: inventory_core::ReservationId) -> Result<u16, ApiErr
 async fn cold_key(app: &App, shard: u16, key: u128, now: u64) -> Result<bool, ApiError> {
     let Some(store) = app.runtime.cold.get(shard as usize).cloned() else { return Ok(false) };
     let found = tokio::task::spawn_blocking(move || store.idem(key, now)).await.expect("cold lookup panicked");
-    found
-        .map(|record| record.is_some())
-        .map_err(|e| ApiError::unavailable("COLD_TIER_UNAVAILABLE", format!("the cold tier could not be read: {e}")))
+    found.map(|record| record.is_some()).map_err(cold_unavailable)
 }
 
 /// Sends a command to its shard and waits for the durable outcome.
