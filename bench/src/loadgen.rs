@@ -28,6 +28,14 @@ use crate::workload::{Catalogue, Mode, Op, Plan, Rng};
 const PENDING_HOLDS_MAX: usize = 4096;
 /// How long past the end of the run a lagging open-loop worker keeps
 /// sending its backlog; what is left then is counted as unsent.
+/// Age at which an order is recalled: past both of the service's default
+/// hot windows (60 s for finished holds, 300 s for idempotency keys), so
+/// that the answers come from its cold tier when that is on.
+const RECALL_AFTER: Duration = Duration::from_secs(330);
+/// One granted reserve in this many is kept for a later recall.
+const RECALL_SAMPLE: u64 = 16;
+/// Most reserves a worker keeps for recalls, waiting to age and aged.
+const RECALL_KEPT: usize = 4096;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Status of an acknowledged hold as the harness last learned it.
@@ -185,6 +193,14 @@ struct Pending {
     slot: Option<usize>,
 }
 
+/// A granted reserve kept to be looked at again later.
+struct Recall {
+    reservation_id: String,
+    order_id: String,
+    sku: u64,
+    granted: Instant,
+}
+
 struct Worker {
     id: usize,
     config: Arc<LoadConfig>,
@@ -196,6 +212,11 @@ struct Worker {
     stats: RunStats,
     ledger: Ledger,
     pending: VecDeque<Pending>,
+    /// Reserves kept for recalls, oldest first, until they are
+    /// `RECALL_AFTER` old; then a sample of those in `aged`.
+    aging: VecDeque<Recall>,
+    aged: Vec<Recall>,
+    recalls: u64,
     orders: u64,
     holds_cap: usize,
     second: Second,
@@ -229,6 +250,9 @@ impl Worker {
             stats: RunStats::default(),
             ledger: Ledger::default(),
             pending: VecDeque::new(),
+            aging: VecDeque::new(),
+            aged: Vec::new(),
+            recalls: 0,
             orders: 0,
             holds_cap,
             second: Second::default(),
@@ -307,6 +331,10 @@ impl Worker {
                 None => self.reserve(flash).await,
             },
             Op::Query => self.query(flash).await,
+            Op::Recall => match self.take_recall() {
+                Some(i) => self.recall(i).await,
+                None => self.reserve(flash).await,
+            },
         };
         let done = Instant::now();
         let latency_us = done.saturating_duration_since(intended).as_micros() as u64;
@@ -367,10 +395,7 @@ impl Worker {
         self.orders += 1;
         let order_id = format!("{}-{}-{}", self.config.run_tag, self.id, self.orders);
         let qty = self.config.plan.qty;
-        let body = format!(
-            r#"{{"orderId":"{order_id}","skuId":"{sku_id}","qty":{qty},"idemKey":"t1:{order_id}:reserve","ttlSeconds":{}}}"#,
-            self.config.plan.hold_ttl_secs
-        );
+        let body = self.reserve_body(&order_id, &sku_id);
         let reply = self.conn.request(Method::POST, "/api/inventory/reserve", Some(body.into_bytes())).await;
         let granted = Instant::now();
         let (class, code) = classify(&reply);
@@ -395,12 +420,70 @@ impl Worker {
                 if self.pending.len() == PENDING_HOLDS_MAX {
                     self.pending.pop_front();
                 }
+                if self.config.plan.mix.recall > 0 && self.orders.is_multiple_of(RECALL_SAMPLE) {
+                    if self.aging.len() == RECALL_KEPT {
+                        self.aging.pop_front();
+                    }
+                    let (reservation_id, order_id) = (reservation_id.clone(), order_id.clone());
+                    self.aging.push_back(Recall { reservation_id, order_id, sku, granted });
+                }
                 self.pending.push_back(Pending { reservation_id, order_id, sku, qty, granted, slot });
             }
             (_, Class::Error) => self.ledger.skus.entry(sku).or_default().uncertain += qty,
             _ => {}
         }
         (Op::Reserve, class, code)
+    }
+
+    fn reserve_body(&self, order_id: &str, sku_id: &str) -> String {
+        format!(
+            r#"{{"orderId":"{order_id}","skuId":"{sku_id}","qty":{},"idemKey":"t1:{order_id}:reserve","ttlSeconds":{}}}"#,
+            self.config.plan.qty, self.config.plan.hold_ttl_secs
+        )
+    }
+
+    /// The index in `aged` of a reserve to recall, if one is old enough.
+    fn take_recall(&mut self) -> Option<usize> {
+        while self.aging.front().is_some_and(|r| r.granted.elapsed() >= RECALL_AFTER) {
+            let recall = self.aging.pop_front().expect("front exists");
+            if self.aged.len() < RECALL_KEPT {
+                self.aged.push(recall);
+            } else {
+                let j = self.rng.below(RECALL_KEPT as u64) as usize;
+                self.aged[j] = recall;
+            }
+        }
+        (!self.aged.is_empty()).then(|| self.rng.below(self.aged.len() as u64) as usize)
+    }
+
+    /// Looks at an old order again, alternately reading its hold and
+    /// retrying its reserve with the same key: both must name the hold
+    /// that was granted.
+    async fn recall(&mut self, i: usize) -> (Op, Class, String) {
+        self.recalls += 1;
+        let recall = &self.aged[i];
+        let reply = if self.recalls.is_multiple_of(2) {
+            self.conn.get(&format!("/api/reservations/{}", segment(&recall.reservation_id))).await
+        } else {
+            let body = self.reserve_body(&recall.order_id, &self.config.catalogue.sku_id(recall.sku));
+            self.conn.request(Method::POST, "/api/inventory/reserve", Some(body.into_bytes())).await
+        };
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Named {
+            reservation_id: String,
+        }
+        let (class, code) = classify(&reply);
+        let named = reply.as_ref().ok().and_then(|r| r.json::<Named>()).map(|n| n.reservation_id);
+        match class {
+            Class::Ok if named.as_deref() == Some(recall.reservation_id.as_str()) => (Op::Recall, class, code),
+            Class::Error => (Op::Recall, class, code),
+            // Another hold, or a refusal: the answer changed.
+            Class::Ok | Class::Rejected => {
+                self.ledger.contradictions += 1;
+                (Op::Recall, Class::Error, format!("RECALL_CHANGED {code}"))
+            }
+        }
     }
 
     /// Reservoir sampling (algorithm R) of acknowledged holds.

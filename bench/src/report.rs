@@ -77,6 +77,44 @@ pub struct TargetReport {
     /// (soak only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceSample>,
+    /// The service's reads of its cold tier during the measured phase
+    /// (soak only, when it made any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_lookups: Option<ColdLookups>,
+}
+
+/// The service's `inventory_cold_lookup_duration_seconds` histogram: how
+/// long its cold-tier reads took (the store's read, not the queue before).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ColdLookups {
+    pub count: u64,
+    /// Upper bounds of the buckets holding the median and the 99th
+    /// percentile, in ms.
+    pub p50_le_ms: f64,
+    pub p99_le_ms: f64,
+}
+
+impl ColdLookups {
+    const NAME: &'static str = "inventory_cold_lookup_duration_seconds";
+
+    /// Reads the histogram from a Prometheus text exposition; `None`
+    /// without it or without a lookup.
+    pub fn parse(exposition: &str) -> Option<ColdLookups> {
+        let mut buckets = Vec::new();
+        for line in exposition.lines() {
+            let Some(rest) = line.strip_prefix(Self::NAME).and_then(|r| r.strip_prefix("_bucket{le=\"")) else {
+                continue;
+            };
+            let (le, n) = rest.split_once("\"} ")?;
+            buckets.push((le.parse::<f64>().ok()?, n.trim().parse::<f64>().ok()? as u64));
+        }
+        let count = buckets.iter().map(|b| b.1).max().filter(|&n| n > 0)?;
+        let quantile = |q: f64| {
+            let rank = (q * count as f64).ceil() as u64;
+            buckets.iter().find(|b| b.1 >= rank).map_or(f64::INFINITY, |b| b.0 * 1e3)
+        };
+        Some(ColdLookups { count, p50_le_ms: quantile(0.5), p99_le_ms: quantile(0.99) })
+    }
 }
 
 /// One sample of what the target holds, `t_s` seconds into the measured
@@ -91,15 +129,22 @@ pub struct ResourceSample {
 }
 
 impl TargetReport {
-    /// Resident memory growth per reserve from the sample halfway through
-    /// the run to the last: what each hold costs memory once the hot
-    /// windows are full (run longer than twice the longest window). `None`
-    /// with fewer than two samples.
+    /// Resident memory growth per reserve over the second half of the run:
+    /// what each hold costs memory once the hot windows are full (run
+    /// longer than twice the longest window). Measured between the lowest
+    /// samples of the third and the last quarter, because a snapshot holds
+    /// a second copy of the state for seconds and a sample taken then is
+    /// not what the service keeps. `None` with fewer than four samples.
     pub fn rss_bytes_per_reserve(&self) -> Option<f64> {
-        let from = self.resources.get(self.resources.len() / 2)?;
-        let to = self.resources.last()?;
-        let reserves = to.reserves_ok.checked_sub(from.reserves_ok).filter(|&n| n > 0)?;
-        Some((to.rss_bytes as f64 - from.rss_bytes as f64) / reserves as f64)
+        let n = self.resources.len();
+        if n < 4 {
+            return None;
+        }
+        let lowest = |samples: &[ResourceSample]| samples.iter().min_by_key(|r| r.rss_bytes).cloned();
+        let from = lowest(&self.resources[n / 2..3 * n / 4])?;
+        let to = lowest(&self.resources[3 * n / 4..])?;
+        let reserves = to.reserves_ok as f64 - from.reserves_ok as f64;
+        (reserves != 0.0).then(|| (to.rss_bytes as f64 - from.rss_bytes as f64) / reserves)
     }
 
     /// Disk use per reserve over the whole run.
@@ -426,9 +471,16 @@ pub fn table(report: &RunReport) -> String {
             let per = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
-                "  per reserve: RSS growth over the second half {} bytes, disk {} bytes",
+                "  per reserve: RSS growth over the second half (lowest samples) {} bytes, disk {} bytes",
                 per(t.rss_bytes_per_reserve()),
                 per(t.disk_bytes_per_reserve())
+            );
+        }
+        if let Some(c) = &t.cold_lookups {
+            let _ = writeln!(
+                s,
+                "  cold-tier reads: {}, p50 <= {} ms, p99 <= {} ms (histogram buckets)",
+                c.count, c.p50_le_ms, c.p99_le_ms
             );
         }
         let _ = match t.target_cpu_us_per_request {
@@ -474,6 +526,44 @@ pub fn table(report: &RunReport) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn memory_growth_per_reserve_is_taken_between_the_lowest_samples() {
+        let mut t = measured(TargetKind::Service, 1.0, 1.0);
+        let sample = |i: u64, mb: u64| ResourceSample {
+            t_s: i as f64,
+            rss_bytes: mb << 20,
+            disk_bytes: 0,
+            reserves_ok: i * 1_000_000,
+        };
+        // Flat at 100 MB, a snapshot's peak at the end.
+        t.resources = (0..8).map(|i| sample(i, if i == 7 { 180 } else { 100 })).collect();
+        assert_eq!(t.rss_bytes_per_reserve(), Some(0.0));
+        // Growing 1 MiB per million reserves.
+        t.resources = (0..8).map(|i| sample(i, 100 + i)).collect();
+        assert_eq!(t.rss_bytes_per_reserve(), Some((2u64 << 20) as f64 / 2e6));
+        t.resources.truncate(3);
+        assert_eq!(t.rss_bytes_per_reserve(), None);
+    }
+
+    #[test]
+    fn cold_lookups_are_read_from_the_histogram_buckets() {
+        let exposition = "# HELP inventory_cold_lookup_duration_seconds Time.\n\
+            # TYPE inventory_cold_lookup_duration_seconds histogram\n\
+            inventory_cold_lookup_duration_seconds_sum 0.5\n\
+            inventory_cold_lookup_duration_seconds_count 200\n\
+            inventory_cold_lookup_duration_seconds_bucket{le=\"0.0001\"} 90\n\
+            inventory_cold_lookup_duration_seconds_bucket{le=\"0.001\"} 150\n\
+            inventory_cold_lookup_duration_seconds_bucket{le=\"0.005\"} 197\n\
+            inventory_cold_lookup_duration_seconds_bucket{le=\"+Inf\"} 200\n\
+            inventory_cold_lookups_total 7\n";
+        let c = ColdLookups::parse(exposition).unwrap();
+        assert_eq!(c, ColdLookups { count: 200, p50_le_ms: 1.0, p99_le_ms: f64::INFINITY });
+        let c = ColdLookups::parse(&exposition.replace("} 197", "} 198")).unwrap();
+        assert_eq!(c.p99_le_ms, 5.0);
+        assert_eq!(ColdLookups::parse("inventory_cold_lookup_duration_seconds_bucket{le=\"+Inf\"} 0\n"), None);
+        assert_eq!(ColdLookups::parse("inventory_cold_lookups_total 7\n"), None);
+    }
+
     fn measured(target: TargetKind, ok_per_s: f64, p99_ms: f64) -> TargetReport {
         let summary = OpSummary {
             count: 1,
@@ -503,6 +593,7 @@ mod tests {
             loadgen_cpu_us_per_request: 1.0,
             target_cpu_us_per_request: None,
             resources: Vec::new(),
+            cold_lookups: None,
         }
     }
 

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::audit::audit;
 use crate::cli::{MixKind, RunArgs};
 use crate::loadgen::{self, LoadConfig, Progress};
-use crate::report::{self, HostInfo, ResourceSample, RunReport, TargetReport};
+use crate::report::{self, ColdLookups, HostInfo, ResourceSample, RunReport, TargetReport};
 use crate::stats::OpSummary;
 use crate::target::{self, Running, StartOptions, TargetKind};
 use crate::workload::{Burst, Catalogue, Mix, Mode, Op, Plan, Scenario};
@@ -35,6 +35,7 @@ pub fn plan(args: &RunArgs) -> Plan {
         mode,
         duration: args.duration,
         mix: match args.mix {
+            MixKind::Orders if args.scenario == Scenario::Soak => Mix::SOAK,
             MixKind::Orders => Mix::ORDERS,
             MixKind::Reserves => Mix::RESERVES,
         },
@@ -218,6 +219,11 @@ async fn measure(
         None => Vec::new(),
     };
 
+    // Read before the audit, whose reads of old holds are not the run's.
+    let cold_lookups = match plan.scenario {
+        Scenario::Soak => cold_lookups(running.addr, args.timeout).await,
+        _ => None,
+    };
     eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
     let audit = audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?;
     if let Err(e) = running.stop() {
@@ -257,7 +263,14 @@ async fn measure(
         loadgen_cpu_us_per_request,
         target_cpu_us_per_request,
         resources,
+        cold_lookups,
     })
+}
+
+/// The target's cold-tier read times, from its metrics.
+async fn cold_lookups(addr: std::net::SocketAddr, timeout: Duration) -> Option<ColdLookups> {
+    let reply = crate::client::Conn::new(addr, timeout).get("/metrics").await.ok()?;
+    ColdLookups::parse(std::str::from_utf8(&reply.body).ok()?)
 }
 
 /// Samples the target's resident memory and disk use every `every` until

@@ -184,7 +184,7 @@ impl OpSummary {
 /// Per-operation statistics of one worker or of a whole run.
 #[derive(Default)]
 pub struct RunStats {
-    pub ops: [OpStats; 4],
+    pub ops: [OpStats; Op::ALL.len()],
 }
 
 impl RunStats {

@@ -47,10 +47,14 @@ pub enum Op {
     Confirm,
     Release,
     Query,
+    /// An earlier order looked at again after minutes: its hold read back
+    /// or its reserve retried with the same key (answered from the cold
+    /// tier once those have left memory).
+    Recall,
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Reserve, Op::Confirm, Op::Release, Op::Query];
+    pub const ALL: [Op; 5] = [Op::Reserve, Op::Confirm, Op::Release, Op::Query, Op::Recall];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +62,7 @@ impl Op {
             Op::Confirm => "confirm",
             Op::Release => "release",
             Op::Query => "query",
+            Op::Recall => "recall",
         }
     }
 
@@ -73,6 +78,7 @@ pub struct Mix {
     pub confirm: u32,
     pub release: u32,
     pub query: u32,
+    pub recall: u32,
 }
 
 impl Mix {
@@ -80,9 +86,12 @@ impl Mix {
     /// and releases of earlier holds and stock queries. Of the holds that
     /// are settled most are confirmed (20 confirms to 4 releases); the
     /// others are left to expire.
-    pub const ORDERS: Mix = Mix { reserve: 70, confirm: 20, release: 4, query: 6 };
+    pub const ORDERS: Mix = Mix { reserve: 70, confirm: 20, release: 4, query: 6, recall: 0 };
+    /// The order traffic of a long run: 2 points of the reserves become
+    /// recalls of orders made minutes before.
+    pub const SOAK: Mix = Mix { reserve: 68, confirm: 20, release: 4, query: 6, recall: 2 };
     /// Reserves only: the rate of durable reserves.
-    pub const RESERVES: Mix = Mix { reserve: 100, confirm: 0, release: 0, query: 0 };
+    pub const RESERVES: Mix = Mix { reserve: 100, confirm: 0, release: 0, query: 0, recall: 0 };
 
     pub fn pick(&self, rng: &mut Rng) -> Op {
         let x = rng.below(100) as u32;
@@ -92,8 +101,10 @@ impl Mix {
             Op::Confirm
         } else if x < self.reserve + self.confirm + self.release {
             Op::Release
-        } else {
+        } else if x < self.reserve + self.confirm + self.release + self.query {
             Op::Query
+        } else {
+            Op::Recall
         }
     }
 }
@@ -250,15 +261,28 @@ mod tests {
     #[test]
     fn mix_shares_match_the_percentages() {
         let mut rng = Rng::new(7);
-        let mut counts = [0u32; 4];
+        let mut counts = [0u32; Op::ALL.len()];
         for _ in 0..100_000 {
             counts[Mix::ORDERS.pick(&mut rng).index()] += 1;
         }
+        assert_eq!(counts[Op::Recall.index()], 0);
         let share = |i: usize| counts[i] as f64 / 1000.0;
         assert!((share(0) - 70.0).abs() < 1.0, "{counts:?}");
         assert!((share(1) - 20.0).abs() < 1.0, "{counts:?}");
         assert!((share(2) - 4.0).abs() < 0.5, "{counts:?}");
         assert!((share(3) - 6.0).abs() < 0.5, "{counts:?}");
+    }
+
+    #[test]
+    fn the_soak_mix_recalls_two_percent() {
+        let mut rng = Rng::new(7);
+        let mut counts = [0u32; Op::ALL.len()];
+        for _ in 0..100_000 {
+            counts[Mix::SOAK.pick(&mut rng).index()] += 1;
+        }
+        let share = |op: Op| counts[op.index()] as f64 / 1000.0;
+        assert!((share(Op::Reserve) - 68.0).abs() < 1.0, "{counts:?}");
+        assert!((share(Op::Recall) - 2.0).abs() < 0.3, "{counts:?}");
     }
 
     #[test]

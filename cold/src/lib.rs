@@ -2,8 +2,9 @@
 //! longer keeps in memory, on local disk for the rest of their retention.
 //!
 //! Owns: one store per shard under `<data-dir>/cold/shard-<i>` ([`ColdStore`]),
-//! a sled database whose trees are time slices, dropped whole once every
-//! record in them has reached the end of its retention; and its follower
+//! an fjall database (an LSM tree per keyspace) whose keyspaces are time
+//! slices, dropped whole once every record in them has reached the end of
+//! its retention; and its follower
 //! ([`run_follower`]), which builds the store from the shard's journal the
 //! way the PostgreSQL writer and the audit tailer follow it, with a cursor
 //! that holds back truncation.

@@ -1,6 +1,7 @@
-//! One shard's cold store: a sled database of time-sliced trees.
+//! One shard's cold store: an fjall database (an LSM tree per keyspace)
+//! whose keyspaces are time slices.
 //!
-//! | tree | key | value |
+//! | keyspace | key | value |
 //! |---|---|---|
 //! | `meta` | `"position"` | the last journal entry taken: sequence and time, u64 LE each |
 //! | `live` | hold sequence, u64 BE | a `RESERVED` hold's record (rkyv `ColdHold`), until it finishes |
@@ -10,17 +11,19 @@
 //!
 //! A record is filed under the slice `retention end / slice_ms`: a finished
 //! hold 48 h after it finished, an idempotency record when it expires. A
-//! slice whose end has passed is dropped as a whole tree.
+//! slice whose end has passed is dropped as a whole keyspace.
 //!
-//! Every batch of entries is written, then the position, then sled's flush
-//! and an `fdatasync` of its log file: the position never runs ahead of
-//! what is durable, and a crash in between takes the same entries again
-//! (every write is an upsert of the same value).
+//! Every call to [`ColdStore::take`] is one atomic write batch, the new
+//! position included, so the position a reopened store reports never runs
+//! ahead of its records, and a crash takes the same entries again (every
+//! write is an upsert of the same value). The batch reaches the disk at
+//! the next [`ColdStore::persist`] (an `fdatasync` of fjall's journal),
+//! which the follower calls a few times a second rather than per batch.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use inventory_core::{
     cold_changes, order_hash, ColdChange, ColdHold, ColdIdem, Entry, Millis, ReservationStatus, TierConfig,
     UnknownHold, HOLD_RETENTION_MS,
@@ -39,7 +42,7 @@ pub struct Position {
 #[derive(Debug, thiserror::Error)]
 pub enum ColdError {
     #[error("cold store: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] fjall::Error),
     #[error("cold store file: {0}")]
     Io(#[from] std::io::Error),
     #[error("cold store record undecodable: {0}")]
@@ -56,10 +59,10 @@ pub struct StoreStats {
 }
 
 const POSITION: &[u8] = b"position";
-/// The file of a sled 0.34 database that holds its log.
-const SLED_LOG_FILE: &str = "db";
-/// sled's page cache: what the store may keep of its trees in memory.
-const CACHE_BYTES: u64 = 64 << 20;
+/// fjall's block cache: the data blocks the store keeps in memory.
+const CACHE_BYTES: u64 = 32 << 20;
+/// Each keyspace's write buffer before it is written out as a table.
+const MEMTABLE_BYTES: u64 = 8 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -69,7 +72,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn tree(self, slice: u64) -> String {
+    fn name(self, slice: u64) -> String {
         let kind = match self {
             Kind::Holds => "holds",
             Kind::Orders => "orders",
@@ -78,8 +81,7 @@ impl Kind {
         format!("{kind}-{slice:012}")
     }
 
-    fn parse(name: &[u8]) -> Option<(Kind, u64)> {
-        let name = std::str::from_utf8(name).ok()?;
+    fn parse(name: &str) -> Option<(Kind, u64)> {
         let (kind, slice) = name.split_once('-')?;
         let kind = match kind {
             "holds" => Kind::Holds,
@@ -91,39 +93,41 @@ impl Kind {
     }
 }
 
+fn options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().manual_journal_persist(true).max_memtable_size(MEMTABLE_BYTES)
+}
+
 pub struct ColdStore {
-    db: sled::Db,
-    log: File,
-    meta: sled::Tree,
-    live: sled::Tree,
+    db: Database,
+    meta: Keyspace,
+    live: Keyspace,
     tiers: TierConfig,
     idempotency_ttl_ms: Millis,
     slices: Slices,
 }
 
-/// The slices that exist, by kind, with their open trees (opening a sled
-/// tree by name costs a lookup under sled's lock: done once per slice).
+/// The slices that exist, by kind, with their open keyspaces.
 #[derive(Default)]
-struct Slices(Mutex<BTreeMap<(Kind, u64), sled::Tree>>);
+struct Slices(Mutex<BTreeMap<(Kind, u64), Keyspace>>);
 
 impl Slices {
-    fn tree(&self, db: &sled::Db, kind: Kind, slice: u64) -> Result<sled::Tree, ColdError> {
+    fn keyspace(&self, db: &Database, kind: Kind, slice: u64) -> Result<Keyspace, ColdError> {
         let mut slices = self.0.lock();
-        if let Some(tree) = slices.get(&(kind, slice)) {
-            return Ok(tree.clone());
+        if let Some(keyspace) = slices.get(&(kind, slice)) {
+            return Ok(keyspace.clone());
         }
-        let tree = db.open_tree(kind.tree(slice))?;
-        slices.insert((kind, slice), tree.clone());
-        Ok(tree)
+        let keyspace = db.keyspace(&kind.name(slice), options)?;
+        slices.insert((kind, slice), keyspace.clone());
+        Ok(keyspace)
     }
 
-    fn remove(&self, kind: Kind, slice: u64) {
-        self.0.lock().remove(&(kind, slice));
+    fn remove(&self, kind: Kind, slice: u64) -> Option<Keyspace> {
+        self.0.lock().remove(&(kind, slice))
     }
 
-    /// The trees of `kind` from slice `first` on, newest first.
-    fn of(&self, kind: Kind, first: u64) -> Vec<sled::Tree> {
-        self.0.lock().range((kind, first)..=(kind, u64::MAX)).rev().map(|(_, t)| t.clone()).collect()
+    /// The keyspaces of `kind` from slice `first` on, newest first.
+    fn of(&self, kind: Kind, first: u64) -> Vec<Keyspace> {
+        self.0.lock().range((kind, first)..=(kind, u64::MAX)).rev().map(|(_, k)| k.clone()).collect()
     }
 
     /// The slice numbers of `kind`, newest first.
@@ -136,21 +140,85 @@ impl Slices {
     }
 }
 
+/// One atomic write to the store, and the live holds it has changed (a
+/// hold made and finished within one batch is read back from here).
+struct Batch<'a> {
+    store: &'a ColdStore,
+    writes: OwnedWriteBatch,
+    live: HashMap<u64, Option<ColdHold>>,
+}
+
+impl Batch<'_> {
+    fn live_hold(&self, seq: u64) -> Result<Option<ColdHold>, ColdError> {
+        match self.live.get(&seq) {
+            Some(hold) => Ok(hold.clone()),
+            None => self.store.live.get(seq.to_be_bytes())?.map(|v| decode(&v)).transpose(),
+        }
+    }
+
+    fn put(&mut self, change: ColdChange) -> Result<(), ColdError> {
+        match change {
+            ColdChange::Hold(hold) => self.put_hold(hold),
+            ColdChange::Idem(record) => self.put_idem(&record),
+        }
+    }
+
+    fn put_hold(&mut self, hold: ColdHold) -> Result<(), ColdError> {
+        let key = hold.seq.to_be_bytes();
+        let value = encode(&hold);
+        if hold.status == ReservationStatus::Reserved {
+            self.writes.insert(&self.store.live, key, value.as_slice());
+            self.live.insert(hold.seq, Some(hold));
+            return Ok(());
+        }
+        self.writes.remove(&self.store.live, key);
+        let slice = self.store.slice(hold.updated_at.saturating_add(HOLD_RETENTION_MS));
+        let holds = self.store.keyspace(Kind::Holds, slice)?;
+        self.writes.insert(&holds, key, value.as_slice());
+        let mut order_key = [0u8; 16];
+        order_key[..8].copy_from_slice(&order_hash(&hold.order_id).to_be_bytes());
+        order_key[8..].copy_from_slice(&key);
+        let orders = self.store.keyspace(Kind::Orders, slice)?;
+        self.writes.insert(&orders, order_key, []);
+        self.live.insert(hold.seq, None);
+        Ok(())
+    }
+
+    fn put_idem(&mut self, record: &ColdIdem) -> Result<(), ColdError> {
+        let keys = self.store.keyspace(Kind::Keys, self.store.slice(record.expires_at))?;
+        self.writes.insert(&keys, record.key.to_be_bytes(), encode(record).as_slice());
+        Ok(())
+    }
+
+    /// Writes the batch and `position` atomically.
+    fn commit(mut self, position: Position) -> Result<(), ColdError> {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&position.seq.to_le_bytes());
+        value[8..].copy_from_slice(&position.at.to_le_bytes());
+        self.writes.insert(&self.store.meta, POSITION, value);
+        self.writes.commit()?;
+        Ok(())
+    }
+}
+
 impl ColdStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, tiers: TierConfig, idempotency_ttl_ms: Millis) -> Result<ColdStore, ColdError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
-        let log = File::open(dir.join(SLED_LOG_FILE))?;
-        let meta = db.open_tree("meta")?;
-        let live = db.open_tree("live")?;
+        // One worker per store writes its tables and compacts them. (With
+        // two or more, fjall's first worker hands every compaction on to
+        // another, spinning while that one works.)
+        let db =
+            Database::builder(dir).cache_size(CACHE_BYTES).manual_journal_persist(true).worker_threads(1).open()?;
+        let meta = db.keyspace("meta", options)?;
+        let live = db.keyspace("live", options)?;
         let slices = Slices::default();
-        for name in db.tree_names() {
+        for name in db.list_keyspace_names() {
             if let Some((kind, slice)) = Kind::parse(&name) {
-                slices.tree(&db, kind, slice)?;
+                slices.keyspace(&db, kind, slice)?;
             }
         }
-        Ok(ColdStore { db, log, meta, live, tiers, idempotency_ttl_ms, slices })
+        Ok(ColdStore { db, meta, live, tiers, idempotency_ttl_ms, slices })
     }
 
     /// The last journal entry taken (zero before the first).
@@ -165,22 +233,23 @@ impl ColdStore {
         })
     }
 
+    fn batch(&self) -> Batch<'_> {
+        Batch { store: self, writes: self.db.batch(), live: HashMap::new() }
+    }
+
     /// Takes journal entries, in order, each right after the last taken,
-    /// and makes them and the new position durable.
+    /// with the new position; durable at the next [`ColdStore::persist`].
     pub fn take(&self, entries: &[Entry]) -> Result<(), ColdError> {
         let Some(last) = entries.last() else { return Ok(()) };
+        let mut batch = self.batch();
         for entry in entries {
-            let changes = cold_changes(self.idempotency_ttl_ms, entry, |seq| self.live_hold(seq).ok().flatten())
+            let changes = cold_changes(self.idempotency_ttl_ms, entry, |seq| batch.live_hold(seq).ok().flatten())
                 .map_err(|UnknownHold(hold)| ColdError::UnknownHold { seq: entry.seq, hold })?;
             for change in changes {
-                match change {
-                    ColdChange::Hold(hold) => self.put_hold(&hold)?,
-                    ColdChange::Idem(record) => self.put_idem(&record)?,
-                }
+                batch.put(change)?;
             }
         }
-        self.set_position(Position { seq: last.seq, at: last.at })?;
-        self.flush()
+        batch.commit(Position { seq: last.seq, at: last.at })
     }
 
     /// Starts the store from a shard's whole state at `position`, for a
@@ -192,27 +261,20 @@ impl ColdStore {
         records: impl IntoIterator<Item = ColdIdem>,
         position: Position,
     ) -> Result<(), ColdError> {
+        let mut batch = self.batch();
         for hold in holds {
-            self.put_hold(&hold)?;
+            batch.put_hold(hold)?;
         }
         for record in records {
-            self.put_idem(&record)?;
+            batch.put_idem(&record)?;
         }
-        self.set_position(position)?;
-        self.flush()
+        batch.commit(position)?;
+        self.persist()
     }
 
-    fn set_position(&self, position: Position) -> Result<(), ColdError> {
-        let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&position.seq.to_le_bytes());
-        value[8..].copy_from_slice(&position.at.to_le_bytes());
-        self.meta.insert(POSITION, &value)?;
-        Ok(())
-    }
-
-    fn flush(&self) -> Result<(), ColdError> {
-        self.db.flush()?;
-        self.log.sync_data()?;
+    /// Makes everything taken so far durable.
+    pub fn persist(&self) -> Result<(), ColdError> {
+        self.db.persist(PersistMode::SyncData)?;
         Ok(())
     }
 
@@ -220,35 +282,8 @@ impl ColdStore {
         retention_end / self.tiers.slice_ms
     }
 
-    fn tree(&self, kind: Kind, slice: u64) -> Result<sled::Tree, ColdError> {
-        self.slices.tree(&self.db, kind, slice)
-    }
-
-    fn put_hold(&self, hold: &ColdHold) -> Result<(), ColdError> {
-        let key = hold.seq.to_be_bytes();
-        let value = encode(hold);
-        if hold.status == ReservationStatus::Reserved {
-            self.live.insert(key, value.as_slice())?;
-            return Ok(());
-        }
-        self.live.remove(key)?;
-        let slice = self.slice(hold.updated_at.saturating_add(HOLD_RETENTION_MS));
-        self.tree(Kind::Holds, slice)?.insert(key, value.as_slice())?;
-        let mut order_key = [0u8; 16];
-        order_key[..8].copy_from_slice(&order_hash(&hold.order_id).to_be_bytes());
-        order_key[8..].copy_from_slice(&key);
-        self.tree(Kind::Orders, slice)?.insert(order_key, &[])?;
-        Ok(())
-    }
-
-    fn put_idem(&self, record: &ColdIdem) -> Result<(), ColdError> {
-        let slice = self.slice(record.expires_at);
-        self.tree(Kind::Keys, slice)?.insert(record.key.to_be_bytes(), encode(record).as_slice())?;
-        Ok(())
-    }
-
-    fn live_hold(&self, seq: u64) -> Result<Option<ColdHold>, ColdError> {
-        self.live.get(seq.to_be_bytes())?.map(|v| decode(&v)).transpose()
+    fn keyspace(&self, kind: Kind, slice: u64) -> Result<Keyspace, ColdError> {
+        self.slices.keyspace(&self.db, kind, slice)
     }
 
     /// The idempotency record of `key`, if one is kept and unexpired at `at`.
@@ -277,9 +312,9 @@ impl ColdStore {
         let prefix = order_hash(order_id).to_be_bytes();
         let mut holds = Vec::new();
         for slice in self.slices.numbers(Kind::Orders) {
-            let (orders, by_seq) = (self.tree(Kind::Orders, slice)?, self.tree(Kind::Holds, slice)?);
-            for key in orders.scan_prefix(prefix).keys() {
-                let key = key?;
+            let (orders, by_seq) = (self.keyspace(Kind::Orders, slice)?, self.keyspace(Kind::Holds, slice)?);
+            for guard in orders.prefix(prefix) {
+                let key = guard.key()?;
                 let seq = &key[8..16];
                 if let Some(v) = by_seq.get(seq)? {
                     let hold: ColdHold = decode(&v)?;
@@ -294,15 +329,16 @@ impl ColdStore {
     }
 
     /// Drops every slice whose records' retention has ended by `at`;
-    /// returns how many trees went.
+    /// returns how many keyspaces went.
     pub fn drop_before(&self, at: Millis) -> Result<usize, ColdError> {
         let first_kept = self.slice(at);
         let mut dropped = 0;
         for (kind, slice) in self.slices.all() {
             if slice < first_kept {
-                self.db.drop_tree(kind.tree(slice))?;
-                self.slices.remove(kind, slice);
-                dropped += 1;
+                if let Some(keyspace) = self.slices.remove(kind, slice) {
+                    self.db.delete_keyspace(keyspace)?;
+                    dropped += 1;
+                }
             }
         }
         Ok(dropped)
@@ -310,7 +346,7 @@ impl ColdStore {
 
     pub fn stats(&self) -> StoreStats {
         let slices: BTreeSet<u64> = self.slices.all().into_iter().map(|(_, s)| s).collect();
-        StoreStats { slices: slices.len(), bytes_on_disk: self.db.size_on_disk().unwrap_or(0) }
+        StoreStats { slices: slices.len(), bytes_on_disk: self.db.disk_space().unwrap_or(0) }
     }
 }
 
@@ -419,6 +455,7 @@ mod tests {
             assert_eq!(store.position().unwrap(), Position::default());
             store.take(&j.entries[..3]).unwrap();
             store.take(&j.entries[3..]).unwrap();
+            store.persist().unwrap();
             assert_eq!(store.position().unwrap(), Position { seq: 6, at: t + 5 });
         }
         let store = open(dir.path());

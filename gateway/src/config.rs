@@ -77,9 +77,9 @@ pub struct Config {
     pub snapshots_keep: u64,
     /// Move finished holds and idempotency records older than the hot
     /// windows below to a cold tier on local disk (`<data-dir>/cold`), so
-    /// memory stays flat through a long sale. Off by default while its
-    /// store costs as much CPU as the shards (bench/README.md, soak).
-    #[arg(long, env = "INVENTORY_COLD_TIER", default_value_t = false, action = clap::ArgAction::Set)]
+    /// memory stays flat through a long sale. `false` keeps everything in
+    /// memory for its whole retention (48-72 h).
+    #[arg(long, env = "INVENTORY_COLD_TIER", default_value_t = true, action = clap::ArgAction::Set)]
     pub cold_tier: bool,
     /// With the cold tier: finished holds stay in memory this long after
     /// they finish, then move to disk for the rest of their 48 h.
@@ -116,7 +116,7 @@ impl Config {
             txn_retention_hours: 30 * 24,
             snapshot_every_entries: 1_000_000,
             snapshots_keep: 2,
-            cold_tier: false,
+            cold_tier: true,
             hot_holds_secs: 60,
             hot_keys_secs: 300,
             writer_faults: Default::default(),

@@ -19,6 +19,8 @@ pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.12, 0.25, 0.5, 1.0, 2.5, 5.0];
 const FLUSH_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
 const BATCH_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+const COLD_LOOKUP_BUCKETS: [f64; 12] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
 const DELAY_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 60.0, 300.0];
 
 /// What kind of answer a request got.
@@ -94,6 +96,7 @@ pub struct Metrics {
     pub idempotent_replays: Counter,
     pub overload_refusals: Counter,
     pub cold_lookups: Counter,
+    pub cold_lookup_seconds: Histogram,
     pub evicted: Family<EventLabels, Counter>,
     pub follower_lag: Family<FollowerLabels, Gauge<u64, AtomicU64>>,
     pub journal_entries: Family<ShardLabels, Gauge<u64, AtomicU64>>,
@@ -184,6 +187,12 @@ impl Metrics {
             "Writes that needed records from the cold tier before they could be decided",
             cold_lookups.clone(),
         );
+        let cold_lookup_seconds = Histogram::new(COLD_LOOKUP_BUCKETS);
+        registry.register(
+            "cold_lookup_duration_seconds",
+            "Time to read what one request needs from the cold tier (writes' facts, reads of finished holds)",
+            cold_lookup_seconds.clone(),
+        );
         let evicted = Family::default();
         registry.register(
             "evicted",
@@ -230,6 +239,7 @@ impl Metrics {
             idempotent_replays,
             overload_refusals,
             cold_lookups,
+            cold_lookup_seconds,
             evicted,
             follower_lag,
             journal_entries,

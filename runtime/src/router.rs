@@ -209,11 +209,20 @@ impl IdemIndex {
             });
             purged += before - stripe.len();
             // Into the filters before the stripe is released: a claim of
-            // one of these keys finds it in one place or the other.
-            for (shard, key, expires_at) in moved.drain(..) {
-                self.cold[shard as usize].lock().insert(hashes_of_u128(key), expires_at, &self.tiers);
-                self.has_cold[shard as usize].store(true, Ordering::Release);
+            // one of these keys finds it in one place or the other. Each
+            // shard's filters are locked once per stripe, not per key.
+            for (shard, filters) in self.cold.iter().enumerate() {
+                let mut of_shard = moved.iter().filter(|m| m.0 as usize == shard).peekable();
+                if of_shard.peek().is_none() {
+                    continue;
+                }
+                let mut filters = filters.lock();
+                for &(_, key, expires_at) in of_shard {
+                    filters.insert(hashes_of_u128(key), expires_at, &self.tiers);
+                }
+                self.has_cold[shard].store(true, Ordering::Release);
             }
+            moved.clear();
         }
         purged
     }

@@ -143,6 +143,7 @@ impl Runtime {
             .collect();
 
         let follower_stop = Arc::new(AtomicBool::new(false));
+        let shared = Shared { clock: &clock, stop: &follower_stop, metrics: &metrics };
         let (mut cold_threads, mut stores) = (Vec::new(), Vec::new());
         let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let (ready_tx, ready) = crossbeam_channel::unbounded();
@@ -153,7 +154,7 @@ impl Runtime {
             // A data dir that moved records out before keeps its stores for
             // lookups, whether or not records move out now.
             let cold = if config.hot.is_some() || config.cold_dir(i as u16).exists() {
-                let (cold, threads) = start_cold(&config, i, &readers[i], &followers[i], &clock, &tx, &follower_stop)?;
+                let (cold, threads) = start_cold(&config, i, &readers[i], &followers[i], &tx, &shared)?;
                 cold_threads.extend(threads);
                 stores.push(cold.store.clone());
                 Some(cold)
@@ -280,6 +281,14 @@ impl Threads {
     }
 }
 
+/// What every shard's cold tier shares.
+struct Shared<'a> {
+    clock: &'a Arc<dyn Clock>,
+    /// Set when the followers are to finish.
+    stop: &'a Arc<AtomicBool>,
+    metrics: &'a Metrics,
+}
+
 /// Opens shard `shard`'s cold store and starts the thread that answers its
 /// loop's lookups and, when records move out of memory, its follower.
 fn start_cold(
@@ -287,10 +296,10 @@ fn start_cold(
     shard: usize,
     reader: &Arc<dyn Journal + Sync>,
     followers: &Arc<Followers>,
-    clock: &Arc<dyn Clock>,
     queue: &Sender<Request>,
-    stop: &Arc<AtomicBool>,
+    shared: &Shared,
 ) -> Result<(ShardCold, Vec<JoinHandle<()>>), RuntimeError> {
+    let Shared { clock, stop, metrics } = *shared;
     let shard_config = ShardConfig::new(shard as u16);
     let store = Arc::new(ColdStore::open(
         &config.cold_dir(shard as u16),
@@ -315,10 +324,10 @@ fn start_cold(
     };
     let (lookups, waiting) = crossbeam_channel::bounded(LOOKUPS_MAX);
     let resolver = {
-        let (store, queue) = (store.clone(), queue.clone());
+        let (store, queue, seconds) = (store.clone(), queue.clone(), metrics.cold_lookup_seconds.clone());
         std::thread::Builder::new()
             .name(format!("cold-lookup-{shard}"))
-            .spawn(move || resolve_lookups(store, waiting, queue))?
+            .spawn(move || resolve_lookups(store, waiting, queue, seconds))?
     };
     threads.push(resolver);
     Ok((ShardCold { store, lookups, evicting }, threads))

@@ -173,9 +173,17 @@ pub const LOOKUPS_MAX: usize = 1_024;
 /// Answers the lookups of one shard's writes from its cold store and
 /// queues each write back to its shard with the records found. Runs until
 /// `lookups` is closed.
-pub fn resolve_lookups(store: Arc<ColdStore>, lookups: Receiver<Lookup>, queue: crossbeam_channel::Sender<Request>) {
+pub fn resolve_lookups(
+    store: Arc<ColdStore>,
+    lookups: Receiver<Lookup>,
+    queue: crossbeam_channel::Sender<Request>,
+    seconds: prometheus_client::metrics::histogram::Histogram,
+) {
     for Lookup { command, meta, reply, needs } in lookups {
-        match cold_facts(&store, needs) {
+        let started = Instant::now();
+        let facts = cold_facts(&store, needs);
+        seconds.observe(started.elapsed().as_secs_f64());
+        match facts {
             Ok(facts) => {
                 let facts = Box::new(facts);
                 if queue.send(Request::Resolved { command, meta, reply, facts }).is_err() {

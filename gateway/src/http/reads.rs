@@ -71,8 +71,21 @@ pub async fn reservation(
 async fn cold_hold(app: &App, shard: u16, seq: u64) -> Result<Option<ReservationView>, ApiError> {
     let Some(store) = app.runtime.cold.get(shard as usize).cloned() else { return Ok(None) };
     let now = app.runtime.clock.now_ms();
-    let hold = tokio::task::spawn_blocking(move || store.hold(seq)).await.expect("cold lookup panicked");
+    let hold = cold_read(app, move || store.hold(seq)).await;
     Ok(hold.map_err(cold_unavailable)?.filter(|h| h.visible(now)).map(|h| h.view(shard)))
+}
+
+/// Runs a read of a cold store off the HTTP thread, timing the read.
+async fn cold_read<T: Send + 'static>(app: &App, read: impl FnOnce() -> T + Send + 'static) -> T {
+    let seconds = app.runtime.metrics.cold_lookup_seconds.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let found = read();
+        seconds.observe(started.elapsed().as_secs_f64());
+        found
+    })
+    .await
+    .expect("cold lookup panicked")
 }
 
 /// The finished holds of an order that have moved to the cold tier.
@@ -81,7 +94,7 @@ async fn cold_order(app: &App, order_id: &str) -> Result<Vec<ReservationView>, A
     let mut views = Vec::new();
     for (shard, store) in app.runtime.cold.iter().enumerate() {
         let (store, order_id) = (store.clone(), order_id.to_string());
-        let holds = tokio::task::spawn_blocking(move || store.order(&order_id)).await.expect("cold lookup panicked");
+        let holds = cold_read(app, move || store.order(&order_id)).await;
         let holds = holds.map_err(cold_unavailable)?;
         views.extend(holds.into_iter().filter(|h| h.visible(now)).map(|h| h.view(shard as u16)));
     }
