@@ -36,9 +36,11 @@ pub struct Options {
     pub writer_faults: Arc<inventory_persistence::WriterFaults>,
     /// The kind of journal a new data dir gets.
     pub journal: Backend,
-    /// With a cold tier: seconds finished holds and idempotency records
-    /// stay in memory before they move to it.
+    /// Seconds finished holds and idempotency records stay in memory
+    /// before they move to the cold tier (`None`: the service's defaults).
     pub hot_secs: Option<(u64, u64)>,
+    /// Runs with `--cold-tier false`: everything stays in memory.
+    pub keep_all: bool,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             writer_faults: Arc::default(),
             journal: Backend::Sled,
             hot_secs: None,
+            keep_all: false,
         }
     }
 }
@@ -84,6 +87,7 @@ impl TestServer {
             config.postgres_schema = schema.clone();
         }
         config.postgres_batch_max = options.postgres_batch_max;
+        config.cold_tier = !options.keep_all;
         if let Some((holds, keys)) = options.hot_secs {
             (config.cold_tier, config.hot_holds_secs, config.hot_keys_secs) = (true, holds, keys);
         }

@@ -231,7 +231,7 @@ async fn kill_9_while_records_move_to_disk_loses_and_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_tier_that_missed_the_journals_start_begins_from_the_shards_state() {
     let dir = tempfile::tempdir().unwrap();
-    let keep_all = Options { data_dir: Some(dir.path().to_path_buf()), hot_secs: None, ..Default::default() };
+    let keep_all = Options { data_dir: Some(dir.path().to_path_buf()), keep_all: true, ..Default::default() };
     let server = TestServer::start_with(keep_all).await;
     let made = make(&server.client).await;
     let snapshot = server.client.post("/api/admin/snapshot", json!({})).await;
