@@ -68,6 +68,9 @@ pub fn run_follower(
                     }
                     Err(e) => {
                         tracing::error!(shard, error = %e, "cold store: cannot make taken entries durable; retrying");
+                        if stopping {
+                            return;
+                        }
                         std::thread::sleep(RETRY_SLEEP);
                         continue;
                     }
