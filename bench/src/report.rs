@@ -81,6 +81,9 @@ pub struct TargetReport {
     /// (soak only, when it made any).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_lookups: Option<ColdLookups>,
+    /// Its filters of what moved to the cold tier, at the end (soak only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_filters: Option<ColdFilters>,
 }
 
 /// The service's `inventory_cold_lookup_duration_seconds` histogram: how
@@ -114,6 +117,32 @@ impl ColdLookups {
             buckets.iter().find(|b| b.1 >= rank).map_or(f64::INFINITY, |b| b.0 * 1e3)
         };
         Some(ColdLookups { count, p50_le_ms: quantile(0.5), p99_le_ms: quantile(0.99) })
+    }
+}
+
+/// The service's filters of what moved to the cold tier at the end of a
+/// run: keys noted and their memory, summed over shards
+/// (`inventory_cold_filter_keys`, `inventory_cold_filter_bytes`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ColdFilters {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl ColdFilters {
+    /// Reads the gauges from a Prometheus text exposition; `None` while no
+    /// key has been noted.
+    pub fn parse(exposition: &str) -> Option<ColdFilters> {
+        let sum = |name: &str| -> u64 {
+            exposition
+                .lines()
+                .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{')?.split_once("} "))
+                .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+                .sum()
+        };
+        let filters =
+            ColdFilters { keys: sum("inventory_cold_filter_keys"), bytes: sum("inventory_cold_filter_bytes") };
+        (filters.keys > 0).then_some(filters)
     }
 }
 
@@ -483,6 +512,15 @@ pub fn table(report: &RunReport) -> String {
                 c.count, c.p50_le_ms, c.p99_le_ms
             );
         }
+        if let Some(f) = &t.cold_filters {
+            let _ = writeln!(
+                s,
+                "  cold-tier filters: {} keys in {:.1} MB, {:.2} bytes a key (hold sequences, order ids, idempotency keys)",
+                f.keys,
+                f.bytes as f64 / 1e6,
+                f.bytes as f64 / f.keys as f64
+            );
+        }
         let _ = match t.target_cpu_us_per_request {
             Some(target) => writeln!(
                 s,
@@ -564,6 +602,17 @@ mod tests {
         assert_eq!(ColdLookups::parse("inventory_cold_lookups_total 7\n"), None);
     }
 
+    #[test]
+    fn cold_filters_are_summed_over_shards() {
+        let exposition = "# TYPE inventory_cold_filter_keys gauge\n\
+            inventory_cold_filter_keys{shard=\"0\"} 1000\n\
+            inventory_cold_filter_keys{shard=\"1\"} 500\n\
+            inventory_cold_filter_bytes{shard=\"0\"} 1310720\n\
+            inventory_cold_filter_bytes{shard=\"1\"} 1310720\n";
+        assert_eq!(ColdFilters::parse(exposition), Some(ColdFilters { keys: 1500, bytes: 2621440 }));
+        assert_eq!(ColdFilters::parse("inventory_cold_filter_keys{shard=\"0\"} 0\n"), None);
+    }
+
     fn measured(target: TargetKind, ok_per_s: f64, p99_ms: f64) -> TargetReport {
         let summary = OpSummary {
             count: 1,
@@ -594,6 +643,7 @@ mod tests {
             target_cpu_us_per_request: None,
             resources: Vec::new(),
             cold_lookups: None,
+            cold_filters: None,
         }
     }
 

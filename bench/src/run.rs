@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::audit::audit;
 use crate::cli::{MixKind, RunArgs};
 use crate::loadgen::{self, LoadConfig, Progress};
-use crate::report::{self, ColdLookups, HostInfo, ResourceSample, RunReport, TargetReport};
+use crate::report::{self, ColdFilters, ColdLookups, HostInfo, ResourceSample, RunReport, TargetReport};
 use crate::stats::OpSummary;
 use crate::target::{self, Running, StartOptions, TargetKind};
 use crate::workload::{Burst, Catalogue, Mix, Mode, Op, Plan, Scenario};
@@ -220,9 +220,9 @@ async fn measure(
     };
 
     // Read before the audit, whose reads of old holds are not the run's.
-    let cold_lookups = match plan.scenario {
-        Scenario::Soak => cold_lookups(running.addr, args.timeout).await,
-        _ => None,
+    let (cold_lookups, cold_filters) = match plan.scenario {
+        Scenario::Soak => cold_tier(running.addr, args.timeout).await,
+        _ => (None, None),
     };
     eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
     let audit = audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?;
@@ -264,13 +264,17 @@ async fn measure(
         target_cpu_us_per_request,
         resources,
         cold_lookups,
+        cold_filters,
     })
 }
 
 /// The target's cold-tier read times, from its metrics.
-async fn cold_lookups(addr: std::net::SocketAddr, timeout: Duration) -> Option<ColdLookups> {
-    let reply = crate::client::Conn::new(addr, timeout).get("/metrics").await.ok()?;
-    ColdLookups::parse(std::str::from_utf8(&reply.body).ok()?)
+async fn cold_tier(addr: std::net::SocketAddr, timeout: Duration) -> (Option<ColdLookups>, Option<ColdFilters>) {
+    let Ok(reply) = crate::client::Conn::new(addr, timeout).get("/metrics").await else {
+        return (None, None);
+    };
+    let text = String::from_utf8_lossy(&reply.body);
+    (ColdLookups::parse(&text), ColdFilters::parse(&text))
 }
 
 /// Samples the target's resident memory and disk use every `every` until

@@ -142,6 +142,10 @@ pub struct ShardStats {
     pub holds: usize,
     pub active_holds: usize,
     pub idempotency_keys: usize,
+    /// Keys noted in the filters of what moved to the cold tier (hold
+    /// sequences, order ids, idempotency keys), and the filters' memory.
+    pub cold_filter_keys: u64,
+    pub cold_filter_bytes: usize,
 }
 
 /// One change to one stock row, as a [`Txn`] records it before the shard
@@ -1161,6 +1165,8 @@ impl Shard {
             holds: self.holds.len(),
             active_holds: self.expiry.len(),
             idempotency_keys: self.idem.len(),
+            cold_filter_keys: self.cold.keys.keys() + self.cold.holds.keys() + self.cold.orders.keys(),
+            cold_filter_bytes: self.cold.keys.bytes() + self.cold.holds.bytes() + self.cold.orders.bytes(),
         }
     }
 

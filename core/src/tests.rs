@@ -689,9 +689,13 @@ fn evicted_records_are_asked_for_decided_from_the_facts_and_restored_by_a_rollba
         }
     }
     let before = s.dump();
+    assert_eq!((s.stats().cold_filter_keys, s.stats().cold_filter_bytes), (0, 0));
     s.begin_batch();
     let evicted = s.apply(10, &Command::Evict(Evict { holds_before: 4, keys_before: 4 }), &mut Vec::new());
     assert_eq!(evicted.outcome, Outcome::Evicted { holds: 1, keys: 3 });
+    let stats = s.stats();
+    assert_eq!(stats.cold_filter_keys, 5, "the hold, its order and three keys are noted in filters");
+    assert!(stats.cold_filter_bytes > 0);
     assert!(s.reservation(id).is_none(), "the hold left memory");
     s.rollback_batch();
     assert_eq!(s.dump(), before, "a rollback brings evicted records back");

@@ -106,6 +106,8 @@ pub struct Metrics {
     pub holds: Family<ShardLabels, Gauge>,
     pub idempotency_keys: Family<ShardLabels, Gauge>,
     pub stock_rows: Family<ShardLabels, Gauge>,
+    pub cold_filter_keys: Family<ShardLabels, Gauge>,
+    pub cold_filter_bytes: Family<ShardLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -213,6 +215,18 @@ impl Metrics {
         registry.register("idempotency_keys", "Idempotency records in memory", idempotency_keys.clone());
         let stock_rows = Family::default();
         registry.register("stock_rows", "Stock rows (SKU x warehouse)", stock_rows.clone());
+        let cold_filter_keys = Family::default();
+        registry.register(
+            "cold_filter_keys",
+            "Keys in the in-memory filters of records moved to the cold tier",
+            cold_filter_keys.clone(),
+        );
+        let cold_filter_bytes = Family::default();
+        registry.register(
+            "cold_filter_bytes",
+            "Memory of the filters of records moved to the cold tier",
+            cold_filter_bytes.clone(),
+        );
         let persistence_lag_records = Family::default();
         let persistence_lag_seconds = Family::default();
         let outbox_backlog = Gauge::default();
@@ -221,6 +235,8 @@ impl Metrics {
             holds,
             idempotency_keys,
             stock_rows,
+            cold_filter_keys,
+            cold_filter_bytes,
             persistence_lag_records,
             persistence_lag_seconds,
             outbox_backlog,

@@ -458,6 +458,8 @@ impl LoopState {
             self.metrics.holds.get_or_create(&self.labels).set(stats.holds as i64);
             self.metrics.idempotency_keys.get_or_create(&self.labels).set(stats.idempotency_keys as i64);
             self.metrics.stock_rows.get_or_create(&self.labels).set(stats.rows as i64);
+            self.metrics.cold_filter_keys.get_or_create(&self.labels).set(stats.cold_filter_keys as i64);
+            self.metrics.cold_filter_bytes.get_or_create(&self.labels).set(stats.cold_filter_bytes as i64);
             for cursor in self.followers.cursors() {
                 let labels = FollowerLabels { follower: cursor.name(), shard: self.labels.shard };
                 self.metrics.follower_lag.get_or_create(&labels).set(cursor.lag_entries(&self.followers));
