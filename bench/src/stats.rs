@@ -207,6 +207,14 @@ impl RunStats {
     }
 }
 
+/// Resident memory of process `pid` in bytes (`VmRSS`, "self" for this
+/// process); 0 if it cannot be read.
+pub fn rss_bytes(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().strip_suffix("kB"));
+    kb.and_then(|kb| kb.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+}
+
 /// CPU time (user + system) and voluntary context switches so far, of this
 /// process (`libc::RUSAGE_SELF`) or of the calling thread
 /// (`libc::RUSAGE_THREAD`).

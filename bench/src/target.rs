@@ -113,12 +113,7 @@ impl Running {
     /// for an external target).
     pub fn rss_probe(&self) -> impl Fn() -> u64 + Send + 'static {
         let pid = self.child.as_ref().map(Child::id);
-        move || {
-            let Some(pid) = pid else { return 0 };
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().strip_suffix("kB"));
-            kb.and_then(|kb| kb.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
-        }
+        move || pid.map_or(0, |pid| crate::stats::rss_bytes(&pid.to_string()))
     }
 
     /// Reads the bytes the started service's data dir takes on disk
