@@ -1,6 +1,6 @@
 //! The audit log: every stock change outside the reserve/confirm/release
-//! flow (receipts now; adjustments and repairs as they arrive), as a
-//! hash-chained JSON-lines file.
+//! flow (receipts, freezes, adjustments, transfers), as a hash-chained
+//! JSON-lines file.
 //!
 //! Each line carries `index` (1, 2, ...), `prevHash` and `hash =
 //! SHA-256(prevHash || "\n" || the line's other fields as JSON)`. Altering,
@@ -65,6 +65,20 @@ pub struct AuditEvent {
     pub reason: String,
     pub operator: String,
     pub trace_id: String,
+    /// The adjustment or transfer acted on (the idempotency key of a
+    /// freeze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ref_id: Option<String>,
+    /// An adjustment's signed change of units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<i64>,
+    /// Who proposed the adjustment (`operator` approved, rejected it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposed_by: Option<String>,
+    /// A transfer's destination (`warehouseId` is its source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_warehouse_id: Option<String>,
+    /// Last: the log's writer appends rows written ahead of time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rows: Vec<AuditRow>,
 }
@@ -141,21 +155,93 @@ fn hash_of(prev_hash: &str, body: &[u8]) -> [u8; 64] {
 /// Whether the audit log records `entry`: exactly when [`event_of`] gives
 /// it a record.
 pub fn is_audited(entry: &Entry) -> bool {
-    entry.txns.iter().any(|t| t.kind == TxnKind::Receive)
+    entry.txns.iter().any(|t| t.kind == TxnKind::Receive || t.kind.is_operator())
 }
 
-/// The audit record of one journal entry, if it received stock (receipts
-/// only, for now). Takes the entry to move its strings into the record.
-pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
-    let bulk = match entry.command {
-        Command::ReceiveBatch(_) => true,
+/// The action an operator command's record names.
+fn operator_action(command: &Command, txns: &[inventory_core::Txn]) -> &'static str {
+    match command {
+        Command::Freeze(c) if c.frozen => "FREEZE",
+        Command::Freeze(_) => "UNFREEZE",
+        Command::ProposeAdjustment(_) => "ADJUSTMENT_PROPOSED",
+        Command::DecideAdjustment(_) => match txns.first().map(|t| t.kind) {
+            Some(TxnKind::AdjustApplied) => "ADJUSTMENT_APPLIED",
+            Some(TxnKind::AdjustRejected) => "ADJUSTMENT_REJECTED",
+            _ => "ADJUSTMENT_EXPIRED",
+        },
+        Command::ExpireAdjustments(_) => "ADJUSTMENT_EXPIRED",
+        Command::DispatchTransfer(_) => "TRANSFER_DISPATCHED",
+        Command::FinishTransfer(c) if c.arrive => "TRANSFER_ARRIVED",
+        Command::FinishTransfer(_) => "TRANSFER_CANCELLED",
         Command::Receive(_)
+        | Command::ReceiveBatch(_)
         | Command::Reserve(_)
         | Command::Confirm(_)
         | Command::Release(_)
         | Command::Expire(_)
-        | Command::Evict(_) => false,
+        | Command::Evict(_) => unreachable!("not an operator command"),
+    }
+}
+
+/// The record of an operator's action: its one row inline, or (a freeze
+/// of several rows, a transfer's two ends) its rows.
+fn operator_event(shard: u16, entry: Entry) -> AuditEvent {
+    let action = operator_action(&entry.command, &entry.txns);
+    let Entry { seq, at, trace_id, operator, txns, .. } = entry;
+    let first = &txns[0];
+    let adjustment = first.kind.is_adjustment();
+    let mut refs: Vec<&str> = txns.iter().map(|t| t.ref_id.as_str()).collect();
+    refs.dedup();
+    let mut event = AuditEvent {
+        shard,
+        seq,
+        at_ms: at,
+        action: action.to_string(),
+        sku_id: Some(first.sku_id.clone()),
+        warehouse_id: None,
+        qty: if adjustment { first.delta().unsigned_abs() } else { first.qty },
+        before: None,
+        after: None,
+        reason: first.detail.clone(),
+        operator,
+        trace_id: format!("{trace_id:032x}"),
+        ref_id: Some(refs.join(",")),
+        delta: adjustment.then(|| first.delta()),
+        proposed_by: adjustment.then(|| first.order_id.clone()),
+        to_warehouse_id: None,
+        rows: Vec::new(),
     };
+    if matches!(first.kind, TxnKind::TransferOut | TxnKind::TransferReturned) {
+        event.warehouse_id = Some(first.warehouse_id.clone());
+        event.to_warehouse_id = Some(first.order_id.clone());
+    } else if first.kind == TxnKind::TransferIn {
+        event.warehouse_id = Some(first.order_id.clone());
+        event.to_warehouse_id = Some(first.warehouse_id.clone());
+    }
+    if txns.len() == 1 {
+        let t = txns.into_iter().next().expect("one");
+        event.warehouse_id.get_or_insert(t.warehouse_id);
+        event.before = Some(t.before.into());
+        event.after = Some(t.after.into());
+    } else {
+        event.rows = txns
+            .into_iter()
+            .map(|t| {
+                let qty = if t.kind.is_adjustment() { t.delta().unsigned_abs() } else { t.qty };
+                AuditRow(t.sku_id, t.warehouse_id, qty, levels_array(t.before), levels_array(t.after))
+            })
+            .collect();
+    }
+    event
+}
+
+/// The audit record of one journal entry, if it received stock or was an
+/// operator's action. Takes the entry to move its strings into the record.
+pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
+    if entry.txns.first().is_some_and(|t| t.kind.is_operator()) {
+        return Some(operator_event(shard, entry));
+    }
+    let bulk = matches!(entry.command, Command::ReceiveBatch(_));
     let Entry { seq, at, trace_id, operator, txns, .. } = entry;
     let mut receipts = txns.into_iter().filter(|t| t.kind == TxnKind::Receive).peekable();
     let first = receipts.peek()?;
@@ -172,6 +258,10 @@ pub fn event_of(shard: u16, entry: Entry) -> Option<AuditEvent> {
         reason: first.ref_id.clone(),
         operator,
         trace_id: format!("{trace_id:032x}"),
+        ref_id: None,
+        delta: None,
+        proposed_by: None,
+        to_warehouse_id: None,
         rows: Vec::new(),
     };
     if bulk {
@@ -304,6 +394,10 @@ pub fn pending_of_record(
                     reason: bulk.reference().to_string(),
                     operator: bulk.operator().to_string(),
                     trace_id: format!("{:032x}", bulk.trace_id()),
+                    ref_id: None,
+                    delta: None,
+                    proposed_by: None,
+                    to_warehouse_id: None,
                     rows: Vec::new(),
                 },
                 rows,
@@ -564,6 +658,10 @@ mod tests {
             reason: "po".into(),
             operator: "ops".into(),
             trace_id: "0".repeat(32),
+            ref_id: None,
+            delta: None,
+            proposed_by: None,
+            to_warehouse_id: None,
             rows: Vec::new(),
         }
     }

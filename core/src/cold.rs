@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use crate::command::Command;
 use crate::ids::{key_hash, Millis, ReservationId};
 use crate::image::IdemImage;
+use crate::ops::{AdjustmentStatus, TransferStatus};
 use crate::outcome::{Outcome, Rejection};
 use crate::state::{Entry, ReservationStatus, ReservationView, TxnKind};
 
@@ -352,6 +353,42 @@ pub fn cold_changes(
                 });
                 changes.push(ColdChange::Hold(held));
             }
+            TxnKind::Freeze | TxnKind::Unfreeze => {
+                let rows = match outcome {
+                    Some(Outcome::Frozen { rows }) => rows + 1,
+                    _ => 1,
+                };
+                outcome = Some(Outcome::Frozen { rows });
+            }
+            TxnKind::AdjustProposed => {
+                let id = txn.ref_id.parse().expect("an adjustment's txn names it");
+                outcome = Some(Outcome::AdjustmentProposed { id });
+            }
+            TxnKind::AdjustApplied | TxnKind::AdjustRejected => {
+                let id = txn.ref_id.parse().expect("an adjustment's txn names it");
+                let status = if txn.kind == TxnKind::AdjustApplied {
+                    AdjustmentStatus::Applied
+                } else {
+                    AdjustmentStatus::Rejected
+                };
+                outcome = Some(Outcome::AdjustmentDecided { id, status });
+            }
+            TxnKind::AdjustExpired => {
+                // A decision that came too late: it expired the adjustment.
+                let expired = AdjustmentStatus::Expired;
+                outcome = Some(Outcome::Rejected(Rejection::AdjustmentNotPending { status: expired }));
+            }
+            TxnKind::TransferOut => {
+                let id = txn.ref_id.parse().expect("a transfer's txn names it");
+                outcome = Some(Outcome::TransferDispatched { id });
+            }
+            TxnKind::TransferIn | TxnKind::TransferReturned => {
+                let id = txn.ref_id.parse().expect("a transfer's txn names it");
+                let status =
+                    if txn.kind == TxnKind::TransferIn { TransferStatus::Arrived } else { TransferStatus::Cancelled };
+                outcome = Some(Outcome::TransferFinished { id, status });
+            }
+            TxnKind::TransferIncoming | TxnKind::TransferCancelled => {}
         }
     }
     let key = match &entry.command {
@@ -364,7 +401,12 @@ pub fn cold_changes(
         Command::Reserve(c) => Some(&c.idem_key),
         Command::Confirm(c) => Some(&c.idem_key),
         Command::Release(c) => Some(&c.idem_key),
-        Command::Expire(_) | Command::Evict(_) => None,
+        Command::Freeze(c) => Some(&c.idem_key),
+        Command::ProposeAdjustment(c) => Some(&c.idem_key),
+        Command::DecideAdjustment(c) => Some(&c.idem_key),
+        Command::DispatchTransfer(c) => Some(&c.idem_key),
+        Command::FinishTransfer(c) => Some(&c.idem_key),
+        Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) => None,
     };
     if let (Some(key), Some(outcome)) = (key, outcome) {
         changes.push(ColdChange::Idem(ColdIdem {

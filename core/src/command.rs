@@ -5,6 +5,7 @@
 //! the on-disk format. Append new variants at the end; never reorder.
 
 use crate::ids::{Fingerprint, Millis, ReservationId};
+use crate::ops::{AdjustmentId, TransferId};
 
 /// A state-changing command. Each carries everything needed to apply it
 /// deterministically; the time is supplied separately by the shard loop.
@@ -27,6 +28,86 @@ pub enum Command {
     /// the hot window out of memory, to the cold tier (`cold.rs`). Issued
     /// by the shard loop once the cold tier holds them.
     Evict(Evict),
+    /// 7: freeze or unfreeze one row of an SKU, or all of them.
+    Freeze(Freeze),
+    /// 8: propose a change of a row's units, applied once approved. Boxed,
+    /// like the transfer: rare commands do not make every command larger.
+    ProposeAdjustment(Box<ProposeAdjustment>),
+    /// 9: approve (apply) or reject a pending adjustment.
+    DecideAdjustment(DecideAdjustment),
+    /// 10: expire the listed pending adjustments whose time has passed.
+    /// Issued by the shard loop's timer, like `Expire`.
+    ExpireAdjustments(ExpireAdjustments),
+    /// 11: move units out of one warehouse row of an SKU towards another.
+    DispatchTransfer(Box<DispatchTransfer>),
+    /// 12: a transfer arrived, or is cancelled (its units go back).
+    FinishTransfer(FinishTransfer),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Freeze {
+    pub sku_id: String,
+    /// One row; `None`: every row of the SKU.
+    pub warehouse_id: Option<String>,
+    /// Freeze (`true`) or unfreeze.
+    pub frozen: bool,
+    pub reason: String,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProposeAdjustment {
+    pub sku_id: String,
+    pub warehouse_id: String,
+    /// Units to add (positive) or write off (negative); never 0.
+    pub delta: i64,
+    pub reason: String,
+    /// The proposing operator: another must approve.
+    pub operator: String,
+    /// How long it may stay pending, resolved against the service default.
+    pub ttl_ms: Millis,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DecideAdjustment {
+    pub adjustment_id: AdjustmentId,
+    /// Approve (apply it) or reject it.
+    pub approve: bool,
+    pub operator: String,
+    /// Why it is rejected (empty for an approval).
+    pub reason: String,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ExpireAdjustments {
+    pub ids: Vec<AdjustmentId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DispatchTransfer {
+    pub sku_id: String,
+    pub from_warehouse_id: String,
+    /// Created (empty) if the SKU has no row there yet.
+    pub to_warehouse_id: String,
+    pub qty: u64,
+    pub reason: String,
+    pub operator: String,
+    /// Expected arrival, this long after dispatch.
+    pub expected_in_ms: Option<Millis>,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FinishTransfer {
+    pub transfer_id: TransferId,
+    /// Arrived (`true`) or cancelled.
+    pub arrive: bool,
+    pub operator: String,
+    /// Why it is cancelled (empty for an arrival).
+    pub reason: String,
+    pub idem_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -127,8 +208,13 @@ impl Command {
             Command::Reserve(c) => Some(&c.idem_key),
             Command::Confirm(c) => Some(&c.idem_key),
             Command::Release(c) => Some(&c.idem_key),
-            Command::Expire(_) | Command::Evict(_) => None,
+            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) => None,
             Command::ReceiveBatch(c) => Some(&c.idem_key),
+            Command::Freeze(c) => Some(&c.idem_key),
+            Command::ProposeAdjustment(c) => Some(&c.idem_key),
+            Command::DecideAdjustment(c) => Some(&c.idem_key),
+            Command::DispatchTransfer(c) => Some(&c.idem_key),
+            Command::FinishTransfer(c) => Some(&c.idem_key),
         }
     }
 
@@ -165,6 +251,29 @@ impl Command {
             Command::Evict(c) => {
                 f.tag(6).u64(c.holds_before).u64(c.keys_before);
             }
+            Command::Freeze(c) => {
+                f.tag(7).str(&c.sku_id).str(c.warehouse_id.as_deref().unwrap_or("\0*")).u64(c.frozen as u64);
+                f.str(&c.reason);
+            }
+            Command::ProposeAdjustment(c) => {
+                f.tag(8).str(&c.sku_id).str(&c.warehouse_id).u64(c.delta as u64).str(&c.reason).str(&c.operator);
+            }
+            Command::DecideAdjustment(c) => {
+                f.tag(9).u64(c.adjustment_id.0).u64(c.approve as u64).str(&c.operator).str(&c.reason);
+            }
+            Command::ExpireAdjustments(c) => {
+                f.tag(10);
+                for id in &c.ids {
+                    f.u64(id.0);
+                }
+            }
+            Command::DispatchTransfer(c) => {
+                f.tag(11).str(&c.sku_id).str(&c.from_warehouse_id).str(&c.to_warehouse_id).u64(c.qty);
+                f.str(&c.reason).str(&c.operator).u64(c.expected_in_ms.unwrap_or(u64::MAX));
+            }
+            Command::FinishTransfer(c) => {
+                f.tag(12).u64(c.transfer_id.0).u64(c.arrive as u64).str(&c.operator).str(&c.reason);
+            }
         }
         f.finish()
     }
@@ -179,6 +288,15 @@ impl Command {
             Command::Expire(_) => "expire",
             Command::ReceiveBatch(_) => "receive_batch",
             Command::Evict(_) => "evict",
+            Command::Freeze(c) if c.frozen => "freeze",
+            Command::Freeze(_) => "unfreeze",
+            Command::ProposeAdjustment(_) => "adjustment_propose",
+            Command::DecideAdjustment(c) if c.approve => "adjustment_approve",
+            Command::DecideAdjustment(_) => "adjustment_reject",
+            Command::ExpireAdjustments(_) => "adjustment_expire",
+            Command::DispatchTransfer(_) => "transfer_dispatch",
+            Command::FinishTransfer(c) if c.arrive => "transfer_arrive",
+            Command::FinishTransfer(_) => "transfer_cancel",
         }
     }
 }
@@ -192,6 +310,16 @@ pub enum Query {
     Reservation { id: ReservationId },
     /// Every hold of one order held by this shard.
     Order { order_id: String },
+    /// One adjustment.
+    Adjustment { id: AdjustmentId },
+    /// This shard's adjustments, oldest first, optionally of one status
+    /// and one SKU.
+    Adjustments { status: Option<crate::ops::AdjustmentStatus>, sku_id: Option<String> },
+    /// One transfer.
+    Transfer { id: TransferId },
+    /// This shard's transfers, oldest first, optionally of one status and
+    /// one SKU.
+    Transfers { status: Option<crate::ops::TransferStatus>, sku_id: Option<String> },
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use crate::cold::SliceFilters;
 use crate::ids::Millis;
+use crate::ops::{OpsImage, RowOps};
 use crate::outcome::Outcome;
 use crate::state::{Levels, ReservationStatus, StockRow};
 
@@ -38,6 +39,16 @@ pub struct ShardImage {
     /// written before the cold tier read unchanged.
     #[rkyv(with = rkyv::with::Skip)]
     pub cold: ColdImage,
+    /// What operators did: row state, adjustments, transfers. Stored in a
+    /// section of its own after the cold section.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub ops: OpsImage,
+}
+
+/// Units a row received, given its units on hand and what operators did
+/// to it.
+pub(crate) fn received(on_hand: u64, ops: &RowOps) -> u64 {
+    u64::try_from(on_hand as i128 - ops.net()).expect("a row received a negative number of units")
 }
 
 /// The keys of what a shard moved to the cold tier, by time slice.
@@ -51,14 +62,15 @@ pub struct ColdImage {
     pub orders: SliceFilters,
 }
 
-/// One stock row. `available` is `received - reserved - sold`.
+/// One stock row. `available` is `on_hand - reserved - sold`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RowImage {
     /// Position of the SKU in `ShardImage::sku_ends`.
     pub sku: u32,
     /// Position of the warehouse in `ShardImage::warehouses`.
     pub warehouse: u16,
-    pub received: u32,
+    /// Units in the row: received, adjusted and transferred.
+    pub on_hand: u32,
     pub reserved: u32,
     pub sold: u32,
     pub version: u64,
@@ -66,12 +78,13 @@ pub struct RowImage {
 }
 
 impl RowImage {
-    /// The row as the public [`StockRow`].
-    pub fn stock_row(&self) -> StockRow {
-        let (received, reserved, sold) = (self.received as u64, self.reserved as u64, self.sold as u64);
+    /// The row as the public [`StockRow`], given what operators did to it.
+    pub fn stock_row(&self, ops: RowOps) -> StockRow {
+        let (on_hand, reserved, sold) = (self.on_hand as u64, self.reserved as u64, self.sold as u64);
         StockRow {
-            levels: Levels { available: received.saturating_sub(reserved + sold), reserved, sold },
-            received,
+            levels: Levels { available: on_hand.saturating_sub(reserved + sold), reserved, sold },
+            received: received(on_hand, &ops),
+            ops,
             version: self.version,
             updated_at: self.updated_at,
         }
@@ -111,9 +124,11 @@ impl ShardImage {
 
     /// Every stock row as `(sku, warehouse, row)`, in image order.
     pub fn stock_rows(&self) -> impl Iterator<Item = (&str, &str, StockRow)> + '_ {
-        self.rows
-            .iter()
-            .map(|r| (self.sku_id(r.sku as usize), self.warehouses[r.warehouse as usize].as_str(), r.stock_row()))
+        let ops: rustc_hash::FxHashMap<u32, RowOps> = self.ops.rows.iter().copied().collect();
+        self.rows.iter().enumerate().map(move |(i, r)| {
+            let row = r.stock_row(ops.get(&(i as u32)).copied().unwrap_or_default());
+            (self.sku_id(r.sku as usize), self.warehouses[r.warehouse as usize].as_str(), row)
+        })
     }
 }
 

@@ -15,6 +15,7 @@ mod command;
 mod grow;
 mod ids;
 mod image;
+mod ops;
 mod outcome;
 mod shard;
 mod state;
@@ -24,12 +25,19 @@ pub use cold::{
     cold_changes, hashes_of_u128, ColdChange, ColdFacts, ColdHold, ColdIdem, ColdQuery, KeyFilter, SliceFilters,
     TierConfig, UnknownHold,
 };
-pub use command::{Command, Confirm, Evict, Expire, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve};
+pub use command::{
+    Command, Confirm, DecideAdjustment, DispatchTransfer, Evict, Expire, ExpireAdjustments, FinishTransfer, Freeze,
+    ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve,
+};
 pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,
     REASON_TIMEOUT, SECOND_MS,
 };
 pub use image::{ColdImage, HoldImage, IdemImage, RowImage, ShardImage};
+pub use ops::{
+    Adjustment, AdjustmentId, AdjustmentStatus, AdjustmentView, InvalidAdjustmentId, InvalidTransferId, OpsImage,
+    RowOps, Transfer, TransferId, TransferStatus, TransferView,
+};
 pub use outcome::{Applied, Outcome, Rejection};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
 pub use state::{

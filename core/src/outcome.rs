@@ -4,6 +4,7 @@
 //! place in the gateway. They are values, never panics or error strings.
 
 use crate::ids::{Millis, ReservationId};
+use crate::ops::{AdjustmentId, AdjustmentStatus, TransferId, TransferStatus};
 use crate::state::{Levels, ReservationStatus};
 
 /// The result of a command, stored verbatim under its idempotency key so a
@@ -39,6 +40,30 @@ pub enum Outcome {
     Evicted {
         holds: u32,
         keys: u32,
+    },
+    /// A freeze or unfreeze: how many rows it changed (0: all of them were
+    /// already so).
+    Frozen {
+        rows: u32,
+    },
+    AdjustmentProposed {
+        id: AdjustmentId,
+    },
+    /// Approved (`Applied`) or `Rejected`.
+    AdjustmentDecided {
+        id: AdjustmentId,
+        status: AdjustmentStatus,
+    },
+    AdjustmentsExpired {
+        count: u32,
+    },
+    TransferDispatched {
+        id: TransferId,
+    },
+    /// `Arrived` or `Cancelled`.
+    TransferFinished {
+        id: TransferId,
+        status: TransferStatus,
     },
 }
 
@@ -77,6 +102,22 @@ pub enum Rejection {
     InvalidBatch,
     /// A new SKU's id is longer than [`crate::SKU_ID_BYTES_MAX`].
     SkuIdTooLong,
+    /// The row is frozen: reserves are refused until it is unfrozen.
+    SkuFrozen,
+    /// The operator approving an adjustment is the one who proposed it.
+    SameOperator,
+    AdjustmentNotFound,
+    /// The adjustment was already approved, rejected or expired.
+    AdjustmentNotPending {
+        status: AdjustmentStatus,
+    },
+    TransferNotFound,
+    /// The transfer already arrived or was cancelled.
+    TransferNotInTransit {
+        status: TransferStatus,
+    },
+    /// A transfer's source and destination are the same warehouse.
+    SameWarehouse,
 }
 
 impl Rejection {
@@ -97,6 +138,13 @@ impl Rejection {
             Rejection::TooManyWarehouses => "TOO_MANY_WAREHOUSES",
             Rejection::InvalidBatch => "INVALID_BATCH",
             Rejection::SkuIdTooLong => "SKU_ID_TOO_LONG",
+            Rejection::SkuFrozen => "SKU_FROZEN",
+            Rejection::SameOperator => "SAME_OPERATOR",
+            Rejection::AdjustmentNotFound => "ADJUSTMENT_NOT_FOUND",
+            Rejection::AdjustmentNotPending { .. } => "ADJUSTMENT_NOT_PENDING",
+            Rejection::TransferNotFound => "TRANSFER_NOT_FOUND",
+            Rejection::TransferNotInTransit { .. } => "TRANSFER_NOT_IN_TRANSIT",
+            Rejection::SameWarehouse => "SAME_WAREHOUSE",
         }
     }
 }

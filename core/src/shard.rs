@@ -12,6 +12,8 @@
 
 use std::collections::BTreeSet;
 
+mod operator;
+
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -22,6 +24,7 @@ use crate::command::{Command, Confirm, Evict, Expire, Query, Receive, ReceiveBat
 use crate::grow::{ChunkQueue, PartMap};
 use crate::ids::{key_hash, order_hash, Millis, ReservationId, HOUR_MS, IDEMPOTENCY_TTL_MS, REASON_TIMEOUT};
 use crate::image::{ColdImage, HoldImage, IdemImage, ShardImage};
+use crate::ops::{Adjustment, AdjustmentView, Transfer, TransferView};
 use crate::outcome::{Applied, Outcome, Rejection};
 use crate::state::{
     Hold, HoldChange, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
@@ -125,11 +128,27 @@ enum Undo {
         record: Option<IdemRecord>,
         entry: (Millis, u64, u64),
     },
+    /// What operators did to a row changed.
+    RowOps {
+        row: u32,
+        prev: Option<crate::ops::RowOps>,
+    },
+    /// An adjustment was added (`prev` none) or changed.
+    Adjustment {
+        seq: u64,
+        prev: Option<Box<Adjustment>>,
+    },
+    Transfer {
+        seq: u64,
+        prev: Option<Box<Transfer>>,
+    },
 }
 
 struct BatchMark {
     next_hold_seq: u64,
     next_txn_seq: u64,
+    next_adjustment_seq: u64,
+    next_transfer_seq: u64,
     idem_pushed: usize,
     finished_pushed: usize,
 }
@@ -156,7 +175,7 @@ struct RowChange {
     qty: u64,
     /// What the change answers to: the receipt's reference or the hold's id.
     ref_id: String,
-    /// The hold's order; empty for a receipt.
+    /// The hold's order, a transfer's other warehouse; empty otherwise.
     order_id: String,
     /// The payment of a confirmation, the reason of a release; empty
     /// otherwise.
@@ -187,6 +206,8 @@ pub struct Shard {
     /// keys, rollback included (an extra key costs a lookup, never a
     /// different decision).
     cold: ColdImage,
+    /// What operators did: row state, adjustments and transfers.
+    ops: operator::Ops,
     next_hold_seq: u64,
     next_txn_seq: u64,
     last_at: Millis,
@@ -243,6 +264,7 @@ impl Shard {
             idem_expiry: ChunkQueue::default(),
             finished: ChunkQueue::default(),
             cold: ColdImage::default(),
+            ops: operator::Ops::default(),
             next_hold_seq: 1,
             next_txn_seq: 1,
             last_at: 0,
@@ -275,6 +297,8 @@ impl Shard {
         self.batch = Some(BatchMark {
             next_hold_seq: self.next_hold_seq,
             next_txn_seq: self.next_txn_seq,
+            next_adjustment_seq: self.ops.next_adjustment_seq,
+            next_transfer_seq: self.ops.next_transfer_seq,
             idem_pushed: 0,
             finished_pushed: 0,
         });
@@ -327,6 +351,23 @@ impl Shard {
                     }
                     self.idem_expiry.push_front(entry);
                 }
+                Undo::RowOps { row, prev } => self.ops.set_row(row, prev.unwrap_or_default()),
+                Undo::Adjustment { seq, prev } => match prev {
+                    Some(adjustment) => {
+                        self.ops.adjustments.insert(seq, *adjustment);
+                    }
+                    None => {
+                        self.ops.adjustments.remove(&seq);
+                    }
+                },
+                Undo::Transfer { seq, prev } => match prev {
+                    Some(transfer) => {
+                        self.ops.transfers.insert(seq, *transfer);
+                    }
+                    None => {
+                        self.ops.transfers.remove(&seq);
+                    }
+                },
             }
         }
         self.undo = undo;
@@ -338,6 +379,8 @@ impl Shard {
         }
         self.next_hold_seq = mark.next_hold_seq;
         self.next_txn_seq = mark.next_txn_seq;
+        self.ops.next_adjustment_seq = mark.next_adjustment_seq;
+        self.ops.next_transfer_seq = mark.next_transfer_seq;
     }
 
     fn record(&mut self, step: Undo) {
@@ -388,11 +431,21 @@ impl Shard {
                 let changed = holds + keys > 0;
                 return Ok(Applied { outcome: Outcome::Evicted { holds, keys }, changed, replayed: false });
             }
+            Command::ExpireAdjustments(expire) => {
+                let count = self.expire_adjustments(at, expire, txns);
+                let outcome = Outcome::AdjustmentsExpired { count };
+                return Ok(Applied { outcome, changed: count > 0, replayed: false });
+            }
             Command::Receive(_)
             | Command::Reserve(_)
             | Command::Confirm(_)
             | Command::Release(_)
-            | Command::ReceiveBatch(_) => {}
+            | Command::ReceiveBatch(_)
+            | Command::Freeze(_)
+            | Command::ProposeAdjustment(_)
+            | Command::DecideAdjustment(_)
+            | Command::DispatchTransfer(_)
+            | Command::FinishTransfer(_) => {}
         }
         let key = key.expect("write commands carry a key");
         let fingerprint = command.fingerprint();
@@ -413,7 +466,12 @@ impl Shard {
             Command::Confirm(c) => self.confirm(at, c, cold, txns),
             Command::Release(c) => self.release(at, c, cold, txns),
             Command::ReceiveBatch(c) => self.receive_batch(at, c, txns),
-            Command::Expire(_) | Command::Evict(_) => unreachable!("applied above"),
+            Command::Freeze(c) => self.freeze(at, c, txns),
+            Command::ProposeAdjustment(c) => self.propose_adjustment(at, c, txns),
+            Command::DecideAdjustment(c) => self.decide_adjustment(at, c, txns),
+            Command::DispatchTransfer(c) => self.dispatch_transfer(at, c, txns),
+            Command::FinishTransfer(c) => self.finish_transfer(at, c, txns),
+            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) => unreachable!("applied above"),
         };
         // Only a command that changed state is remembered: one that changed
         // nothing is simply evaluated again when retried.
@@ -473,7 +531,16 @@ impl Shard {
                     needs.hold = Some(id.seq());
                 }
             }
-            Command::Receive(_) | Command::ReceiveBatch(_) | Command::Expire(_) | Command::Evict(_) => {}
+            Command::Receive(_)
+            | Command::ReceiveBatch(_)
+            | Command::Expire(_)
+            | Command::Evict(_)
+            | Command::Freeze(_)
+            | Command::ProposeAdjustment(_)
+            | Command::DecideAdjustment(_)
+            | Command::ExpireAdjustments(_)
+            | Command::DispatchTransfer(_)
+            | Command::FinishTransfer(_) => {}
         }
         needs
     }
@@ -560,9 +627,9 @@ impl Shard {
                 added.row
             }
         };
-        // Checked: `received + qty <= ROW_UNITS_MAX`.
+        // Checked: `on_hand + qty <= ROW_UNITS_MAX`.
         let qty = c.qty as u32;
-        let (before, row_after) = self.change_row(row, at, |r| r.received += qty);
+        let (before, row_after) = self.change_row(row, at, |r| r.on_hand += qty);
         let txn = self.txn(RowChange {
             kind: TxnKind::Receive,
             row,
@@ -596,8 +663,8 @@ impl Shard {
         pending_warehouses: usize,
     ) -> Option<Rejection> {
         if let Some(row) = existing {
-            let received = self.table.row(row).received as u64;
-            return (c.qty > ROW_UNITS_MAX - received).then_some(Rejection::QuantityOverflow);
+            let on_hand = self.table.row(row).on_hand as u64;
+            return (c.qty > ROW_UNITS_MAX - on_hand).then_some(Rejection::QuantityOverflow);
         }
         let rows = first.map_or(0, |f| self.table.chain(f).count()) + pending_rows;
         if first.is_none() && c.sku.id().len() > SKU_ID_BYTES_MAX {
@@ -750,6 +817,9 @@ impl Shard {
         let Some(row) = self.table.find_row(first, &c.warehouse_id) else {
             return (Outcome::Rejected(Rejection::SkuNotFound), false);
         };
+        if self.ops.frozen(row) {
+            return (Outcome::Rejected(Rejection::SkuFrozen), false);
+        }
         let available = self.table.row(row).available();
         if available < c.qty {
             return (Outcome::Rejected(Rejection::InsufficientStock { available }), false);
@@ -990,6 +1060,12 @@ impl Shard {
             Query::Stock { sku_id } => QueryResult::Stock(self.stock(sku_id)),
             Query::Reservation { id } => QueryResult::Reservation(self.reservation(*id)),
             Query::Order { order_id } => QueryResult::Order(self.order(order_id)),
+            Query::Adjustment { id } => QueryResult::Adjustment(self.adjustment(*id)),
+            Query::Adjustments { status, sku_id } => {
+                QueryResult::Adjustments(self.adjustments(*status, sku_id.as_deref()))
+            }
+            Query::Transfer { id } => QueryResult::Transfer(self.transfer(*id)),
+            Query::Transfers { status, sku_id } => QueryResult::Transfers(self.transfers(*status, sku_id.as_deref())),
         }
     }
 
@@ -1002,7 +1078,7 @@ impl Shard {
                 .chain(first)
                 .map(|r| WarehouseStock {
                     warehouse_id: self.table.warehouse_id(r).to_string(),
-                    row: self.table.row(r).stock_row(),
+                    row: self.stock_row(r),
                 })
                 .collect(),
         })
@@ -1198,9 +1274,7 @@ impl Shard {
     /// Every stock row: SKU by SKU in the order they were created, each
     /// SKU's warehouses in the order they were added.
     pub fn rows(&self) -> impl Iterator<Item = (&str, &str, StockRow)> {
-        self.table
-            .rows_by_sku()
-            .map(|r| (self.table.sku_id(r), self.table.warehouse_id(r), self.table.row(r).stock_row()))
+        self.table.rows_by_sku().map(|r| (self.table.sku_id(r), self.table.warehouse_id(r), self.stock_row(r)))
     }
 
     // ----- images ----------------------------------------------------------
@@ -1235,6 +1309,7 @@ impl Shard {
             holds,
             idem,
             cold: self.cold.clone(),
+            ops: self.ops.image(),
             ..ShardImage::default()
         };
         self.table.fill_image(&mut image);
@@ -1263,6 +1338,7 @@ impl Shard {
         shard.last_at = image.last_at;
         shard.table = StockTable::load(&image);
         shard.cold = image.cold;
+        shard.ops = operator::Ops::load(image.ops);
         shard.holds.reserve(image.holds.len());
         for h in image.holds {
             shard.orders.get_or_default(order_hash(&h.order_id)).push(h.seq);
@@ -1350,11 +1426,11 @@ impl Shard {
             let where_ = || format!("{}/{}", self.table.sku_id(r), self.table.warehouse_id(r));
             if row.oversold() {
                 return Err(format!(
-                    "{}: reserved {} + sold {} > received {}",
+                    "{}: reserved {} + sold {} > on hand {}",
                     where_(),
                     row.reserved,
                     row.sold,
-                    row.received
+                    row.on_hand
                 ));
             }
             if row.reserved as u64 != reserved.get(&r).copied().unwrap_or(0) {
@@ -1365,7 +1441,7 @@ impl Shard {
                 return Err(format!("{}: sold {} < sum of CONFIRMED holds", where_(), row.sold));
             }
         }
-        Ok(())
+        self.check_ops()
     }
 
     /// A canonical, comparable copy of the whole state.
@@ -1381,6 +1457,7 @@ impl Shard {
             idem,
             next_hold_seq: self.next_hold_seq,
             next_txn_seq: self.next_txn_seq,
+            ops: self.ops.image(),
         }
     }
 }
@@ -1391,6 +1468,10 @@ pub enum QueryResult {
     Stock(Option<SkuStock>),
     Reservation(Option<ReservationView>),
     Order(Vec<ReservationView>),
+    Adjustment(Option<AdjustmentView>),
+    Adjustments(Vec<AdjustmentView>),
+    Transfer(Option<TransferView>),
+    Transfers(Vec<TransferView>),
 }
 
 /// See [`Shard::dump`].
@@ -1401,4 +1482,5 @@ pub struct Dump {
     pub idem: Vec<(u128, u64, String, Millis)>,
     pub next_hold_seq: u64,
     pub next_txn_seq: u64,
+    pub ops: crate::ops::OpsImage,
 }

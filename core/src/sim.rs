@@ -51,6 +51,26 @@ struct ModelRow {
     received: u64,
     version: u64,
     updated_at: Millis,
+    ops: RowOps,
+}
+
+#[derive(Clone, Debug)]
+struct ModelAdjustment {
+    sku: String,
+    warehouse: String,
+    delta: i64,
+    proposed_by: String,
+    expires_at: Millis,
+    status: AdjustmentStatus,
+}
+
+#[derive(Clone, Debug)]
+struct ModelTransfer {
+    sku: String,
+    from: String,
+    to: String,
+    qty: u64,
+    status: TransferStatus,
 }
 
 /// The semantics written as plainly as possible: linear scans, no indexes.
@@ -62,6 +82,8 @@ struct Model {
     holds: BTreeMap<u64, ModelHold>,
     idem: HashMap<String, (u64, Outcome, Millis)>,
     next_seq: u64,
+    adjustments: BTreeMap<u64, ModelAdjustment>,
+    transfers: BTreeMap<u64, ModelTransfer>,
 }
 
 impl Model {
@@ -98,6 +120,21 @@ impl Model {
             }
             return (Expired { count: n }, n > 0);
         }
+        if let Command::ExpireAdjustments(e) = c {
+            let mut n = 0;
+            for id in &e.ids {
+                let due = id.shard() == self.shard
+                    && self
+                        .adjustments
+                        .get(&id.seq())
+                        .is_some_and(|a| a.status == AdjustmentStatus::Pending && a.expires_at <= at);
+                if due {
+                    self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Expired;
+                    n += 1;
+                }
+            }
+            return (AdjustmentsExpired { count: n }, n > 0);
+        }
         let key = c.idem_key().unwrap().to_string();
         if let Some(&(fp, outcome, expires)) = self.idem.get(&key) {
             if expires > at {
@@ -113,11 +150,154 @@ impl Model {
         };
         let result = match c {
             Command::Evict(_) => unreachable!("the model keeps everything in one place"),
+            Command::ExpireAdjustments(_) => unreachable!("applied above"),
+            Command::Freeze(f) => {
+                let rows: Vec<(String, String)> = self
+                    .rows
+                    .keys()
+                    .filter(|(s, w)| *s == f.sku_id && f.warehouse_id.as_ref().is_none_or(|x| x == w))
+                    .cloned()
+                    .collect();
+                if rows.is_empty() {
+                    rej(Rejection::SkuNotFound)
+                } else {
+                    let mut n = 0;
+                    for (sku, wh) in rows {
+                        if self.rows[&(sku.clone(), wh.clone())].ops.frozen != f.frozen {
+                            self.touch(&sku, &wh, at, |row| row.ops.frozen = f.frozen);
+                            n += 1;
+                        }
+                    }
+                    (Frozen { rows: n }, n > 0)
+                }
+            }
+            Command::ProposeAdjustment(p) => {
+                if p.delta == 0 {
+                    rej(Rejection::InvalidQuantity)
+                } else if p.delta.unsigned_abs() > ROW_UNITS_MAX {
+                    rej(Rejection::QuantityOverflow)
+                } else if !self.rows.contains_key(&(p.sku_id.clone(), p.warehouse_id.clone())) {
+                    rej(Rejection::SkuNotFound)
+                } else {
+                    let seq = self.adjustments.len() as u64 + 1;
+                    self.adjustments.insert(
+                        seq,
+                        ModelAdjustment {
+                            sku: p.sku_id.clone(),
+                            warehouse: p.warehouse_id.clone(),
+                            delta: p.delta,
+                            proposed_by: p.operator.clone(),
+                            expires_at: at + p.ttl_ms,
+                            status: AdjustmentStatus::Pending,
+                        },
+                    );
+                    (AdjustmentProposed { id: AdjustmentId::new(self.shard, seq) }, true)
+                }
+            }
+            Command::DecideAdjustment(d) => {
+                let id = d.adjustment_id;
+                let found = if id.shard() == self.shard { self.adjustments.get(&id.seq()).cloned() } else { None };
+                match found {
+                    None => rej(Rejection::AdjustmentNotFound),
+                    Some(a) if a.status != AdjustmentStatus::Pending => {
+                        rej(Rejection::AdjustmentNotPending { status: a.status })
+                    }
+                    Some(_) if at >= self.adjustments[&id.seq()].expires_at => {
+                        self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Expired;
+                        (Rejected(Rejection::AdjustmentNotPending { status: AdjustmentStatus::Expired }), true)
+                    }
+                    Some(a) if d.approve => {
+                        let row = &self.rows[&(a.sku.clone(), a.warehouse.clone())];
+                        let available = row.levels.available;
+                        if a.proposed_by == d.operator {
+                            rej(Rejection::SameOperator)
+                        } else if a.delta < 0 && a.delta.unsigned_abs() > available {
+                            rej(Rejection::InsufficientStock { available })
+                        } else if a.delta > 0 && row.levels.total() + a.delta as u64 > ROW_UNITS_MAX {
+                            rej(Rejection::QuantityOverflow)
+                        } else {
+                            self.touch(&a.sku, &a.warehouse, at, |row| {
+                                row.levels.available = (row.levels.available as i64 + a.delta) as u64;
+                                row.ops.adjusted += a.delta;
+                            });
+                            self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Applied;
+                            (AdjustmentDecided { id, status: AdjustmentStatus::Applied }, true)
+                        }
+                    }
+                    Some(_) => {
+                        self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Rejected;
+                        (AdjustmentDecided { id, status: AdjustmentStatus::Rejected }, true)
+                    }
+                }
+            }
+            Command::DispatchTransfer(t) => {
+                let from = (t.sku_id.clone(), t.from_warehouse_id.clone());
+                if t.qty == 0 {
+                    rej(Rejection::InvalidQuantity)
+                } else if t.from_warehouse_id == t.to_warehouse_id {
+                    rej(Rejection::SameWarehouse)
+                } else if !self.rows.contains_key(&from) {
+                    rej(Rejection::SkuNotFound)
+                } else if self.rows[&from].levels.available < t.qty {
+                    rej(Rejection::InsufficientStock { available: self.rows[&from].levels.available })
+                } else {
+                    self.rows.entry((t.sku_id.clone(), t.to_warehouse_id.clone())).or_default();
+                    self.touch(&t.sku_id, &t.from_warehouse_id, at, |row| {
+                        row.levels.available -= t.qty;
+                        row.ops.transferred_out += t.qty;
+                    });
+                    self.touch(&t.sku_id, &t.to_warehouse_id, at, |row| row.ops.in_transit += t.qty);
+                    let seq = self.transfers.len() as u64 + 1;
+                    self.transfers.insert(
+                        seq,
+                        ModelTransfer {
+                            sku: t.sku_id.clone(),
+                            from: t.from_warehouse_id.clone(),
+                            to: t.to_warehouse_id.clone(),
+                            qty: t.qty,
+                            status: TransferStatus::InTransit,
+                        },
+                    );
+                    (TransferDispatched { id: TransferId::new(self.shard, seq) }, true)
+                }
+            }
+            Command::FinishTransfer(f) => {
+                let id = f.transfer_id;
+                let found = if id.shard() == self.shard { self.transfers.get(&id.seq()).cloned() } else { None };
+                match found {
+                    None => rej(Rejection::TransferNotFound),
+                    Some(t) if t.status != TransferStatus::InTransit => {
+                        rej(Rejection::TransferNotInTransit { status: t.status })
+                    }
+                    Some(t) => {
+                        let lands = if f.arrive { &t.to } else { &t.from };
+                        if self.rows[&(t.sku.clone(), lands.clone())].levels.total() + t.qty > ROW_UNITS_MAX {
+                            rej(Rejection::QuantityOverflow)
+                        } else if f.arrive {
+                            self.touch(&t.sku, &t.to, at, |row| {
+                                row.levels.available += t.qty;
+                                row.ops.in_transit -= t.qty;
+                                row.ops.transferred_in += t.qty;
+                            });
+                            self.transfers.get_mut(&id.seq()).unwrap().status = TransferStatus::Arrived;
+                            (TransferFinished { id, status: TransferStatus::Arrived }, true)
+                        } else {
+                            self.touch(&t.sku, &t.from, at, |row| {
+                                row.levels.available += t.qty;
+                                row.ops.transferred_out -= t.qty;
+                            });
+                            self.touch(&t.sku, &t.to, at, |row| row.ops.in_transit -= t.qty);
+                            self.transfers.get_mut(&id.seq()).unwrap().status = TransferStatus::Cancelled;
+                            (TransferFinished { id, status: TransferStatus::Cancelled }, true)
+                        }
+                    }
+                }
+            }
             Command::Receive(r) => {
                 let k = (r.sku_id.clone(), r.warehouse_id.clone());
                 if r.qty == 0 {
                     rej(Rejection::InvalidQuantity)
-                } else if r.qty > ROW_UNITS_MAX - self.rows.get(&k).map_or(0, |row| row.received) {
+                } else if r.qty > ROW_UNITS_MAX - self.rows.get(&k).map_or(0, |row| row.levels.total()) {
                     rej(Rejection::QuantityOverflow)
                 } else {
                     self.rows.entry(k).or_default();
@@ -143,7 +323,9 @@ impl Model {
                         rej(Rejection::DuplicateOrderLine { existing: id, status: h.status })
                     }
                 } else if let Some(row) = self.rows.get(&(r.sku_id.clone(), r.warehouse_id.clone())) {
-                    if row.levels.available < r.qty {
+                    if row.ops.frozen {
+                        rej(Rejection::SkuFrozen)
+                    } else if row.levels.available < r.qty {
                         rej(Rejection::InsufficientStock { available: row.levels.available })
                     } else {
                         self.touch(&r.sku_id, &r.warehouse_id, at, |row| {
@@ -220,7 +402,7 @@ impl Model {
                         Some(Rejection::InvalidBatch)
                     } else if i.qty
                         > ROW_UNITS_MAX
-                            - self.rows.get(&(i.sku_id.clone(), i.warehouse_id.clone())).map_or(0, |r| r.received)
+                            - self.rows.get(&(i.sku_id.clone(), i.warehouse_id.clone())).map_or(0, |r| r.levels.total())
                     {
                         Some(Rejection::QuantityOverflow)
                     } else {
@@ -292,11 +474,27 @@ impl ColdModel {
 /// must reach every kind of cold decision.
 #[derive(Default, Debug)]
 struct ColdStats {
+    /// Operator outcomes reached, by name.
+    operator: std::collections::BTreeMap<&'static str, u64>,
     evictions: u64,
     lookups: u64,
     keys_found: u64,
     holds_found: u64,
     orders_found: u64,
+}
+
+/// A name for the outcomes of operator commands (and a frozen reserve).
+fn operator_outcome(outcome: &Outcome) -> Option<&'static str> {
+    Some(match outcome {
+        Outcome::Frozen { rows } if *rows > 0 => "frozen",
+        Outcome::AdjustmentProposed { .. } => "proposed",
+        Outcome::AdjustmentDecided { status, .. } => status.as_str(),
+        Outcome::AdjustmentsExpired { count } if *count > 0 => "expired",
+        Outcome::TransferDispatched { .. } => "dispatched",
+        Outcome::TransferFinished { status, .. } => status.as_str(),
+        Outcome::Rejected(r) => r.code(),
+        _ => return None,
+    })
 }
 
 /// Applies `command`, looking up in `cold` what the shard no longer holds.
@@ -337,7 +535,77 @@ fn random_command(rng: &mut Rng, shard: &Shard, model: &Model, at: Millis) -> Co
             ReservationId::new(shard.index(), known[rng.below(known.len() as u64) as usize])
         }
     };
-    match rng.below(20) {
+    let operator = |rng: &mut Rng| rng.pick(&["ann", "bob"]).to_string();
+    let adjustment = |rng: &mut Rng| {
+        let known = model.adjustments.len() as u64;
+        if known == 0 || rng.below(8) == 0 {
+            AdjustmentId::new(if rng.below(4) == 0 { 9 } else { shard.index() }, 1 + rng.below(20))
+        } else {
+            AdjustmentId::new(shard.index(), 1 + rng.below(known))
+        }
+    };
+    let transfer = |rng: &mut Rng| {
+        let known = model.transfers.len() as u64;
+        if known == 0 || rng.below(8) == 0 {
+            TransferId::new(if rng.below(4) == 0 { 9 } else { shard.index() }, 1 + rng.below(20))
+        } else {
+            TransferId::new(shard.index(), 1 + rng.below(known))
+        }
+    };
+    match rng.below(27) {
+        20 => Command::Freeze(Freeze {
+            sku_id: if rng.below(20) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
+            warehouse_id: (rng.below(2) == 0).then(|| rng.pick(WAREHOUSES).to_string()),
+            // Mostly unfrozen, so that reserves mostly go ahead.
+            frozen: rng.below(3) == 0,
+            reason: "count".into(),
+            idem_key: key,
+        }),
+        21 => Command::ProposeAdjustment(Box::new(ProposeAdjustment {
+            sku_id: rng.pick(SKUS).into(),
+            warehouse_id: rng.pick(WAREHOUSES).into(),
+            delta: match rng.below(20) {
+                0 => 0,
+                1 => ROW_UNITS_MAX as i64 + 1,
+                2 => -(ROW_UNITS_MAX as i64) + rng.below(3) as i64,
+                _ => rng.below(12) as i64 - 8,
+            },
+            reason: "recount".into(),
+            operator: operator(rng),
+            ttl_ms: 100 + rng.below(3_000),
+            idem_key: key,
+        })),
+        22 | 23 => Command::DecideAdjustment(DecideAdjustment {
+            adjustment_id: adjustment(rng),
+            approve: rng.below(4) != 0,
+            operator: operator(rng),
+            reason: String::new(),
+            idem_key: key,
+        }),
+        24 => {
+            let mut ids = shard.due_adjustment_expirations(at, 1 + rng.below(3) as usize);
+            if rng.below(3) == 0 {
+                ids.push(adjustment(rng));
+            }
+            Command::ExpireAdjustments(ExpireAdjustments { ids })
+        }
+        25 => Command::DispatchTransfer(Box::new(DispatchTransfer {
+            sku_id: if rng.below(20) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
+            from_warehouse_id: rng.pick(WAREHOUSES).into(),
+            to_warehouse_id: rng.pick(&["default", "east", "west"]).into(),
+            qty: if rng.below(20) == 0 { 0 } else { 1 + rng.below(4) },
+            reason: "rebalance".into(),
+            operator: operator(rng),
+            expected_in_ms: (rng.below(2) == 0).then(|| rng.below(2_000)),
+            idem_key: key,
+        })),
+        26 => Command::FinishTransfer(FinishTransfer {
+            transfer_id: transfer(rng),
+            arrive: rng.below(3) != 0,
+            operator: operator(rng),
+            reason: String::new(),
+            idem_key: key,
+        }),
         0..=2 => Command::Receive(Receive {
             sku_id: rng.pick(SKUS).into(),
             warehouse_id: rng.pick(WAREHOUSES).into(),
@@ -410,6 +678,8 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
         holds: BTreeMap::new(),
         idem: HashMap::new(),
         next_seq: 1,
+        adjustments: BTreeMap::new(),
+        transfers: BTreeMap::new(),
     };
     let mut at: Millis = 1_000_000;
     let mut journal: Vec<Entry> = Vec::new();
@@ -429,6 +699,9 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
             let (expected, changed) = model.apply(at, &command);
             assert_eq!(applied.outcome, expected, "seed {seed} step {step}: {command:?}");
             assert_eq!(applied.changed, changed, "seed {seed} step {step}: {command:?}");
+            if let Some(name) = operator_outcome(&applied.outcome) {
+                *stats.operator.entry(name).or_default() += 1;
+            }
             if let Err(e) = shard.check_invariants() {
                 panic!("seed {seed} step {step}: {e} after {command:?}");
             }
@@ -473,6 +746,19 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
         for ((sku, wh), row) in &model.rows {
             let got = shard.stock(sku).unwrap().warehouses.into_iter().find(|w| w.warehouse_id == *wh).unwrap();
             assert_eq!(got.row.levels, row.levels, "seed {seed} step {step}: {sku}/{wh}");
+            assert_eq!(got.row.received, row.received, "seed {seed} step {step}: {sku}/{wh}");
+            assert_eq!(got.row.ops, row.ops, "seed {seed} step {step}: {sku}/{wh}");
+        }
+        for (&seq, a) in &model.adjustments {
+            let view = shard.adjustment(AdjustmentId::new(index, seq)).expect("every adjustment stays");
+            assert_eq!((&view.sku_id, &view.warehouse_id), (&a.sku, &a.warehouse), "seed {seed} step {step}");
+            assert_eq!((view.adjustment.status, view.adjustment.delta), (a.status, a.delta), "seed {seed} step {step}");
+        }
+        for (&seq, t) in &model.transfers {
+            let view = shard.transfer(TransferId::new(index, seq)).expect("every transfer stays");
+            let got = (&view.sku_id, &view.from_warehouse_id, &view.to_warehouse_id, view.transfer.qty);
+            assert_eq!(got, (&t.sku, &t.from, &t.to, t.qty), "seed {seed} step {step}");
+            assert_eq!(view.transfer.status, t.status, "seed {seed} step {step}: transfer {seq}");
         }
         for (&seq, h) in &model.holds {
             let view = shard.reservation(ReservationId::new(index, seq)).unwrap_or_else(|| {
@@ -527,6 +813,25 @@ fn simulate_random_command_streams() {
     }
     for seed in 0..200 {
         run(seed, 600, &mut stats);
+    }
+    // Every operator decision was reached.
+    for name in [
+        "frozen",
+        "SKU_FROZEN",
+        "proposed",
+        "APPLIED",
+        "REJECTED",
+        "expired",
+        "SAME_OPERATOR",
+        "ADJUSTMENT_NOT_PENDING",
+        "INSUFFICIENT_STOCK",
+        "dispatched",
+        "ARRIVED",
+        "CANCELLED",
+        "TRANSFER_NOT_IN_TRANSIT",
+        "SAME_WAREHOUSE",
+    ] {
+        assert!(stats.operator.contains_key(name), "never reached {name}: {:?}", stats.operator);
     }
     // Every kind of decision from the cold tier was reached.
     let reached = [stats.evictions, stats.lookups, stats.keys_found, stats.holds_found, stats.orders_found];

@@ -3,6 +3,7 @@
 use crate::cold::ColdFacts;
 use crate::command::Command;
 use crate::ids::{Millis, ReservationId};
+use crate::ops::RowOps;
 
 /// The three counters of a stock row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -19,12 +20,15 @@ impl Levels {
 }
 
 /// One `(sku, warehouse)` stock row. Invariant:
-/// `levels.available + levels.reserved + levels.sold == received`.
+/// `levels.available + levels.reserved + levels.sold == received +
+/// ops.adjusted + ops.transferred_in - ops.transferred_out`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct StockRow {
     pub levels: Levels,
     /// Total ever received into this row.
     pub received: u64,
+    /// What operators did to it (frozen, adjusted, transferred).
+    pub ops: RowOps,
     /// Bumped on every change of the row.
     pub version: u64,
     pub updated_at: Millis,
@@ -142,6 +146,31 @@ pub enum TxnKind {
     Confirm,
     /// 3: `reserved -= qty; available += qty` (reason `TIMEOUT` on expiry).
     Release,
+    /// 4: the row is frozen (no counter changes; `qty` 0).
+    Freeze,
+    /// 5: the row is unfrozen.
+    Unfreeze,
+    /// 6: an adjustment is proposed for the row; nothing changes yet.
+    /// `qty` is the signed delta's bits ([`Txn::delta`]).
+    AdjustProposed,
+    /// 7: an approved adjustment: `available += delta`.
+    AdjustApplied,
+    /// 8: a pending adjustment is rejected.
+    AdjustRejected,
+    /// 9: a pending adjustment expired.
+    AdjustExpired,
+    /// 10: `available -= qty` at the source of a transfer.
+    TransferOut,
+    /// 11: a transfer is on its way to this row (`in_transit += qty`).
+    TransferIncoming,
+    /// 12: a transfer arrived: `in_transit -= qty; available += qty`.
+    TransferIn,
+    /// 13: a cancelled transfer's units are back at its source:
+    /// `available += qty`.
+    TransferReturned,
+    /// 14: a cancelled transfer no longer comes to this row
+    /// (`in_transit -= qty`).
+    TransferCancelled,
 }
 
 impl TxnKind {
@@ -151,7 +180,31 @@ impl TxnKind {
             TxnKind::Reserve => "RESERVE",
             TxnKind::Confirm => "CONFIRM",
             TxnKind::Release => "RELEASE",
+            TxnKind::Freeze => "FREEZE",
+            TxnKind::Unfreeze => "UNFREEZE",
+            TxnKind::AdjustProposed => "ADJUST_PROPOSED",
+            TxnKind::AdjustApplied => "ADJUST",
+            TxnKind::AdjustRejected => "ADJUST_REJECTED",
+            TxnKind::AdjustExpired => "ADJUST_EXPIRED",
+            TxnKind::TransferOut => "TRANSFER_OUT",
+            TxnKind::TransferIncoming => "TRANSFER_INCOMING",
+            TxnKind::TransferIn => "TRANSFER_IN",
+            TxnKind::TransferReturned => "TRANSFER_RETURNED",
+            TxnKind::TransferCancelled => "TRANSFER_CANCELLED",
         }
+    }
+
+    /// The kinds of an operator's action (not a receipt's, not a hold's).
+    pub fn is_operator(self) -> bool {
+        !matches!(self, TxnKind::Receive | TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release)
+    }
+
+    /// The kinds of an adjustment, whose `qty` is a signed delta.
+    pub fn is_adjustment(self) -> bool {
+        matches!(
+            self,
+            TxnKind::AdjustProposed | TxnKind::AdjustApplied | TxnKind::AdjustRejected | TxnKind::AdjustExpired
+        )
     }
 }
 
@@ -164,18 +217,34 @@ pub struct Txn {
     pub kind: TxnKind,
     pub sku_id: String,
     pub warehouse_id: String,
+    /// Units moved; for an adjustment's kinds, the signed delta as `i64`
+    /// bits ([`Txn::delta`]).
     pub qty: u64,
-    /// Reservation id for hold changes, the caller's reference for receipts.
+    /// Reservation id for hold changes, the caller's reference for receipts,
+    /// the adjustment's or transfer's id for theirs, the idempotency key
+    /// for a freeze.
     pub ref_id: String,
-    /// Order of the hold; empty for receipts.
+    /// Order of the hold; for a transfer's txns, the warehouse at its other
+    /// end; for an adjustment's, the operator who proposed it; empty
+    /// otherwise.
     pub order_id: String,
-    /// Release reason (`TIMEOUT` on expiry), payment id on confirm.
+    /// Release reason (`TIMEOUT` on expiry), payment id on confirm, the
+    /// operator's reason for operator actions.
     pub detail: String,
     pub before: Levels,
     pub after: Levels,
     /// The row's version after this change.
     pub version: u64,
     pub at: Millis,
+}
+
+impl Txn {
+    /// The signed change of units this txn records: an adjustment's delta,
+    /// or `qty` for any other kind.
+    pub fn delta(&self) -> i64 {
+        // Other kinds' quantities are at most a row's 32-bit counters.
+        self.qty as i64
+    }
 }
 
 /// The durable record of one applied command: what a journal stores. Replay

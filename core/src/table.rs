@@ -5,10 +5,13 @@
 //!   row number (`u32`) in creation order. Growth adds a block; nothing is
 //!   ever copied or moved, so a growing catalogue never stalls the loop on a
 //!   large reallocation.
-//! - Counters are `u32`: `received`, `reserved` and `sold`, with `available`
-//!   derived as `received - reserved - sold`. A receive that would take
-//!   `received` past [`ROW_UNITS_MAX`] is rejected before anything changes;
-//!   reserve, confirm and release only move units within `received`.
+//! - Counters are `u32`: `on_hand`, `reserved` and `sold`, with `available`
+//!   derived as `on_hand - reserved - sold`. `on_hand` is every unit the
+//!   row holds: received, adjusted and transferred (the shard keeps the
+//!   breakdown of the rare rows operators changed beside the table). A
+//!   change that would take `on_hand` past [`ROW_UNITS_MAX`] is rejected
+//!   before anything changes; reserve, confirm and release only move units
+//!   within `on_hand`.
 //!   `version` and `updated_at` are 48-bit ([`ROW_MILLIS_MAX`]: a version
 //!   count never reached, and milliseconds up to the year 10889).
 //! - SKU ids are stored once, as bytes in an append-only arena of fixed-size
@@ -64,8 +67,9 @@ const INDEX_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 /// One `(sku, warehouse)` stock row: 32 bytes, 4-aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Row {
-    /// Total ever received. `reserved + sold <= received` always.
-    pub received: u32,
+    /// Units in the row: received, adjusted and transferred. `reserved +
+    /// sold <= on_hand` always.
+    pub on_hand: u32,
     pub reserved: u32,
     pub sold: u32,
     /// The SKU id: offset into the id arena (shared by every row of the SKU).
@@ -108,7 +112,7 @@ impl Row {
     }
 
     pub fn available(&self) -> u64 {
-        (self.received as u64).saturating_sub(self.reserved as u64 + self.sold as u64)
+        (self.on_hand as u64).saturating_sub(self.reserved as u64 + self.sold as u64)
     }
 
     pub fn levels(&self) -> Levels {
@@ -118,22 +122,23 @@ impl Row {
     pub fn stock_row(&self) -> StockRow {
         StockRow {
             levels: self.levels(),
-            received: self.received as u64,
+            received: self.on_hand as u64,
+            ops: Default::default(),
             version: self.version(),
             updated_at: self.updated_at(),
         }
     }
 
-    /// `sold + reserved > received`: a broken row.
+    /// `sold + reserved > on_hand`: a broken row.
     pub fn oversold(&self) -> bool {
-        self.reserved as u64 + self.sold as u64 > self.received as u64
+        self.reserved as u64 + self.sold as u64 > self.on_hand as u64
     }
 
     /// Copies the counters (not the links) of `from`.
     pub fn restore_counters(&mut self, from: &Row) {
         (self.version_lo, self.version_hi) = (from.version_lo, from.version_hi);
         (self.at_lo, self.at_hi) = (from.at_lo, from.at_hi);
-        self.received = from.received;
+        self.on_hand = from.on_hand;
         self.reserved = from.reserved;
         self.sold = from.sold;
     }
@@ -333,7 +338,7 @@ impl StockTable {
             }
         };
         let row = self.push_row(Row {
-            received: 0,
+            on_hand: 0,
             reserved: 0,
             sold: 0,
             id_off,
@@ -480,7 +485,7 @@ impl StockTable {
             image.rows.push(RowImage {
                 sku,
                 warehouse: row.warehouse,
-                received: row.received,
+                on_hand: row.on_hand,
                 reserved: row.reserved,
                 sold: row.sold,
                 version: row.version(),
@@ -511,7 +516,7 @@ impl StockTable {
                 firsts.push(added.row);
             }
             let row = table.row_mut(added.row);
-            row.received = ri.received;
+            row.on_hand = ri.on_hand;
             row.reserved = ri.reserved;
             row.sold = ri.sold;
             assert!(

@@ -712,3 +712,223 @@ fn evicted_records_are_asked_for_decided_from_the_facts_and_restored_by_a_rollba
     let other = s.apply_with(11, &confirm(id, "other", "k4"), &facts, &mut Vec::new()).unwrap();
     assert_eq!(other.outcome, Outcome::Rejected(Rejection::PaymentMismatch));
 }
+
+// ----- operator controls ---------------------------------------------------
+
+fn freeze(sku: &str, wh: Option<&str>, frozen: bool, key: &str) -> Command {
+    Command::Freeze(Freeze {
+        sku_id: sku.into(),
+        warehouse_id: wh.map(Into::into),
+        frozen,
+        reason: "oversell page".into(),
+        idem_key: key.into(),
+    })
+}
+
+fn propose(sku: &str, delta: i64, operator: &str, key: &str) -> Command {
+    Command::ProposeAdjustment(Box::new(ProposeAdjustment {
+        sku_id: sku.into(),
+        warehouse_id: DEFAULT_WAREHOUSE.into(),
+        delta,
+        reason: "damaged".into(),
+        operator: operator.into(),
+        ttl_ms: 24 * HOUR_MS,
+        idem_key: key.into(),
+    }))
+}
+
+fn decide(id: AdjustmentId, approve: bool, operator: &str, key: &str) -> Command {
+    Command::DecideAdjustment(DecideAdjustment {
+        adjustment_id: id,
+        approve,
+        operator: operator.into(),
+        reason: if approve { String::new() } else { "not so".into() },
+        idem_key: key.into(),
+    })
+}
+
+fn dispatch(sku: &str, from: &str, to: &str, qty: u64, key: &str) -> Command {
+    Command::DispatchTransfer(Box::new(DispatchTransfer {
+        sku_id: sku.into(),
+        from_warehouse_id: from.into(),
+        to_warehouse_id: to.into(),
+        qty,
+        reason: "rebalance".into(),
+        operator: "ann".into(),
+        expected_in_ms: Some(HOUR_MS),
+        idem_key: key.into(),
+    }))
+}
+
+fn finish(id: TransferId, arrive: bool, key: &str) -> Command {
+    Command::FinishTransfer(FinishTransfer {
+        transfer_id: id,
+        arrive,
+        operator: "bob".into(),
+        reason: String::new(),
+        idem_key: key.into(),
+    })
+}
+
+fn rejection(a: &Applied) -> Rejection {
+    match a.outcome {
+        Outcome::Rejected(r) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn row(s: &Shard, sku: &str, wh: &str) -> StockRow {
+    s.stock(sku).unwrap().warehouses.into_iter().find(|w| w.warehouse_id == wh).unwrap().row
+}
+
+#[test]
+fn a_frozen_row_refuses_reserves_but_finishes_its_holds() {
+    let mut s = stocked(10);
+    let (held, _) = apply(&mut s, T0, &reserve("o1", "sku-1", 2, "r1"));
+    let (held2, _) = apply(&mut s, T0, &reserve("o2", "sku-1", 2, "r2"));
+    let (a, txns) = apply(&mut s, T0 + 1, &freeze("sku-1", None, true, "f1"));
+    assert_eq!(a.outcome, Outcome::Frozen { rows: 1 });
+    assert_eq!((txns[0].kind, txns[0].before, txns[0].after), (TxnKind::Freeze, lv(6, 4, 0), lv(6, 4, 0)));
+    assert!(row(&s, "sku-1", DEFAULT_WAREHOUSE).ops.frozen);
+    let before = s.dump();
+    let (a, _) = apply(&mut s, T0 + 2, &reserve("o3", "sku-1", 1, "r3"));
+    assert_eq!(rejection(&a), Rejection::SkuFrozen);
+    assert_eq!(s.dump(), before, "a refused reserve changes nothing");
+    // The buyer who paid gets the unit; a cancelled hold goes back.
+    assert!(apply(&mut s, T0 + 3, &confirm(reserved_id(&held), "pay", "c1")).0.changed);
+    assert!(apply(&mut s, T0 + 3, &release(reserved_id(&held2), "x1")).0.changed);
+    assert_eq!(levels(&s, "sku-1"), lv(8, 0, 2));
+    // Freezing a frozen SKU changes nothing; unfreezing lets reserves in.
+    let (a, _) = apply(&mut s, T0 + 4, &freeze("sku-1", None, true, "f2"));
+    assert_eq!((a.outcome, a.changed), (Outcome::Frozen { rows: 0 }, false));
+    assert!(apply(&mut s, T0 + 5, &freeze("sku-1", Some(DEFAULT_WAREHOUSE), false, "u1")).0.changed);
+    assert!(apply(&mut s, T0 + 6, &reserve("o3", "sku-1", 1, "r3")).0.changed);
+    let (a, _) = apply(&mut s, T0 + 7, &freeze("nope", None, true, "f3"));
+    assert_eq!(rejection(&a), Rejection::SkuNotFound);
+}
+
+#[test]
+fn an_adjustment_applies_only_when_another_operator_approves() {
+    let mut s = stocked(10);
+    let (a, txns) = apply(&mut s, T0, &propose("sku-1", -3, "ann", "p1"));
+    let Outcome::AdjustmentProposed { id } = a.outcome else { panic!("{a:?}") };
+    assert_eq!(id.to_string(), "adj-3-1");
+    assert_eq!((txns[0].kind, txns[0].delta()), (TxnKind::AdjustProposed, -3));
+    assert_eq!(levels(&s, "sku-1"), lv(10, 0, 0), "nothing changes yet");
+    // The proposer cannot approve their own.
+    let before = s.dump();
+    assert_eq!(rejection(&apply(&mut s, T0 + 1, &decide(id, true, "ann", "d1")).0), Rejection::SameOperator);
+    assert_eq!(s.dump(), before);
+    let (a, txns) = apply(&mut s, T0 + 2, &decide(id, true, "bob", "d2"));
+    assert_eq!(a.outcome, Outcome::AdjustmentDecided { id, status: AdjustmentStatus::Applied });
+    assert_eq!((txns[0].kind, txns[0].before, txns[0].after), (TxnKind::AdjustApplied, lv(10, 0, 0), lv(7, 0, 0)));
+    let r = row(&s, "sku-1", DEFAULT_WAREHOUSE);
+    assert_eq!((r.received, r.ops.adjusted, r.levels.available), (10, -3, 7));
+    let view = s.adjustment(id).unwrap().adjustment;
+    assert_eq!((view.status, view.decided_by.as_str(), view.after), (AdjustmentStatus::Applied, "bob", lv(7, 0, 0)));
+    // Decided once: another decision is refused.
+    let (a, _) = apply(&mut s, T0 + 3, &decide(id, false, "carl", "d3"));
+    assert_eq!(rejection(&a), Rejection::AdjustmentNotPending { status: AdjustmentStatus::Applied });
+}
+
+#[test]
+fn a_write_off_beyond_available_stays_pending_and_pending_ones_expire() {
+    let mut s = stocked(10);
+    apply(&mut s, T0, &reserve("o1", "sku-1", 8, "r1"));
+    let Outcome::AdjustmentProposed { id } = apply(&mut s, T0, &propose("sku-1", -5, "ann", "p1")).0.outcome else {
+        panic!()
+    };
+    let (a, _) = apply(&mut s, T0 + 1, &decide(id, true, "bob", "d1"));
+    assert_eq!(rejection(&a), Rejection::InsufficientStock { available: 2 });
+    assert_eq!(s.adjustment(id).unwrap().adjustment.status, AdjustmentStatus::Pending);
+    // Rejected by anyone, the proposer included.
+    let Outcome::AdjustmentProposed { id: other } = apply(&mut s, T0 + 1, &propose("sku-1", 4, "ann", "p2")).0.outcome
+    else {
+        panic!()
+    };
+    let (a, _) = apply(&mut s, T0 + 2, &decide(other, false, "ann", "d2"));
+    assert_eq!(a.outcome, Outcome::AdjustmentDecided { id: other, status: AdjustmentStatus::Rejected });
+    // The timer expires what is still pending after its time...
+    let later = T0 + 24 * HOUR_MS;
+    assert_eq!(s.due_adjustment_expirations(later, 10), vec![id]);
+    let (a, txns) = apply(&mut s, later, &Command::ExpireAdjustments(ExpireAdjustments { ids: vec![id, other] }));
+    assert_eq!(a.outcome, Outcome::AdjustmentsExpired { count: 1 });
+    assert_eq!(txns[0].kind, TxnKind::AdjustExpired);
+    assert_eq!(s.adjustment(id).unwrap().adjustment.status, AdjustmentStatus::Expired);
+    // ...and an approval that comes after its time, before the timer, expires it too.
+    let Outcome::AdjustmentProposed { id: late } = apply(&mut s, later, &propose("sku-1", 1, "ann", "p3")).0.outcome
+    else {
+        panic!()
+    };
+    let (a, _) = apply(&mut s, later + 24 * HOUR_MS, &decide(late, true, "bob", "d4"));
+    assert_eq!(
+        (rejection(&a), a.changed),
+        (Rejection::AdjustmentNotPending { status: AdjustmentStatus::Expired }, true)
+    );
+    assert_eq!(levels(&s, "sku-1"), lv(2, 8, 0));
+}
+
+#[test]
+fn a_transfer_moves_units_in_transit_then_arrives_or_goes_back() {
+    let mut s = stocked(10);
+    let (a, txns) = apply(&mut s, T0, &dispatch("sku-1", DEFAULT_WAREHOUSE, "east", 4, "t1"));
+    let Outcome::TransferDispatched { id } = a.outcome else { panic!("{a:?}") };
+    assert_eq!(id.to_string(), "trf-3-1");
+    let kinds: Vec<_> = txns.iter().map(|t| (t.kind, t.warehouse_id.as_str(), t.order_id.as_str())).collect();
+    assert_eq!(kinds, [(TxnKind::TransferOut, "default", "east"), (TxnKind::TransferIncoming, "east", "default")]);
+    let (from, to) = (row(&s, "sku-1", DEFAULT_WAREHOUSE), row(&s, "sku-1", "east"));
+    assert_eq!((from.levels.available, from.received, from.ops.transferred_out), (6, 10, 4));
+    assert_eq!((to.levels.available, to.received, to.ops.in_transit), (0, 0, 4), "the destination row is created");
+    assert!(!s.transfer(id).unwrap().transfer.overdue(T0 + HOUR_MS));
+    assert!(s.transfer(id).unwrap().transfer.overdue(T0 + HOUR_MS + 1));
+    assert_eq!(s.overdue_transfers(T0 + 2 * HOUR_MS), 1);
+    let (a, _) = apply(&mut s, T0 + 1, &finish(id, true, "a1"));
+    assert_eq!(a.outcome, Outcome::TransferFinished { id, status: TransferStatus::Arrived });
+    let to = row(&s, "sku-1", "east");
+    assert_eq!((to.levels.available, to.ops.in_transit, to.ops.transferred_in), (4, 0, 4));
+    let (a, _) = apply(&mut s, T0 + 2, &finish(id, false, "a2"));
+    assert_eq!(rejection(&a), Rejection::TransferNotInTransit { status: TransferStatus::Arrived });
+    // Cancelled: the units are back where they left.
+    let Outcome::TransferDispatched { id: back } =
+        apply(&mut s, T0 + 3, &dispatch("sku-1", "east", DEFAULT_WAREHOUSE, 3, "t2")).0.outcome
+    else {
+        panic!()
+    };
+    apply(&mut s, T0 + 4, &finish(back, false, "c1"));
+    let (from, to) = (row(&s, "sku-1", "east"), row(&s, "sku-1", DEFAULT_WAREHOUSE));
+    assert_eq!((from.levels.available, from.ops.transferred_out, to.ops.in_transit), (4, 0, 0));
+    assert_eq!(levels(&s, "sku-1"), lv(10, 0, 0), "a transfer never makes or loses a unit");
+    // Refusals change nothing.
+    let before = s.dump();
+    let refused = [
+        (dispatch("sku-1", "east", "east", 1, "t3"), Rejection::SameWarehouse),
+        (dispatch("sku-1", "east", "west", 5, "t4"), Rejection::InsufficientStock { available: 4 }),
+        (dispatch("sku-1", "north", "east", 1, "t5"), Rejection::SkuNotFound),
+        (dispatch("sku-1", "east", "west", 0, "t6"), Rejection::InvalidQuantity),
+        (finish(TransferId::new(3, 99), true, "t7"), Rejection::TransferNotFound),
+    ];
+    for (command, expected) in refused {
+        assert_eq!(rejection(&apply(&mut s, T0 + 5, &command).0), expected, "{command:?}");
+    }
+    assert_eq!(s.dump(), before);
+}
+
+#[test]
+fn operator_state_survives_an_image_and_a_rollback() {
+    let mut s = stocked(10);
+    apply(&mut s, T0, &freeze("sku-1", None, true, "f1"));
+    apply(&mut s, T0, &propose("sku-1", 2, "ann", "p1"));
+    apply(&mut s, T0, &dispatch("sku-1", DEFAULT_WAREHOUSE, "east", 4, "t1"));
+    let restored = Shard::from_image(s.config().clone(), s.image());
+    restored.check_invariants().unwrap();
+    assert_eq!(restored.dump(), s.dump());
+    let before = s.dump();
+    s.begin_batch();
+    apply(&mut s, T0 + 1, &freeze("sku-1", None, false, "f2"));
+    apply(&mut s, T0 + 1, &decide(AdjustmentId::new(3, 1), true, "bob", "d1"));
+    apply(&mut s, T0 + 1, &finish(TransferId::new(3, 1), false, "c1"));
+    apply(&mut s, T0 + 1, &dispatch("sku-1", DEFAULT_WAREHOUSE, "west", 1, "t2"));
+    s.rollback_batch();
+    s.check_invariants().unwrap();
+    assert_eq!(s.dump(), before);
+}

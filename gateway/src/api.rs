@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use hyper::StatusCode;
 use inventory_core::{
-    Levels, Millis, Outcome, Rejection, ReservationId, ReservationView, SkuStock, ROW_UNITS_MAX, SKU_ID_BYTES_MAX,
-    WAREHOUSES_PER_SKU_MAX, WAREHOUSE_IDS_MAX,
+    AdjustmentStatus, AdjustmentView, Levels, Millis, Outcome, Rejection, ReservationId, ReservationView, SkuStock,
+    TransferStatus, TransferView, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSES_PER_SKU_MAX, WAREHOUSE_IDS_MAX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,29 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
             None,
         ),
         SkuIdTooLong => (StatusCode::BAD_REQUEST, format!("skuId is longer than {SKU_ID_BYTES_MAX} bytes"), None),
+        SkuFrozen => (
+            StatusCode::CONFLICT,
+            "this SKU is frozen in this warehouse: reserves are refused until an operator unfreezes it".to_string(),
+            None,
+        ),
+        SameOperator => (
+            StatusCode::FORBIDDEN,
+            "an adjustment must be approved by an operator other than the one who proposed it".to_string(),
+            None,
+        ),
+        AdjustmentNotFound => (StatusCode::NOT_FOUND, "no such adjustment".to_string(), None),
+        AdjustmentNotPending { status } => (
+            StatusCode::CONFLICT,
+            format!("the adjustment is no longer pending: it is {}", status.as_str()),
+            Some(serde_json::json!({ "status": status.as_str() })),
+        ),
+        TransferNotFound => (StatusCode::NOT_FOUND, "no such transfer".to_string(), None),
+        TransferNotInTransit { status } => (
+            StatusCode::CONFLICT,
+            format!("the transfer is no longer in transit: it is {}", status.as_str()),
+            Some(serde_json::json!({ "status": status.as_str() })),
+        ),
+        SameWarehouse => (StatusCode::BAD_REQUEST, "fromWarehouseId and toWarehouseId must differ".to_string(), None),
     };
     ApiError { detail, ..ApiError::new(status, rejection.code(), message) }
 }
@@ -246,6 +269,169 @@ pub struct ReleaseBody {
     pub idem_key: Option<String>,
 }
 
+/// `POST /api/admin/skus/{skuId}/freeze` and `/unfreeze`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezeBody {
+    pub warehouse_id: Option<String>,
+    pub reason: String,
+    pub idem_key: Option<String>,
+}
+
+/// `POST /api/admin/adjustments`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProposeBody {
+    pub sku_id: String,
+    pub warehouse_id: Option<String>,
+    pub delta: i64,
+    pub reason: String,
+    pub idem_key: Option<String>,
+}
+
+/// `POST /api/admin/adjustments/{id}/approve` and `/reject`, and
+/// `/api/admin/transfers/{id}/arrive` and `/cancel`: a reason (required to
+/// reject or cancel) and the key.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionBody {
+    pub reason: Option<String>,
+    pub idem_key: Option<String>,
+}
+
+/// `POST /api/admin/transfers`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferBody {
+    pub sku_id: String,
+    pub from_warehouse_id: String,
+    pub to_warehouse_id: String,
+    pub qty: u64,
+    pub reason: String,
+    pub idem_key: Option<String>,
+    pub expected_arrival_seconds: Option<u64>,
+}
+
+/// Longest `expectedArrivalSeconds` of a transfer: 90 days.
+pub const TRANSFER_SECONDS_MAX: u64 = 90 * 24 * 3600;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelsJson {
+    available: u64,
+    reserved: u64,
+    sold: u64,
+}
+
+impl From<Levels> for LevelsJson {
+    fn from(l: Levels) -> LevelsJson {
+        LevelsJson { available: l.available, reserved: l.reserved, sold: l.sold }
+    }
+}
+
+/// An adjustment as the API shows it. `before` is the row when it was
+/// proposed, or just before it was applied; `after` just after.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdjustmentJson {
+    adjustment_id: String,
+    status: &'static str,
+    sku_id: String,
+    warehouse_id: String,
+    delta: i64,
+    reason: String,
+    proposed_by: String,
+    proposed_at: String,
+    expires_at: String,
+    before: LevelsJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<LevelsJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decided_at: Option<String>,
+}
+
+impl From<AdjustmentView> for AdjustmentJson {
+    fn from(v: AdjustmentView) -> AdjustmentJson {
+        let a = v.adjustment;
+        let applied = a.status == AdjustmentStatus::Applied;
+        let rejected = a.status == AdjustmentStatus::Rejected;
+        AdjustmentJson {
+            adjustment_id: v.id.to_string(),
+            status: a.status.as_str(),
+            sku_id: v.sku_id,
+            warehouse_id: v.warehouse_id,
+            delta: a.delta,
+            reason: a.reason,
+            proposed_by: a.proposed_by,
+            proposed_at: rfc3339(a.proposed_at),
+            expires_at: rfc3339(a.expires_at),
+            before: if applied { a.before } else { a.proposed_levels }.into(),
+            after: applied.then(|| a.after.into()),
+            approved_by: applied.then(|| a.decided_by.clone()),
+            rejected_by: rejected.then(|| a.decided_by.clone()),
+            decision_reason: (!a.decision_reason.is_empty()).then_some(a.decision_reason),
+            decided_at: (a.status != AdjustmentStatus::Pending).then(|| rfc3339(a.decided_at)),
+        }
+    }
+}
+
+/// A transfer as the API shows it; `overdue` is judged at `now`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferJson {
+    transfer_id: String,
+    status: &'static str,
+    sku_id: String,
+    from_warehouse_id: String,
+    to_warehouse_id: String,
+    qty: u64,
+    reason: String,
+    created_by: String,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_arrival_at: Option<String>,
+    overdue: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arrived_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_reason: Option<String>,
+}
+
+impl TransferJson {
+    pub fn new(v: TransferView, now: Millis) -> TransferJson {
+        let t = v.transfer;
+        let finished = t.status != TransferStatus::InTransit;
+        let cancelled = t.status == TransferStatus::Cancelled;
+        TransferJson {
+            transfer_id: v.id.to_string(),
+            status: t.status.as_str(),
+            sku_id: v.sku_id,
+            from_warehouse_id: v.from_warehouse_id,
+            to_warehouse_id: v.to_warehouse_id,
+            qty: t.qty,
+            reason: t.reason.clone(),
+            created_by: t.created_by.clone(),
+            created_at: rfc3339(t.created_at),
+            expected_arrival_at: t.expected_at.map(rfc3339),
+            overdue: t.overdue(now),
+            arrived_at: (t.status == TransferStatus::Arrived).then(|| rfc3339(t.finished_at)),
+            cancelled_at: cancelled.then(|| rfc3339(t.finished_at)),
+            finished_by: finished.then(|| t.finished_by.clone()),
+            cancel_reason: cancelled.then(|| t.finish_reason.clone()),
+        }
+    }
+}
+
 /// Parses a JSON body, naming the offending field in the error.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // Valid bodies take the fast path; tracking the path of every field (a
@@ -390,7 +576,14 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
             serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units }))
         }
         Outcome::Rejected(rejection) => return Err(rejection_error(rejection)),
-        Outcome::Expired { .. } | Outcome::Evicted { .. } => unreachable!("expiry and eviction are internal"),
+        Outcome::Expired { .. } | Outcome::Evicted { .. } | Outcome::AdjustmentsExpired { .. } => {
+            unreachable!("expiry and eviction are internal")
+        }
+        Outcome::Frozen { .. }
+        | Outcome::AdjustmentProposed { .. }
+        | Outcome::AdjustmentDecided { .. }
+        | Outcome::TransferDispatched { .. }
+        | Outcome::TransferFinished { .. } => unreachable!("an operator action's body is its record"),
     };
     Ok(json.expect("json"))
 }
@@ -402,6 +595,9 @@ struct WarehouseJson<'a> {
     available: u64,
     reserved: u64,
     sold: u64,
+    /// Units on their way here from another warehouse.
+    in_transit: u64,
+    frozen: bool,
     version: u64,
     updated_at: String,
 }
@@ -413,6 +609,9 @@ struct StockJson<'a> {
     available: u64,
     reserved: u64,
     sold: u64,
+    in_transit: u64,
+    /// Every warehouse row is frozen.
+    frozen: bool,
     updated_at: String,
     warehouses: Vec<WarehouseJson<'a>>,
 }
@@ -424,6 +623,8 @@ pub fn stock_json(stock: &SkuStock) -> Vec<u8> {
         available: total.available,
         reserved: total.reserved,
         sold: total.sold,
+        in_transit: stock.warehouses.iter().map(|w| w.row.ops.in_transit).sum(),
+        frozen: stock.warehouses.iter().all(|w| w.row.ops.frozen),
         updated_at: rfc3339(stock.updated_at()),
         warehouses: stock
             .warehouses
@@ -433,6 +634,8 @@ pub fn stock_json(stock: &SkuStock) -> Vec<u8> {
                 available: w.row.levels.available,
                 reserved: w.row.levels.reserved,
                 sold: w.row.levels.sold,
+                in_transit: w.row.ops.in_transit,
+                frozen: w.row.ops.frozen,
                 version: w.row.version,
                 updated_at: rfc3339(w.row.updated_at),
             })

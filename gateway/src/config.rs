@@ -28,6 +28,10 @@ pub struct Config {
     /// Default hold duration when a reserve names no `ttlSeconds`.
     #[arg(long, env = "INVENTORY_RESERVATION_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub reservation_ttl_secs: u64,
+    /// How long a proposed stock adjustment waits for a second operator's
+    /// approval before it expires.
+    #[arg(long, env = "INVENTORY_ADJUSTMENT_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub adjustment_ttl_secs: u64,
     /// Largest `qty` one request may carry.
     #[arg(long, env = "INVENTORY_MAX_QTY", default_value_t = 1_000_000)]
     pub max_qty: u64,
@@ -103,6 +107,7 @@ impl Config {
             journal: None,
             shards: None,
             reservation_ttl_secs: 900,
+            adjustment_ttl_secs: 86_400,
             max_qty: 1_000_000,
             queue_capacity: 16_384,
             batch_max: 1_024,

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 // The shard loops and replay allocate many small strings; mimalloc measured
 // faster than the system allocator for that on this machine.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

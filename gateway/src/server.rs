@@ -119,6 +119,7 @@ pub async fn run_with(
         writers,
         postgres,
         default_ttl_ms: config.reservation_ttl_secs * SECOND_MS,
+        adjustment_ttl_ms: config.adjustment_ttl_secs * SECOND_MS,
         max_qty: config.max_qty,
     });
 

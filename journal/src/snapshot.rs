@@ -13,8 +13,10 @@
 //! | 32 + n | 8 | cold section length m, u64 LE (version 3) |
 //! | 40 + n | 4 | CRC-32 of the cold section, u32 LE |
 //! | 44 + n | m | rkyv archive of `inventory_core::ColdImage`: the filters of what moved to the cold tier |
+//! | 44 + n + m | 8 + 4 + k | the operator section (version 4): length k, CRC-32, rkyv archive of `inventory_core::OpsImage` (frozen rows, adjustments, transfers) |
 //!
-//! Version 2 files (no cold section) are read with empty filters.
+//! Version 2 files (no cold section) are read with empty filters, version 2
+//! and 3 files with no operator state.
 //! A file of another format version is unusable (reported, naming both
 //! versions) like any other bad file: start-up skips it and falls back to an
 //! older snapshot or to the journal from its start, and refuses to start if
@@ -29,7 +31,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use inventory_core::{ColdImage, ShardImage};
+use inventory_core::{ColdImage, OpsImage, ShardImage};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -37,11 +39,41 @@ const MAGIC: &[u8; 8] = b"INVSNAP1";
 const HEADER: usize = 32;
 /// Layout of the body. 2: columnar stock (SKU id string, warehouse table,
 /// fixed-size rows with 32-bit counters); holds refer to rows by position.
-/// 3: the same, followed by the cold section.
-pub const FORMAT_VERSION: u32 = 3;
+/// 3: the same, followed by the cold section. 4: then the operator section.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest version still read.
 const FORMAT_VERSION_MIN: u32 = 2;
-const COLD_HEADER: usize = 12;
+/// A section after the image: its length (u64 LE) and CRC-32 (u32 LE).
+const SECTION_HEADER: usize = 12;
+
+fn section<T>(value: &T) -> std::io::Result<Vec<u8>>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+    >,
+{
+    let body = rkyv::to_bytes::<rancor::Error>(value).map_err(std::io::Error::other)?;
+    let mut out = Vec::with_capacity(SECTION_HEADER + body.len());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reads the next section's checked bytes.
+fn read_section(f: &mut File, path: &Path, name: &str) -> Result<AlignedVec<16>, String> {
+    let mut header = [0u8; SECTION_HEADER];
+    f.read_exact(&mut header).map_err(|e| format!("{}: {name} section: {e}", path.display()))?;
+    let len = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(header[8..].try_into().unwrap());
+    let mut body = AlignedVec::<16>::with_capacity(len);
+    body.resize(len, 0);
+    f.read_exact(&mut body).map_err(|e| format!("{}: {name} section: {e}", path.display()))?;
+    if crc32fast::hash(&body) != crc {
+        return Err(format!("{}: {name} section checksum mismatch", path.display()));
+    }
+    Ok(body)
+}
 
 fn shard_dir(dir: &Path, shard: u16) -> PathBuf {
     dir.join(format!("shard-{shard}"))
@@ -57,10 +89,8 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
     let sdir = shard_dir(dir, shard);
     fs::create_dir_all(&sdir)?;
     let body = rkyv::to_bytes::<rancor::Error>(image).map_err(std::io::Error::other)?;
-    let cold = rkyv::to_bytes::<rancor::Error>(&image.cold).map_err(std::io::Error::other)?;
-    let mut cold_header = [0u8; COLD_HEADER];
-    cold_header[..8].copy_from_slice(&(cold.len() as u64).to_le_bytes());
-    cold_header[8..].copy_from_slice(&crc32fast::hash(&cold).to_le_bytes());
+    let cold = section(&image.cold)?;
+    let ops = section(&image.ops)?;
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(MAGIC);
     header[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -73,13 +103,13 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
         let mut f = File::create(&tmp)?;
         f.write_all(&header)?;
         f.write_all(&body)?;
-        f.write_all(&cold_header)?;
         f.write_all(&cold)?;
+        f.write_all(&ops)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
     File::open(&sdir)?.sync_all()?;
-    Ok((path, (HEADER + body.len() + COLD_HEADER + cold.len()) as u64))
+    Ok((path, (HEADER + body.len() + cold.len() + ops.len()) as u64))
 }
 
 /// Sequences of the snapshots of `shard`, newest first.
@@ -127,18 +157,14 @@ pub fn read(dir: &Path, shard: u16, seq: u64) -> Result<ShardImage, String> {
     let mut image = rkyv::from_bytes::<ShardImage, rancor::Error>(&body)
         .map_err(|e| format!("{}: undecodable: {e}", path.display()))?;
     if version >= 3 {
-        let mut cold_header = [0u8; COLD_HEADER];
-        f.read_exact(&mut cold_header).map_err(|e| format!("{}: cold section: {e}", path.display()))?;
-        let len = u64::from_le_bytes(cold_header[..8].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(cold_header[8..].try_into().unwrap());
-        let mut cold = AlignedVec::<16>::with_capacity(len);
-        cold.resize(len, 0);
-        f.read_exact(&mut cold).map_err(|e| format!("{}: cold section: {e}", path.display()))?;
-        if crc32fast::hash(&cold) != crc {
-            return Err(format!("{}: cold section checksum mismatch", path.display()));
-        }
+        let cold = read_section(&mut f, &path, "cold")?;
         image.cold = rkyv::from_bytes::<ColdImage, rancor::Error>(&cold)
             .map_err(|e| format!("{}: cold section undecodable: {e}", path.display()))?;
+    }
+    if version >= 4 {
+        let ops = read_section(&mut f, &path, "operator")?;
+        image.ops = rkyv::from_bytes::<OpsImage, rancor::Error>(&ops)
+            .map_err(|e| format!("{}: operator section undecodable: {e}", path.display()))?;
     }
     if image.index != shard {
         return Err(format!("{}: image of shard {}", path.display(), image.index));
@@ -219,7 +245,7 @@ mod tests {
         bytes[28..32].copy_from_slice(&[0; 4]);
         fs::write(&newest, &bytes).unwrap();
         let e = read(dir.path(), 1, 20).unwrap_err();
-        assert!(e.ends_with("snapshot format version 1, this build reads versions 2 to 3"), "{e}");
+        assert!(e.ends_with("snapshot format version 1, this build reads versions 2 to 4"), "{e}");
         assert_eq!(latest(dir.path(), 1, u64::MAX).unwrap().unwrap(), (10, image(1)));
     }
 
@@ -249,8 +275,17 @@ mod tests {
         let id = "rsv-1-1".parse().unwrap();
         apply(&mut s, 7, Command::Release(Release { reservation_id: id, reason: "no".into(), idem_key: "x".into() }));
         apply(&mut s, 9, Command::Evict(Evict { holds_before: 8, keys_before: 8 }));
+        let freeze = inventory_core::Freeze {
+            sku_id: "s".into(),
+            warehouse_id: None,
+            frozen: true,
+            reason: "count".into(),
+            idem_key: "f".into(),
+        };
+        apply(&mut s, 10, Command::Freeze(freeze));
         let image = s.image();
         assert!(image.cold != Default::default(), "the shard moved records out");
+        assert!(!image.ops.rows.is_empty(), "an operator froze a row");
         image
     }
 
@@ -268,6 +303,30 @@ mod tests {
         fs::write(&path, &old).unwrap();
         let read_back = read(dir.path(), 1, 10).unwrap();
         assert_eq!(read_back.cold, Default::default());
-        assert_eq!(ShardImage { cold: Default::default(), ..image_with_cold() }, read_back);
+        assert_eq!(ShardImage { cold: Default::default(), ops: Default::default(), ..image_with_cold() }, read_back);
+    }
+
+    #[test]
+    fn the_operator_section_is_kept_and_a_version_3_file_reads_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = write(dir.path(), 1, 10, &image_with_cold()).unwrap();
+        // The same file as version 3 wrote it: the cold section, no more.
+        let mut old = fs::read(&path).unwrap();
+        let body = u64::from_le_bytes(old[16..24].try_into().unwrap()) as usize;
+        let cold = u64::from_le_bytes(old[HEADER + body..HEADER + body + 8].try_into().unwrap()) as usize;
+        old.truncate(HEADER + body + SECTION_HEADER + cold);
+        old[28..32].copy_from_slice(&3u32.to_le_bytes());
+        fs::write(&path, &old).unwrap();
+        let read_back = read(dir.path(), 1, 10).unwrap();
+        assert_eq!(ShardImage { ops: Default::default(), ..image_with_cold() }, read_back);
+        // A damaged operator section is a bad file, not a shard without
+        // operator state.
+        let (path, _) = write(dir.path(), 1, 20, &image_with_cold()).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let e = read(dir.path(), 1, 20).unwrap_err();
+        assert!(e.ends_with("operator section checksum mismatch"), "{e}");
     }
 }

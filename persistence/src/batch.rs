@@ -24,6 +24,11 @@ pub(crate) struct Batch {
     hold_updates: BTreeMap<String, HoldUpdate>,
     txns: Txns,
     events: Events,
+    /// Operator state of rows: a freeze's final value and the net change
+    /// of units in transit, per `(sku, warehouse)`.
+    row_ops: BTreeMap<(String, String), (Option<bool>, i64)>,
+    /// Adjustments and transfers created or finished, in journal order.
+    operator_writes: Vec<OperatorWrite>,
     pub(crate) days: BTreeSet<i64>,
     /// Highest reservation and txn sequences in the batch, and its last time.
     pub(crate) max_hold_seq: u64,
@@ -49,6 +54,74 @@ struct HoldUpdate {
     updated_at: u64,
     payment_id: Option<String>,
     release_reason: Option<String>,
+}
+
+/// One write to `inventory_adjustment` or `inventory_transfer`.
+enum OperatorWrite {
+    AdjustmentProposed {
+        id: String,
+        sku_id: String,
+        warehouse_id: String,
+        delta: i64,
+        reason: String,
+        proposed_by: String,
+        proposed_at: u64,
+        expires_at: u64,
+        levels: Levels,
+    },
+    /// Approved, rejected or expired. `levels`: before and after an
+    /// approval.
+    AdjustmentDecided {
+        id: String,
+        status: &'static str,
+        decided_by: String,
+        decided_at: u64,
+        reason: String,
+        levels: Option<(Levels, Levels)>,
+    },
+    TransferDispatched {
+        id: String,
+        sku_id: String,
+        from: String,
+        to: String,
+        qty: i64,
+        reason: String,
+        created_by: String,
+        created_at: u64,
+        expected_at: Option<u64>,
+    },
+    TransferFinished {
+        id: String,
+        status: &'static str,
+        finished_by: String,
+        finished_at: u64,
+        reason: String,
+    },
+}
+
+fn levels_array(l: Levels) -> Vec<i64> {
+    vec![l.available as i64, l.reserved as i64, l.sold as i64]
+}
+
+/// The outbox event type of a txn.
+fn event_type(kind: TxnKind) -> &'static str {
+    match kind {
+        TxnKind::Receive => "INVENTORY_RECEIVED",
+        TxnKind::Reserve => "INVENTORY_RESERVED",
+        TxnKind::Confirm => "INVENTORY_CONFIRMED",
+        TxnKind::Release => "INVENTORY_RELEASED",
+        TxnKind::Freeze => "INVENTORY_FROZEN",
+        TxnKind::Unfreeze => "INVENTORY_UNFROZEN",
+        TxnKind::AdjustProposed => "ADJUSTMENT_PROPOSED",
+        TxnKind::AdjustApplied => "INVENTORY_ADJUSTED",
+        TxnKind::AdjustRejected => "ADJUSTMENT_REJECTED",
+        TxnKind::AdjustExpired => "ADJUSTMENT_EXPIRED",
+        TxnKind::TransferOut => "TRANSFER_DISPATCHED",
+        TxnKind::TransferIncoming => "TRANSFER_INCOMING",
+        TxnKind::TransferIn => "TRANSFER_ARRIVED",
+        TxnKind::TransferReturned => "TRANSFER_RETURNED",
+        TxnKind::TransferCancelled => "TRANSFER_CANCELLED",
+    }
 }
 
 #[derive(Default)]
@@ -122,18 +195,19 @@ impl Batch {
                 x.operator.push(entry.operator.clone());
                 x.at.push(to_system_time(t.at));
 
-                let (event, aggregate) = match t.kind {
-                    TxnKind::Receive => ("INVENTORY_RECEIVED", format!("{}/{}", t.sku_id, t.warehouse_id)),
-                    TxnKind::Reserve => ("INVENTORY_RESERVED", t.ref_id.clone()),
-                    TxnKind::Confirm => ("INVENTORY_CONFIRMED", t.ref_id.clone()),
-                    TxnKind::Release => ("INVENTORY_RELEASED", t.ref_id.clone()),
+                let event = event_type(t.kind);
+                let aggregate = match t.kind {
+                    TxnKind::Receive | TxnKind::Freeze | TxnKind::Unfreeze => {
+                        format!("{}/{}", t.sku_id, t.warehouse_id)
+                    }
+                    _ => t.ref_id.clone(),
                 };
                 let event_id = format!("evt-{:016x}", t.txn_id);
                 // The counters are those after the change; the ones before
                 // follow from the type and qty (and are in `inventory_txn`).
                 let mut payload = json!({
                     "eventId": event_id, "type": event, "txnId": t.txn_id, "skuId": t.sku_id,
-                    "warehouseId": t.warehouse_id, "qty": t.qty, "refId": t.ref_id, "orderId": t.order_id,
+                    "warehouseId": t.warehouse_id, "qty": t.delta(), "refId": t.ref_id, "orderId": t.order_id,
                     "available": t.after.available, "reserved": t.after.reserved, "sold": t.after.sold,
                     "version": t.version, "atMs": t.at,
                 });
@@ -149,6 +223,10 @@ impl Batch {
                 b.events.aggregate.push(aggregate);
                 b.events.at.push(to_system_time(t.at));
 
+                if t.kind.is_operator() {
+                    b.operator_txn(entry, t);
+                    continue;
+                }
                 let update = match t.kind {
                     TxnKind::Receive => continue,
                     TxnKind::Reserve => {
@@ -159,7 +237,13 @@ impl Batch {
                             | Command::Confirm(_)
                             | Command::Release(_)
                             | Command::Expire(_)
-                            | Command::Evict(_) => unreachable!("only a reserve makes a hold"),
+                            | Command::Evict(_)
+                            | Command::Freeze(_)
+                            | Command::ProposeAdjustment(_)
+                            | Command::DecideAdjustment(_)
+                            | Command::ExpireAdjustments(_)
+                            | Command::DispatchTransfer(_)
+                            | Command::FinishTransfer(_) => unreachable!("only a reserve makes a hold"),
                         };
                         b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
                         b.new_holds.push(NewHold {
@@ -192,6 +276,7 @@ impl Batch {
                         payment_id: None,
                         release_reason: Some(t.detail.clone()),
                     },
+                    _ => unreachable!("operator txns are written above"),
                 };
                 match b.new_index.get(&t.ref_id) {
                     Some(&i) => b.new_holds[i].update = update,
@@ -202,6 +287,182 @@ impl Batch {
             }
         }
         b
+    }
+
+    /// What an operator's txn writes beside `inventory_txn` and the outbox.
+    fn operator_txn(&mut self, entry: &Entry, t: &inventory_core::Txn) {
+        let row = (t.sku_id.clone(), t.warehouse_id.clone());
+        match t.kind {
+            TxnKind::Freeze | TxnKind::Unfreeze => {
+                self.row_ops.entry(row).or_default().0 = Some(t.kind == TxnKind::Freeze);
+            }
+            TxnKind::TransferIncoming => self.row_ops.entry(row).or_default().1 += t.qty as i64,
+            TxnKind::TransferCancelled => self.row_ops.entry(row).or_default().1 -= t.qty as i64,
+            TxnKind::TransferIn => {
+                self.row_ops.entry(row).or_default().1 -= t.qty as i64;
+                self.finish_transfer(entry, t, "ARRIVED");
+            }
+            TxnKind::TransferReturned => self.finish_transfer(entry, t, "CANCELLED"),
+            TxnKind::TransferOut => {
+                let (created_by, expected_at) = match &entry.command {
+                    Command::DispatchTransfer(c) => (c.operator.clone(), c.expected_in_ms.map(|ms| entry.at + ms)),
+                    _ => (entry.operator.clone(), None),
+                };
+                self.operator_writes.push(OperatorWrite::TransferDispatched {
+                    id: t.ref_id.clone(),
+                    sku_id: t.sku_id.clone(),
+                    from: t.warehouse_id.clone(),
+                    to: t.order_id.clone(),
+                    qty: t.qty as i64,
+                    reason: t.detail.clone(),
+                    created_by,
+                    created_at: t.at,
+                    expected_at,
+                });
+            }
+            TxnKind::AdjustProposed => {
+                let expires_at = match &entry.command {
+                    Command::ProposeAdjustment(c) => entry.at.saturating_add(c.ttl_ms),
+                    _ => entry.at,
+                };
+                self.operator_writes.push(OperatorWrite::AdjustmentProposed {
+                    id: t.ref_id.clone(),
+                    sku_id: t.sku_id.clone(),
+                    warehouse_id: t.warehouse_id.clone(),
+                    delta: t.delta(),
+                    reason: t.detail.clone(),
+                    proposed_by: t.order_id.clone(),
+                    proposed_at: t.at,
+                    expires_at,
+                    levels: t.before,
+                });
+            }
+            TxnKind::AdjustApplied | TxnKind::AdjustRejected | TxnKind::AdjustExpired => {
+                let (decided_by, reason) = match &entry.command {
+                    Command::DecideAdjustment(c) if t.kind != TxnKind::AdjustExpired => {
+                        (c.operator.clone(), c.reason.clone())
+                    }
+                    _ => (String::new(), String::new()),
+                };
+                let (status, levels) = match t.kind {
+                    TxnKind::AdjustApplied => ("APPLIED", Some((t.before, t.after))),
+                    TxnKind::AdjustRejected => ("REJECTED", None),
+                    _ => ("EXPIRED", None),
+                };
+                self.operator_writes.push(OperatorWrite::AdjustmentDecided {
+                    id: t.ref_id.clone(),
+                    status,
+                    decided_by,
+                    decided_at: t.at,
+                    reason,
+                    levels,
+                });
+            }
+            TxnKind::Receive | TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release => {
+                unreachable!("not an operator's txn")
+            }
+        }
+    }
+
+    fn finish_transfer(&mut self, entry: &Entry, t: &inventory_core::Txn, status: &'static str) {
+        let finished_by = match &entry.command {
+            Command::FinishTransfer(c) => c.operator.clone(),
+            _ => entry.operator.clone(),
+        };
+        self.operator_writes.push(OperatorWrite::TransferFinished {
+            id: t.ref_id.clone(),
+            status,
+            finished_by,
+            finished_at: t.at,
+            reason: t.detail.clone(),
+        });
+    }
+
+    /// Writes the operator state of rows, adjustments and transfers: a few
+    /// statements each, as operators act rarely.
+    async fn write_operator(&self, tx: &Transaction<'_>) -> Result<(), PersistenceError> {
+        for ((sku, warehouse), (frozen, in_transit)) in &self.row_ops {
+            tx.execute(
+                "UPDATE inventory SET frozen = COALESCE($3, frozen), in_transit = in_transit + $4
+                  WHERE sku_id = $1 AND warehouse_id = $2",
+                &[sku, warehouse, frozen, in_transit],
+            )
+            .await?;
+        }
+        let time = |ms: u64| to_system_time(ms);
+        for write in &self.operator_writes {
+            match write {
+                OperatorWrite::AdjustmentProposed {
+                    id,
+                    sku_id,
+                    warehouse_id,
+                    delta,
+                    reason,
+                    proposed_by,
+                    proposed_at,
+                    expires_at,
+                    levels,
+                } => {
+                    tx.execute(
+                        "INSERT INTO inventory_adjustment (adjustment_id, sku_id, warehouse_id, delta, reason, status,
+                                                           proposed_by, proposed_at, expires_at, proposed_levels)
+                         VALUES ($1, $2, $3, $4, $5, 'PENDING', $6, $7, $8, $9)",
+                        &[
+                            id,
+                            sku_id,
+                            warehouse_id,
+                            delta,
+                            reason,
+                            proposed_by,
+                            &time(*proposed_at),
+                            &time(*expires_at),
+                            &levels_array(*levels),
+                        ],
+                    )
+                    .await?;
+                }
+                OperatorWrite::AdjustmentDecided { id, status, decided_by, decided_at, reason, levels } => {
+                    let before = levels.map(|(b, _)| levels_array(b));
+                    let after = levels.map(|(_, a)| levels_array(a));
+                    tx.execute(
+                        "UPDATE inventory_adjustment SET status = $2, decided_by = $3, decided_at = $4,
+                                decision_reason = $5, before_levels = $6, after_levels = $7
+                          WHERE adjustment_id = $1",
+                        &[id, status, decided_by, &time(*decided_at), reason, &before, &after],
+                    )
+                    .await?;
+                }
+                OperatorWrite::TransferDispatched {
+                    id,
+                    sku_id,
+                    from,
+                    to,
+                    qty,
+                    reason,
+                    created_by,
+                    created_at,
+                    expected_at,
+                } => {
+                    tx.execute(
+                        "INSERT INTO inventory_transfer (transfer_id, sku_id, from_warehouse_id, to_warehouse_id, qty,
+                                                         reason, status, created_by, created_at, expected_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, 'IN_TRANSIT', $7, $8, $9)",
+                        &[id, sku_id, from, to, qty, reason, created_by, &time(*created_at), &expected_at.map(time)],
+                    )
+                    .await?;
+                }
+                OperatorWrite::TransferFinished { id, status, finished_by, finished_at, reason } => {
+                    tx.execute(
+                        "UPDATE inventory_transfer SET status = $2, finished_by = $3, finished_at = $4,
+                                finish_reason = $5
+                          WHERE transfer_id = $1",
+                        &[id, status, finished_by, &time(*finished_at), reason],
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -233,6 +494,7 @@ impl Batch {
     /// Writes everything (inside the caller's transaction).
     pub(crate) async fn write(&self, tx: &Transaction<'_>) -> Result<(), PersistenceError> {
         self.write_inventory(tx).await?;
+        self.write_operator(tx).await?;
         if !self.new_holds.is_empty() {
             let h = &self.new_holds;
             let text = |f: fn(&NewHold) -> &str| h.iter().map(f).collect::<Vec<&str>>();

@@ -146,7 +146,7 @@ async fn load_rows(
         let row = RowImage {
             sku: sku_position,
             warehouse: image.warehouse_position(&warehouse),
-            received: received as u32,
+            on_hand: received as u32,
             reserved: reserved as u32,
             sold: sold as u32,
             version: n(5),

@@ -108,6 +108,10 @@ pub struct Metrics {
     pub stock_rows: Family<ShardLabels, Gauge>,
     pub cold_filter_keys: Family<ShardLabels, Gauge>,
     pub cold_filter_bytes: Family<ShardLabels, Gauge>,
+    /// Transfers in transit past their expected arrival.
+    pub transfers_overdue: Family<ShardLabels, Gauge>,
+    /// Adjustments waiting for a second operator.
+    pub adjustments_pending: Family<ShardLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -227,10 +231,24 @@ impl Metrics {
             "Memory of the filters of records moved to the cold tier",
             cold_filter_bytes.clone(),
         );
+        let transfers_overdue = Family::default();
+        registry.register(
+            "transfers_overdue",
+            "Warehouse transfers still in transit past their expected arrival",
+            transfers_overdue.clone(),
+        );
+        let adjustments_pending = Family::default();
+        registry.register(
+            "adjustments_pending",
+            "Stock adjustments waiting for a second operator's approval",
+            adjustments_pending.clone(),
+        );
         let persistence_lag_records = Family::default();
         let persistence_lag_seconds = Family::default();
         let outbox_backlog = Gauge::default();
         Metrics {
+            transfers_overdue,
+            adjustments_pending,
             registry,
             holds,
             idempotency_keys,

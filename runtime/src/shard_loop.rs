@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use inventory_cold::{ColdStore, Position};
 use inventory_core::{
-    Applied, ColdFacts, ColdQuery, Command, Entry, Evict, Expire, Millis, Outcome, Query, QueryResult, Shard,
-    ShardConfig, Txn, TxnKind, INDEX_PARTS, REASON_TIMEOUT,
+    Applied, ColdFacts, ColdQuery, Command, Entry, Evict, Expire, ExpireAdjustments, Millis, Outcome, Query,
+    QueryResult, Shard, ShardConfig, Txn, TxnKind, INDEX_PARTS, REASON_TIMEOUT,
 };
 use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
@@ -446,6 +446,14 @@ impl LoopState {
                     self.push_entry(now, meta, command, None, &mut txns);
                 }
             }
+            for id in self.shard.due_adjustment_expirations(now, EXPIRE_BATCH_MAX) {
+                // One entry each: an audit record names one adjustment.
+                let command = Command::ExpireAdjustments(ExpireAdjustments { ids: vec![id] });
+                if self.shard.apply(now, &command, &mut txns).changed {
+                    let meta = Meta { trace_id: 0, operator: SYSTEM_OPERATOR.to_string() };
+                    self.push_entry(now, meta, command, None, &mut txns);
+                }
+            }
             self.evict(now, &mut txns);
             self.shard.purge_idempotency(now, PURGE_BATCH_MAX);
             self.shard.purge_holds(now, PURGE_BATCH_MAX);
@@ -460,6 +468,10 @@ impl LoopState {
             self.metrics.stock_rows.get_or_create(&self.labels).set(stats.rows as i64);
             self.metrics.cold_filter_keys.get_or_create(&self.labels).set(stats.cold_filter_keys as i64);
             self.metrics.cold_filter_bytes.get_or_create(&self.labels).set(stats.cold_filter_bytes as i64);
+            let overdue = self.shard.overdue_transfers(now);
+            self.metrics.transfers_overdue.get_or_create(&self.labels).set(overdue as i64);
+            let pending = self.shard.pending_adjustments();
+            self.metrics.adjustments_pending.get_or_create(&self.labels).set(pending as i64);
             for cursor in self.followers.cursors() {
                 let labels = FollowerLabels { follower: cursor.name(), shard: self.labels.shard };
                 self.metrics.follower_lag.get_or_create(&labels).set(cursor.lag_entries(&self.followers));
@@ -634,6 +646,22 @@ impl LoopState {
                     TxnKind::Release if txn.detail == REASON_TIMEOUT => expired += 1,
                     TxnKind::Release => released += 1,
                     TxnKind::Receive => {}
+                    kind => {
+                        debug_assert!(kind.is_operator());
+                        tracing::info!(
+                            target: "inventory::txn",
+                            trace_id = %format_args!("{:032x}", entry.trace_id),
+                            operator = %entry.operator,
+                            shard = self.shard.index(),
+                            seq = entry.seq,
+                            sku_id = %txn.sku_id,
+                            warehouse_id = %txn.warehouse_id,
+                            kind = kind.as_str(),
+                            ref_id = %txn.ref_id,
+                            reason = %txn.detail,
+                            "operator action"
+                        );
+                    }
                 }
                 tracing::debug!(
                     target: "inventory::txn",
@@ -654,11 +682,7 @@ impl LoopState {
             let first = match &entry.command {
                 Command::Receive(c) => Some(c.sku_id.as_str()),
                 Command::ReceiveBatch(c) => c.items.first().map(|i| i.sku_id.as_str()),
-                Command::Reserve(_)
-                | Command::Confirm(_)
-                | Command::Release(_)
-                | Command::Expire(_)
-                | Command::Evict(_) => None,
+                _ => None,
             };
             if let Some(first) = first {
                 tracing::info!(

@@ -12,6 +12,7 @@ mod journal_faults;
 mod journal_tool;
 mod lifecycle;
 mod observability;
+mod operator;
 mod persistence;
 mod pg;
 mod snapshots;

@@ -41,6 +41,8 @@ pub struct Options {
     pub hot_secs: Option<(u64, u64)>,
     /// Runs with `--cold-tier false`: everything stays in memory.
     pub keep_all: bool,
+    /// How long a proposed adjustment stays pending (`None`: the default).
+    pub adjustment_ttl_secs: Option<u64>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             journal: Backend::Sled,
             hot_secs: None,
             keep_all: false,
+            adjustment_ttl_secs: None,
         }
     }
 }
@@ -90,6 +93,9 @@ impl TestServer {
         config.cold_tier = !options.keep_all;
         if let Some((holds, keys)) = options.hot_secs {
             (config.cold_tier, config.hot_holds_secs, config.hot_keys_secs) = (true, holds, keys);
+        }
+        if let Some(secs) = options.adjustment_ttl_secs {
+            config.adjustment_ttl_secs = secs;
         }
         config.writer_faults = options.writer_faults.clone();
         let faults = FaultHandle::default();
@@ -181,6 +187,12 @@ impl Client {
 
     pub async fn try_post(&self, path: &str, body: Value) -> Result<Reply, reqwest::Error> {
         Ok(Self::reply(self.http.post(format!("{}{path}", self.url)).json(&body).send().await?).await)
+    }
+
+    /// Posts as an operator (`X-Operator`).
+    pub async fn post_as(&self, operator: &str, path: &str, body: Value) -> Reply {
+        let request = self.http.post(format!("{}{path}", self.url)).header("x-operator", operator).json(&body);
+        Self::reply(request.send().await.unwrap()).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -20,6 +20,8 @@ use crate::trace::TraceContext;
 pub struct Ctx {
     pub trace: TraceContext,
     pub operator: String,
+    /// Whether the request named its operator (`X-Operator`).
+    pub named: bool,
 }
 
 impl Ctx {
@@ -34,14 +36,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ctx, ApiError> {
         let trace = *parts.extensions.get::<TraceContext>().expect("the observing middleware runs first");
         let operator = match parts.headers.get("x-operator") {
-            None => ANONYMOUS_OPERATOR.to_string(),
+            None => None,
             Some(v) => {
                 let v = v.to_str().map_err(|_| ApiError::invalid("X-Operator header must be visible ASCII"))?;
                 api::check_text("X-Operator", v, ID_BYTES_MAX)?;
-                v.to_string()
+                Some(v.to_string())
             }
         };
-        Ok(Ctx { trace, operator })
+        let named = operator.is_some();
+        Ok(Ctx { trace, operator: operator.unwrap_or_else(|| ANONYMOUS_OPERATOR.to_string()), named })
     }
 }
 
@@ -110,7 +113,16 @@ macro_rules! write_bodies {
         }
     )*};
 }
-write_bodies!(api::ReceiveBody, api::ReserveBody, api::ConfirmBody, api::ReleaseBody);
+write_bodies!(
+    api::ReceiveBody,
+    api::ReserveBody,
+    api::ConfirmBody,
+    api::ReleaseBody,
+    api::FreezeBody,
+    api::ProposeBody,
+    api::DecisionBody,
+    api::TransferBody
+);
 
 /// A single write: who asked, its JSON body, and its idempotency key (from
 /// the body or the `Idempotency-Key` header, which must agree). Checked in

@@ -10,6 +10,7 @@
 
 mod admin;
 mod extract;
+mod operator;
 mod reads;
 mod writes;
 
@@ -38,6 +39,8 @@ pub struct App {
     pub writers: inventory_persistence::Progress,
     pub postgres: Option<inventory_persistence::WriterConfig>,
     pub default_ttl_ms: u64,
+    /// How long a proposed adjustment stays pending.
+    pub adjustment_ttl_ms: u64,
     pub max_qty: u64,
 }
 
@@ -63,12 +66,24 @@ pub enum Endpoint {
     AdminReconcile,
     AdminSnapshot,
     AdminCapacity,
+    Freeze,
+    Unfreeze,
+    AdjustmentPropose,
+    AdjustmentList,
+    Adjustment,
+    AdjustmentApprove,
+    AdjustmentReject,
+    TransferDispatch,
+    TransferList,
+    Transfer,
+    TransferArrive,
+    TransferCancel,
 }
 
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 27] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -84,6 +99,18 @@ impl Endpoint {
         Endpoint::AdminReconcile,
         Endpoint::AdminSnapshot,
         Endpoint::AdminCapacity,
+        Endpoint::Freeze,
+        Endpoint::Unfreeze,
+        Endpoint::AdjustmentPropose,
+        Endpoint::AdjustmentList,
+        Endpoint::Adjustment,
+        Endpoint::AdjustmentApprove,
+        Endpoint::AdjustmentReject,
+        Endpoint::TransferDispatch,
+        Endpoint::TransferList,
+        Endpoint::Transfer,
+        Endpoint::TransferArrive,
+        Endpoint::TransferCancel,
     ];
 
     pub fn path(self) -> &'static str {
@@ -103,6 +130,16 @@ impl Endpoint {
             Endpoint::AdminReconcile => "/api/admin/reconcile",
             Endpoint::AdminSnapshot => "/api/admin/snapshot",
             Endpoint::AdminCapacity => "/api/admin/capacity",
+            Endpoint::Freeze => "/api/admin/skus/{sku_id}/freeze",
+            Endpoint::Unfreeze => "/api/admin/skus/{sku_id}/unfreeze",
+            Endpoint::AdjustmentPropose | Endpoint::AdjustmentList => "/api/admin/adjustments",
+            Endpoint::Adjustment => "/api/admin/adjustments/{adjustment_id}",
+            Endpoint::AdjustmentApprove => "/api/admin/adjustments/{adjustment_id}/approve",
+            Endpoint::AdjustmentReject => "/api/admin/adjustments/{adjustment_id}/reject",
+            Endpoint::TransferDispatch | Endpoint::TransferList => "/api/admin/transfers",
+            Endpoint::Transfer => "/api/admin/transfers/{transfer_id}",
+            Endpoint::TransferArrive => "/api/admin/transfers/{transfer_id}/arrive",
+            Endpoint::TransferCancel => "/api/admin/transfers/{transfer_id}/cancel",
         }
     }
 
@@ -123,6 +160,17 @@ impl Endpoint {
             | Endpoint::AdminReconcile
             | Endpoint::AdminSnapshot
             | Endpoint::AdminCapacity => "admin",
+            Endpoint::Freeze | Endpoint::Unfreeze => "freeze",
+            Endpoint::AdjustmentPropose
+            | Endpoint::AdjustmentList
+            | Endpoint::Adjustment
+            | Endpoint::AdjustmentApprove
+            | Endpoint::AdjustmentReject => "adjustment",
+            Endpoint::TransferDispatch
+            | Endpoint::TransferList
+            | Endpoint::Transfer
+            | Endpoint::TransferArrive
+            | Endpoint::TransferCancel => "transfer",
         }
     }
 
@@ -135,7 +183,11 @@ impl Endpoint {
             | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Metrics
-            | Endpoint::AdminPersistence => Method::GET,
+            | Endpoint::AdminPersistence
+            | Endpoint::AdjustmentList
+            | Endpoint::Adjustment
+            | Endpoint::TransferList
+            | Endpoint::Transfer => Method::GET,
             Endpoint::Reserve
             | Endpoint::Confirm
             | Endpoint::Release
@@ -143,7 +195,15 @@ impl Endpoint {
             | Endpoint::ReceiveBatch
             | Endpoint::AdminReconcile
             | Endpoint::AdminSnapshot
-            | Endpoint::AdminCapacity => Method::POST,
+            | Endpoint::AdminCapacity
+            | Endpoint::Freeze
+            | Endpoint::Unfreeze
+            | Endpoint::AdjustmentPropose
+            | Endpoint::AdjustmentApprove
+            | Endpoint::AdjustmentReject
+            | Endpoint::TransferDispatch
+            | Endpoint::TransferArrive
+            | Endpoint::TransferCancel => Method::POST,
         }
     }
 
@@ -165,6 +225,18 @@ impl Endpoint {
             Endpoint::AdminReconcile => on(method, admin::reconcile),
             Endpoint::AdminSnapshot => on(method, admin::snapshot),
             Endpoint::AdminCapacity => on(method, admin::capacity),
+            Endpoint::Freeze => on(method, operator::freeze),
+            Endpoint::Unfreeze => on(method, operator::unfreeze),
+            Endpoint::AdjustmentPropose => on(method, operator::propose),
+            Endpoint::AdjustmentList => on(method, operator::adjustments),
+            Endpoint::Adjustment => on(method, operator::adjustment),
+            Endpoint::AdjustmentApprove => on(method, operator::approve),
+            Endpoint::AdjustmentReject => on(method, operator::reject),
+            Endpoint::TransferDispatch => on(method, operator::dispatch),
+            Endpoint::TransferList => on(method, operator::transfers),
+            Endpoint::Transfer => on(method, operator::transfer),
+            Endpoint::TransferArrive => on(method, operator::arrive),
+            Endpoint::TransferCancel => on(method, operator::cancel),
         }
     }
 
@@ -176,11 +248,18 @@ impl Endpoint {
 }
 
 /// The service's routes, with the observing middleware around every one of
-/// them (and around the answers to unknown routes and methods).
+/// them (and around the answers to unknown routes and methods). Endpoints
+/// that share a path (a list and a create) share one route.
 pub fn routes(app: Arc<App>) -> axum::Router {
     let mut router = axum::Router::new();
-    for endpoint in Endpoint::ALL {
-        router = router.route(endpoint.path(), endpoint.handler());
+    let mut paths: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
+    paths.dedup();
+    for path in paths {
+        let mut methods = MethodRouter::new();
+        for endpoint in Endpoint::ALL.into_iter().filter(|e| e.path() == path) {
+            methods = methods.merge(endpoint.handler());
+        }
+        router = router.route(path, methods);
     }
     router
         .fallback(not_found)
@@ -217,9 +296,12 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
 
 /// A known path asked with a method it does not take.
 async fn method_not_allowed(matched: Option<MatchedPath>) -> ApiError {
-    let allow = Endpoint::of(matched.as_ref()).map_or(Method::GET, Endpoint::method);
+    let path = matched.as_ref().map(|m| m.as_str());
+    let methods: Vec<String> =
+        Endpoint::ALL.into_iter().filter(|e| Some(e.path()) == path).map(|e| e.method().to_string()).collect();
+    let allow = if methods.is_empty() { "GET".to_string() } else { methods.join(", ") };
     let mut e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("use {allow} here"));
-    e.detail = Some(serde_json::json!({ "allow": allow.as_str() }));
+    e.detail = Some(serde_json::json!({ "allow": allow }));
     e
 }
 
@@ -231,7 +313,7 @@ impl IntoResponse for ApiError {
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             if let Some(allow) = self.detail.as_ref().and_then(|d| d["allow"].as_str()) {
-                response.headers_mut().insert(ALLOW, HeaderValue::from_str(allow).expect("static"));
+                response.headers_mut().insert(ALLOW, HeaderValue::from_str(allow).expect("method names"));
             }
         }
         response.extensions_mut().insert(ErrorCode(self.code));

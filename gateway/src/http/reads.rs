@@ -134,7 +134,7 @@ pub async fn order_status(
 }
 
 /// Asks one shard a question; it answers from committed state.
-async fn read(app: &App, shard: u16, query: Query) -> Result<QueryResult, ApiError> {
+pub(super) async fn read(app: &App, shard: u16, query: Query) -> Result<QueryResult, ApiError> {
     let (reply, answer) = oneshot::channel();
     app.runtime.router.send(shard, Request::Read { query, reply }).map_err(|e| app.send_error(e))?;
     answer.await.map_err(|_| stopping())

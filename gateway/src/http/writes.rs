@@ -234,7 +234,7 @@ pub async fn release(
     hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
 
-fn warehouse(id: Option<String>) -> Result<String, ApiError> {
+pub(super) fn warehouse(id: Option<String>) -> Result<String, ApiError> {
     let id = id.unwrap_or_else(|| DEFAULT_WAREHOUSE.to_string());
     api::check_text("warehouseId", &id, ID_BYTES_MAX)?;
     Ok(id)
@@ -255,7 +255,7 @@ async fn cold_key(app: &App, shard: u16, key: u128, now: u64) -> Result<bool, Ap
 }
 
 /// Sends a command to its shard and waits for the durable outcome.
-async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Applied, ApiError> {
+pub(super) async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Applied, ApiError> {
     let key = key_hash(command.idem_key().expect("writes carry a key"));
     let runtime = &app.runtime;
     let now = runtime.clock.now_ms();
@@ -310,7 +310,7 @@ fn hold_answer(applied: Applied) -> Result<Response, ApiError> {
 
 /// A write's 200 answer; a replayed one carries `idempotent-replayed: true`
 /// and the identical body.
-fn answer(body: Vec<u8>, was_replayed: bool) -> Response {
+pub(super) fn answer(body: Vec<u8>, was_replayed: bool) -> Response {
     let response = json(StatusCode::OK, body);
     if was_replayed {
         replayed(response)

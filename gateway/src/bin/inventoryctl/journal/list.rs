@@ -68,9 +68,18 @@ impl Filter {
                 Command::Receive(c) => c.sku_id == *sku,
                 Command::Reserve(c) => c.sku_id == *sku,
                 Command::ReceiveBatch(c) => c.items.iter().any(|i| i.sku_id == *sku),
-                // These name holds; only their txns name the SKU.
-                Command::Confirm(_) | Command::Release(_) | Command::Expire(_) => false,
-                Command::Evict(_) => false,
+                Command::Freeze(c) => c.sku_id == *sku,
+                Command::ProposeAdjustment(c) => c.sku_id == *sku,
+                Command::DispatchTransfer(c) => c.sku_id == *sku,
+                // These name holds, adjustments or transfers; only their
+                // txns name the SKU.
+                Command::Confirm(_)
+                | Command::Release(_)
+                | Command::Expire(_)
+                | Command::Evict(_)
+                | Command::DecideAdjustment(_)
+                | Command::ExpireAdjustments(_)
+                | Command::FinishTransfer(_) => false,
             };
             if !named && !entry.txns.iter().any(|t| t.sku_id == *sku) {
                 return false;
@@ -80,14 +89,10 @@ impl Filter {
             let named = match &entry.command {
                 Command::Reserve(c) => c.order_id == *order,
                 // Only their txns name an order, if any.
-                Command::Receive(_)
-                | Command::Confirm(_)
-                | Command::Release(_)
-                | Command::Expire(_)
-                | Command::Evict(_)
-                | Command::ReceiveBatch(_) => false,
+                _ => false,
             };
-            if !named && !entry.txns.iter().any(|t| t.order_id == *order) {
+            let of_hold = |t: &Txn| changes_hold(t.kind) && t.order_id == *order;
+            if !named && !entry.txns.iter().any(of_hold) {
                 return false;
             }
         }
@@ -97,8 +102,7 @@ impl Filter {
                 Command::Release(c) => c.reservation_id == id,
                 Command::Expire(c) => c.ids.contains(&id),
                 // A reserve names the hold it creates only in its txn.
-                Command::Receive(_) | Command::Reserve(_) | Command::ReceiveBatch(_) => false,
-                Command::Evict(_) => false,
+                _ => false,
             };
             let rendered = id.to_string();
             if !named && !entry.txns.iter().any(|t| changes_hold(t.kind) && t.ref_id == rendered) {
@@ -113,10 +117,7 @@ impl Filter {
 /// hold's reservation id (a receipt's is the caller's reference, which may
 /// look like one).
 fn changes_hold(kind: TxnKind) -> bool {
-    match kind {
-        TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release => true,
-        TxnKind::Receive => false,
-    }
+    matches!(kind, TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release)
 }
 
 pub fn run(out: &mut impl Write, args: ListArgs) -> Result<ExitCode, CtlError> {
@@ -224,6 +225,41 @@ fn entry_details(entry: &Entry) -> String {
                 format!("keys_before={}", fmt_time(c.keys_before)),
             ]
         }
+        Command::Freeze(c) => {
+            let mut p = vec![kv("sku", &c.sku_id)];
+            p.extend(c.warehouse_id.as_deref().map(|w| kv("warehouse", w)));
+            p.push(kv("reason", &c.reason));
+            p
+        }
+        Command::ProposeAdjustment(c) => vec![
+            kv("sku", &c.sku_id),
+            kv("warehouse", &c.warehouse_id),
+            format!("delta={}", c.delta),
+            kv("reason", &c.reason),
+            kv("adjustment", first.map_or("", |t| t.ref_id.as_str())),
+        ],
+        Command::DecideAdjustment(c) => {
+            let mut p = vec![format!("adjustment={}", c.adjustment_id)];
+            p.push(if c.approve { "approve".to_string() } else { kv("reject", &c.reason) });
+            p.extend(first.map(|t| kv("sku", &t.sku_id)));
+            p
+        }
+        Command::ExpireAdjustments(c) => {
+            vec![format!("adjustments={}", c.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(","))]
+        }
+        Command::DispatchTransfer(c) => vec![
+            kv("sku", &c.sku_id),
+            kv("from", &c.from_warehouse_id),
+            kv("to", &c.to_warehouse_id),
+            format!("qty={}", c.qty),
+            kv("transfer", first.map_or("", |t| t.ref_id.as_str())),
+        ],
+        Command::FinishTransfer(c) => {
+            let mut p = vec![format!("transfer={}", c.transfer_id)];
+            p.push(if c.arrive { "arrived".to_string() } else { kv("cancel", &c.reason) });
+            p.extend(first.map(|t| kv("sku", &t.sku_id)));
+            p
+        }
     };
     if !entry.operator.is_empty() {
         parts.push(kv("operator", &entry.operator));
@@ -285,6 +321,30 @@ fn command_json(command: &Command) -> Value {
         }),
         Command::Evict(c) => json!({
             "type": "evict", "holdsBeforeMs": c.holds_before, "keysBeforeMs": c.keys_before,
+        }),
+        Command::Freeze(c) => json!({
+            "type": command.name(), "skuId": c.sku_id, "warehouseId": c.warehouse_id, "reason": c.reason,
+            "idemKey": c.idem_key,
+        }),
+        Command::ProposeAdjustment(c) => json!({
+            "type": command.name(), "skuId": c.sku_id, "warehouseId": c.warehouse_id, "delta": c.delta,
+            "reason": c.reason, "operator": c.operator, "ttlMs": c.ttl_ms, "idemKey": c.idem_key,
+        }),
+        Command::DecideAdjustment(c) => json!({
+            "type": command.name(), "adjustmentId": c.adjustment_id.to_string(), "operator": c.operator,
+            "reason": c.reason, "idemKey": c.idem_key,
+        }),
+        Command::ExpireAdjustments(c) => json!({
+            "type": command.name(), "adjustmentIds": c.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        }),
+        Command::DispatchTransfer(c) => json!({
+            "type": command.name(), "skuId": c.sku_id, "fromWarehouseId": c.from_warehouse_id,
+            "toWarehouseId": c.to_warehouse_id, "qty": c.qty, "reason": c.reason, "operator": c.operator,
+            "expectedInMs": c.expected_in_ms, "idemKey": c.idem_key,
+        }),
+        Command::FinishTransfer(c) => json!({
+            "type": command.name(), "transferId": c.transfer_id.to_string(), "operator": c.operator,
+            "reason": c.reason, "idemKey": c.idem_key,
         }),
     }
 }
