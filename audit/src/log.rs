@@ -173,6 +173,7 @@ fn operator_action(command: &Command, txns: &[inventory_core::Txn]) -> &'static 
         Command::DispatchTransfer(_) => "TRANSFER_DISPATCHED",
         Command::FinishTransfer(c) if c.arrive => "TRANSFER_ARRIVED",
         Command::FinishTransfer(_) => "TRANSFER_CANCELLED",
+        Command::Repair(_) => "RECONCILE_REPAIR",
         Command::Receive(_)
         | Command::ReceiveBatch(_)
         | Command::Reserve(_)
@@ -205,7 +206,7 @@ fn operator_event(shard: u16, entry: Entry) -> AuditEvent {
         reason: first.detail.clone(),
         operator,
         trace_id: format!("{trace_id:032x}"),
-        ref_id: Some(refs.join(",")),
+        ref_id: Some(refs.join(",")).filter(|r| !r.is_empty()),
         delta: adjustment.then(|| first.delta()),
         proposed_by: adjustment.then(|| first.order_id.clone()),
         to_warehouse_id: None,

@@ -388,7 +388,7 @@ pub fn cold_changes(
                     if txn.kind == TxnKind::TransferIn { TransferStatus::Arrived } else { TransferStatus::Cancelled };
                 outcome = Some(Outcome::TransferFinished { id, status });
             }
-            TxnKind::TransferIncoming | TxnKind::TransferCancelled => {}
+            TxnKind::TransferIncoming | TxnKind::TransferCancelled | TxnKind::Repair => {}
         }
     }
     let key = match &entry.command {
@@ -406,7 +406,7 @@ pub fn cold_changes(
         Command::DecideAdjustment(c) => Some(&c.idem_key),
         Command::DispatchTransfer(c) => Some(&c.idem_key),
         Command::FinishTransfer(c) => Some(&c.idem_key),
-        Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) => None,
+        Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) | Command::Repair(_) => None,
     };
     if let (Some(key), Some(outcome)) = (key, outcome) {
         changes.push(ColdChange::Idem(ColdIdem {

@@ -42,6 +42,17 @@ pub enum Command {
     DispatchTransfer(Box<DispatchTransfer>),
     /// 12: a transfer arrived, or is cancelled (its units go back).
     FinishTransfer(FinishTransfer),
+    /// 13: reconciliation repaired a copy of a row (PostgreSQL's): recorded
+    /// as a version of the row with what the copy held, changing no counter.
+    Repair(Repair),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Repair {
+    pub sku_id: String,
+    pub warehouse_id: String,
+    /// What was repaired and what it held, as the txn's detail.
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -208,7 +219,7 @@ impl Command {
             Command::Reserve(c) => Some(&c.idem_key),
             Command::Confirm(c) => Some(&c.idem_key),
             Command::Release(c) => Some(&c.idem_key),
-            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) => None,
+            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) | Command::Repair(_) => None,
             Command::ReceiveBatch(c) => Some(&c.idem_key),
             Command::Freeze(c) => Some(&c.idem_key),
             Command::ProposeAdjustment(c) => Some(&c.idem_key),
@@ -274,6 +285,9 @@ impl Command {
             Command::FinishTransfer(c) => {
                 f.tag(12).u64(c.transfer_id.0).u64(c.arrive as u64).str(&c.operator).str(&c.reason);
             }
+            Command::Repair(c) => {
+                f.tag(13).str(&c.sku_id).str(&c.warehouse_id).str(&c.detail);
+            }
         }
         f.finish()
     }
@@ -297,6 +311,7 @@ impl Command {
             Command::DispatchTransfer(_) => "transfer_dispatch",
             Command::FinishTransfer(c) if c.arrive => "transfer_arrive",
             Command::FinishTransfer(_) => "transfer_cancel",
+            Command::Repair(_) => "repair",
         }
     }
 }

@@ -27,7 +27,7 @@ pub use cold::{
 };
 pub use command::{
     Command, Confirm, DecideAdjustment, DispatchTransfer, Evict, Expire, ExpireAdjustments, FinishTransfer, Freeze,
-    ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem, Release, Reserve,
+    ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem, Release, Repair, Reserve,
 };
 pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,

@@ -65,6 +65,10 @@ pub enum Outcome {
         id: TransferId,
         status: TransferStatus,
     },
+    /// A repair recorded on a row (0: the core has no such row).
+    Repaired {
+        rows: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

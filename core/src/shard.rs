@@ -436,6 +436,10 @@ impl Shard {
                 let outcome = Outcome::AdjustmentsExpired { count };
                 return Ok(Applied { outcome, changed: count > 0, replayed: false });
             }
+            Command::Repair(repair) => {
+                let rows = self.repair(at, repair, txns);
+                return Ok(Applied { outcome: Outcome::Repaired { rows }, changed: rows > 0, replayed: false });
+            }
             Command::Receive(_)
             | Command::Reserve(_)
             | Command::Confirm(_)
@@ -471,7 +475,9 @@ impl Shard {
             Command::DecideAdjustment(c) => self.decide_adjustment(at, c, txns),
             Command::DispatchTransfer(c) => self.dispatch_transfer(at, c, txns),
             Command::FinishTransfer(c) => self.finish_transfer(at, c, txns),
-            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) => unreachable!("applied above"),
+            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) | Command::Repair(_) => {
+                unreachable!("applied above")
+            }
         };
         // Only a command that changed state is remembered: one that changed
         // nothing is simply evaluated again when retried.
@@ -540,7 +546,8 @@ impl Shard {
             | Command::DecideAdjustment(_)
             | Command::ExpireAdjustments(_)
             | Command::DispatchTransfer(_)
-            | Command::FinishTransfer(_) => {}
+            | Command::FinishTransfer(_)
+            | Command::Repair(_) => {}
         }
         needs
     }

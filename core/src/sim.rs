@@ -120,6 +120,14 @@ impl Model {
             }
             return (Expired { count: n }, n > 0);
         }
+        if let Command::Repair(r) = c {
+            let key = (r.sku_id.clone(), r.warehouse_id.clone());
+            if !self.rows.contains_key(&key) {
+                return (Repaired { rows: 0 }, false);
+            }
+            self.touch(&r.sku_id, &r.warehouse_id, at, |_| {});
+            return (Repaired { rows: 1 }, true);
+        }
         if let Command::ExpireAdjustments(e) = c {
             let mut n = 0;
             for id in &e.ids {
@@ -129,7 +137,10 @@ impl Model {
                         .get(&id.seq())
                         .is_some_and(|a| a.status == AdjustmentStatus::Pending && a.expires_at <= at);
                 if due {
-                    self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Expired;
+                    let a = self.adjustments.get_mut(&id.seq()).unwrap();
+                    a.status = AdjustmentStatus::Expired;
+                    let (sku, wh) = (a.sku.clone(), a.warehouse.clone());
+                    self.touch(&sku, &wh, at, |_| {});
                     n += 1;
                 }
             }
@@ -150,7 +161,7 @@ impl Model {
         };
         let result = match c {
             Command::Evict(_) => unreachable!("the model keeps everything in one place"),
-            Command::ExpireAdjustments(_) => unreachable!("applied above"),
+            Command::ExpireAdjustments(_) | Command::Repair(_) => unreachable!("applied above"),
             Command::Freeze(f) => {
                 let rows: Vec<(String, String)> = self
                     .rows
@@ -180,6 +191,7 @@ impl Model {
                     rej(Rejection::SkuNotFound)
                 } else {
                     let seq = self.adjustments.len() as u64 + 1;
+                    self.touch(&p.sku_id, &p.warehouse_id, at, |_| {});
                     self.adjustments.insert(
                         seq,
                         ModelAdjustment {
@@ -202,7 +214,8 @@ impl Model {
                     Some(a) if a.status != AdjustmentStatus::Pending => {
                         rej(Rejection::AdjustmentNotPending { status: a.status })
                     }
-                    Some(_) if at >= self.adjustments[&id.seq()].expires_at => {
+                    Some(a) if at >= a.expires_at => {
+                        self.touch(&a.sku, &a.warehouse, at, |_| {});
                         self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Expired;
                         (Rejected(Rejection::AdjustmentNotPending { status: AdjustmentStatus::Expired }), true)
                     }
@@ -224,7 +237,8 @@ impl Model {
                             (AdjustmentDecided { id, status: AdjustmentStatus::Applied }, true)
                         }
                     }
-                    Some(_) => {
+                    Some(a) => {
+                        self.touch(&a.sku, &a.warehouse, at, |_| {});
                         self.adjustments.get_mut(&id.seq()).unwrap().status = AdjustmentStatus::Rejected;
                         (AdjustmentDecided { id, status: AdjustmentStatus::Rejected }, true)
                     }
@@ -492,6 +506,7 @@ fn operator_outcome(outcome: &Outcome) -> Option<&'static str> {
         Outcome::AdjustmentsExpired { count } if *count > 0 => "expired",
         Outcome::TransferDispatched { .. } => "dispatched",
         Outcome::TransferFinished { status, .. } => status.as_str(),
+        Outcome::Repaired { rows } if *rows > 0 => "repaired",
         Outcome::Rejected(r) => r.code(),
         _ => return None,
     })
@@ -552,7 +567,12 @@ fn random_command(rng: &mut Rng, shard: &Shard, model: &Model, at: Millis) -> Co
             TransferId::new(shard.index(), 1 + rng.below(known))
         }
     };
-    match rng.below(27) {
+    match rng.below(28) {
+        27 => Command::Repair(Repair {
+            sku_id: if rng.below(5) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
+            warehouse_id: rng.pick(WAREHOUSES).into(),
+            detail: "postgres had available=0".into(),
+        }),
         20 => Command::Freeze(Freeze {
             sku_id: if rng.below(20) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
             warehouse_id: (rng.below(2) == 0).then(|| rng.pick(WAREHOUSES).to_string()),
@@ -830,6 +850,7 @@ fn simulate_random_command_streams() {
         "CANCELLED",
         "TRANSFER_NOT_IN_TRANSIT",
         "SAME_WAREHOUSE",
+        "repaired",
     ] {
         assert!(stats.operator.contains_key(name), "never reached {name}: {:?}", stats.operator);
     }

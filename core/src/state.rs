@@ -171,6 +171,9 @@ pub enum TxnKind {
     /// 14: a cancelled transfer no longer comes to this row
     /// (`in_transit -= qty`).
     TransferCancelled,
+    /// 15: reconciliation repaired a copy of this row (no counter changes;
+    /// `detail` says what the copy held).
+    Repair,
 }
 
 impl TxnKind {
@@ -191,6 +194,7 @@ impl TxnKind {
             TxnKind::TransferIn => "TRANSFER_IN",
             TxnKind::TransferReturned => "TRANSFER_RETURNED",
             TxnKind::TransferCancelled => "TRANSFER_CANCELLED",
+            TxnKind::Repair => "REPAIR",
         }
     }
 

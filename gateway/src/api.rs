@@ -576,9 +576,10 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
             serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units }))
         }
         Outcome::Rejected(rejection) => return Err(rejection_error(rejection)),
-        Outcome::Expired { .. } | Outcome::Evicted { .. } | Outcome::AdjustmentsExpired { .. } => {
-            unreachable!("expiry and eviction are internal")
-        }
+        Outcome::Expired { .. }
+        | Outcome::Evicted { .. }
+        | Outcome::AdjustmentsExpired { .. }
+        | Outcome::Repaired { .. } => unreachable!("expiry, eviction and repairs are internal"),
         Outcome::Frozen { .. }
         | Outcome::AdjustmentProposed { .. }
         | Outcome::AdjustmentDecided { .. }

@@ -121,6 +121,7 @@ fn event_type(kind: TxnKind) -> &'static str {
         TxnKind::TransferIn => "TRANSFER_ARRIVED",
         TxnKind::TransferReturned => "TRANSFER_RETURNED",
         TxnKind::TransferCancelled => "TRANSFER_CANCELLED",
+        TxnKind::Repair => "INVENTORY_REPAIRED",
     }
 }
 
@@ -243,7 +244,8 @@ impl Batch {
                             | Command::DecideAdjustment(_)
                             | Command::ExpireAdjustments(_)
                             | Command::DispatchTransfer(_)
-                            | Command::FinishTransfer(_) => unreachable!("only a reserve makes a hold"),
+                            | Command::FinishTransfer(_)
+                            | Command::Repair(_) => unreachable!("only a reserve makes a hold"),
                         };
                         b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
                         b.new_holds.push(NewHold {
@@ -303,6 +305,8 @@ impl Batch {
                 self.finish_transfer(entry, t, "ARRIVED");
             }
             TxnKind::TransferReturned => self.finish_transfer(entry, t, "CANCELLED"),
+            // The row itself is all a repair writes.
+            TxnKind::Repair => {}
             TxnKind::TransferOut => {
                 let (created_by, expected_at) = match &entry.command {
                     Command::DispatchTransfer(c) => (c.operator.clone(), c.expected_in_ms.map(|ms| entry.at + ms)),

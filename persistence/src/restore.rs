@@ -8,6 +8,9 @@
 //! is lost is what the writer had not applied at the moment of loss: the
 //! recovery point equals the writer's lag then.
 //!
+//! Operator state comes back too: frozen rows, adjustments and transfers,
+//! each row's breakdown rebuilt from them.
+//!
 //! Not restored: idempotency records (PostgreSQL does not keep them). After
 //! a restore a retried write is evaluated afresh; one hold per order line
 //! still holds, and confirm and release are idempotent by state.
@@ -16,7 +19,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use inventory_core::{
-    shard_for_sku, HoldImage, Millis, ReservationId, ReservationStatus, RowImage, Shard, ShardConfig, ShardImage,
+    shard_for_sku, Adjustment, AdjustmentId, AdjustmentStatus, HoldImage, Levels, Millis, ReservationId,
+    ReservationStatus, RowImage, RowOps, Shard, ShardConfig, ShardImage, Transfer, TransferId, TransferStatus,
     ROW_UNITS_MAX,
 };
 use inventory_journal::{snapshot, Backend, Store};
@@ -100,6 +104,7 @@ pub async fn restore(
     let mut where_: BTreeMap<(String, String), u32> = BTreeMap::new();
     load_rows(&client, count, &mut images, &mut where_, &mut report).await?;
     load_holds(&client, &mut images, &where_, &mut report).await?;
+    load_operator_state(&client, &mut images, &where_).await?;
 
     std::fs::create_dir_all(data_dir).map_err(|e| PersistenceError::Restore(e.to_string()))?;
     let snapshots = data_dir.join("snapshots");
@@ -208,6 +213,150 @@ async fn load_holds(
     }
     for image in images.iter_mut() {
         image.holds.sort_by_key(|h| h.seq);
+    }
+    Ok(())
+}
+
+fn levels(v: Option<Vec<i64>>) -> Levels {
+    match v.as_deref() {
+        Some([available, reserved, sold]) => {
+            Levels { available: *available as u64, reserved: *reserved as u64, sold: *sold as u64 }
+        }
+        _ => Levels::default(),
+    }
+}
+
+fn restore_error(message: String) -> PersistenceError {
+    PersistenceError::Restore(message)
+}
+
+/// Frozen rows, adjustments and transfers, and each row's breakdown rebuilt
+/// from them (the rows' counters already include their effect).
+async fn load_operator_state(
+    client: &Client,
+    images: &mut [ShardImage],
+    where_: &BTreeMap<(String, String), u32>,
+) -> Result<(), PersistenceError> {
+    let mut ops: Vec<BTreeMap<u32, RowOps>> = vec![BTreeMap::new(); images.len()];
+    let position = |sku: &str, warehouse: &str, what: &str| {
+        where_
+            .get(&(sku.to_string(), warehouse.to_string()))
+            .copied()
+            .ok_or_else(|| restore_error(format!("{what} names {sku}/{warehouse}, which has no inventory row")))
+    };
+    let shards = images.len() as u16;
+    let shard_of = |sku: &str| shard_for_sku(sku, shards) as usize;
+    for r in client.query("SELECT sku_id, warehouse_id FROM inventory WHERE frozen", &[]).await? {
+        let (sku, warehouse): (String, String) = (r.get(0), r.get(1));
+        let row = position(&sku, &warehouse, "a frozen row")?;
+        ops[shard_of(&sku)].entry(row).or_default().frozen = true;
+    }
+    let adjustments = client
+        .query(
+            "SELECT adjustment_id, sku_id, warehouse_id, delta, reason, status, proposed_by, proposed_at, expires_at,
+                    proposed_levels, decided_by, decided_at, decision_reason, before_levels, after_levels
+               FROM inventory_adjustment",
+            &[],
+        )
+        .await?;
+    for r in adjustments {
+        let id: String = r.get(0);
+        let id: AdjustmentId = id.parse().map_err(|_| restore_error(format!("bad adjustment id {id:?}")))?;
+        let (sku, warehouse): (String, String) = (r.get(1), r.get(2));
+        let row = position(&sku, &warehouse, &format!("adjustment {id}"))?;
+        let status = match r.get::<_, &str>(5) {
+            "PENDING" => AdjustmentStatus::Pending,
+            "APPLIED" => AdjustmentStatus::Applied,
+            "REJECTED" => AdjustmentStatus::Rejected,
+            "EXPIRED" => AdjustmentStatus::Expired,
+            other => return Err(restore_error(format!("adjustment {id}: unknown status {other:?}"))),
+        };
+        let delta: i64 = r.get(3);
+        let shard = id.shard() as usize;
+        if shard != shard_of(&sku) {
+            return Err(restore_error(format!("adjustment {id} is not on the shard of {sku}")));
+        }
+        if status == AdjustmentStatus::Applied {
+            ops[shard].entry(row).or_default().adjusted += delta;
+        }
+        let image = &mut images[shard];
+        image.ops.next_adjustment_seq = image.ops.next_adjustment_seq.max(id.seq() + 1);
+        image.ops.adjustments.push(Adjustment {
+            seq: id.seq(),
+            row,
+            delta,
+            reason: r.get(4),
+            proposed_by: r.get(6),
+            proposed_at: ms(r.get(7)),
+            expires_at: ms(r.get(8)),
+            proposed_levels: levels(r.get(9)),
+            status,
+            decided_by: r.get(10),
+            decided_at: r.get::<_, Option<std::time::SystemTime>>(11).map_or(0, ms),
+            decision_reason: r.get(12),
+            before: levels(r.get(13)),
+            after: levels(r.get(14)),
+        });
+    }
+    let transfers = client
+        .query(
+            "SELECT transfer_id, sku_id, from_warehouse_id, to_warehouse_id, qty, reason, status, created_by,
+                    created_at, expected_at, finished_by, finished_at, finish_reason
+               FROM inventory_transfer",
+            &[],
+        )
+        .await?;
+    for r in transfers {
+        let id: String = r.get(0);
+        let id: TransferId = id.parse().map_err(|_| restore_error(format!("bad transfer id {id:?}")))?;
+        let sku: String = r.get(1);
+        let from = position(&sku, r.get(2), &format!("transfer {id}"))?;
+        let to = position(&sku, r.get(3), &format!("transfer {id}"))?;
+        let qty = r.get::<_, i64>(4) as u64;
+        let status = match r.get::<_, &str>(6) {
+            "IN_TRANSIT" => TransferStatus::InTransit,
+            "ARRIVED" => TransferStatus::Arrived,
+            "CANCELLED" => TransferStatus::Cancelled,
+            other => return Err(restore_error(format!("transfer {id}: unknown status {other:?}"))),
+        };
+        let shard = id.shard() as usize;
+        if shard != shard_of(&sku) {
+            return Err(restore_error(format!("transfer {id} is not on the shard of {sku}")));
+        }
+        match status {
+            TransferStatus::InTransit => {
+                ops[shard].entry(from).or_default().transferred_out += qty;
+                ops[shard].entry(to).or_default().in_transit += qty;
+            }
+            TransferStatus::Arrived => {
+                ops[shard].entry(from).or_default().transferred_out += qty;
+                ops[shard].entry(to).or_default().transferred_in += qty;
+            }
+            TransferStatus::Cancelled => {}
+        }
+        let image = &mut images[shard];
+        image.ops.next_transfer_seq = image.ops.next_transfer_seq.max(id.seq() + 1);
+        image.ops.transfers.push(Transfer {
+            seq: id.seq(),
+            from_row: from,
+            to_row: to,
+            qty,
+            reason: r.get(5),
+            created_by: r.get(7),
+            created_at: ms(r.get(8)),
+            expected_at: r.get::<_, Option<std::time::SystemTime>>(9).map(ms),
+            status,
+            finished_by: r.get(10),
+            finished_at: r.get::<_, Option<std::time::SystemTime>>(11).map_or(0, ms),
+            finish_reason: r.get(12),
+        });
+    }
+    for (image, rows) in images.iter_mut().zip(ops) {
+        image.ops.rows = rows.into_iter().filter(|(_, o)| !o.is_empty()).collect();
+        image.ops.adjustments.sort_by_key(|a| a.seq);
+        image.ops.transfers.sort_by_key(|t| t.seq);
+        image.ops.next_adjustment_seq = image.ops.next_adjustment_seq.max(1);
+        image.ops.next_transfer_seq = image.ops.next_transfer_seq.max(1);
     }
     Ok(())
 }

@@ -43,8 +43,16 @@ async fn workload(c: &Client, tag: &str) -> Vec<String> {
     skus
 }
 
+/// `(available, reserved, sold)` per SKU, summed over its warehouses.
 async fn pg_inventory(schema: &TestSchema) -> BTreeMap<String, (i64, i64, i64)> {
-    let rows = schema.client.query("SELECT sku_id, available, reserved, sold FROM inventory", &[]).await.unwrap();
+    let rows = schema
+        .client
+        .query(
+            "SELECT sku_id, sum(available)::bigint, sum(reserved)::bigint, sum(sold)::bigint FROM inventory GROUP BY sku_id",
+            &[],
+        )
+        .await
+        .unwrap();
     rows.into_iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3)))).collect()
 }
 
@@ -336,7 +344,41 @@ async fn restore_from_postgres_then_serve() {
     let c = server.client.clone();
     let skus = workload(&c, "rs").await;
     let held = c.reserve("rs-open", &skus[0], 1, "rs-open-k").await.body["reservationId"].as_str().unwrap().to_string();
+    // Operator state: a frozen row, an applied and a pending adjustment, a
+    // transfer arrived and one in transit.
+    let post = |who: &'static str, path: String, body: serde_json::Value| {
+        let c = c.clone();
+        async move {
+            let r = c.post_as(who, &path, body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            r.body
+        }
+    };
+    post("ann", format!("/api/admin/skus/{}/freeze", skus[2]), json!({"reason": "r", "idemKey": "rs-f"})).await;
+    let adjust = json!({"skuId": skus[3], "delta": -3, "reason": "r", "idemKey": "rs-p1"});
+    let applied =
+        post("ann", "/api/admin/adjustments".into(), adjust).await["adjustmentId"].as_str().unwrap().to_string();
+    post("bob", format!("/api/admin/adjustments/{applied}/approve"), json!({"idemKey": "rs-a1"})).await;
+    let adjust = json!({"skuId": skus[3], "delta": 2, "reason": "r", "idemKey": "rs-p2"});
+    let pending =
+        post("ann", "/api/admin/adjustments".into(), adjust).await["adjustmentId"].as_str().unwrap().to_string();
+    let move_ = |key: &str| json!({"skuId": skus[4], "fromWarehouseId": "default", "toWarehouseId": "east", "qty": 2, "reason": "r", "idemKey": key});
+    let arrived =
+        post("ann", "/api/admin/transfers".into(), move_("rs-t1")).await["transferId"].as_str().unwrap().to_string();
+    post("bob", format!("/api/admin/transfers/{arrived}/arrive"), json!({"idemKey": "rs-t2"})).await;
+    let moving =
+        post("ann", "/api/admin/transfers".into(), move_("rs-t3")).await["transferId"].as_str().unwrap().to_string();
+    let operator_paths = [
+        format!("/api/admin/adjustments/{applied}"),
+        format!("/api/admin/adjustments/{pending}"),
+        format!("/api/admin/transfers/{arrived}"),
+        format!("/api/admin/transfers/{moving}"),
+    ];
     wait_caught_up(&c, Duration::from_secs(20)).await;
+    let mut operator_before = Vec::new();
+    for path in &operator_paths {
+        operator_before.push(c.get(path).await.body);
+    }
     let mut before = Vec::new();
     for sku in &skus {
         before.push(c.get(&format!("/api/inventory/{sku}")).await.text);
@@ -352,7 +394,7 @@ async fn restore_from_postgres_then_serve() {
     let out = restore(fresh.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("restored 6 rows and 25 holds"),
+        String::from_utf8_lossy(&out.stdout).contains("restored 7 rows and 25 holds"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -375,6 +417,19 @@ async fn restore_from_postgres_then_serve() {
         assert_eq!(&c.get(&format!("/api/inventory/{sku}")).await.text, text, "{sku}");
     }
     assert_eq!(c.get(&format!("/api/reservations/{held}")).await.text, hold_before);
+    for (path, was) in operator_paths.iter().zip(&operator_before) {
+        let mut now = c.get(path).await.body;
+        // Judged at the time of asking.
+        if let (Some(now), Some(was)) = (now.get_mut("overdue"), was.get("overdue")) {
+            *now = was.clone();
+        }
+        assert_eq!(&now, was, "{path}");
+    }
+    assert_eq!(c.reserve("rs-frozen", &skus[2], 1, "rs-frozen-k").await.code(), "SKU_FROZEN");
+    let r = c.post_as("bob", &format!("/api/admin/adjustments/{pending}/approve"), json!({"idemKey": "rs-a2"})).await;
+    assert_eq!(r.body["status"], "APPLIED", "{}", r.text);
+    let r = c.post_as("bob", &format!("/api/admin/transfers/{moving}/arrive"), json!({"idemKey": "rs-t4"})).await;
+    assert_eq!(r.body["status"], "ARRIVED", "{}", r.text);
     // It serves: the open hold confirms, new holds get new ids, and the
     // writer continues from its checkpoint without re-applying anything.
     assert_eq!(c.confirm(&held, "pay-after", "rs-after-c").await.status, StatusCode::OK);
@@ -388,5 +443,133 @@ async fn restore_from_postgres_then_serve() {
     let again = restore(fresh.path());
     assert!(!again.status.success());
     server.stop().await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_land_in_postgres_and_the_audit_log() {
+    let Some(schema) = TestSchema::create("operator").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { data_dir: Some(dir.path().to_path_buf()), ..pg_options(&schema, url_for(PG_ADDR)) };
+    let server = TestServer::start_with(options).await;
+    let c = &server.client;
+    c.receive("op-1", 10).await;
+    let ok = |r: crate::support::Reply| {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body
+    };
+    ok(c.post_as("ann", "/api/admin/skus/op-1/freeze", json!({"reason": "oversell page", "idemKey": "f1"})).await);
+    let body = json!({"skuId": "op-1", "delta": -2, "reason": "damaged", "idemKey": "p1"});
+    let adj = ok(c.post_as("ann", "/api/admin/adjustments", body).await)["adjustmentId"].as_str().unwrap().to_string();
+    ok(c.post_as("bob", &format!("/api/admin/adjustments/{adj}/approve"), json!({"idemKey": "a1"})).await);
+    let body = json!({"skuId": "op-1", "fromWarehouseId": "default", "toWarehouseId": "east", "qty": 3,
+                      "reason": "rebalance", "idemKey": "t1"});
+    let trf = ok(c.post_as("ann", "/api/admin/transfers", body).await)["transferId"].as_str().unwrap().to_string();
+    wait_caught_up(c, Duration::from_secs(20)).await;
+
+    // The rows, the records, the history and the events.
+    let row = |wh: &'static str| {
+        let client = &schema.client;
+        async move {
+            client
+                .query_one(
+                    "SELECT available, frozen, in_transit FROM inventory WHERE sku_id = 'op-1' AND warehouse_id = $1",
+                    &[&wh],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let d = row("default").await;
+    assert_eq!((d.get::<_, i64>(0), d.get::<_, bool>(1), d.get::<_, i64>(2)), (5, true, 0));
+    let e = row("east").await;
+    assert_eq!((e.get::<_, i64>(0), e.get::<_, bool>(1), e.get::<_, i64>(2)), (0, false, 3));
+    let a = schema
+        .client
+        .query_one("SELECT status, delta, proposed_by, decided_by, after_levels FROM inventory_adjustment WHERE adjustment_id = $1", &[&adj])
+        .await
+        .unwrap();
+    assert_eq!((a.get::<_, String>(0), a.get::<_, i64>(1)), ("APPLIED".to_string(), -2));
+    assert_eq!((a.get::<_, String>(2), a.get::<_, String>(3)), ("ann".to_string(), "bob".to_string()));
+    assert_eq!(a.get::<_, Vec<i64>>(4), vec![8, 0, 0]);
+    let t = schema
+        .client
+        .query_one("SELECT status, from_warehouse_id, to_warehouse_id, qty, created_by FROM inventory_transfer WHERE transfer_id = $1", &[&trf])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            t.get::<_, String>(0),
+            t.get::<_, String>(1),
+            t.get::<_, String>(2),
+            t.get::<_, i64>(3),
+            t.get::<_, String>(4)
+        ),
+        ("IN_TRANSIT".into(), "default".into(), "east".into(), 3, "ann".into())
+    );
+    let kinds: Vec<String> = schema
+        .client
+        .query("SELECT type FROM inventory_txn WHERE sku_id = 'op-1' ORDER BY txn_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds, ["RECEIVE", "FREEZE", "ADJUST_PROPOSED", "ADJUST", "TRANSFER_OUT", "TRANSFER_INCOMING"]);
+    let adjusted = schema.count("SELECT count(*) FROM outbox WHERE event_type = 'INVENTORY_ADJUSTED'").await;
+    assert_eq!(adjusted, 1);
+    // The transfer arrives; the repair of a corrupted row is journaled too.
+    ok(c.post_as("bob", &format!("/api/admin/transfers/{trf}/arrive"), json!({"idemKey": "t2"})).await);
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    let e = row("east").await;
+    assert_eq!((e.get::<_, i64>(0), e.get::<_, i64>(2)), (3, 0));
+    schema
+        .client
+        .execute("UPDATE inventory SET available = 99 WHERE sku_id = 'op-1' AND warehouse_id = 'default'", &[])
+        .await
+        .unwrap();
+    let r = c.post_as("carl", "/api/admin/reconcile", json!({"repair": true})).await;
+    assert_eq!(r.body["repaired"], 1, "{}", r.text);
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    let history = reconcile(c, false).await;
+    assert_eq!(
+        (history["mismatched"].as_u64(), history["postgres"]["historyBroken"].as_u64()),
+        (Some(0), Some(0)),
+        "{history}"
+    );
+    let repairs = schema.count("SELECT count(*) FROM inventory_txn WHERE type = 'REPAIR' AND operator = 'carl'").await;
+    assert_eq!(repairs, 1);
+    server.stop().await;
+
+    // Every operator action is in the audit log, with its operators, and
+    // the chain verifies.
+    let data_dir = dir.path().to_str().unwrap();
+    let out = inventoryctl(["audit", "verify", "--data-dir", data_dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = inventoryctl(["audit", "list", "--data-dir", data_dir, "--sku", "op-1", "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "RECEIVE",
+            "FREEZE",
+            "ADJUSTMENT_PROPOSED",
+            "ADJUSTMENT_APPLIED",
+            "TRANSFER_DISPATCHED",
+            "TRANSFER_ARRIVED",
+            "RECONCILE_REPAIR"
+        ]
+    );
+    let applied = &entries[3];
+    assert_eq!((applied["operator"].as_str(), applied["proposedBy"].as_str()), (Some("bob"), Some("ann")));
+    assert_eq!((applied["delta"].as_i64(), applied["reason"].as_str()), (Some(-2), Some("damaged")));
+    assert_eq!((applied["before"]["available"].as_u64(), applied["after"]["available"].as_u64()), (Some(10), Some(8)));
+    assert_eq!(entries[4]["toWarehouseId"], "east");
+    assert!(entries[6]["reason"].as_str().unwrap().contains("postgres had available=99"), "{}", entries[6]);
+    let table = inventoryctl(["audit", "list", "--data-dir", data_dir, "--sku", "op-1"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("7 entries"), "{}", String::from_utf8_lossy(&table.stdout));
     schema.drop().await;
 }

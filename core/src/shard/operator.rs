@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use super::{Outcome, Rejection, RowChange, Shard, Undo};
 use crate::command::{
-    DecideAdjustment, DispatchTransfer, ExpireAdjustments, FinishTransfer, Freeze, ProposeAdjustment,
+    DecideAdjustment, DispatchTransfer, ExpireAdjustments, FinishTransfer, Freeze, ProposeAdjustment, Repair,
 };
 use crate::ids::Millis;
 use crate::ops::{
@@ -131,8 +131,9 @@ impl Shard {
     }
 
     /// The txn of an operator action on a row: `change` applied to its
-    /// counters (none, to only bump its version), or `None` for an action
-    /// that leaves the row as it is (a proposal, a rejection).
+    /// counters (nothing, for an action that leaves them as they are, such
+    /// as a proposal). Every action is a version of its row, so that a
+    /// row's history is one unbroken chain of versions.
     #[allow(clippy::too_many_arguments)]
     fn operator_txn(
         &mut self,
@@ -141,23 +142,17 @@ impl Shard {
         row: u32,
         qty: u64,
         ref_id: String,
-        other_warehouse: String,
+        other_end: String,
         reason: &str,
-        change: Option<&dyn Fn(&mut crate::table::Row)>,
+        change: &dyn Fn(&mut crate::table::Row),
     ) -> Txn {
-        let (before, after) = match change {
-            Some(change) => self.change_row(row, at, change),
-            None => {
-                let after = self.table.row(row).stock_row();
-                (after.levels, after)
-            }
-        };
+        let (before, after) = self.change_row(row, at, change);
         self.txn(RowChange {
             kind,
             row,
             qty,
             ref_id,
-            order_id: other_warehouse,
+            order_id: other_end,
             detail: reason.to_string(),
             before,
             after,
@@ -189,7 +184,7 @@ impl Shard {
                 continue;
             }
             self.change_ops(row, |o| o.frozen = c.frozen);
-            let txn = self.operator_txn(at, kind, row, 0, c.idem_key.clone(), String::new(), &c.reason, Some(&|_| {}));
+            let txn = self.operator_txn(at, kind, row, 0, c.idem_key.clone(), String::new(), &c.reason, &|_| {});
             txns.push(txn);
             changed += 1;
         }
@@ -232,7 +227,7 @@ impl Shard {
         });
         let kind = TxnKind::AdjustProposed;
         let proposer = c.operator.clone();
-        txns.push(self.operator_txn(at, kind, row, c.delta as u64, id.to_string(), proposer, &c.reason, None));
+        txns.push(self.operator_txn(at, kind, row, c.delta as u64, id.to_string(), proposer, &c.reason, &|_| {}));
         (Outcome::AdjustmentProposed { id }, true)
     }
 
@@ -290,7 +285,7 @@ impl Shard {
             id.to_string(),
             adjustment.proposed_by.clone(),
             &reason,
-            c.approve.then_some(&change as &dyn Fn(&mut crate::table::Row)),
+            if c.approve { &change } else { &|_| {} },
         );
         if c.approve {
             self.change_ops(row, |o| o.adjusted += delta);
@@ -312,7 +307,7 @@ impl Shard {
         let (row, delta) = (adjustment.row, adjustment.delta);
         let (reason, proposer) = (adjustment.reason.clone(), adjustment.proposed_by.clone());
         let kind = TxnKind::AdjustExpired;
-        txns.push(self.operator_txn(at, kind, row, delta as u64, id.to_string(), proposer, &reason, None));
+        txns.push(self.operator_txn(at, kind, row, delta as u64, id.to_string(), proposer, &reason, &|_| {}));
         adjustment.status = AdjustmentStatus::Expired;
         adjustment.decided_at = at;
         self.put_adjustment(adjustment);
@@ -381,12 +376,12 @@ impl Shard {
             id.to_string(),
             to_warehouse,
             &c.reason,
-            Some(&|r| r.on_hand -= qty),
+            &|r: &mut crate::table::Row| r.on_hand -= qty,
         );
         txns.push(txn);
         self.change_ops(from, |o| o.transferred_out += c.qty);
         let from_warehouse = c.from_warehouse_id.clone();
-        let txn = self.operator_txn(at, incoming, to, c.qty, id.to_string(), from_warehouse, &c.reason, Some(&|_| {}));
+        let txn = self.operator_txn(at, incoming, to, c.qty, id.to_string(), from_warehouse, &c.reason, &|_| {});
         txns.push(txn);
         self.change_ops(to, |o| o.in_transit += c.qty);
         self.put_transfer(Transfer {
@@ -429,7 +424,7 @@ impl Shard {
         let add = |r: &mut crate::table::Row| r.on_hand += qty;
         let status = if c.arrive {
             let kind = TxnKind::TransferIn;
-            txns.push(self.operator_txn(at, kind, to, units, id.to_string(), from_warehouse, &c.reason, Some(&add)));
+            txns.push(self.operator_txn(at, kind, to, units, id.to_string(), from_warehouse, &c.reason, &add));
             self.change_ops(to, |o| {
                 o.in_transit -= units;
                 o.transferred_in += units;
@@ -437,11 +432,11 @@ impl Shard {
             TransferStatus::Arrived
         } else {
             let kind = TxnKind::TransferReturned;
-            let back = self.operator_txn(at, kind, from, units, id.to_string(), to_warehouse, &c.reason, Some(&add));
+            let back = self.operator_txn(at, kind, from, units, id.to_string(), to_warehouse, &c.reason, &add);
             txns.push(back);
             self.change_ops(from, |o| o.transferred_out -= units);
             let kind = TxnKind::TransferCancelled;
-            let gone = self.operator_txn(at, kind, to, units, id.to_string(), from_warehouse, &c.reason, Some(&|_| {}));
+            let gone = self.operator_txn(at, kind, to, units, id.to_string(), from_warehouse, &c.reason, &|_| {});
             txns.push(gone);
             self.change_ops(to, |o| o.in_transit -= units);
             TransferStatus::Cancelled
@@ -452,6 +447,15 @@ impl Shard {
         transfer.finish_reason = c.reason.clone();
         self.put_transfer(transfer);
         (Outcome::TransferFinished { id, status }, true)
+    }
+
+    /// Records a repair of a copy of a row as a version of the row.
+    pub(super) fn repair(&mut self, at: Millis, c: &Repair, txns: &mut Vec<Txn>) -> u32 {
+        let Some(row) = self.find(&c.sku_id, &c.warehouse_id) else {
+            return 0;
+        };
+        txns.push(self.operator_txn(at, TxnKind::Repair, row, 0, String::new(), String::new(), &c.detail, &|_| {}));
+        1
     }
 
     // ----- queries and the timer -----------------------------------------

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use inventory_core::{Shard, ShardConfig, StockRow};
+use inventory_core::{Command, Repair, Shard, ShardConfig, StockRow};
 use inventory_journal::replay_upto;
 use inventory_persistence::reconcile::{self, History, PgRow};
 use inventory_persistence::{connect, Progress, WriterConfig};
 use inventory_runtime::metrics::{Metrics, ShardLabels};
-use inventory_runtime::Request;
+use inventory_runtime::{Meta, Request, WriteReply};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::extract::{BodyBytes, SmallBody};
+use super::extract::{BodyBytes, Ctx, SmallBody};
 use super::{json, ready, stopping, App};
 use crate::api::{self, ApiError};
 
@@ -128,7 +128,11 @@ fn pg_json(row: &PgRow) -> serde_json::Value {
 /// and, when configured, with PostgreSQL's row and transaction history. In
 /// repair mode a wrong PostgreSQL row is set to the core's value and the
 /// repair recorded in `reconcile_audit` with reason `AUTO_RECONCILE`.
-pub async fn reconcile(State(app): State<Arc<App>>, BodyBytes(body): SmallBody) -> Result<Response, ApiError> {
+pub async fn reconcile(
+    State(app): State<Arc<App>>,
+    ctx: Ctx,
+    BodyBytes(body): SmallBody,
+) -> Result<Response, ApiError> {
     ready(&app)?;
     let app = &*app;
     let request: ReconcileBody =
@@ -171,9 +175,40 @@ pub async fn reconcile(State(app): State<Arc<App>>, BodyBytes(body): SmallBody) 
         seqs.push(seq);
     }
     if let Some(config) = &app.postgres {
-        report.postgres = Some(reconcile_postgres(app, config, &core, &seqs, request.repair, &mut report).await?);
+        let meta = ctx.meta();
+        report.postgres = Some(reconcile_postgres(app, config, &core, &seqs, request.repair, meta, &mut report).await?);
     }
     Ok(json(StatusCode::OK, serde_json::to_vec(&report).expect("json")))
+}
+
+/// Journals a repair of PostgreSQL's copy of a row: a version of the row
+/// in its history, in PostgreSQL's `inventory_txn` and the outbox, and in
+/// the audit log, with what PostgreSQL held.
+async fn record_repair(
+    app: &App,
+    shard: u16,
+    key: &(String, String),
+    had: Option<PgRow>,
+    meta: Meta,
+) -> Result<(), ApiError> {
+    let detail = match had {
+        Some(h) => format!(
+            "{REPAIR_REASON}: postgres had available={} reserved={} sold={} version={}",
+            h.levels.available, h.levels.reserved, h.levels.sold, h.version
+        ),
+        None => format!("{REPAIR_REASON}: postgres had no row"),
+    };
+    let command = Command::Repair(Repair { sku_id: key.0.clone(), warehouse_id: key.1.clone(), detail });
+    let (reply, answer) = oneshot::channel();
+    app.runtime.router.send(shard, Request::Write { command, meta, reply }).map_err(|e| app.send_error(e))?;
+    match answer.await {
+        Ok(WriteReply::Applied(_)) => Ok(()),
+        Ok(_) => Err(ApiError::unavailable(
+            "JOURNAL_UNAVAILABLE",
+            "the repair was made but could not be journaled; reconcile again to record it",
+        )),
+        Err(_) => Err(stopping()),
+    }
 }
 
 fn push_detail(report: &mut Report, detail: serde_json::Value) {
@@ -188,6 +223,7 @@ async fn reconcile_postgres(
     core: &BTreeMap<(String, String), (u16, StockRow)>,
     seqs: &[u64],
     repair: bool,
+    meta: Meta,
     report: &mut Report,
 ) -> Result<PgReport, ApiError> {
     let pg_error =
@@ -210,7 +246,7 @@ async fn reconcile_postgres(
     let history = reconcile::txn_history(&client).await.map_err(pg_error)?;
     let mut pg = PgReport::default();
     let now = app.runtime.clock.now_ms();
-    for (key, (_, row)) in core {
+    for (key, (shard, row)) in core {
         pg.compared += 1;
         let want = PgRow { levels: row.levels, version: row.version };
         let have = rows.get(key).copied();
@@ -226,6 +262,7 @@ async fn reconcile_postgres(
                 let mut action = "reported";
                 if repair {
                     reconcile::repair_row(&mut client, key, have, want, now, REPAIR_REASON).await.map_err(pg_error)?;
+                    record_repair(app, *shard, key, have, meta.clone()).await?;
                     pg.repaired += 1;
                     report.repaired += 1;
                     action = "postgres row set to the core's value";

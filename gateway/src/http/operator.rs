@@ -274,8 +274,12 @@ pub async fn adjustments(State(app): State<Arc<App>>, uri: Uri) -> Result<Respon
         }
     }
     views.sort_by_key(|v| (v.adjustment.proposed_at, v.id));
-    let list: Vec<api::AdjustmentJson> = views.into_iter().map(Into::into).collect();
-    Ok(json(StatusCode::OK, serde_json::to_vec(&serde_json::json!({ "adjustments": list })).expect("json")))
+    #[derive(serde::Serialize)]
+    struct List {
+        adjustments: Vec<api::AdjustmentJson>,
+    }
+    let list = List { adjustments: views.into_iter().map(Into::into).collect() };
+    Ok(json(StatusCode::OK, serde_json::to_vec(&list).expect("json")))
 }
 
 // ----- transfers ------------------------------------------------------------------
@@ -393,6 +397,10 @@ pub async fn transfers(State(app): State<Arc<App>>, uri: Uri) -> Result<Response
         }
     }
     views.sort_by_key(|v| (v.transfer.created_at, v.id));
-    let list: Vec<api::TransferJson> = views.into_iter().map(|v| api::TransferJson::new(v, now)).collect();
-    Ok(json(StatusCode::OK, serde_json::to_vec(&serde_json::json!({ "transfers": list })).expect("json")))
+    #[derive(serde::Serialize)]
+    struct List {
+        transfers: Vec<api::TransferJson>,
+    }
+    let list = List { transfers: views.into_iter().map(|v| api::TransferJson::new(v, now)).collect() };
+    Ok(json(StatusCode::OK, serde_json::to_vec(&list).expect("json")))
 }

@@ -191,9 +191,10 @@ impl Request {
     }
 }
 
-/// A whole response: its status and body.
+/// A whole response: its status, headers and body.
 pub struct Response {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -227,6 +228,7 @@ impl Connection {
         let sent = builder.body(Full::new(request.body)).map_err(|e| e.to_string())?;
         let response = self.sender.send_request(sent).await.map_err(|e| with_causes(&e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let limit = request.body_limit;
         let body = Limited::new(response.into_body(), limit).collect().await.map_err(|e| {
             if e.is::<LengthLimitError>() {
@@ -235,7 +237,7 @@ impl Connection {
                 with_causes(e.as_ref())
             }
         })?;
-        Ok(Response { status, body: body.to_bytes() })
+        Ok(Response { status, headers, body: body.to_bytes() })
     }
 }
 

@@ -8,11 +8,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod adjust;
 mod audit;
 mod client;
 mod import;
 mod journal;
+mod operator;
 mod reconcile;
+mod sku;
+mod transfer;
 
 #[derive(Parser)]
 #[command(name = "inventoryctl", version, about = "Operator tools for the inventory reservation service")]
@@ -32,6 +36,14 @@ enum Top {
     Import(import::ImportArgs),
     /// Reconcile a running service's counters with its journal and PostgreSQL.
     Reconcile(reconcile::ReconcileArgs),
+    /// Freeze or unfreeze an SKU on a running service.
+    Sku(sku::SkuArgs),
+    /// Propose, approve, reject and list stock adjustments on a running
+    /// service (two-person approval).
+    Adjust(adjust::AdjustArgs),
+    /// Create, finish and list transfers between warehouses on a running
+    /// service.
+    Transfer(transfer::TransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +52,8 @@ fn main() -> ExitCode {
         Top::Journal(args) => journal::run(args),
         Top::Import(args) => import::run(args),
         Top::Reconcile(args) => reconcile::run(args),
+        Top::Sku(args) => sku::run(args),
+        Top::Adjust(args) => adjust::run(args),
+        Top::Transfer(args) => transfer::run(args),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+mod list;
 mod verify;
 
 #[derive(clap::Args)]
@@ -14,10 +15,14 @@ pub struct AuditArgs {
 enum AuditCommand {
     /// Check the hash chain; name every altered, removed or reordered entry.
     Verify(verify::VerifyArgs),
+    /// Print the trail (of one SKU with --sku): action, operator, reason,
+    /// counters before and after.
+    List(list::ListArgs),
 }
 
 pub fn run(args: AuditArgs) -> ExitCode {
     match args.command {
         AuditCommand::Verify(args) => verify::run(args),
+        AuditCommand::List(args) => list::run(args),
     }
 }

@@ -80,6 +80,7 @@ impl Filter {
                 | Command::DecideAdjustment(_)
                 | Command::ExpireAdjustments(_)
                 | Command::FinishTransfer(_) => false,
+                Command::Repair(c) => c.sku_id == *sku,
             };
             if !named && !entry.txns.iter().any(|t| t.sku_id == *sku) {
                 return false;
@@ -254,6 +255,7 @@ fn entry_details(entry: &Entry) -> String {
             format!("qty={}", c.qty),
             kv("transfer", first.map_or("", |t| t.ref_id.as_str())),
         ],
+        Command::Repair(c) => vec![kv("sku", &c.sku_id), kv("warehouse", &c.warehouse_id), kv("detail", &c.detail)],
         Command::FinishTransfer(c) => {
             let mut p = vec![format!("transfer={}", c.transfer_id)];
             p.push(if c.arrive { "arrived".to_string() } else { kv("cancel", &c.reason) });
@@ -341,6 +343,9 @@ fn command_json(command: &Command) -> Value {
             "type": command.name(), "skuId": c.sku_id, "fromWarehouseId": c.from_warehouse_id,
             "toWarehouseId": c.to_warehouse_id, "qty": c.qty, "reason": c.reason, "operator": c.operator,
             "expectedInMs": c.expected_in_ms, "idemKey": c.idem_key,
+        }),
+        Command::Repair(c) => json!({
+            "type": command.name(), "skuId": c.sku_id, "warehouseId": c.warehouse_id, "detail": c.detail,
         }),
         Command::FinishTransfer(c) => json!({
             "type": command.name(), "transferId": c.transfer_id.to_string(), "operator": c.operator,
