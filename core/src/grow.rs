@@ -129,6 +129,25 @@ impl<K: PartKey, V> PartMap<K, V> {
         self.parts.iter().flat_map(|part| part.values())
     }
 
+    /// Memory of the parts' tables: their slots, whether used or not.
+    pub fn table_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(K, V)>() + 1;
+        self.parts.iter().map(|p| p.capacity() * slot).sum()
+    }
+
+    /// Shrinks part `part` (modulo [`MAP_PARTS`]) if it uses less than a
+    /// quarter of its room, to twice what it holds: a table sized for a
+    /// peak follows its contents back down, one part (a 256th) at a time.
+    /// Returns whether it shrank. Changes nothing a lookup sees.
+    pub fn shrink_part(&mut self, part: usize) -> bool {
+        let map = &mut self.parts[part % MAP_PARTS];
+        if map.capacity() < 64 || map.len() >= map.capacity() / 4 {
+            return false;
+        }
+        map.shrink_to(map.len() * 2);
+        true
+    }
+
     /// The largest number of entries any part has room for: what one
     /// part's growth moves at most, next.
     #[cfg(test)]
@@ -262,6 +281,28 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(all, expected);
         assert_eq!(map.values().count(), all.len());
+    }
+
+    /// Tables sized for a peak come back down, a part at a time, and keep
+    /// every entry they still hold.
+    #[test]
+    fn parts_shrink_to_what_they_hold() {
+        let mut map: PartMap<u64, u64> = PartMap::default();
+        for seq in 0..200_000u64 {
+            map.insert(seq, seq);
+        }
+        let peak = map.table_bytes();
+        for seq in 0..190_000u64 {
+            map.remove(&seq);
+        }
+        assert_eq!(map.table_bytes(), peak, "removing frees no room by itself");
+        let shrunk = (0..MAP_PARTS).filter(|&part| map.shrink_part(part)).count();
+        assert_eq!(shrunk, MAP_PARTS);
+        assert!(map.table_bytes() * 6 < peak, "{} of {peak}", map.table_bytes());
+        assert!((190_000..200_000u64).all(|seq| map.get(&seq) == Some(&seq)));
+        assert_eq!(map.len(), 10_000);
+        // A part that is well used is left as it is.
+        assert!(!(0..MAP_PARTS).any(|part| map.shrink_part(part)));
     }
 
     /// The bug this guards: one growing map moved all of its entries at

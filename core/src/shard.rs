@@ -165,6 +165,9 @@ pub struct ShardStats {
     /// sequences, order ids, idempotency keys), and the filters' memory.
     pub cold_filter_keys: u64,
     pub cold_filter_bytes: usize,
+    /// Memory of the hash tables of holds, orders and idempotency records
+    /// (their slots, used or not).
+    pub table_bytes: usize,
 }
 
 /// One change to one stock row, as a [`Txn`] records it before the shard
@@ -1187,6 +1190,17 @@ impl Shard {
         purged
     }
 
+    /// Shrinks part `part` of the tables of holds, orders and idempotency
+    /// records where they use less than a quarter of their room, so that
+    /// memory sized for a peak follows the hot tier back down. One part is
+    /// a 256th of each table. Changes nothing a command or query sees.
+    pub fn shrink_tables(&mut self, part: usize) -> bool {
+        let holds = self.holds.shrink_part(part);
+        let orders = self.orders.shrink_part(part);
+        let idem = self.idem.shrink_part(part);
+        holds || orders || idem
+    }
+
     /// The filters of the idempotency keys this shard has moved to the
     /// cold tier.
     pub fn cold_keys(&self) -> &crate::SliceFilters {
@@ -1250,6 +1264,7 @@ impl Shard {
             idempotency_keys: self.idem.len(),
             cold_filter_keys: self.cold.keys.keys() + self.cold.holds.keys() + self.cold.orders.keys(),
             cold_filter_bytes: self.cold.keys.bytes() + self.cold.holds.bytes() + self.cold.orders.bytes(),
+            table_bytes: self.holds.table_bytes() + self.orders.table_bytes() + self.idem.table_bytes(),
         }
     }
 

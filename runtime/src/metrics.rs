@@ -108,6 +108,12 @@ pub struct Metrics {
     pub stock_rows: Family<ShardLabels, Gauge>,
     pub cold_filter_keys: Family<ShardLabels, Gauge>,
     pub cold_filter_bytes: Family<ShardLabels, Gauge>,
+    /// Memory of the hash tables of the hot tier (holds, orders, keys).
+    pub hot_table_bytes: Family<ShardLabels, Gauge>,
+    /// The cold store's memtables (active and sealed, not yet flushed).
+    pub cold_write_buffer_bytes: Family<ShardLabels, Gauge>,
+    /// The cold store's filter and index blocks held in memory.
+    pub cold_pinned_bytes: Family<ShardLabels, Gauge>,
     /// Transfers in transit past their expected arrival.
     pub transfers_overdue: Family<ShardLabels, Gauge>,
     /// Adjustments waiting for a second operator.
@@ -231,6 +237,24 @@ impl Metrics {
             "Memory of the filters of records moved to the cold tier",
             cold_filter_bytes.clone(),
         );
+        let hot_table_bytes = Family::default();
+        registry.register(
+            "hot_table_bytes",
+            "Memory of the hash tables of holds, orders and idempotency records in memory",
+            hot_table_bytes.clone(),
+        );
+        let cold_write_buffer_bytes = Family::default();
+        registry.register(
+            "cold_write_buffer_bytes",
+            "The cold store's memtables not yet flushed to disk",
+            cold_write_buffer_bytes.clone(),
+        );
+        let cold_pinned_bytes = Family::default();
+        registry.register(
+            "cold_pinned_bytes",
+            "The cold store's filter and index blocks held in memory",
+            cold_pinned_bytes.clone(),
+        );
         let transfers_overdue = Family::default();
         registry.register(
             "transfers_overdue",
@@ -247,6 +271,9 @@ impl Metrics {
         let persistence_lag_seconds = Family::default();
         let outbox_backlog = Gauge::default();
         Metrics {
+            hot_table_bytes,
+            cold_write_buffer_bytes,
+            cold_pinned_bytes,
             transfers_overdue,
             adjustments_pending,
             registry,

@@ -208,6 +208,11 @@ impl IdemIndex {
                 true
             });
             purged += before - stripe.len();
+            // Room sized for a peak follows the keys back down.
+            if stripe.capacity() >= 64 && stripe.len() < stripe.capacity() / 4 {
+                let len = stripe.len();
+                stripe.shrink_to(len * 2);
+            }
             // Into the filters before the stripe is released: a claim of
             // one of these keys finds it in one place or the other. Each
             // shard's filters are locked once per stripe, not per key.

@@ -302,6 +302,7 @@ fn run_inner(
         batch_max: config.batch_max.max(1),
         next_backlog: 0,
         sweep_cursor: 0,
+        shrink_part: 0,
         sweep_found: 0,
         sizing: None,
         entries: Vec::new(),
@@ -333,6 +334,8 @@ struct LoopState {
     batch_max: usize,
     next_backlog: Millis,
     sweep_cursor: usize,
+    /// The part of the hot tier's tables the next tick may shrink.
+    shrink_part: usize,
     sweep_found: u64,
     /// An index resize in progress (`Request::Capacity`).
     sizing: Option<Sizing>,
@@ -457,6 +460,8 @@ impl LoopState {
             self.evict(now, &mut txns);
             self.shard.purge_idempotency(now, PURGE_BATCH_MAX);
             self.shard.purge_holds(now, PURGE_BATCH_MAX);
+            self.shrink_part = self.shrink_part.wrapping_add(1);
+            self.shard.shrink_tables(self.shrink_part);
             self.sweep_oversold();
         }
         if now >= self.next_backlog {
@@ -468,6 +473,13 @@ impl LoopState {
             self.metrics.stock_rows.get_or_create(&self.labels).set(stats.rows as i64);
             self.metrics.cold_filter_keys.get_or_create(&self.labels).set(stats.cold_filter_keys as i64);
             self.metrics.cold_filter_bytes.get_or_create(&self.labels).set(stats.cold_filter_bytes as i64);
+            self.metrics.hot_table_bytes.get_or_create(&self.labels).set(stats.table_bytes as i64);
+            if let Some(cold) = &self.cold {
+                let bytes = cold.store.write_buffer_bytes();
+                self.metrics.cold_write_buffer_bytes.get_or_create(&self.labels).set(bytes as i64);
+                let pinned = cold.store.pinned_bytes();
+                self.metrics.cold_pinned_bytes.get_or_create(&self.labels).set(pinned as i64);
+            }
             let overdue = self.shard.overdue_transfers(now);
             self.metrics.transfers_overdue.get_or_create(&self.labels).set(overdue as i64);
             let pending = self.shard.pending_adjustments();

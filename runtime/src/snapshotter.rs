@@ -123,6 +123,9 @@ impl Snapshotter {
             drop(replica);
             let (_, bytes) = snapshot::write(&self.config.dir, shard as u16, seq, &image).map_err(|e| e.to_string())?;
             drop(image);
+            // The replica was a second copy of the shard: hand its memory
+            // back now, not whenever the allocator next looks.
+            crate::release_free_memory();
             report.bytes = bytes;
             snapshot::prune(&self.config.dir, shard as u16, self.config.keep).map_err(|e| e.to_string())?;
             // How far the journal may go: below the oldest kept snapshot...
