@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
-use crate::operator::{self, cell, encode, with_query, Failure, ListFormat, ReadArgs, WriteArgs};
+use crate::operator::{self, cell, encode, Failure, ListFormat, ReadArgs, WriteArgs};
 
 #[derive(clap::Args)]
 #[command(after_help = format!("\
@@ -165,25 +165,8 @@ pub fn run(args: AdjustArgs) -> ExitCode {
 }
 
 fn list(args: &ListArgs) -> Result<(), Failure> {
-    let status = args.status.as_ref().map(|s| s.to_ascii_uppercase());
-    let path = with_query("/api/admin/adjustments", &[("status", status.as_deref()), ("skuId", args.sku.as_deref())]);
-    let answer = operator::read(&args.read, &path)?;
-    if args.format == ListFormat::Json {
-        answer.print();
-        return Ok(());
-    }
-    let empty = Vec::new();
-    let adjustments = answer.json["adjustments"].as_array().unwrap_or(&empty);
-    if adjustments.is_empty() {
-        println!("no adjustments");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = adjustments.iter().map(row).collect();
-    operator::print_table(
-        &["ID", "STATUS", "SKU", "WAREHOUSE", "DELTA", "PROPOSED_BY", "DECIDED_BY", "PROPOSED_AT", "REASON"],
-        &rows,
-    );
-    Ok(())
+    let headers = &["ID", "STATUS", "SKU", "WAREHOUSE", "DELTA", "PROPOSED_BY", "DECIDED_BY", "PROPOSED_AT", "REASON"];
+    operator::list(&args.read, "adjustments", args.status.as_deref(), args.sku.as_deref(), args.format, headers, row)
 }
 
 fn row(a: &Value) -> Vec<String> {

@@ -169,6 +169,34 @@ pub fn send_write(command: &str, args: &WriteArgs, path: &str, mut body: Value) 
     Ok(answer)
 }
 
+/// Prints `/api/admin/<what>?status=&skuId=` as a table, a line a record
+/// made by `row` under `headers`, or as the service's JSON.
+pub fn list(
+    read_args: &ReadArgs,
+    what: &str,
+    status: Option<&str>,
+    sku: Option<&str>,
+    format: ListFormat,
+    headers: &[&str],
+    row: fn(&Value) -> Vec<String>,
+) -> Result<(), Failure> {
+    let status = status.map(|s| s.to_ascii_uppercase());
+    let path = with_query(&format!("/api/admin/{what}"), &[("status", status.as_deref()), ("skuId", sku)]);
+    let answer = read(read_args, &path)?;
+    if format == ListFormat::Json {
+        answer.print();
+        return Ok(());
+    }
+    let records = answer.json[what].as_array().map(Vec::as_slice).unwrap_or_default();
+    if records.is_empty() {
+        println!("no {what}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = records.iter().map(row).collect();
+    print_table(headers, &rows);
+    Ok(())
+}
+
 /// GETs `path` and returns the answer.
 pub fn read(args: &ReadArgs, path: &str) -> Result<Answer, Failure> {
     let mut request = Request::get(path);

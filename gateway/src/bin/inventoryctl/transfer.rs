@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use inventory_gateway::api::TRANSFER_SECONDS_MAX;
 use serde_json::{json, Value};
 
-use crate::operator::{self, cell, encode, with_query, Failure, ListFormat, ReadArgs, WriteArgs};
+use crate::operator::{self, cell, encode, Failure, ListFormat, ReadArgs, WriteArgs};
 
 #[derive(clap::Args)]
 #[command(after_help = format!("\
@@ -164,25 +164,8 @@ pub fn run(args: TransferArgs) -> ExitCode {
 }
 
 fn list(args: &ListArgs) -> Result<(), Failure> {
-    let status = args.status.as_ref().map(|s| s.to_ascii_uppercase());
-    let path = with_query("/api/admin/transfers", &[("status", status.as_deref()), ("skuId", args.sku.as_deref())]);
-    let answer = operator::read(&args.read, &path)?;
-    if args.format == ListFormat::Json {
-        answer.print();
-        return Ok(());
-    }
-    let empty = Vec::new();
-    let transfers = answer.json["transfers"].as_array().unwrap_or(&empty);
-    if transfers.is_empty() {
-        println!("no transfers");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = transfers.iter().map(row).collect();
-    operator::print_table(
-        &["ID", "STATUS", "SKU", "FROM", "TO", "QTY", "CREATED_BY", "CREATED_AT", "EXPECTED_AT", "REASON"],
-        &rows,
-    );
-    Ok(())
+    let headers = &["ID", "STATUS", "SKU", "FROM", "TO", "QTY", "CREATED_BY", "CREATED_AT", "EXPECTED_AT", "REASON"];
+    operator::list(&args.read, "transfers", args.status.as_deref(), args.sku.as_deref(), args.format, headers, row)
 }
 
 fn row(t: &Value) -> Vec<String> {
