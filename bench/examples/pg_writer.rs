@@ -145,6 +145,7 @@ async fn main() {
         batch_max: 2_048,
         reservation_retention_ms: u64::MAX / 2,
         txn_retention_ms: u64::MAX / 2,
+        relay_follower: None,
     };
     let readers: Vec<Box<dyn Journal + Sync>> = (0..shards).map(|i| store.journal(i).unwrap().reader()).collect();
     let started = Instant::now();

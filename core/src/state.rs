@@ -198,6 +198,31 @@ impl TxnKind {
         }
     }
 
+    /// Every kind, in code order.
+    pub const ALL: [TxnKind; 16] = [
+        TxnKind::Receive,
+        TxnKind::Reserve,
+        TxnKind::Confirm,
+        TxnKind::Release,
+        TxnKind::Freeze,
+        TxnKind::Unfreeze,
+        TxnKind::AdjustProposed,
+        TxnKind::AdjustApplied,
+        TxnKind::AdjustRejected,
+        TxnKind::AdjustExpired,
+        TxnKind::TransferOut,
+        TxnKind::TransferIncoming,
+        TxnKind::TransferIn,
+        TxnKind::TransferReturned,
+        TxnKind::TransferCancelled,
+        TxnKind::Repair,
+    ];
+
+    /// The kind [`as_str`](Self::as_str) names.
+    pub fn parse(name: &str) -> Option<TxnKind> {
+        TxnKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The kinds of an operator's action (not a receipt's, not a hold's).
     pub fn is_operator(self) -> bool {
         !matches!(self, TxnKind::Receive | TxnKind::Reserve | TxnKind::Confirm | TxnKind::Release)

@@ -97,6 +97,28 @@ pub struct Config {
     /// after they are made, then move to disk for the rest of their 72 h.
     #[arg(long, env = "INVENTORY_HOT_KEYS_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=259_200))]
     pub hot_keys_secs: u64,
+    /// Refuse writes with 503 `REPLICATION_LAG` while PostgreSQL, the copy
+    /// off this machine, has not applied a change acknowledged this many
+    /// seconds ago: losing the machine then loses at most that much. Off
+    /// when not set; needs `--postgres-url`.
+    #[arg(long, env = "INVENTORY_MAX_REPLICATION_LAG_SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub max_replication_lag_secs: Option<u64>,
+    /// NATS server to publish every stock change to, as a CloudEvent on
+    /// JetStream (e.g. `nats://127.0.0.1:4222`). Without it no events are
+    /// published.
+    #[arg(long, env = "INVENTORY_EVENTS_NATS_URL")]
+    pub events_nats_url: Option<String>,
+    /// JetStream stream for the events (created, on subjects `inventory.>`,
+    /// if missing).
+    #[arg(long, env = "INVENTORY_EVENTS_STREAM", default_value = "INVENTORY")]
+    pub events_stream: String,
+    /// The CloudEvents `source` of this instance's events.
+    #[arg(long, env = "INVENTORY_EVENTS_SOURCE", default_value = "inventoryd")]
+    pub events_source: String,
+    /// Most journal entries per publish (the relay awaits the broker's
+    /// acknowledgements once per batch).
+    #[arg(long, env = "INVENTORY_EVENTS_BATCH_MAX", default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub events_batch_max: u64,
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
     #[arg(skip)]
     pub writer_faults: std::sync::Arc<inventory_persistence::WriterFaults>,
@@ -128,8 +150,18 @@ impl Config {
             cold_tier: true,
             hot_holds_secs: 60,
             hot_keys_secs: 300,
+            max_replication_lag_secs: None,
+            events_nats_url: None,
+            events_stream: "INVENTORY".to_string(),
+            events_source: "inventoryd".to_string(),
+            events_batch_max: 1_024,
             writer_faults: Default::default(),
         }
+    }
+
+    /// Where the event relay keeps its positions.
+    pub fn events_dir(&self) -> PathBuf {
+        self.data_dir.join("events")
     }
 
     pub fn journal_dir(&self) -> PathBuf {

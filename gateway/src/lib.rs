@@ -15,9 +15,10 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod restore;
 pub mod server;
 pub mod trace;
 
 pub use config::Config;
-pub use inventory_runtime::{Clock, ManualClock, SystemClock};
+pub use inventory_runtime::{Clock, ManualClock, SteadyClock, SystemClock};
 pub use server::{run, run_with, ServerError};

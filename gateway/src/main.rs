@@ -48,6 +48,10 @@ enum Sub {
         /// Journal kind to create: `sled` or `file` (see `--journal`).
         #[arg(long, default_value = "sled", value_parser = clap::value_parser!(inventory_journal::Backend))]
         journal: inventory_journal::Backend,
+        /// The `--events-source` the service publishes with: events the
+        /// broker may have missed are rebuilt for the relay, byte for byte.
+        #[arg(long, default_value = "inventoryd")]
+        events_source: String,
     },
 }
 
@@ -57,22 +61,25 @@ fn restore(
     schema: &str,
     shards: Option<u16>,
     journal: inventory_journal::Backend,
+    events_source: &str,
 ) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let started = std::time::Instant::now();
     let result = runtime.block_on(async {
         let schema = inventory_persistence::Schema::new(schema)?;
-        inventory_persistence::restore::restore(url, &schema, data_dir, shards, journal).await
+        inventory_gateway::restore::restore_data_dir(url, &schema, data_dir, shards, journal, events_source).await
     });
     match result {
-        Ok(r) => {
+        Ok(restored) => {
+            let r = &restored.report;
             println!(
-                "restored {} rows and {} holds into {} shards at journal sequences {:?} in {:.2} s",
+                "restored {} rows and {} holds into {} shards at journal sequences {:?} in {:.2} s; {} events to publish again",
                 r.rows,
                 r.holds,
                 r.shards,
                 r.checkpoints,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                restored.backlog
             );
             ExitCode::SUCCESS
         }
@@ -85,8 +92,10 @@ fn restore(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Sub::Restore { from_postgres, data_dir, postgres_schema, shards, journal }) = &cli.command {
-        return restore(from_postgres, data_dir, postgres_schema, *shards, *journal);
+    if let Some(Sub::Restore { from_postgres, data_dir, postgres_schema, shards, journal, events_source }) =
+        &cli.command
+    {
+        return restore(from_postgres, data_dir, postgres_schema, *shards, *journal, events_source);
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

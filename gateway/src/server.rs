@@ -9,14 +9,16 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use inventory_core::SECOND_MS;
+use inventory_events::position::Positions;
+use inventory_events::{spawn_relay, NatsSink, RelayConfig, RelayStatus};
 use inventory_journal::follow::Followers;
 use inventory_journal::{Journal, JournalError, Store};
 use inventory_persistence::{spawn_writers, Progress, Schema, ShardProgress, WriterConfig};
-use inventory_runtime::{Clock, Metrics, Runtime, RuntimeError, SystemClock};
+use inventory_runtime::{Clock, Metrics, Runtime, RuntimeError, SteadyClock};
 use tokio::net::TcpListener;
 
 use crate::config::{default_shards, Config};
-use crate::http::{routes, App};
+use crate::http::{routes, App, ReplicationGuard};
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Persistence(#[from] inventory_persistence::PersistenceError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the service on `listener` with the journal under the data dir (sled
@@ -49,7 +53,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     })
     .await
     .expect("journal open panicked")?;
-    let result = run_with(config, listener, journals, Arc::new(SystemClock), shutdown).await;
+    let result = run_with(config, listener, journals, Arc::new(SteadyClock::default()), shutdown).await;
     store.flush()?;
     result
 }
@@ -67,6 +71,14 @@ pub async fn run_with(
     if config.postgres_url.is_some() {
         metrics.register_persistence();
     }
+    if config.events_nats_url.is_some() {
+        metrics.register_events();
+    }
+    if config.max_replication_lag_secs.is_some() && config.postgres_url.is_none() {
+        return Err(ServerError::Config(
+            "--max-replication-lag-secs bounds how far PostgreSQL may lag: it needs --postgres-url".into(),
+        ));
+    }
     let metrics = Arc::new(metrics);
     let postgres = config
         .postgres_url
@@ -78,6 +90,7 @@ pub async fn run_with(
                 batch_max: config.postgres_batch_max.max(1),
                 reservation_retention_ms: config.reservation_retention_hours * 3_600_000,
                 txn_retention_ms: config.txn_retention_hours * 3_600_000,
+                relay_follower: config.events_nats_url.as_ref().map(|_| inventory_events::FOLLOWER),
             })
         })
         .transpose()?;
@@ -86,6 +99,17 @@ pub async fn run_with(
     let followers: Vec<Arc<Followers>> = (0..shards).map(|_| Arc::default()).collect();
     let writers: Progress =
         if postgres.is_some() { followers.iter().map(ShardProgress::follow).collect() } else { Vec::new() };
+    let relay = config.events_nats_url.clone().map(|url| {
+        let relay_config = RelayConfig {
+            url,
+            stream: config.events_stream.clone(),
+            source: config.events_source.clone(),
+            batch_max: config.events_batch_max as usize,
+        };
+        RelayStatus::follow(relay_config, &followers)
+    });
+    let replication_guard =
+        config.max_replication_lag_secs.map(|secs| Arc::new(ReplicationGuard::new(Duration::from_secs(secs), shards)));
     let (runtime, threads) = {
         let (runtime_config, clock, metrics) = (config.runtime(), clock.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || Runtime::start(runtime_config, journals, followers, clock, metrics))
@@ -98,10 +122,17 @@ pub async fn run_with(
         let own_readers = runtime.readers.iter().map(|r| r.reader()).collect();
         background.extend(spawn_writers(writer.clone(), own_readers, writers.clone(), config.writer_faults.clone()));
         background.push(tokio::spawn(crate::http::persistence_gauges(
-            writer.clone(),
             writers.clone(),
+            replication_guard.clone(),
             metrics.clone(),
         )));
+    }
+    if let Some(relay) = &relay {
+        let positions = Arc::new(Positions::open(config.events_dir())?);
+        let readers = runtime.readers.iter().map(|r| Arc::from(r.reader())).collect();
+        let (url, stream) = (relay.config.url.clone(), relay.config.stream.clone());
+        background.extend(spawn_relay(relay.clone(), positions, readers, || NatsSink::new(&url, &stream)));
+        background.push(tokio::spawn(crate::http::event_gauges(relay.clone(), metrics.clone())));
     }
     background.push({
         let (idem, clock) = (runtime.idem.clone(), clock.clone());
@@ -118,6 +149,8 @@ pub async fn run_with(
         trace_ids: crate::trace::TraceIds::new(),
         writers,
         postgres,
+        relay,
+        replication_guard,
         default_ttl_ms: config.reservation_ttl_secs * SECOND_MS,
         adjustment_ttl_ms: config.adjustment_ttl_secs * SECOND_MS,
         max_qty: config.max_qty,

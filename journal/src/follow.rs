@@ -12,8 +12,10 @@
 //! `n` or beyond); times are the journal time of that entry, so a lag in
 //! time needs no clock.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -49,7 +51,12 @@ impl Followers {
     /// entry, until the follower moves it to where it resumes. Register
     /// before anything may truncate the journal.
     pub fn follow(&self, name: &'static str) -> Arc<Cursor> {
-        let cursor = Arc::new(Cursor { name, position: AtomicU64::new(0), position_at: AtomicU64::new(0) });
+        let cursor = Arc::new(Cursor {
+            name,
+            position: AtomicU64::new(0),
+            position_at: AtomicU64::new(0),
+            heads_seen: Mutex::default(),
+        });
         self.cursors.lock().push(cursor.clone());
         cursor
     }
@@ -77,6 +84,9 @@ pub struct Cursor {
     name: &'static str,
     position: AtomicU64,
     position_at: AtomicU64,
+    /// Heads seen by [`Cursor::waiting`] and when, oldest first, down to
+    /// the first one beyond the position.
+    heads_seen: Mutex<VecDeque<(u64, Instant)>>,
 }
 
 impl Cursor {
@@ -114,6 +124,28 @@ impl Cursor {
         }
         head.durable_at().saturating_sub(self.position_at())
     }
+
+    /// How long the oldest entry the follower has not taken has been
+    /// acknowledged, in real time (zero when it has taken everything).
+    /// Exact to within the interval between calls: call it regularly (the
+    /// gauges do, several times a second). Unlike [`lag_ms`](Self::lag_ms)
+    /// it keeps growing while the follower stands still and nothing new is
+    /// journaled.
+    pub fn waiting(&self, head: &Followers) -> Duration {
+        self.waiting_at(head, Instant::now())
+    }
+
+    fn waiting_at(&self, head: &Followers, now: Instant) -> Duration {
+        let (durable, position) = (head.durable(), self.position());
+        let mut seen = self.heads_seen.lock();
+        if seen.back().is_none_or(|&(seq, _)| seq < durable) {
+            seen.push_back((durable, now));
+        }
+        while seen.front().is_some_and(|&(seq, _)| seq <= position) {
+            seen.pop_front();
+        }
+        seen.front().map_or(Duration::ZERO, |&(_, since)| now.saturating_duration_since(since))
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +178,25 @@ mod tests {
         assert_eq!((cursor.lag_entries(&followers), cursor.lag_ms(&followers)), (2, 1_500));
         cursor.advance(5, 5_000);
         assert_eq!((cursor.lag_entries(&followers), cursor.lag_ms(&followers)), (0, 0));
+    }
+
+    #[test]
+    fn waiting_is_the_real_time_since_the_oldest_untaken_entry_was_acknowledged() {
+        let followers = Followers::default();
+        let cursor = followers.follow("relay");
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(cursor.waiting_at(&followers, at(0)), Duration::ZERO);
+        followers.publish(3, 0);
+        assert_eq!(cursor.waiting_at(&followers, at(100)), Duration::ZERO, "seen just now");
+        followers.publish(5, 0);
+        // Nothing new is journaled and the follower stands still: it grows.
+        assert_eq!(cursor.waiting_at(&followers, at(1_100)), Duration::from_millis(1_000));
+        assert_eq!(cursor.waiting_at(&followers, at(5_100)), Duration::from_millis(5_000));
+        // Entries 1-3 are taken: what waits now is 4-5, seen at 1,100.
+        cursor.advance(3, 0);
+        assert_eq!(cursor.waiting_at(&followers, at(6_100)), Duration::from_millis(5_000));
+        cursor.advance(5, 0);
+        assert_eq!(cursor.waiting_at(&followers, at(6_200)), Duration::ZERO);
     }
 }

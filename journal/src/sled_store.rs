@@ -29,10 +29,19 @@
 //! once that returns. The vendored sled writes each new 512 KiB segment of
 //! its log with zeros before using it, so that sync has a new file size to
 //! commit once per segment, not on every append.
+//!
+//! sled keeps the first I/O error a database meets (a full disk, say) and
+//! fails every later operation of that database with it, for as long as it
+//! is open. So each database sits in a [`Slot`] that every handle on it
+//! goes through, and a journal whose `recover` fails in place closes the
+//! database and opens it again from what is on disk.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
 
 use inventory_core::Entry;
 
@@ -69,11 +78,53 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// An open journal. Cheap to clone; shared by the shard journals.
 #[derive(Clone)]
 pub struct SledStore {
-    meta: Db,
+    meta: Arc<Slot>,
     shards: u16,
     /// The database that holds each shard's tree: its own, or `meta` in a
     /// journal made before shards had databases of their own.
-    dbs: Arc<[Db]>,
+    dbs: Arc<[Arc<Slot>]>,
+}
+
+/// How long opening a database again waits for sled to let go of the
+/// files of the handle just closed.
+const REOPEN_WAIT: Duration = Duration::from_millis(500);
+
+/// A sled database that can be closed and opened again, shared by every
+/// handle on it (the shard's journal, its readers, the store).
+struct Slot {
+    dir: PathBuf,
+    cache_bytes: u64,
+    /// `None` after a reopen that could not finish; the next use opens it.
+    open: RwLock<Option<Db>>,
+}
+
+impl Slot {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Slot>, JournalError> {
+        let db = Db::open(dir, cache_bytes)?;
+        Ok(Arc::new(Slot { dir: dir.to_path_buf(), cache_bytes, open: RwLock::new(Some(db)) }))
+    }
+
+    /// The open database.
+    fn db(&self) -> Result<Db, JournalError> {
+        if let Some(db) = &*self.open.read() {
+            return Ok(db.clone());
+        }
+        let mut open = self.open.write();
+        if open.is_none() {
+            *open = Some(Db::open_when_unlocked(&self.dir, self.cache_bytes)?);
+        }
+        Ok(open.clone().expect("opened"))
+    }
+
+    /// Closes the database and opens it again from what is on disk. A
+    /// handle still in use elsewhere (a reader's iteration) keeps the old
+    /// one open; then this fails, and the next use opens it.
+    fn reopen(&self) -> Result<(), JournalError> {
+        let mut open = self.open.write();
+        drop(open.take());
+        *open = Some(Db::open_when_unlocked(&self.dir, self.cache_bytes)?);
+        Ok(())
+    }
 }
 
 /// A sled database and its log file, synced after each flush.
@@ -85,7 +136,18 @@ struct Db {
 
 impl Db {
     fn open(dir: &Path, cache_bytes: u64) -> Result<Db, JournalError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes).open()?;
+        let config = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
+        let db = match config.open() {
+            // sled writes its own snapshot to `snap.<lsn>.generating`, then
+            // renames it into place; one that failed (a full disk, a crash)
+            // stays behind, and sled then takes it for its newest snapshot
+            // and refuses the database as corrupt. It was never finished:
+            // without it sled reads the snapshot before it and its log.
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(dir)? > 0 => {
+                Db::when_unlocked(|| config.open().map_err(JournalError::from))?
+            }
+            opened => opened?,
+        };
         let log_path = dir.join(SLED_LOG_FILE);
         let log = Arc::new(File::open(&log_path).map_err(|e| {
             JournalError::Io(std::io::Error::new(
@@ -94,6 +156,25 @@ impl Db {
             ))
         })?);
         Ok(Db { db, log })
+    }
+
+    /// [`Db::open`], again while sled still holds the lock of a handle
+    /// on it just closed: sled lets go of its files once its deferred frees
+    /// have run, not at once.
+    fn open_when_unlocked(dir: &Path, cache_bytes: u64) -> Result<Db, JournalError> {
+        Db::when_unlocked(|| Db::open(dir, cache_bytes))
+    }
+
+    fn when_unlocked<T>(mut open: impl FnMut() -> Result<T, JournalError>) -> Result<T, JournalError> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match open() {
+                Err(e) if e.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                opened => return opened,
+            }
+        }
     }
 
     fn flush(&self) -> Result<(), JournalError> {
@@ -109,8 +190,8 @@ impl SledStore {
         // The whole cache: in a journal made before shards had databases of
         // their own, this one holds every shard. Otherwise it holds two keys,
         // and a cache is only ever filled by what is read or written.
-        let meta = Db::open(dir, CACHE_BYTES)?;
-        let tree = meta.db.open_tree(META_TREE)?;
+        let meta = Slot::open(dir, CACHE_BYTES)?;
+        let tree = meta.db()?.db.open_tree(META_TREE)?;
         let (shards, own_dbs, created) = match tree.get(SHARDS_KEY)? {
             Some(v) => {
                 let bytes: [u8; 2] = v.as_ref().try_into().map_err(|_| JournalError::Corrupt {
@@ -137,9 +218,9 @@ impl SledStore {
             }
             None => (requested.unwrap_or(default_shards).max(1), true, true),
         };
-        let dbs: Arc<[Db]> = if own_dbs {
+        let dbs: Arc<[Arc<Slot>]> = if own_dbs {
             let cache = (CACHE_BYTES / u64::from(shards)).max(SHARD_CACHE_MIN_BYTES);
-            (0..shards).map(|i| Db::open(&dir.join(shard_tree(i)), cache)).collect::<Result<_, _>>()?
+            (0..shards).map(|i| Slot::open(&dir.join(shard_tree(i)), cache)).collect::<Result<_, _>>()?
         } else {
             (0..shards).map(|_| meta.clone()).collect()
         };
@@ -149,7 +230,7 @@ impl SledStore {
             // that is created afresh on the next open.
             tree.insert(LAYOUT_KEY, LAYOUT_DB_PER_SHARD)?;
             tree.insert(SHARDS_KEY, &shards.to_le_bytes())?;
-            meta.flush()?;
+            meta.db()?.flush()?;
         }
         Ok(SledStore { meta, shards, dbs })
     }
@@ -160,23 +241,40 @@ impl SledStore {
 
     pub fn journal(&self, shard: u16) -> Result<SledJournal, JournalError> {
         assert!(shard < self.shards);
-        let Db { db, log } = &self.dbs[usize::from(shard)];
-        let tree = db.open_tree(shard_tree(shard))?;
-        Ok(SledJournal { tree, shard, record: Vec::new(), log: log.clone() })
+        let slot = self.dbs[usize::from(shard)].clone();
+        let journal = SledJournal { slot, shard, tree_name: shard_tree(shard), record: Vec::new() };
+        journal.open()?;
+        Ok(journal)
     }
 
     /// Flushes everything; used at shutdown.
     pub fn flush(&self) -> Result<(), JournalError> {
-        for db in self.dbs.iter() {
-            db.flush()?;
+        for slot in self.dbs.iter() {
+            slot.db()?.flush()?;
         }
-        self.meta.flush()
+        self.meta.db()?.flush()
     }
 }
 
 /// The name of a shard's tree, and of the dir of its database.
 fn shard_tree(shard: u16) -> String {
     format!("shard-{shard}")
+}
+
+/// Removes sled's unfinished snapshots (`snap.<lsn>.generating`) from a
+/// database's dir; returns how many there were.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, JournalError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "journal: removing an unfinished sled snapshot");
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// The file of a sled 0.34 database that holds its log.
@@ -191,11 +289,13 @@ fn flush_durably(tree: &sled::Tree, log: &File) -> Result<(), JournalError> {
 }
 
 pub struct SledJournal {
-    tree: sled::Tree,
+    /// The database holding the shard's tree.
+    slot: Arc<Slot>,
     shard: u16,
+    /// The name of the shard's tree.
+    tree_name: String,
     /// The record being appended, kept between appends.
     record: Vec<u8>,
-    log: Arc<File>,
 }
 
 /// Builds chunk values: `[CHUNK_TAG][count: u32 LE]` then, per entry,
@@ -309,29 +409,43 @@ fn split_parts(shard: u16, seq: u64, value: &[u8]) -> Result<Option<u32>, Journa
     }
 }
 
-impl SledJournal {
+/// The shard's tree in the database open now, and that database's log.
+struct Open {
+    tree: sled::Tree,
+    log: Arc<File>,
+}
+
+impl Open {
     fn flush(&self) -> Result<(), JournalError> {
         flush_durably(&self.tree, &self.log)
+    }
+}
+
+impl SledJournal {
+    fn open(&self) -> Result<Open, JournalError> {
+        let Db { db, log } = self.slot.db()?;
+        Ok(Open { tree: db.open_tree(&self.tree_name)?, log })
+    }
+
+    /// The stored values holding entries `from..`, from the chunk that
+    /// holds `from`.
+    fn records_from(&self, from: u64) -> Result<Records, JournalError> {
+        let tree = self.open()?.tree;
+        let start = match self.chunk_at(&tree, from)? {
+            Some((first, _)) => first,
+            None => from,
+        };
+        Ok(Records { shard: self.shard, from, values: tree.range(start.to_be_bytes()..), joined: Vec::new() })
     }
 
     /// The value that holds `seq`, if any: the last key at or before it, or
     /// the head of the split record whose part that is.
-    /// The stored values holding entries `from..`, from the chunk that
-    /// holds `from`.
-    fn records_from(&self, from: u64) -> Result<Records, JournalError> {
-        let start = match self.chunk_at(from)? {
-            Some((first, _)) => first,
-            None => from,
-        };
-        Ok(Records { shard: self.shard, from, values: self.tree.range(start.to_be_bytes()..), joined: Vec::new() })
-    }
-
-    fn chunk_at(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
-        match self.tree.range(..=seq.to_be_bytes()).next_back().transpose()? {
+    fn chunk_at(&self, tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>, JournalError> {
+        match tree.range(..=seq.to_be_bytes()).next_back().transpose()? {
             Some((key, value)) if key.len() == 8 => Ok(Some((key_seq(self.shard, &key)?, value))),
             Some((key, _)) => {
                 let first = key_seq(self.shard, &key)?;
-                let head = self.tree.get(first.to_be_bytes())?.ok_or_else(|| JournalError::Corrupt {
+                let head = tree.get(first.to_be_bytes())?.ok_or_else(|| JournalError::Corrupt {
                     shard: self.shard,
                     seq: first,
                     reason: "part of a split record without its head".into(),
@@ -458,6 +572,25 @@ impl Iterator for Reader {
     }
 }
 
+impl SledJournal {
+    /// Deletes every entry from `next_seq` on and flushes the deletion.
+    fn recover_in_place(&self, next_seq: u64) -> Result<(), JournalError> {
+        let open = self.open()?;
+        let mut removals = sled::Batch::default();
+        if let Some((first, value)) = self.chunk_at(&open.tree, next_seq)?.filter(|(first, _)| *first < next_seq) {
+            // A split record holds one entry: before `next_seq`, so kept.
+            if split_parts(self.shard, first, &value)?.is_none() {
+                self.trim_chunk(&mut removals, first, &value, |seq| seq < next_seq)?;
+            }
+        }
+        for key in open.tree.range(next_seq.to_be_bytes()..).keys() {
+            removals.remove(key?);
+        }
+        open.tree.apply_batch(removals)?;
+        open.flush()
+    }
+}
+
 impl Journal for SledJournal {
     fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
         let mut writes: Vec<(sled::IVec, sled::IVec)> = Vec::new();
@@ -495,32 +628,28 @@ impl Journal for SledJournal {
         // more log write that the flush waits for. So only a commit of
         // several values (past a chunk, or a split record) takes one, to
         // stay all or nothing.
+        let open = self.open()?;
         if writes.len() == 1 {
             let (key, value) = writes.pop().expect("one value");
-            self.tree.insert(key, value)?;
+            open.tree.insert(key, value)?;
         } else {
             let mut all = sled::Batch::default();
             for (key, value) in writes {
                 all.insert(key, value);
             }
-            self.tree.apply_batch(all)?;
+            open.tree.apply_batch(all)?;
         }
-        self.flush()
+        open.flush()
     }
 
+    /// Recovers in place; if that fails (sled keeps the I/O error that
+    /// failed the append, see the module doc), closes the shard's database,
+    /// opens it again from disk and recovers that.
     fn recover(&mut self, next_seq: u64) -> Result<(), JournalError> {
-        let mut removals = sled::Batch::default();
-        if let Some((first, value)) = self.chunk_at(next_seq)?.filter(|(first, _)| *first < next_seq) {
-            // A split record holds one entry: before `next_seq`, so kept.
-            if split_parts(self.shard, first, &value)?.is_none() {
-                self.trim_chunk(&mut removals, first, &value, |seq| seq < next_seq)?;
-            }
-        }
-        for key in self.tree.range(next_seq.to_be_bytes()..).keys() {
-            removals.remove(key?);
-        }
-        self.tree.apply_batch(removals)?;
-        self.flush()
+        let Err(e) = self.recover_in_place(next_seq) else { return Ok(()) };
+        tracing::warn!(shard = self.shard, error = %e, "journal: recovering in place failed; opening the database again");
+        self.slot.reopen()?;
+        self.recover_in_place(next_seq)
     }
 
     fn read_from(&self, from: u64) -> Result<Box<dyn Iterator<Item = Result<Entry, JournalError>> + '_>, JournalError> {
@@ -548,15 +677,21 @@ impl Journal for SledJournal {
     }
 
     fn reader(&self) -> Box<dyn Journal + Sync> {
-        Box::new(SledJournal { tree: self.tree.clone(), shard: self.shard, record: Vec::new(), log: self.log.clone() })
+        Box::new(SledJournal {
+            slot: self.slot.clone(),
+            shard: self.shard,
+            tree_name: self.tree_name.clone(),
+            record: Vec::new(),
+        })
     }
 
     fn truncate_before(&self, keep_from: u64) -> Result<u64, JournalError> {
+        let open = self.open()?;
         let mut removed = 0;
         loop {
             // In slices, so a long truncation never holds one huge batch.
             let chunks: Vec<(sled::IVec, sled::IVec)> =
-                self.tree.range(..keep_from.to_be_bytes()).take(1_024).collect::<Result<_, _>>()?;
+                open.tree.range(..keep_from.to_be_bytes()).take(1_024).collect::<Result<_, _>>()?;
             if chunks.is_empty() {
                 break;
             }
@@ -589,14 +724,14 @@ impl Journal for SledJournal {
                     removed += self.trim_chunk(&mut batch, first, value, |seq| seq >= keep_from)?;
                 }
             }
-            self.tree.apply_batch(batch)?;
+            open.tree.apply_batch(batch)?;
         }
-        self.flush()?;
+        open.flush()?;
         Ok(removed)
     }
 
     fn first_seq(&self) -> Result<Option<u64>, JournalError> {
-        match self.tree.first()? {
+        match self.open()?.tree.first()? {
             Some((key, _)) => Ok(Some(key_seq(self.shard, &key)?)),
             None => Ok(None),
         }
@@ -609,6 +744,12 @@ mod tests {
     use crate::codec::encode;
     use crate::test_support::{big, entry};
 
+    impl SledJournal {
+        fn tree(&self) -> sled::Tree {
+            self.open().unwrap().tree
+        }
+    }
+
     #[test]
     fn an_append_is_durable_only_once_sleds_log_file_is_synced() {
         let dir = tempfile::tempdir().unwrap();
@@ -619,15 +760,60 @@ mod tests {
         // place of the log file's: the append must fail, not be reported
         // written.
         let (_read, write) = std::io::pipe().unwrap();
-        j.log = Arc::new(File::from(std::os::fd::OwnedFd::from(write)));
+        if let Some(db) = j.slot.open.write().as_mut() {
+            db.log = Arc::new(File::from(std::os::fd::OwnedFd::from(write)));
+        }
         assert!(matches!(j.append(&[entry(2)]), Err(JournalError::Io(_))));
-        assert!(j.recover(2).is_err(), "recover syncs too");
+        assert!(j.recover_in_place(2).is_err(), "recover syncs too");
+        // Recovering opens the database again, with its real log file.
+        j.recover(2).unwrap();
+        assert_eq!(seqs(&j, 1), vec![1]);
+        j.append(&[entry(2)]).unwrap();
         // The handle synced is that of the file sled writes the shard's log
         // to, in the shard's own database.
         use std::os::unix::fs::MetadataExt;
         let log = std::fs::metadata(dir.path().join("shard-0").join(SLED_LOG_FILE)).unwrap();
-        assert_eq!(store.dbs[0].log.metadata().unwrap().ino(), log.ino());
+        assert_eq!(store.dbs[0].db().unwrap().log.metadata().unwrap().ino(), log.ino());
         assert!(log.len() > 0);
+        drop((j, store));
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 1)).unwrap();
+        assert_eq!(seqs(&store.journal(0).unwrap(), 1), vec![1, 2]);
+    }
+
+    #[test]
+    fn an_unfinished_sled_snapshot_does_not_make_the_database_unopenable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+            store.journal(0).unwrap().append(&[entry(1), entry(2)]).unwrap();
+        }
+        // What sled leaves of a snapshot whose write failed (a full disk)
+        // or was cut short: sled alone would take it for its newest one.
+        let unfinished = dir.path().join("shard-0").join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"").unwrap();
+        let store = when_unlocked(|| SledStore::open(dir.path(), None, 1)).unwrap();
+        assert!(!unfinished.exists());
+        let mut j = store.journal(0).unwrap();
+        assert_eq!(seqs(&j, 1), vec![1, 2]);
+        j.append(&[entry(3)]).unwrap();
+    }
+
+    #[test]
+    fn a_reader_keeps_reading_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Some(1), 1).unwrap();
+        let mut j = store.journal(0).unwrap();
+        let reader = j.reader();
+        j.append(&[entry(1), entry(2)]).unwrap();
+        j.slot.reopen().unwrap();
+        assert_eq!(seqs(&*reader, 1), vec![1, 2]);
+        j.append(&[entry(3)]).unwrap();
+        assert_eq!(seqs(&*reader, 2), vec![2, 3]);
+        // A reopen that could not finish (a reader was still iterating over
+        // the old database) leaves it to the next use to open it.
+        drop(j.slot.open.write().take());
+        assert_eq!(seqs(&*reader, 1), vec![1, 2, 3]);
+        j.append(&[entry(4)]).unwrap();
     }
 
     /// The segment size of sled 0.34's log (its default, which the store
@@ -699,7 +885,7 @@ mod tests {
             a.append(&[entry(1), entry(2)]).unwrap();
             b.append(&[entry(1)]).unwrap();
             // Each journal syncs the log of its own database.
-            let ino = |j: &SledJournal| j.log.metadata().unwrap().ino();
+            let ino = |j: &SledJournal| j.open().unwrap().log.metadata().unwrap().ino();
             for (j, shard) in [(&a, 0), (&b, 1)] {
                 let log = dir.path().join(format!("shard-{shard}")).join(SLED_LOG_FILE);
                 assert_eq!(ino(j), std::fs::metadata(log).unwrap().ino());
@@ -780,7 +966,7 @@ mod tests {
         (dir, journal)
     }
 
-    fn seqs(j: &SledJournal, from: u64) -> Vec<u64> {
+    fn seqs(j: &(impl Journal + ?Sized), from: u64) -> Vec<u64> {
         j.read_from(from).unwrap().map(|e| e.unwrap().seq).collect()
     }
 
@@ -789,8 +975,8 @@ mod tests {
         let (_dir, mut j) = one_shard();
         let batch: Vec<Entry> = (1..=200).map(big).collect();
         j.append(&batch).unwrap();
-        assert!(j.tree.len() >= 3, "200 KB in {} chunks", j.tree.len());
-        for value in j.tree.iter().values() {
+        assert!(j.tree().len() >= 3, "200 KB in {} chunks", j.tree().len());
+        for value in j.tree().iter().values() {
             assert!(value.unwrap().len() <= CHUNK_BYTES);
         }
         assert_eq!(seqs(&j, 1), (1..=200).collect::<Vec<_>>());
@@ -820,7 +1006,7 @@ mod tests {
     fn single_record_values_are_read_as_one_entry_chunks() {
         let (_dir, mut j) = one_shard();
         for seq in 1..=3u64 {
-            j.tree.insert(seq.to_be_bytes(), encode(&entry(seq))).unwrap();
+            j.tree().insert(seq.to_be_bytes(), encode(&entry(seq))).unwrap();
         }
         j.append(&[entry(4), entry(5)]).unwrap();
         assert_eq!(seqs(&j, 2), vec![2, 3, 4, 5]);
@@ -833,17 +1019,17 @@ mod tests {
     fn damage_inside_a_chunk_names_the_record_and_ends_the_read() {
         let (_dir, mut j) = one_shard();
         j.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
-        let mut value = j.tree.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let mut value = j.tree().get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
         value[last] ^= 0x40;
-        j.tree.insert(1u64.to_be_bytes(), value.clone()).unwrap();
+        j.tree().insert(1u64.to_be_bytes(), value.clone()).unwrap();
         let read: Vec<_> = j.read_from(1).unwrap().collect();
         assert_eq!(read.len(), 5);
         assert!(read[..4].iter().all(Result::is_ok));
         assert!(matches!(read[4], Err(JournalError::Corrupt { seq: 5, .. })), "{:?}", read[4]);
 
         value.truncate(value.len() - 3);
-        j.tree.insert(1u64.to_be_bytes(), value).unwrap();
+        j.tree().insert(1u64.to_be_bytes(), value).unwrap();
         let read: Vec<_> = j.read_from(1).unwrap().collect();
         assert!(matches!(read.last(), Some(Err(JournalError::Corrupt { .. }))), "{read:?}");
     }
@@ -896,10 +1082,10 @@ mod tests {
         }
         let store = when_unlocked(|| SledStore::open(dir.path(), None, 1)).unwrap();
         let j = store.journal(0).unwrap();
-        for value in j.tree.iter().values() {
+        for value in j.tree().iter().values() {
             assert!(value.unwrap().len() <= CHUNK_BYTES, "no value is larger than a chunk");
         }
-        let parts = j.tree.iter().keys().filter(|k| k.as_ref().unwrap().len() == 12).count();
+        let parts = j.tree().iter().keys().filter(|k| k.as_ref().unwrap().len() == 12).count();
         assert!(parts >= 4, "two 200 KB records in {parts} further parts");
         assert_eq!(seqs(&j, 1), vec![1, 2, 3, 4, 5]);
         assert_eq!(seqs(&j, 3), vec![3, 4, 5]);
@@ -916,12 +1102,12 @@ mod tests {
         // Cut right after a split record: it stays whole.
         j.recover(3).unwrap();
         assert_eq!(seqs(&j, 1), vec![1, 2]);
-        assert!(j.tree.iter().keys().all(|k| k.unwrap()[..8] <= 2u64.to_be_bytes()[..]), "record 3's parts are gone");
+        assert!(j.tree().iter().keys().all(|k| k.unwrap()[..8] <= 2u64.to_be_bytes()[..]), "record 3's parts are gone");
         j.append(&[huge(3), entry(4)]).unwrap();
         assert_eq!(seqs(&j, 1), vec![1, 2, 3, 4]);
         assert_eq!(j.truncate_before(3).unwrap(), 2);
         assert_eq!(j.first_seq().unwrap(), Some(3));
-        assert!(j.tree.iter().keys().all(|k| k.unwrap()[..8] >= 3u64.to_be_bytes()[..]), "record 2's parts are gone");
+        assert!(j.tree().iter().keys().all(|k| k.unwrap()[..8] >= 3u64.to_be_bytes()[..]), "record 2's parts are gone");
         assert_eq!(seqs(&j, 0), vec![3, 4]);
     }
 
@@ -929,7 +1115,7 @@ mod tests {
     fn a_missing_part_of_a_split_record_is_reported_and_ends_the_read() {
         let (_dir, mut j) = one_shard();
         j.append(&[entry(1), huge(2), entry(3)]).unwrap();
-        j.tree.remove(part_key(2, 1)).unwrap();
+        j.tree().remove(part_key(2, 1)).unwrap();
         let read: Vec<_> = j.read_from(1).unwrap().collect();
         assert_eq!(read.len(), 2, "{read:?}");
         assert!(read[0].is_ok());

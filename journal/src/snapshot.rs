@@ -99,13 +99,18 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
     header[28..32].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     let path = sdir.join(file_name(seq));
     let tmp = sdir.join(format!("{}.tmp", file_name(seq)));
-    {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(&header)?;
         f.write_all(&body)?;
         f.write_all(&cold)?;
         f.write_all(&ops)?;
-        f.sync_all()?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // What was written goes, so a full disk is not left fuller.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, &path)?;
     File::open(&sdir)?.sync_all()?;

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use inventory_core::{Command, Entry, Levels, TxnKind, REASON_TIMEOUT};
-use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
@@ -23,7 +22,6 @@ pub(crate) struct Batch {
     /// Holds created in earlier batches: final status per reservation id.
     hold_updates: BTreeMap<String, HoldUpdate>,
     txns: Txns,
-    events: Events,
     /// Operator state of rows: a freeze's final value and the net change
     /// of units in transit, per `(sku, warehouse)`.
     row_ops: BTreeMap<(String, String), (Option<bool>, i64)>,
@@ -103,28 +101,6 @@ fn levels_array(l: Levels) -> Vec<i64> {
     vec![l.available as i64, l.reserved as i64, l.sold as i64]
 }
 
-/// The outbox event type of a txn.
-fn event_type(kind: TxnKind) -> &'static str {
-    match kind {
-        TxnKind::Receive => "INVENTORY_RECEIVED",
-        TxnKind::Reserve => "INVENTORY_RESERVED",
-        TxnKind::Confirm => "INVENTORY_CONFIRMED",
-        TxnKind::Release => "INVENTORY_RELEASED",
-        TxnKind::Freeze => "INVENTORY_FROZEN",
-        TxnKind::Unfreeze => "INVENTORY_UNFROZEN",
-        TxnKind::AdjustProposed => "ADJUSTMENT_PROPOSED",
-        TxnKind::AdjustApplied => "INVENTORY_ADJUSTED",
-        TxnKind::AdjustRejected => "ADJUSTMENT_REJECTED",
-        TxnKind::AdjustExpired => "ADJUSTMENT_EXPIRED",
-        TxnKind::TransferOut => "TRANSFER_DISPATCHED",
-        TxnKind::TransferIncoming => "TRANSFER_INCOMING",
-        TxnKind::TransferIn => "TRANSFER_ARRIVED",
-        TxnKind::TransferReturned => "TRANSFER_RETURNED",
-        TxnKind::TransferCancelled => "TRANSFER_CANCELLED",
-        TxnKind::Repair => "INVENTORY_REPAIRED",
-    }
-}
-
 #[derive(Default)]
 struct Txns {
     txn_id: Vec<i64>,
@@ -142,15 +118,6 @@ struct Txns {
     seq: Vec<i64>,
     trace: Vec<String>,
     operator: Vec<String>,
-    at: Vec<SystemTime>,
-}
-
-#[derive(Default)]
-struct Events {
-    id: Vec<String>,
-    kind: Vec<String>,
-    aggregate: Vec<String>,
-    payload: Vec<serde_json::Value>,
     at: Vec<SystemTime>,
 }
 
@@ -195,34 +162,6 @@ impl Batch {
                 x.trace.push(trace.clone());
                 x.operator.push(entry.operator.clone());
                 x.at.push(to_system_time(t.at));
-
-                let event = event_type(t.kind);
-                let aggregate = match t.kind {
-                    TxnKind::Receive | TxnKind::Freeze | TxnKind::Unfreeze => {
-                        format!("{}/{}", t.sku_id, t.warehouse_id)
-                    }
-                    _ => t.ref_id.clone(),
-                };
-                let event_id = format!("evt-{:016x}", t.txn_id);
-                // The counters are those after the change; the ones before
-                // follow from the type and qty (and are in `inventory_txn`).
-                let mut payload = json!({
-                    "eventId": event_id, "type": event, "txnId": t.txn_id, "skuId": t.sku_id,
-                    "warehouseId": t.warehouse_id, "qty": t.delta(), "refId": t.ref_id, "orderId": t.order_id,
-                    "available": t.after.available, "reserved": t.after.reserved, "sold": t.after.sold,
-                    "version": t.version, "atMs": t.at,
-                });
-                if !t.detail.is_empty() {
-                    payload["detail"] = t.detail.clone().into();
-                }
-                if entry.trace_id != 0 {
-                    payload["traceId"] = trace.clone().into();
-                }
-                b.events.payload.push(payload);
-                b.events.id.push(event_id);
-                b.events.kind.push(event.to_string());
-                b.events.aggregate.push(aggregate);
-                b.events.at.push(to_system_time(t.at));
 
                 if t.kind.is_operator() {
                     b.operator_txn(entry, t);
@@ -615,17 +554,6 @@ impl Batch {
                     &x.at[i],
                 ])
                 .await?;
-        }
-        writer.finish().await?;
-        let e = &self.events;
-        let sink = tx
-            .copy_in("COPY outbox (event_id, event_type, aggregate_id, payload, created_at) FROM STDIN BINARY")
-            .await?;
-        let writer =
-            BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::JSON, Type::TIMESTAMPTZ]);
-        let mut writer = std::pin::pin!(writer);
-        for i in 0..e.id.len() {
-            writer.as_mut().write(&[&e.id[i], &e.kind[i], &e.aggregate[i], &e.payload[i], &e.at[i]]).await?;
         }
         writer.finish().await?;
         Ok(())

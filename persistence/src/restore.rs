@@ -20,13 +20,13 @@ use std::path::Path;
 
 use inventory_core::{
     shard_for_sku, Adjustment, AdjustmentId, AdjustmentStatus, HoldImage, Levels, Millis, ReservationId,
-    ReservationStatus, RowImage, RowOps, Shard, ShardConfig, ShardImage, Transfer, TransferId, TransferStatus,
+    ReservationStatus, RowImage, RowOps, Shard, ShardConfig, ShardImage, Transfer, TransferId, TransferStatus, TxnKind,
     ROW_UNITS_MAX,
 };
 use inventory_journal::{snapshot, Backend, Store};
 use tokio_postgres::Client;
 
-use crate::schema::Schema;
+use crate::schema::{migrate, Schema};
 use crate::{connect, PersistenceError};
 
 #[derive(Debug, Default)]
@@ -36,6 +36,77 @@ pub struct RestoreReport {
     pub holds: u64,
     /// Per shard: the journal sequence the restored state corresponds to.
     pub checkpoints: Vec<u64>,
+    /// Per shard: the event relay's position as of its checkpoint (`None`
+    /// when no relay ran). The events of the changes after it, up to the
+    /// checkpoint, may never have reached the broker: [`changes_between`]
+    /// gives them.
+    pub relay_positions: Vec<Option<u64>>,
+}
+
+/// One change as `inventory_txn` holds it: everything its event carries.
+#[derive(Clone, Debug)]
+pub struct TxnRecord {
+    pub shard: u16,
+    pub seq: u64,
+    pub txn_id: u64,
+    pub kind: TxnKind,
+    pub sku_id: String,
+    pub warehouse_id: String,
+    /// `Txn::qty`'s bits, so `qty as i64` is the change's delta.
+    pub qty: u64,
+    pub ref_id: String,
+    pub order_id: String,
+    pub detail: String,
+    pub after: Levels,
+    pub version: u64,
+    pub at: Millis,
+    pub trace_id: u128,
+    pub operator: String,
+}
+
+/// The changes of `shard` journaled after `after` up to `upto`, in journal
+/// order.
+pub async fn changes_between(
+    url: &str,
+    schema: &Schema,
+    shard: u16,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<TxnRecord>, PersistenceError> {
+    let client = connect(url, schema).await?;
+    let rows = client
+        .query(
+            "SELECT seq, txn_id, type, sku_id, warehouse_id, qty, ref_id, order_id, detail, after_qty, after_reserved,
+                    after_sold, version, created_at, trace_id, operator
+               FROM inventory_txn WHERE shard = $1 AND seq > $2 AND seq <= $3 ORDER BY seq, txn_id",
+            &[&(shard as i16), &(after as i64), &(upto as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.get(2);
+            let trace: String = r.get(14);
+            let n = |i: usize| r.get::<_, i64>(i) as u64;
+            Ok(TxnRecord {
+                shard,
+                seq: n(0),
+                txn_id: n(1),
+                kind: TxnKind::parse(&kind)
+                    .ok_or_else(|| PersistenceError::Restore(format!("unknown txn type {kind:?}")))?,
+                sku_id: r.get(3),
+                warehouse_id: r.get(4),
+                qty: n(5),
+                ref_id: r.get(6),
+                order_id: r.get(7),
+                detail: r.get(8),
+                after: Levels { available: n(9), reserved: n(10), sold: n(11) },
+                version: n(12),
+                at: ms(r.get(13)),
+                trace_id: u128::from_str_radix(&trace, 16).unwrap_or(0),
+                operator: r.get(15),
+            })
+        })
+        .collect()
 }
 
 fn ms(t: std::time::SystemTime) -> Millis {
@@ -68,9 +139,13 @@ pub async fn restore(
             journal_dir.display()
         )));
     }
-    let client = connect(url, schema).await?;
+    let mut client = connect(url, schema).await?;
+    migrate(&mut client, schema).await?;
     let checkpoints = client
-        .query("SELECT shard, seq, max_hold_seq, max_txn_seq, last_at_ms FROM writer_checkpoint ORDER BY shard", &[])
+        .query(
+            "SELECT shard, seq, max_hold_seq, max_txn_seq, last_at_ms, relay_seq FROM writer_checkpoint ORDER BY shard",
+            &[],
+        )
         .await?;
     if checkpoints.is_empty() {
         return Err(PersistenceError::Restore(format!(
@@ -99,7 +174,9 @@ pub async fn restore(
         })
         .collect();
     let seqs: Vec<u64> = checkpoints.iter().map(|r| r.get::<_, i64>(1) as u64).collect();
-    let mut report = RestoreReport { shards: count, checkpoints: seqs.clone(), ..RestoreReport::default() };
+    let relay_positions = checkpoints.iter().map(|r| r.get::<_, Option<i64>>(5).map(|s| s as u64)).collect();
+    let mut report =
+        RestoreReport { shards: count, checkpoints: seqs.clone(), relay_positions, ..RestoreReport::default() };
     // Position of each (sku, warehouse) row in its shard's image.
     let mut where_: BTreeMap<(String, String), u32> = BTreeMap::new();
     load_rows(&client, count, &mut images, &mut where_, &mut report).await?;

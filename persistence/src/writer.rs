@@ -24,6 +24,9 @@ pub struct WriterConfig {
     pub batch_max: usize,
     pub reservation_retention_ms: Millis,
     pub txn_retention_ms: Millis,
+    /// The name of the event relay's cursor, when it runs: its position is
+    /// recorded with each checkpoint, for `restore`.
+    pub relay_follower: Option<&'static str>,
 }
 
 /// The name of the writer's cursor on each shard's journal.
@@ -161,6 +164,7 @@ async fn session(
     p.last_error.set(None);
     *backoff = Duration::from_millis(100);
     tracing::info!(shard, checkpoint = applied, "postgres writer connected");
+    let relay = config.relay_follower.and_then(|name| p.followers.cursors().into_iter().find(|c| c.name() == name));
     let mut days: BTreeSet<i64> = BTreeSet::new();
     let mut previous: Option<Batch> = None;
     loop {
@@ -174,7 +178,8 @@ async fn session(
         let last = entries.last().expect("durable entries exist");
         let (to, to_at) = (last.seq, last.at);
         let batch = Batch::build(shard, &entries);
-        apply(&mut client, shard, applied, to, &batch, &mut days, faults).await?;
+        let relay_seq = relay.as_ref().map(|c| c.position() as i64);
+        apply(&mut client, shard, (applied, to), relay_seq, &batch, &mut days, faults).await?;
         applied = to;
         p.cursor.advance(applied, to_at);
         if faults.reapply_previous_batch.swap(false, Ordering::SeqCst) {
@@ -215,8 +220,8 @@ async fn read(reader: &Arc<dyn Journal + Sync>, from: u64, count: usize) -> Resu
 async fn apply(
     client: &mut Client,
     shard: u16,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
+    relay_seq: Option<i64>,
     batch: &Batch,
     days: &mut BTreeSet<i64>,
     faults: &WriterFaults,
@@ -237,7 +242,7 @@ async fn apply(
     let moved = tx
         .execute(
             "UPDATE writer_checkpoint SET seq = $2, updated_at = now(), max_hold_seq = greatest(max_hold_seq, $4),
-                    max_txn_seq = greatest(max_txn_seq, $5), last_at_ms = greatest(last_at_ms, $6)
+                    max_txn_seq = greatest(max_txn_seq, $5), last_at_ms = greatest(last_at_ms, $6), relay_seq = $7
               WHERE shard = $1 AND seq = $3",
             &[
                 &(shard as i16),
@@ -246,6 +251,7 @@ async fn apply(
                 &(batch.max_hold_seq as i64),
                 &(batch.max_txn_seq as i64),
                 &(batch.last_at as i64),
+                &relay_seq,
             ],
         )
         .await?;

@@ -18,7 +18,7 @@ mod service;
 pub mod shard_loop;
 pub mod snapshotter;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SteadyClock, SystemClock};
 pub use metrics::Metrics;
 pub use router::{Claim, IdemIndex, Router, SendError};
 pub use service::{HotWindows, Replay, Runtime, RuntimeConfig, RuntimeError, Threads};

@@ -102,7 +102,9 @@ pub struct Metrics {
     pub journal_entries: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_records: Family<ShardLabels, Gauge<u64, AtomicU64>>,
     pub persistence_lag_seconds: Family<ShardLabels, Gauge<f64, AtomicU64>>,
-    pub outbox_backlog: Gauge,
+    pub event_stream_lag_entries: Family<ShardLabels, Gauge<u64, AtomicU64>>,
+    pub event_stream_lag_seconds: Family<ShardLabels, Gauge<f64, AtomicU64>>,
+    pub events_published: Counter,
     pub holds: Family<ShardLabels, Gauge>,
     pub idempotency_keys: Family<ShardLabels, Gauge>,
     pub stock_rows: Family<ShardLabels, Gauge>,
@@ -269,7 +271,8 @@ impl Metrics {
         );
         let persistence_lag_records = Family::default();
         let persistence_lag_seconds = Family::default();
-        let outbox_backlog = Gauge::default();
+        let (event_stream_lag_entries, event_stream_lag_seconds) = (Family::default(), Family::default());
+        let events_published = Counter::default();
         Metrics {
             hot_table_bytes,
             cold_write_buffer_bytes,
@@ -284,7 +287,9 @@ impl Metrics {
             cold_filter_bytes,
             persistence_lag_records,
             persistence_lag_seconds,
-            outbox_backlog,
+            event_stream_lag_entries,
+            event_stream_lag_seconds,
+            events_published,
             requests,
             latency,
             reservations,
@@ -316,10 +321,28 @@ impl Metrics {
         );
         self.registry.register(
             "persistence_lag_seconds",
-            "How far PostgreSQL is behind the journal, in journal time",
+            "How long the oldest change not yet in PostgreSQL has waited",
             self.persistence_lag_seconds.clone(),
         );
-        self.registry.register("outbox_backlog", "Outbox events not yet published", self.outbox_backlog.clone());
+    }
+
+    /// Adds the event relay's series; called once when it is configured.
+    pub fn register_events(&mut self) {
+        self.registry.register(
+            "event_stream_lag_entries",
+            "Journal entries whose events are not yet acknowledged by the broker",
+            self.event_stream_lag_entries.clone(),
+        );
+        self.registry.register(
+            "event_stream_lag_seconds",
+            "How long the oldest change not yet published has waited",
+            self.event_stream_lag_seconds.clone(),
+        );
+        self.registry.register(
+            "events_published",
+            "Events acknowledged by the broker (re-deliveries included)",
+            self.events_published.clone(),
+        );
     }
 
     pub fn record_request(&self, endpoint: &'static str, code: &'static str, status: u16, took: Duration) {

@@ -279,6 +279,9 @@ fn run_inner(
             return;
         }
     }
+    // Command times go on from the journal's, also when the wall clock is
+    // now behind them.
+    clock.not_before(last_at);
     audited_upto.note(next_seq - 1);
     followers.publish(next_seq - 1, last_at);
     let labels = ShardLabels { shard: index };
@@ -296,7 +299,7 @@ fn run_inner(
         labels,
         next_seq,
         healthy: true,
-        last_now: 0,
+        last_now: last_at,
         next_tick: 0,
         next_retry: 0,
         batch_max: config.batch_max.max(1),

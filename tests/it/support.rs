@@ -6,7 +6,7 @@ use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inventory_gateway::{run_with, Config, SystemClock};
+use inventory_gateway::{run_with, Clock, Config, SteadyClock};
 use inventory_journal::{Backend, FaultHandle, FaultyJournal, Journal, Store};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -43,6 +43,12 @@ pub struct Options {
     pub keep_all: bool,
     /// How long a proposed adjustment stays pending (`None`: the default).
     pub adjustment_ttl_secs: Option<u64>,
+    /// The server's clock (`None`: the service's, a steady system clock).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// A NATS server to publish events to.
+    pub events_nats_url: Option<String>,
+    /// `--max-replication-lag-secs`.
+    pub max_replication_lag_secs: Option<u64>,
 }
 
 impl Default for Options {
@@ -60,6 +66,9 @@ impl Default for Options {
             hot_secs: None,
             keep_all: false,
             adjustment_ttl_secs: None,
+            clock: None,
+            events_nats_url: None,
+            max_replication_lag_secs: None,
         }
     }
 }
@@ -97,6 +106,8 @@ impl TestServer {
         if let Some(secs) = options.adjustment_ttl_secs {
             config.adjustment_ttl_secs = secs;
         }
+        config.events_nats_url = options.events_nats_url.clone();
+        config.max_replication_lag_secs = options.max_replication_lag_secs;
         config.writer_faults = options.writer_faults.clone();
         let faults = FaultHandle::default();
         let store = Store::open(&config.journal_dir(), Some(options.journal), config.shards, 1).unwrap();
@@ -106,8 +117,9 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
+        let clock = options.clock.clone().unwrap_or_else(|| Arc::new(SteadyClock::default()));
         let done = tokio::spawn(async move {
-            let result = run_with(config, listener, journals, Arc::new(SystemClock), async {
+            let result = run_with(config, listener, journals, clock, async {
                 let _ = stopped.await;
             })
             .await;

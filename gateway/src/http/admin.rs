@@ -40,7 +40,7 @@ pub async fn persistence_status(State(app): State<Arc<App>>) -> Response {
                 "durableSeq": p.durable(),
                 "appliedSeq": p.applied(),
                 "lagRecords": p.lag_records(),
-                "lagSeconds": p.lag_ms() as f64 / 1_000.0,
+                "lagSeconds": p.cursor.waiting(&p.followers).as_secs_f64(),
                 "connected": p.connected.load(std::sync::atomic::Ordering::Acquire),
                 "lastError": p.last_error.get(),
             })
@@ -54,31 +54,56 @@ pub async fn persistence_status(State(app): State<Arc<App>>) -> Response {
     json(StatusCode::OK, serde_json::to_vec(&body).expect("json"))
 }
 
-/// Keeps the lag and outbox gauges current.
-pub async fn persistence_gauges(config: WriterConfig, progress: Progress, metrics: Arc<Metrics>) {
-    let mut client = None;
-    let mut tick = 0u64;
+/// How often the writer's lag is measured (and the guard below decided).
+const LAG_EVERY: Duration = Duration::from_millis(100);
+
+/// Keeps the writer's lag gauges current and tells the replication guard
+/// which shards lag too far.
+pub async fn persistence_gauges(progress: Progress, guard: Option<Arc<ReplicationGuard>>, metrics: Arc<Metrics>) {
     loop {
         for (i, p) in progress.iter().enumerate() {
             let labels = ShardLabels { shard: i as u16 };
+            let waiting = p.cursor.waiting(&p.followers);
             metrics.persistence_lag_records.get_or_create(&labels).set(p.lag_records());
-            metrics.persistence_lag_seconds.get_or_create(&labels).set(p.lag_ms() as f64 / 1_000.0);
-        }
-        if tick.is_multiple_of(10) {
-            if client.is_none() {
-                client = connect(&config.url, &config.schema).await.ok();
-            }
-            if let Some(c) = &client {
-                match c.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await {
-                    Ok(row) => {
-                        metrics.outbox_backlog.set(row.get::<_, i64>(0));
-                    }
-                    Err(_) => client = None,
-                }
+            metrics.persistence_lag_seconds.get_or_create(&labels).set(waiting.as_secs_f64());
+            if let Some(guard) = &guard {
+                guard.note(i, waiting);
             }
         }
-        tick += 1;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(LAG_EVERY).await;
+    }
+}
+
+/// `--max-replication-lag-secs`: per shard, whether its oldest change not
+/// yet in PostgreSQL was acknowledged longer ago than the bound. Writes to
+/// such a shard are refused until the writer catches up, so the changes a
+/// lost machine takes with it are at most the bound's worth.
+pub struct ReplicationGuard {
+    bound: Duration,
+    lagging: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplicationGuard {
+    pub fn new(bound: Duration, shards: u16) -> ReplicationGuard {
+        ReplicationGuard { bound, lagging: (0..shards).map(|_| Default::default()).collect() }
+    }
+
+    fn note(&self, shard: usize, waiting: Duration) {
+        self.lagging[shard].store(waiting > self.bound, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The refusal for a write to `shard`, if it lags too far.
+    pub fn check(&self, shard: u16) -> Result<(), ApiError> {
+        if !self.lagging[shard as usize].load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            "REPLICATION_LAG",
+            format!(
+                "PostgreSQL has not applied this shard's changes of the last {} s; writes resume once it catches up",
+                self.bound.as_secs()
+            ),
+        ))
     }
 }
 

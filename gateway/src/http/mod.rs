@@ -9,6 +9,7 @@
 //! `{code, message}` in one place.
 
 mod admin;
+mod events;
 mod extract;
 mod operator;
 mod reads;
@@ -25,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use inventory_runtime::{Runtime, SendError};
 
-pub use admin::{persistence_gauges, CAPACITY_SKUS_MAX};
+pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
+pub use events::event_gauges;
 pub use extract::Ctx;
 
 use crate::api::ApiError;
@@ -38,6 +40,10 @@ pub struct App {
     /// The PostgreSQL writer's progress per shard (empty without PostgreSQL).
     pub writers: inventory_persistence::Progress,
     pub postgres: Option<inventory_persistence::WriterConfig>,
+    /// The event relay's status (without `--events-nats-url`, none).
+    pub relay: Option<Arc<inventory_events::RelayStatus>>,
+    /// Refuses writes while PostgreSQL lags too far (`--max-replication-lag-secs`).
+    pub replication_guard: Option<Arc<ReplicationGuard>>,
     pub default_ttl_ms: u64,
     /// How long a proposed adjustment stays pending.
     pub adjustment_ttl_ms: u64,
@@ -66,6 +72,7 @@ pub enum Endpoint {
     AdminReconcile,
     AdminSnapshot,
     AdminCapacity,
+    AdminEvents,
     Freeze,
     Unfreeze,
     AdjustmentPropose,
@@ -83,7 +90,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 27] = [
+    pub const ALL: [Endpoint; 28] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -99,6 +106,7 @@ impl Endpoint {
         Endpoint::AdminReconcile,
         Endpoint::AdminSnapshot,
         Endpoint::AdminCapacity,
+        Endpoint::AdminEvents,
         Endpoint::Freeze,
         Endpoint::Unfreeze,
         Endpoint::AdjustmentPropose,
@@ -130,6 +138,7 @@ impl Endpoint {
             Endpoint::AdminReconcile => "/api/admin/reconcile",
             Endpoint::AdminSnapshot => "/api/admin/snapshot",
             Endpoint::AdminCapacity => "/api/admin/capacity",
+            Endpoint::AdminEvents => "/api/admin/events",
             Endpoint::Freeze => "/api/admin/skus/{sku_id}/freeze",
             Endpoint::Unfreeze => "/api/admin/skus/{sku_id}/unfreeze",
             Endpoint::AdjustmentPropose | Endpoint::AdjustmentList => "/api/admin/adjustments",
@@ -159,7 +168,8 @@ impl Endpoint {
             Endpoint::AdminPersistence
             | Endpoint::AdminReconcile
             | Endpoint::AdminSnapshot
-            | Endpoint::AdminCapacity => "admin",
+            | Endpoint::AdminCapacity
+            | Endpoint::AdminEvents => "admin",
             Endpoint::Freeze | Endpoint::Unfreeze => "freeze",
             Endpoint::AdjustmentPropose
             | Endpoint::AdjustmentList
@@ -184,6 +194,7 @@ impl Endpoint {
             | Endpoint::Ready
             | Endpoint::Metrics
             | Endpoint::AdminPersistence
+            | Endpoint::AdminEvents
             | Endpoint::AdjustmentList
             | Endpoint::Adjustment
             | Endpoint::TransferList
@@ -225,6 +236,7 @@ impl Endpoint {
             Endpoint::AdminReconcile => on(method, admin::reconcile),
             Endpoint::AdminSnapshot => on(method, admin::snapshot),
             Endpoint::AdminCapacity => on(method, admin::capacity),
+            Endpoint::AdminEvents => on(method, events::status),
             Endpoint::Freeze => on(method, operator::freeze),
             Endpoint::Unfreeze => on(method, operator::unfreeze),
             Endpoint::AdjustmentPropose => on(method, operator::propose),

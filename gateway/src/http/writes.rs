@@ -256,6 +256,9 @@ async fn cold_key(app: &App, shard: u16, key: u128, now: u64) -> Result<bool, Ap
 
 /// Sends a command to its shard and waits for the durable outcome.
 pub(super) async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Applied, ApiError> {
+    if let Some(guard) = &app.replication_guard {
+        guard.check(shard)?;
+    }
     let key = key_hash(command.idem_key().expect("writes carry a key"));
     let runtime = &app.runtime;
     let now = runtime.clock.now_ms();

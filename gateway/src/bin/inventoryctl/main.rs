@@ -2,7 +2,8 @@
 //!
 //! Each subcommand lives in its own file (`journal/` and `audit/` hold one
 //! file per subcommand of theirs); every one that talks to a running
-//! service does so through [`client`].
+//! service does so through [`client`], and `events` reads the broker the
+//! service publishes to.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod adjust;
 mod audit;
 mod client;
+mod events;
 mod import;
 mod journal;
 mod operator;
@@ -44,6 +46,9 @@ enum Top {
     /// Create, finish and list transfers between warehouses on a running
     /// service.
     Transfer(transfer::TransferArgs),
+    /// Print the stock-change events the service publishes to NATS
+    /// JetStream, one JSON line each, and follow new ones.
+    Events(events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +60,6 @@ fn main() -> ExitCode {
         Top::Sku(args) => sku::run(args),
         Top::Adjust(args) => adjust::run(args),
         Top::Transfer(args) => transfer::run(args),
+        Top::Events(args) => events::run(args),
     }
 }
