@@ -19,16 +19,23 @@
 //! write is an upsert of the same value). The batch reaches the disk at
 //! the next [`ColdStore::persist`] (an `fdatasync` of fjall's journal),
 //! which the follower calls a few times a second rather than per batch.
+//!
+//! fjall refuses every write after one failed (a full disk: `Poisoned`)
+//! for as long as the database stays open. [`ColdStore::reopen`] closes it
+//! and opens it again from what is on disk; lookups meanwhile use the
+//! handle they hold, or fail with a [`ColdError`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use inventory_core::{
     cold_changes, order_hash, ColdChange, ColdHold, ColdIdem, Entry, Millis, ReservationStatus, TierConfig,
     UnknownHold, HOLD_RETENTION_MS,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -49,6 +56,15 @@ pub enum ColdError {
     Corrupt(String),
     #[error("cold store: entry {seq} finishes hold {hold}, of which it has no record")]
     UnknownHold { seq: u64, hold: u64 },
+}
+
+impl ColdError {
+    /// A failure of the database or its files (a full disk), after which
+    /// fjall refuses writes until it is opened again; not one of the
+    /// records taken.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, ColdError::Storage(_) | ColdError::Io(_))
+    }
 }
 
 /// Counts, for metrics and the soak measurement.
@@ -97,13 +113,62 @@ fn options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default().manual_journal_persist(true).max_memtable_size(MEMTABLE_BYTES)
 }
 
+/// How long opening the database again waits for the handle just closed
+/// to let go of its lock (a lookup still reading with it).
+const REOPEN_WAIT: Duration = Duration::from_millis(500);
+
 pub struct ColdStore {
+    dir: PathBuf,
+    tiers: TierConfig,
+    idempotency_ttl_ms: Millis,
+    /// `None` after a reopen that could not finish; the next use opens it.
+    open: RwLock<Option<Arc<Open>>>,
+}
+
+/// The open database and its keyspaces.
+struct Open {
     db: Database,
     meta: Keyspace,
     live: Keyspace,
-    tiers: TierConfig,
-    idempotency_ttl_ms: Millis,
     slices: Slices,
+}
+
+impl Open {
+    fn new(dir: &Path) -> Result<Open, ColdError> {
+        std::fs::create_dir_all(dir)?;
+        // Two workers per store: with one, a compaction of several minutes
+        // held up every memtable flush behind it, and the memtables grew to
+        // 1.6 GB in a 30-minute soak (`inventory_cold_write_buffer_bytes`).
+        let db =
+            Database::builder(dir).cache_size(CACHE_BYTES).manual_journal_persist(true).worker_threads(2).open()?;
+        let meta = db.keyspace("meta", options)?;
+        let live = db.keyspace("live", options)?;
+        let slices = Slices::default();
+        for name in db.list_keyspace_names() {
+            if let Some((kind, slice)) = Kind::parse(&name) {
+                slices.keyspace(&db, kind, slice)?;
+            }
+        }
+        Ok(Open { db, meta, live, slices })
+    }
+
+    /// [`Open::new`], again while a handle just closed still holds the
+    /// database's lock.
+    fn open_when_unlocked(dir: &Path) -> Result<Open, ColdError> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Open::new(dir) {
+                Err(ColdError::Storage(fjall::Error::Locked)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn keyspace(&self, kind: Kind, slice: u64) -> Result<Keyspace, ColdError> {
+        self.slices.keyspace(&self.db, kind, slice)
+    }
 }
 
 /// The slices that exist, by kind, with their open keyspaces.
@@ -144,6 +209,7 @@ impl Slices {
 /// hold made and finished within one batch is read back from here).
 struct Batch<'a> {
     store: &'a ColdStore,
+    open: &'a Open,
     writes: OwnedWriteBatch,
     live: HashMap<u64, Option<ColdHold>>,
 }
@@ -152,7 +218,7 @@ impl Batch<'_> {
     fn live_hold(&self, seq: u64) -> Result<Option<ColdHold>, ColdError> {
         match self.live.get(&seq) {
             Some(hold) => Ok(hold.clone()),
-            None => self.store.live.get(seq.to_be_bytes())?.map(|v| decode(&v)).transpose(),
+            None => self.open.live.get(seq.to_be_bytes())?.map(|v| decode(&v)).transpose(),
         }
     }
 
@@ -167,25 +233,25 @@ impl Batch<'_> {
         let key = hold.seq.to_be_bytes();
         let value = encode(&hold);
         if hold.status == ReservationStatus::Reserved {
-            self.writes.insert(&self.store.live, key, value.as_slice());
+            self.writes.insert(&self.open.live, key, value.as_slice());
             self.live.insert(hold.seq, Some(hold));
             return Ok(());
         }
-        self.writes.remove(&self.store.live, key);
+        self.writes.remove(&self.open.live, key);
         let slice = self.store.slice(hold.updated_at.saturating_add(HOLD_RETENTION_MS));
-        let holds = self.store.keyspace(Kind::Holds, slice)?;
+        let holds = self.open.keyspace(Kind::Holds, slice)?;
         self.writes.insert(&holds, key, value.as_slice());
         let mut order_key = [0u8; 16];
         order_key[..8].copy_from_slice(&order_hash(&hold.order_id).to_be_bytes());
         order_key[8..].copy_from_slice(&key);
-        let orders = self.store.keyspace(Kind::Orders, slice)?;
+        let orders = self.open.keyspace(Kind::Orders, slice)?;
         self.writes.insert(&orders, order_key, []);
         self.live.insert(hold.seq, None);
         Ok(())
     }
 
     fn put_idem(&mut self, record: &ColdIdem) -> Result<(), ColdError> {
-        let keys = self.store.keyspace(Kind::Keys, self.store.slice(record.expires_at))?;
+        let keys = self.open.keyspace(Kind::Keys, self.store.slice(record.expires_at))?;
         self.writes.insert(&keys, record.key.to_be_bytes(), encode(record).as_slice());
         Ok(())
     }
@@ -195,7 +261,7 @@ impl Batch<'_> {
         let mut value = [0u8; 16];
         value[..8].copy_from_slice(&position.seq.to_le_bytes());
         value[8..].copy_from_slice(&position.at.to_le_bytes());
-        self.writes.insert(&self.store.meta, POSITION, value);
+        self.writes.insert(&self.open.meta, POSITION, value);
         self.writes.commit()?;
         Ok(())
     }
@@ -204,26 +270,38 @@ impl Batch<'_> {
 impl ColdStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, tiers: TierConfig, idempotency_ttl_ms: Millis) -> Result<ColdStore, ColdError> {
-        std::fs::create_dir_all(dir)?;
-        // Two workers per store: with one, a compaction of several minutes
-        // held up every memtable flush behind it, and the memtables grew to
-        // 1.6 GB in a 30-minute soak (`inventory_cold_write_buffer_bytes`).
-        let db =
-            Database::builder(dir).cache_size(CACHE_BYTES).manual_journal_persist(true).worker_threads(2).open()?;
-        let meta = db.keyspace("meta", options)?;
-        let live = db.keyspace("live", options)?;
-        let slices = Slices::default();
-        for name in db.list_keyspace_names() {
-            if let Some((kind, slice)) = Kind::parse(&name) {
-                slices.keyspace(&db, kind, slice)?;
-            }
+        let open = Open::new(dir)?;
+        Ok(ColdStore { dir: dir.to_path_buf(), tiers, idempotency_ttl_ms, open: RwLock::new(Some(Arc::new(open))) })
+    }
+
+    /// The open database, opened again if a reopen could not finish.
+    fn db(&self) -> Result<Arc<Open>, ColdError> {
+        if let Some(open) = &*self.open.read() {
+            return Ok(open.clone());
         }
-        Ok(ColdStore { db, meta, live, tiers, idempotency_ttl_ms, slices })
+        let mut open = self.open.write();
+        if open.is_none() {
+            *open = Some(Arc::new(Open::open_when_unlocked(&self.dir)?));
+        }
+        Ok(open.clone().expect("opened"))
+    }
+
+    /// Closes the database and opens it again from what is on disk: what
+    /// was made durable, and perhaps batches written since (the position
+    /// says which). After a write failed (a full disk), fjall refuses
+    /// every write until then. If a lookup still holds the old handle past
+    /// [`REOPEN_WAIT`], or the opening fails, this fails, and the next use
+    /// opens it.
+    pub fn reopen(&self) -> Result<(), ColdError> {
+        let mut open = self.open.write();
+        drop(open.take());
+        *open = Some(Arc::new(Open::open_when_unlocked(&self.dir)?));
+        Ok(())
     }
 
     /// The last journal entry taken (zero before the first).
     pub fn position(&self) -> Result<Position, ColdError> {
-        Ok(match self.meta.get(POSITION)? {
+        Ok(match self.db()?.meta.get(POSITION)? {
             Some(v) if v.len() == 16 => Position {
                 seq: u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
                 at: u64::from_le_bytes(v[8..].try_into().expect("8 bytes")),
@@ -233,15 +311,16 @@ impl ColdStore {
         })
     }
 
-    fn batch(&self) -> Batch<'_> {
-        Batch { store: self, writes: self.db.batch(), live: HashMap::new() }
+    fn batch<'a>(&'a self, open: &'a Open) -> Batch<'a> {
+        Batch { store: self, open, writes: open.db.batch(), live: HashMap::new() }
     }
 
     /// Takes journal entries, in order, each right after the last taken,
     /// with the new position; durable at the next [`ColdStore::persist`].
     pub fn take(&self, entries: &[Entry]) -> Result<(), ColdError> {
         let Some(last) = entries.last() else { return Ok(()) };
-        let mut batch = self.batch();
+        let open = self.db()?;
+        let mut batch = self.batch(&open);
         for entry in entries {
             let changes = cold_changes(self.idempotency_ttl_ms, entry, |seq| batch.live_hold(seq).ok().flatten())
                 .map_err(|UnknownHold(hold)| ColdError::UnknownHold { seq: entry.seq, hold })?;
@@ -261,7 +340,8 @@ impl ColdStore {
         records: impl IntoIterator<Item = ColdIdem>,
         position: Position,
     ) -> Result<(), ColdError> {
-        let mut batch = self.batch();
+        let open = self.db()?;
+        let mut batch = self.batch(&open);
         for hold in holds {
             batch.put_hold(hold)?;
         }
@@ -274,7 +354,7 @@ impl ColdStore {
 
     /// Makes everything taken so far durable.
     pub fn persist(&self) -> Result<(), ColdError> {
-        self.db.persist(PersistMode::SyncData)?;
+        self.db()?.db.persist(PersistMode::SyncData)?;
         Ok(())
     }
 
@@ -282,13 +362,9 @@ impl ColdStore {
         retention_end / self.tiers.slice_ms
     }
 
-    fn keyspace(&self, kind: Kind, slice: u64) -> Result<Keyspace, ColdError> {
-        self.slices.keyspace(&self.db, kind, slice)
-    }
-
     /// The idempotency record of `key`, if one is kept and unexpired at `at`.
     pub fn idem(&self, key: u128, at: Millis) -> Result<Option<ColdIdem>, ColdError> {
-        for keys in self.slices.of(Kind::Keys, self.slice(at)) {
+        for keys in self.db()?.slices.of(Kind::Keys, self.slice(at)) {
             if let Some(v) = keys.get(key.to_be_bytes())? {
                 let record: ColdIdem = decode(&v)?;
                 return Ok((record.expires_at > at).then_some(record));
@@ -299,7 +375,7 @@ impl ColdStore {
 
     /// The finished hold of sequence `seq`, if one is kept.
     pub fn hold(&self, seq: u64) -> Result<Option<ColdHold>, ColdError> {
-        for holds in self.slices.of(Kind::Holds, 0) {
+        for holds in self.db()?.slices.of(Kind::Holds, 0) {
             if let Some(v) = holds.get(seq.to_be_bytes())? {
                 return decode(&v).map(Some);
             }
@@ -311,8 +387,9 @@ impl ColdStore {
     pub fn order(&self, order_id: &str) -> Result<Vec<ColdHold>, ColdError> {
         let prefix = order_hash(order_id).to_be_bytes();
         let mut holds = Vec::new();
-        for slice in self.slices.numbers(Kind::Orders) {
-            let (orders, by_seq) = (self.keyspace(Kind::Orders, slice)?, self.keyspace(Kind::Holds, slice)?);
+        let open = self.db()?;
+        for slice in open.slices.numbers(Kind::Orders) {
+            let (orders, by_seq) = (open.keyspace(Kind::Orders, slice)?, open.keyspace(Kind::Holds, slice)?);
             for guard in orders.prefix(prefix) {
                 let key = guard.key()?;
                 let seq = &key[8..16];
@@ -333,10 +410,11 @@ impl ColdStore {
     pub fn drop_before(&self, at: Millis) -> Result<usize, ColdError> {
         let first_kept = self.slice(at);
         let mut dropped = 0;
-        for (kind, slice) in self.slices.all() {
+        let open = self.db()?;
+        for (kind, slice) in open.slices.all() {
             if slice < first_kept {
-                if let Some(keyspace) = self.slices.remove(kind, slice) {
-                    self.db.delete_keyspace(keyspace)?;
+                if let Some(keyspace) = open.slices.remove(kind, slice) {
+                    open.db.delete_keyspace(keyspace)?;
                     dropped += 1;
                 }
             }
@@ -345,17 +423,23 @@ impl ColdStore {
     }
 
     /// The store's memtables, active and sealed: written, not yet flushed
-    /// to disk.
+    /// to disk (0 while closed).
     pub fn write_buffer_bytes(&self) -> u64 {
-        self.db.write_buffer_size()
+        self.opened().map_or(0, |open| open.db.write_buffer_size())
+    }
+
+    /// The open database, if it is open.
+    fn opened(&self) -> Option<Arc<Open>> {
+        self.open.read().clone()
     }
 
     /// The filter and index blocks the store's tables keep in memory; they
-    /// grow with what the store holds on disk.
+    /// grow with what the store holds on disk (0 while closed).
     pub fn pinned_bytes(&self) -> u64 {
         use fjall::AbstractTree;
-        let keyspaces: Vec<Keyspace> = self.slices.0.lock().values().cloned().collect();
-        [&self.meta, &self.live]
+        let Some(open) = self.opened() else { return 0 };
+        let keyspaces: Vec<Keyspace> = open.slices.0.lock().values().cloned().collect();
+        [&open.meta, &open.live]
             .into_iter()
             .chain(keyspaces.iter())
             .map(|k| (k.tree.pinned_filter_size() + k.tree.pinned_block_index_size()) as u64)
@@ -363,8 +447,9 @@ impl ColdStore {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let slices: BTreeSet<u64> = self.slices.all().into_iter().map(|(_, s)| s).collect();
-        StoreStats { slices: slices.len(), bytes_on_disk: self.db.disk_space().unwrap_or(0) }
+        let Some(open) = self.opened() else { return StoreStats::default() };
+        let slices: BTreeSet<u64> = open.slices.all().into_iter().map(|(_, s)| s).collect();
+        StoreStats { slices: slices.len(), bytes_on_disk: open.db.disk_space().unwrap_or(0) }
     }
 }
 
@@ -541,5 +626,145 @@ mod tests {
         store.seed([created], [], Position { seq: 2, at: 2 }).unwrap();
         store.take(&j.entries[2..]).unwrap();
         assert_eq!(store.hold(hold.seq()).unwrap().unwrap().view(0), j.shard.reservation(hold).unwrap());
+    }
+
+    /// A tmpfs of `size` mounted for one test, unmounted when dropped (lazily
+    /// if something still has a file open on it).
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Result<Tmpfs, String> {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(Tmpfs(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let umount = |lazy: bool| {
+                let mut umount = std::process::Command::new("umount");
+                if lazy {
+                    umount.arg("--lazy");
+                }
+                umount.arg(self.0.path()).status().is_ok_and(|s| s.success())
+            };
+            if !umount(false) {
+                umount(true);
+            }
+        }
+    }
+
+    /// Fills the file system of `path` with the file `path`.
+    fn fill(path: &Path) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(path).unwrap();
+        let page = [0xA5u8; 4_096];
+        loop {
+            match file.write(&page) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return,
+                Err(e) => panic!("filler: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_full_disk_the_store_opened_again_takes_the_journal_on_from_its_position() {
+        let tmpfs = match Tmpfs::mount("4m") {
+            Ok(tmpfs) => tmpfs,
+            Err(e) => {
+                assert!(std::env::var_os("CI").is_none(), "needs a tmpfs: {e}");
+                return eprintln!("skipping: {e}");
+            }
+        };
+        let mut j = Journaled::new();
+        let t = 10 * HOUR_MS;
+        let Command::Receive(mut stock) = receive() else { unreachable!() };
+        stock.qty = 1_000_000;
+        j.apply(t, Command::Receive(stock));
+        let mut ids = Vec::new();
+        for n in 0..4_000 {
+            let key = format!("k{n}");
+            // Every third hold is released: records in the live keyspace and the slices.
+            let id = id(j.apply(t + 1 + n, reserve(&format!("o{n}"), &key)));
+            if n % 3 == 0 {
+                let release = Release { reservation_id: id, reason: "gone".into(), idem_key: format!("x{n}") };
+                j.apply(t + 1 + n, Command::Release(release));
+            }
+            ids.push(id);
+        }
+        let store = Arc::new(open(&tmpfs.0.path().join("cold")));
+        store.take(&j.entries[..100]).unwrap();
+        store.persist().unwrap();
+        let filler = tmpfs.0.path().join("filler");
+        fill(&filler);
+
+        // The full disk fails a write, and fjall then refuses every write,
+        // also once there is space again.
+        let mut next = 100;
+        let failed = loop {
+            assert!(next < j.entries.len(), "no write failed on a full disk");
+            let end = (next + 100).min(j.entries.len());
+            match store.take(&j.entries[next..end]).and_then(|()| store.persist()) {
+                Ok(()) => next = end,
+                Err(e) => break e,
+            }
+        };
+        assert!(failed.is_storage(), "{failed}");
+        std::fs::remove_file(&filler).unwrap();
+        assert!(store.take(&j.entries[next..next + 1]).and_then(|()| store.persist()).is_err());
+
+        // Lookups go on during the reopen, answering or failing cleanly.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let looking = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut found = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(record) = store.idem(key_hash("k0"), t + 2) {
+                        assert!(record.is_some(), "a durable record went missing");
+                        found += 1;
+                    }
+                }
+                found
+            })
+        };
+        store.reopen().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(looking.join().unwrap() > 0);
+
+        // It holds what was durable, perhaps more, and takes the journal on
+        // from there.
+        let position = store.position().unwrap();
+        assert!(position.seq >= 100, "{position:?}");
+        assert!(position.seq <= j.entries.len() as u64);
+        store.take(&j.entries[position.seq as usize..]).unwrap();
+        store.persist().unwrap();
+        let last = j.entries.last().unwrap();
+        assert_eq!(store.position().unwrap(), Position { seq: last.seq, at: last.at });
+        drop(store);
+        let store = open(&tmpfs.0.path().join("cold"));
+        assert_eq!(store.position().unwrap().seq, last.seq);
+        let at = t + 5_000;
+        let dump = j.shard.dump();
+        for (n, id) in ids.iter().enumerate() {
+            let key = format!("k{n}");
+            let kept = store.idem(key_hash(&key), at).unwrap().unwrap_or_else(|| panic!("{key}"));
+            let held = dump.idem.iter().find(|r| r.0 == key_hash(&key)).unwrap();
+            assert_eq!((kept.fingerprint, kept.expires_at), (held.1, held.3), "{key}");
+            if n % 3 == 0 {
+                let hold = store.hold(id.seq()).unwrap().unwrap_or_else(|| panic!("hold {n}"));
+                assert_eq!(hold.view(0), j.shard.reservation(*id).unwrap());
+            }
+        }
+        assert!(tmpfs.0.path().exists());
     }
 }

@@ -2,7 +2,8 @@
 //! from the store's position up to the journal's head, has the store take
 //! the entries, makes them durable a few times a second, and then moves its
 //! cursor, which holds back truncation and tells the shard loop what it may
-//! forget.
+//! forget. After the store fails to write (a full disk), it opens the
+//! store again and resumes from the store's position.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,9 +45,43 @@ pub fn run_follower(
     let shard = reader.shard();
     let mut entries = Vec::with_capacity(ENTRIES_MAX);
     let mut next_drop = Instant::now();
-    // Taken but not yet durable: the last entry, and since when.
-    let mut pending: Option<(u64, Millis, Instant)> = None;
+    // The last entry the store has taken, and since when what it has taken
+    // past the cursor is not yet durable.
+    let mut taken = (cursor.position(), cursor.position_at());
+    let mut pending: Option<Instant> = None;
+    // Set after the store failed: fjall refuses every write after a failed
+    // one until the database is opened again.
+    let mut reopen = false;
     loop {
+        if reopen {
+            match store.reopen().and_then(|()| store.position()) {
+                Ok(position) => {
+                    // Resumes from what the reopened store holds: never past
+                    // it, and what it holds beyond the cursor is made
+                    // durable before the cursor moves.
+                    tracing::info!(shard, position = position.seq, "cold store: opened again after a failure");
+                    if position.seq < cursor.position() {
+                        tracing::warn!(
+                            shard,
+                            position = position.seq,
+                            cursor = cursor.position(),
+                            "cold store: reopened behind its cursor; taking the journal again from its position"
+                        );
+                    }
+                    taken = (position.seq, position.at);
+                    pending = (position.seq > cursor.position()).then(Instant::now);
+                    reopen = false;
+                }
+                Err(e) => {
+                    tracing::error!(shard, error = %e, "cold store: cannot open it again; retrying");
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(RETRY_SLEEP);
+                    continue;
+                }
+            }
+        }
         if Instant::now() >= next_drop {
             next_drop = Instant::now() + DROP_EVERY;
             match store.drop_before(now()) {
@@ -56,14 +91,16 @@ pub fn run_follower(
             }
         }
         let stopping = stop.load(Ordering::Acquire);
-        let from = pending.map_or(cursor.position(), |(seq, ..)| seq) + 1;
+        let from = taken.0 + 1;
         let durable = followers.durable();
         let caught_up = from > durable;
-        if let Some((seq, at, since)) = pending {
+        if let Some(since) = pending {
             if caught_up || since.elapsed() >= PERSIST_EVERY {
                 match store.persist() {
                     Ok(()) => {
-                        cursor.advance(seq, at);
+                        if taken.0 >= cursor.position() {
+                            cursor.advance(taken.0, taken.1);
+                        }
                         pending = None;
                     }
                     Err(e) => {
@@ -71,6 +108,7 @@ pub fn run_follower(
                         if stopping {
                             return;
                         }
+                        reopen = true;
                         std::thread::sleep(RETRY_SLEEP);
                         continue;
                     }
@@ -95,18 +133,26 @@ pub fn run_follower(
             }
             Ok(())
         });
-        let taken = read.map_err(|e| e.to_string()).and_then(|()| match entries.first() {
+        let taking = read.map_err(|e| e.to_string()).and_then(|()| match entries.first() {
             Some(first) if first.seq != from => Err(format!("the journal resumes at {} after {}", first.seq, from - 1)),
-            _ => store.take(&entries).map_err(|e| e.to_string()),
+            _ => Ok(store.take(&entries)),
         });
-        match (taken, entries.last()) {
-            (Ok(()), Some(last)) => {
-                let since = pending.map_or_else(Instant::now, |(.., since)| since);
-                pending = Some((last.seq, last.at, since));
+        match (taking, entries.last()) {
+            (Ok(Ok(())), Some(last)) => {
+                taken = (last.seq, last.at);
+                pending.get_or_insert_with(Instant::now);
             }
-            (Ok(()), None) => std::thread::sleep(IDLE_SLEEP),
-            (Err(e), _) => {
+            (Ok(Ok(())), None) => std::thread::sleep(IDLE_SLEEP),
+            (Ok(Err(e)), _) => {
                 tracing::error!(shard, from, error = %e, "cold store: cannot take the journal; retrying");
+                if stopping {
+                    return;
+                }
+                reopen = e.is_storage();
+                std::thread::sleep(RETRY_SLEEP);
+            }
+            (Err(e), _) => {
+                tracing::error!(shard, from, error = %e, "cold store: cannot read the journal; retrying");
                 if stopping {
                     return;
                 }
