@@ -90,6 +90,11 @@ pub fn run_follower(
                 Err(e) => tracing::error!(shard, error = %e, "cold store: cannot drop old slices"),
             }
         }
+        // The shard loop moves the cursor itself when it seeds the store
+        // from its state (a journal that starts after a snapshot).
+        if pending.is_none() && cursor.position() > taken.0 {
+            taken = (cursor.position(), cursor.position_at());
+        }
         let stopping = stop.load(Ordering::Acquire);
         let from = taken.0 + 1;
         let durable = followers.durable();

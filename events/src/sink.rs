@@ -39,6 +39,10 @@ pub trait Sink: Send {
 /// How long the broker has to acknowledge a publish.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Publishes awaiting their acknowledgement at most; a batch is sent this
+/// many at a time.
+const ACKS_INFLIGHT_MAX: usize = 8_192;
+
 /// The stream's de-duplication window: a re-delivery inside it is dropped
 /// by the broker, one after it by the consumer (by id).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -66,7 +70,7 @@ impl NatsSink {
                 .map_err(|e| SinkError::Connect { url: self.url.clone(), message: e.to_string() })?;
             let context = ContextBuilder::new()
                 .timeout(ACK_TIMEOUT)
-                .max_ack_inflight(8_192)
+                .max_ack_inflight(ACKS_INFLIGHT_MAX)
                 .backpressure_on_inflight(true)
                 .build(client);
             ensure_stream(&context, &self.stream).await?;
@@ -93,19 +97,24 @@ pub async fn ensure_stream(context: &Context, name: &str) -> Result<(), SinkErro
 impl Sink for NatsSink {
     async fn publish(&mut self, batch: &[Outgoing]) -> Result<(), SinkError> {
         let context = self.context().await?;
-        // Every message is sent before any acknowledgement is awaited: one
-        // round trip per batch, and the connection keeps them in order.
-        let mut acks = Vec::with_capacity(batch.len());
-        for event in batch {
-            let message = PublishMessage::build().payload(event.payload.clone()).message_id(&event.id);
-            let ack = context
-                .send_publish(event.subject.clone(), message)
-                .await
-                .map_err(|e| SinkError::Publish(e.to_string()))?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await.map_err(|e| SinkError::Publish(e.to_string()))?;
+        // Messages are sent back to back and their acknowledgements awaited
+        // together, a chunk at a time: one round trip per chunk, and the
+        // connection keeps them in order. A chunk is at most the
+        // acknowledgements the context lets wait, since a send past that
+        // waits for one of them to be awaited.
+        for chunk in batch.chunks(ACKS_INFLIGHT_MAX) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for event in chunk {
+                let message = PublishMessage::build().payload(event.payload.clone()).message_id(&event.id);
+                let ack = context
+                    .send_publish(event.subject.clone(), message)
+                    .await
+                    .map_err(|e| SinkError::Publish(e.to_string()))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| SinkError::Publish(e.to_string()))?;
+            }
         }
         Ok(())
     }

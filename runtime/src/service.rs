@@ -93,6 +93,8 @@ pub struct Runtime {
     /// Asks the snapshotter for a snapshot of every shard now. The
     /// snapshotter stops once every copy of this is dropped.
     pub snapshots: Sender<SnapshotRequest>,
+    /// Where the shards' snapshots are: a journal starts after the oldest.
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 /// The threads behind a [`Runtime`], to stop it.
@@ -222,6 +224,7 @@ impl Runtime {
             readers,
             cold: stores,
             snapshots,
+            snapshot_dir: config.snapshot_dir(),
         };
         let threads = Threads { router, ready, loops, snapshotter, audit, follower_stop, cold: cold_threads };
         Ok((runtime, threads))

@@ -175,6 +175,22 @@ async fn every_change_is_published_as_a_cloud_event() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_with_more_events_than_the_broker_lets_wait_is_published() {
+    let nats = PrivateNats::start();
+    let server =
+        TestServer::start_with(Options { shards: 1, events_nats_url: Some(nats.url()), ..Default::default() }).await;
+    let c = &server.client;
+    // One journal entry of 10,000 receipts: more events in one publish
+    // than acknowledgements may wait at once.
+    let items: Vec<Value> = (0..10_000).map(|i| json!({"skuId": format!("bulk-{i}"), "qty": 1})).collect();
+    let r = c.post("/api/inventory/receive-batch", json!({"idemKey": "bulk", "items": items})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    caught_up(c, Duration::from_secs(30)).await;
+    assert_eq!(distinct(&read_stream(&nats.url()).await).len(), 10_000);
+    server.stop().await;
+}
+
 /// What the load below did, as acknowledged by the service.
 #[derive(Default)]
 struct Ledger {

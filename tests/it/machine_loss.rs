@@ -161,6 +161,12 @@ async fn a_restored_data_dir_publishes_again_what_the_broker_may_have_missed() {
     }
     let status = c.get("/api/admin/events").await.body;
     assert_eq!(status["lagEntries"], 0, "{status}");
+    // The restored journal starts after a snapshot: reconciliation rebuilds
+    // from it and finds the core, its journal and PostgreSQL agreeing.
+    wait_caught_up(&c, Duration::from_secs(20)).await;
+    let report = c.post("/api/admin/reconcile", json!({})).await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.text);
+    assert_eq!((&report.body["mismatched"], &report.body["coreMismatches"]), (&json!(0), &json!(0)), "{}", report.text);
     assert_eq!(
         json!(status["shards"].as_array().unwrap().iter().map(|s| s["skipped"].as_u64().unwrap()).sum::<u64>()),
         json!(0),

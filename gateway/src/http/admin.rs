@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use inventory_core::{Command, Repair, Shard, ShardConfig, StockRow};
-use inventory_journal::replay_upto;
+use inventory_core::{Command, Repair, ShardConfig, StockRow};
+use inventory_journal::{rebuild, Until};
 use inventory_persistence::reconcile::{self, History, PgRow};
 use inventory_persistence::{connect, Progress, WriterConfig};
 use inventory_runtime::metrics::{Metrics, ShardLabels};
@@ -171,9 +171,10 @@ pub async fn reconcile(
         app.runtime.router.send(shard, Request::Rows { reply }).map_err(|e| app.send_error(e))?;
         let (seq, live) = answer.await.map_err(|_| stopping())?;
         let reader = app.runtime.readers[shard as usize].clone();
+        let snapshots = app.runtime.snapshot_dir.clone();
         let rebuilt = tokio::task::spawn_blocking(move || {
-            let mut replica = Shard::new(ShardConfig::new(shard));
-            replay_upto(&mut replica, &*reader, seq, |_| {}).map(|_| replica.dump().rows)
+            rebuild(ShardConfig::new(shard), Some(&snapshots), &*reader, Until::Seq(seq), |_| {})
+                .map(|(replica, _)| replica.dump().rows)
         })
         .await
         .expect("replay panicked")
