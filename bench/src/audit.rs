@@ -160,7 +160,7 @@ fn bad(path: &str, reply: &crate::client::Reply) -> BenchError {
     BenchError::Audit(format!("GET {path}: HTTP {} {}", reply.status, String::from_utf8_lossy(&reply.body)))
 }
 
-async fn get_with_retry(conn: &mut Conn, path: &str) -> Result<crate::client::Reply> {
+pub(crate) async fn get_with_retry(conn: &mut Conn, path: &str) -> Result<crate::client::Reply> {
     let mut last = None;
     for attempt in 0..5u32 {
         match conn.get(path).await {

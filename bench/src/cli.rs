@@ -32,6 +32,10 @@ pub enum Commands {
     Run(Box<RunArgs>),
     /// Serve a baseline (PostgreSQL or Redis) behind the service's HTTP API.
     Adapter(AdapterArgs),
+    /// Check a ledger written by `run --ledger` against a service (e.g. one
+    /// restored after its machine was lost): which acknowledged writes it
+    /// lacks, and whether holds past their expiry were released.
+    Verify(VerifyArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,6 +119,17 @@ pub struct RunArgs {
     /// instead of starting one.
     #[arg(long)]
     pub target_url: Option<String>,
+    /// Write every acknowledged write of the measured phase to this file,
+    /// one JSON line each with the time its answer arrived (`ackMs`), and
+    /// every confirm or release that got no answer. The file is created
+    /// when the measured phase starts, after seeding.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+    /// End the measured phase early, without an audit, once the target
+    /// refuses connections: for drills that kill it under load (needs
+    /// --target-url).
+    #[arg(long)]
+    pub stop_when_target_lost: bool,
     /// Path of the inventoryd binary (default: next to this binary).
     #[arg(long)]
     pub inventoryd: Option<PathBuf>,
@@ -166,6 +181,67 @@ pub struct AdapterArgs {
     /// Database connections.
     #[arg(long, default_value_t = 32)]
     pub pool: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// The service to check (http://IP:PORT).
+    #[arg(long)]
+    pub target_url: String,
+    /// The ledger `run --ledger` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: PathBuf,
+    /// Per shard, the journal time (Unix ms) of the last change PostgreSQL
+    /// had applied when the machine was lost (`writer_checkpoint.last_at_ms`),
+    /// as SHARD:MS pairs, comma separated. A write missing from the service
+    /// must have been acknowledged at or after its shard's time.
+    #[arg(long, value_name = "SHARD:MS,...", value_parser = parse_shard_times)]
+    pub applied_at_ms: Option<ShardTimes>,
+    /// When the machine was lost (Unix ms).
+    #[arg(long, value_name = "MS")]
+    pub lost_at_ms: Option<u64>,
+    /// When the restored service was ready (Unix ms): holds that expired
+    /// between the loss and this time expired during the outage.
+    #[arg(long, value_name = "MS")]
+    pub ready_at_ms: Option<u64>,
+    /// Parallel connections for the reads.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How far the service's clock may run ahead of this machine's: after
+    /// the wall clock steps back the service's time goes on from where it
+    /// was, ahead by up to the step. A missing write counts as acknowledged
+    /// before its shard's last applied change only by more than this.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration_or_zero)]
+    pub clock_slack: Duration,
+    /// How long a hold past its expiry may still read RESERVED before it
+    /// counts as not released.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub expiry_grace: Duration,
+}
+
+/// A time per shard: `(shard, Unix ms)` pairs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardTimes(pub Vec<(u16, u64)>);
+
+/// `0:1733300000123,1:1733300000456` → `[(0, 1733300000123), (1, ...)]`.
+fn parse_shard_times(s: &str) -> Result<ShardTimes, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (shard, ms) = pair.trim().split_once(':').ok_or_else(|| format!("{pair:?} is not SHARD:MS"))?;
+            let shard = shard.trim().parse().map_err(|_| format!("{pair:?}: {shard:?} is not a shard number"))?;
+            let ms = ms.trim().parse().map_err(|_| format!("{pair:?}: {ms:?} is not milliseconds"))?;
+            Ok((shard, ms))
+        })
+        .collect::<Result<_, _>>()
+        .map(ShardTimes)
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 100ms or 1s: {e}"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -229,6 +305,14 @@ impl RunArgs {
         if self.target_url.is_some() && self.targets != [TargetKind::Service] {
             return Err("--target-url measures one running service: use it with --targets service".into());
         }
+        if self.stop_when_target_lost && self.target_url.is_none() {
+            return Err(
+                "--stop-when-target-lost applies to a service started elsewhere: use it with --target-url".into()
+            );
+        }
+        if self.ledger.is_some() && self.targets.len() != 1 {
+            return Err("--ledger records one target's writes: name one target".into());
+        }
         if self.adapter_pool == Some(0) {
             return Err("--adapter-pool must be at least 1".into());
         }
@@ -268,5 +352,52 @@ mod tests {
         assert!(parse(&["--scenario", "peak", "--targets", "postgres", "--target-url", "http://127.0.0.1:1"])
             .unwrap_err()
             .contains("--target-url"));
+        assert!(parse(&["--scenario", "peak", "--stop-when-target-lost"]).unwrap_err().contains("--target-url"));
+        assert!(parse(&["--scenario", "peak", "--targets", "service,memory", "--ledger", "x"])
+            .unwrap_err()
+            .contains("--ledger"));
+    }
+
+    #[test]
+    fn a_drill_run_parses() {
+        let run = parse(&[
+            "--scenario",
+            "max",
+            "--target-url",
+            "http://127.0.0.1:1",
+            "--ledger",
+            "/tmp/acks.jsonl",
+            "--stop-when-target-lost",
+        ])
+        .unwrap();
+        assert!(run.stop_when_target_lost);
+        assert_eq!(run.ledger.as_deref(), Some(std::path::Path::new("/tmp/acks.jsonl")));
+    }
+
+    #[test]
+    fn shard_times_parse() {
+        assert_eq!(parse_shard_times("0:10, 1:20").unwrap(), ShardTimes(vec![(0, 10), (1, 20)]));
+        assert_eq!(parse_shard_times("").unwrap(), ShardTimes(vec![]));
+        assert!(parse_shard_times("0=10").unwrap_err().contains("SHARD:MS"));
+        assert!(parse_shard_times("a:10").unwrap_err().contains("shard number"));
+        let cli = Cli::try_parse_from([
+            "inventory-bench",
+            "verify",
+            "--target-url",
+            "http://127.0.0.1:1",
+            "--ledger",
+            "acks.jsonl",
+            "--applied-at-ms",
+            "0:5,1:7",
+        ])
+        .unwrap();
+        let Commands::Verify(v) = cli.command else { unreachable!() };
+        assert_eq!(v.applied_at_ms, Some(ShardTimes(vec![(0, 5), (1, 7)])));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

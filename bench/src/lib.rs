@@ -9,10 +9,14 @@
 //! starts and seeds ([`target`]), the HTTP adapters that put the baselines
 //! behind the service's own API ([`adapter`]), the oversell audit
 //! ([`audit`]) and the report: terminal table, JSON and SVG ([`report`]).
+//! For drills: the ledger of every acknowledged write with its time
+//! ([`acklog`]) and its check against a service restored after the
+//! machine was lost ([`verify`]).
 //!
 //! Never: links the service's code. The service is measured as a separate
 //! process through its public HTTP API, exactly as a user would run it.
 
+pub mod acklog;
 pub mod adapter;
 pub mod audit;
 pub mod cli;
@@ -22,6 +26,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod target;
+pub mod verify;
 pub mod workload;
 
 /// Failures of the harness itself (not of the system under test, whose

@@ -7,7 +7,11 @@
 //! Each worker keeps the holds it was granted and settles some of them
 //! later (confirm or release); the rest are left to expire. Every
 //! acknowledged response goes into the worker's ledger, which the audit
-//! compares with the target's state afterwards.
+//! compares with the target's state afterwards. With an [`AckLog`] every
+//! acknowledged write also goes to a file, with the time of its answer.
+//!
+//! Told to stop when the target is lost, the phase ends early once workers
+//! can no longer connect to it (a drill that kills the target under load).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::acklog::{self, Ack, AckLog};
 use crate::client::{segment, Conn, Failure, Reply};
 use crate::stats::{histogram, Class, RunStats, Second, Timeline};
 use crate::workload::{Catalogue, Mode, Op, Plan, Rng};
@@ -37,6 +42,9 @@ const RECALL_SAMPLE: u64 = 16;
 /// Most reserves a worker keeps for recalls, waiting to age and aged.
 const RECALL_KEPT: usize = 4096;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Connection attempts in a row a worker sees refused before it takes the
+/// target for lost (with `stop_when_lost`).
+const LOST_AFTER_REFUSALS: u32 = 3;
 
 /// Status of an acknowledged hold as the harness last learned it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +127,10 @@ pub struct LoadConfig {
     pub run_tag: String,
     /// Most hold records kept for the audit, over all workers.
     pub audit_holds_max: usize,
+    /// Where every acknowledged write goes, if anywhere.
+    pub acks: Option<Arc<AckLog>>,
+    /// End the phase early once the target refuses connections.
+    pub stop_when_lost: bool,
 }
 
 pub struct LoadResult {
@@ -129,6 +141,9 @@ pub struct LoadResult {
     pub unsent: u64,
     /// Wall time of the measured phase.
     pub elapsed: Duration,
+    /// When the target was found gone, from the start of the phase (with
+    /// `stop_when_lost`).
+    pub target_lost_after: Option<Duration>,
 }
 
 /// Runs the measured phase and returns what it measured.
@@ -137,9 +152,10 @@ pub async fn run(config: LoadConfig, progress: Arc<Progress>) -> LoadResult {
     let timeline = Arc::new(Timeline::default());
     // Start a little in the future so that every worker is ready at t = 0.
     let start = Instant::now() + Duration::from_millis(50);
+    let lost = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(config.connections);
     for id in 0..config.connections {
-        let worker = Worker::new(id, config.clone(), timeline.clone(), progress.clone(), start);
+        let worker = Worker::new(id, config.clone(), timeline.clone(), progress.clone(), start, lost.clone());
         tasks.push(tokio::spawn(worker.run()));
     }
     let mut stats = RunStats::default();
@@ -153,7 +169,11 @@ pub async fn run(config: LoadConfig, progress: Arc<Progress>) -> LoadResult {
     }
     let elapsed = Instant::now().saturating_duration_since(start).min(config.plan.duration + DRAIN_GRACE);
     let timeline = Arc::try_unwrap(timeline).unwrap_or_else(|_| unreachable!("workers are done"));
-    LoadResult { stats, ledger, timeline, unsent, elapsed }
+    let target_lost_after = match lost.load(Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms - 1)),
+    };
+    LoadResult { stats, ledger, timeline, unsent, elapsed, target_lost_after }
 }
 
 /// An open-loop arrival schedule: one worker's share of a fixed rate.
@@ -221,6 +241,11 @@ struct Worker {
     holds_cap: usize,
     second: Second,
     second_index: usize,
+    /// Shared by all workers: 0 while the target answers, else 1 + the
+    /// milliseconds into the phase at which a worker found it gone.
+    lost: Arc<AtomicU64>,
+    /// Connection attempts refused in a row.
+    refusals: u32,
 }
 
 enum Arrival {
@@ -235,6 +260,7 @@ impl Worker {
         timeline: Arc<Timeline>,
         progress: Arc<Progress>,
         start: Instant,
+        lost: Arc<AtomicU64>,
     ) -> Self {
         let conn = Conn::new(config.addr, config.request_timeout);
         let rng = Rng::new(config.plan.seed.wrapping_mul(0x100_0000_01B3).wrapping_add(id as u64));
@@ -257,6 +283,8 @@ impl Worker {
             holds_cap,
             second: Second::default(),
             second_index: 0,
+            lost,
+            refusals: 0,
         }
     }
 
@@ -274,6 +302,9 @@ impl Worker {
         let mut unsent = 0;
         tokio::time::sleep_until(self.start).await;
         loop {
+            if self.lost.load(Relaxed) != 0 {
+                break;
+            }
             let (intended, arrival) = match plan.mode {
                 Mode::Closed => {
                     let now = Instant::now();
@@ -338,8 +369,27 @@ impl Worker {
         };
         let done = Instant::now();
         let latency_us = done.saturating_duration_since(intended).as_micros() as u64;
+        if self.config.stop_when_lost {
+            self.note_refusal(code == Failure::Connect.code(), done);
+        }
         self.stats.op(op).record(latency_us, class, &code);
         self.tick(done, op, class, latency_us);
+    }
+
+    /// Counts refused connections in a row; enough of them and the target
+    /// is taken for lost, which ends every worker's phase.
+    fn note_refusal(&mut self, refused: bool, now: Instant) {
+        self.refusals = if refused { self.refusals + 1 } else { 0 };
+        if self.refusals >= LOST_AFTER_REFUSALS {
+            let ms = now.saturating_duration_since(self.start).as_millis() as u64;
+            let _ = self.lost.compare_exchange(0, ms + 1, Relaxed, Relaxed);
+        }
+    }
+
+    fn log(&self, ack: impl FnOnce(u64) -> Ack) {
+        if let Some(log) = &self.config.acks {
+            log.append(&ack(acklog::now_ms()));
+        }
     }
 
     fn tick(&mut self, done: Instant, op: Op, class: Class, latency_us: u64) {
@@ -405,10 +455,19 @@ impl Worker {
                 #[serde(rename_all = "camelCase")]
                 struct Granted {
                     reservation_id: String,
+                    expire_at: Option<String>,
                 }
-                let Some(Granted { reservation_id }) = r.json() else {
+                let Some(Granted { reservation_id, expire_at }) = r.json() else {
                     return (Op::Reserve, Class::Error, "BAD_RESPONSE".into());
                 };
+                self.log(|ack_ms| Ack::Reserve {
+                    ack_ms,
+                    reservation_id: reservation_id.clone(),
+                    order_id: order_id.clone(),
+                    sku_id: sku_id.clone(),
+                    qty,
+                    expire_at_ms: expire_at.as_deref().and_then(acklog::parse_rfc3339_ms).unwrap_or(0),
+                });
                 self.ledger.skus.entry(sku).or_default().reserved += qty;
                 let slot = self.sample_hold(HoldRecord {
                     reservation_id: reservation_id.clone(),
@@ -551,6 +610,7 @@ impl Worker {
                     _ => return (op, Class::Error, "BAD_RESPONSE".into()),
                 };
                 self.update_hold(&hold, |r| r.status = new);
+                self.log_settle(op, &hold, status.as_deref().unwrap_or_default());
             }
             Class::Rejected => match code.as_str() {
                 "RESERVATION_EXPIRED" => self.update_hold(&hold, |r| r.status = HoldStatus::Expired),
@@ -559,9 +619,18 @@ impl Worker {
             Class::Error => {
                 ledger.uncertain += hold.qty;
                 self.update_hold(&hold, |r| r.uncertain = true);
+                self.log_settle(op, &hold, acklog::UNANSWERED);
             }
         }
         (op, class, code)
+    }
+
+    fn log_settle(&self, op: Op, hold: &Pending, status: &str) {
+        let (reservation_id, status) = (hold.reservation_id.clone(), status.to_string());
+        self.log(|ack_ms| match op {
+            Op::Confirm => Ack::Confirm { ack_ms, reservation_id, status },
+            _ => Ack::Release { ack_ms, reservation_id, status },
+        });
     }
 
     async fn query(&mut self, flash: bool) -> (Op, Class, String) {

@@ -1,7 +1,8 @@
 //! `inventory-bench`: runs the flash-sale scenarios against the service and
-//! its baselines (`run`), or serves a baseline behind the service's HTTP API
-//! (`adapter`, started by `run`). Exits 1 on a harness failure and 2 when
-//! the audit of any target is not clean.
+//! its baselines (`run`), serves a baseline behind the service's HTTP API
+//! (`adapter`, started by `run`), or checks a run's ledger against a
+//! service (`verify`). Exits 1 on a harness failure and 2 when the audit of
+//! any target, or the check, is not clean.
 
 use std::process::ExitCode;
 
@@ -26,6 +27,21 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("inventory-bench adapter: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Commands::Verify(args) => match inventory_bench::verify::main(args) {
+            Ok(report) => {
+                eprint!("{}", report.summary());
+                println!("{}", serde_json::to_string(&report).expect("json"));
+                if report.clean() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                }
+            }
+            Err(e) => {
+                eprintln!("inventory-bench verify: {e}");
                 ExitCode::FAILURE
             }
         },

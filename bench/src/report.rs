@@ -84,6 +84,11 @@ pub struct TargetReport {
     /// Its filters of what moved to the cold tier, at the end (soak only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cold_filters: Option<ColdFilters>,
+    /// Seconds into the measured phase at which the target stopped
+    /// accepting connections (`--stop-when-target-lost`); such a run is
+    /// not audited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_lost_after_s: Option<f64>,
 }
 
 /// The service's `inventory_cold_lookup_duration_seconds` histogram: how
@@ -530,6 +535,10 @@ pub fn table(report: &RunReport) -> String {
             ),
             None => writeln!(s, "  CPU per request: load generator {:.1} us", t.loadgen_cpu_us_per_request),
         };
+        if let Some(after) = t.target_lost_after_s {
+            let _ = writeln!(s, "  target lost {after:.1} s into the run: not audited");
+            continue;
+        }
         let a = &t.audit;
         let _ = writeln!(
             s,
@@ -644,6 +653,7 @@ mod tests {
             resources: Vec::new(),
             cold_lookups: None,
             cold_filters: None,
+            target_lost_after_s: None,
         }
     }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::audit::audit;
+use crate::acklog::AckLog;
+use crate::audit::{audit, AuditReport};
 use crate::cli::{MixKind, RunArgs};
 use crate::loadgen::{self, LoadConfig, Progress};
 use crate::report::{self, ColdFilters, ColdLookups, HostInfo, ResourceSample, RunReport, TargetReport};
@@ -192,6 +193,7 @@ async fn measure(
         })
     };
     let sampler = (plan.scenario == Scenario::Soak).then(|| sample_resources(&running, &progress, args.sample_every));
+    let acks = args.ledger.as_deref().map(AckLog::create).transpose()?.map(Arc::new);
     let cpu_before = process_cpu();
     let target_cpu_before = running.cpu();
     let load = loadgen::run(
@@ -203,10 +205,16 @@ async fn measure(
             catalogue: catalogue.clone(),
             run_tag: format!("{tag}{}", &name[..1]),
             audit_holds_max: args.audit_holds,
+            acks: acks.clone(),
+            stop_when_lost: args.stop_when_target_lost,
         },
         progress,
     )
     .await;
+    if let (Some(acks), Some(path)) = (&acks, &args.ledger) {
+        acks.finish()?;
+        eprintln!("{name}: acknowledged writes in {}", path.display());
+    }
     let loadgen_cpu = process_cpu().saturating_sub(cpu_before);
     let target_cpu = running.cpu().zip(target_cpu_before).map(|(after, before)| after.saturating_sub(before));
     ticker.abort();
@@ -219,13 +227,22 @@ async fn measure(
         None => Vec::new(),
     };
 
+    let lost = load.target_lost_after;
     // Read before the audit, whose reads of old holds are not the run's.
     let (cold_lookups, cold_filters) = match plan.scenario {
-        Scenario::Soak => cold_tier(running.addr, args.timeout).await,
+        Scenario::Soak if lost.is_none() => cold_tier(running.addr, args.timeout).await,
         _ => (None, None),
     };
-    eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
-    let audit = audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?;
+    let audit = match lost {
+        Some(after) => {
+            eprintln!("{name}: the target went away {:.1} s into the run; nothing to audit", after.as_secs_f64());
+            AuditReport::default()
+        }
+        None => {
+            eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
+            audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?
+        }
+    };
     if let Err(e) = running.stop() {
         // The measurement stands; say what went wrong on the way out.
         eprintln!("{name}: warning: {e} (see its log under {})", options.log_dir.display());
@@ -265,6 +282,7 @@ async fn measure(
         resources,
         cold_lookups,
         cold_filters,
+        target_lost_after_s: lost.map(|d| d.as_secs_f64()),
     })
 }
 
