@@ -455,7 +455,10 @@ impl Worker {
                 #[serde(rename_all = "camelCase")]
                 struct Granted {
                     reservation_id: String,
-                    expire_at: Option<String>,
+                    // Text from the service; the baselines answer other
+                    // shapes, which the drill does not need.
+                    #[serde(default)]
+                    expire_at: Option<serde_json::Value>,
                 }
                 let Some(Granted { reservation_id, expire_at }) = r.json() else {
                     return (Op::Reserve, Class::Error, "BAD_RESPONSE".into());
@@ -466,7 +469,11 @@ impl Worker {
                     order_id: order_id.clone(),
                     sku_id: sku_id.clone(),
                     qty,
-                    expire_at_ms: expire_at.as_deref().and_then(acklog::parse_rfc3339_ms).unwrap_or(0),
+                    expire_at_ms: expire_at
+                        .as_ref()
+                        .and_then(|v| v.as_str())
+                        .and_then(acklog::parse_rfc3339_ms)
+                        .unwrap_or(0),
                 });
                 self.ledger.skus.entry(sku).or_default().reserved += qty;
                 let slot = self.sample_hold(HoldRecord {
