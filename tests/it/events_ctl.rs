@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::nats::PrivateNats;
-use crate::support::inventoryctl;
+use crate::support::{ctl, stderr, stdout};
 
 /// Longest wait for a line from a following `events tail`.
 const LINE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,20 +59,6 @@ async fn publish_bytes(js: &jetstream::Context, event: &Value, payload: Vec<u8>,
 
 async fn publish(js: &jetstream::Context, event: &Value, msg_id: bool) -> Option<u64> {
     publish_bytes(js, event, serde_json::to_vec(event).unwrap(), msg_id).await
-}
-
-/// Runs `inventoryctl` with `args` off the runtime's threads (it blocks).
-async fn ctl(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || inventoryctl(args)).await.unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The ids a finished `events tail` printed, in order; every line must be

@@ -6,21 +6,7 @@ use std::process::Output;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{inventoryctl, TestServer};
-
-/// Runs `inventoryctl` with `args` off the runtime's threads (it blocks).
-async fn ctl(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || inventoryctl(args)).await.unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::support::{ctl, stderr, stdout, TestServer};
 
 /// The JSON a successful command printed.
 fn answer(out: &Output) -> Value {

@@ -324,6 +324,20 @@ pub fn inventoryctl<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>
     Process::new(env!("CARGO_BIN_EXE_inventoryctl")).args(args).output().unwrap()
 }
 
+/// Runs `inventoryctl` with `args` off the runtime's threads (it blocks).
+pub async fn ctl(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || inventoryctl(args)).await.unwrap()
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `inventoryd` with `args` to completion: a subcommand, or a start
 /// that is to be refused.
 pub fn inventoryd<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
