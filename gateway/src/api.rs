@@ -251,6 +251,8 @@ pub struct ReserveBody {
     pub idem_key: Option<String>,
     pub warehouse_id: Option<String>,
     pub ttl_seconds: Option<u64>,
+    /// The buyer, for the risk check's count of units per caller.
+    pub buyer_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

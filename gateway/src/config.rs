@@ -119,6 +119,47 @@ pub struct Config {
     /// acknowledgements once per batch).
     #[arg(long, env = "INVENTORY_EVENTS_BATCH_MAX", default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub events_batch_max: u64,
+    /// Authentication: `jwt` requires `Authorization: Bearer <token>` on
+    /// every endpoint but /healthz and /readyz (and /metrics, see
+    /// `--metrics-open`); `none` lets any caller in. Left unset, the
+    /// service runs open on a loopback address (with a warning) and refuses
+    /// to start on any other.
+    #[arg(long, env = "INVENTORY_AUTH", value_parser = ["none", "jwt"])]
+    pub auth: Option<String>,
+    /// HS256 secret for tokens (a file only its owner can read).
+    #[arg(long, env = "INVENTORY_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// JWKS file of the public keys (RS256, ES256, EdDSA) tokens are signed
+    /// with; re-read, with the secret file, on SIGHUP.
+    #[arg(long, env = "INVENTORY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Accept only tokens with this `iss`.
+    #[arg(long, env = "INVENTORY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Accept only tokens whose `aud` holds this.
+    #[arg(long, env = "INVENTORY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock difference allowed on `exp` and `nbf`.
+    #[arg(long, env = "INVENTORY_JWT_LEEWAY_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_secs: u64,
+    /// With `--auth jwt`, whether /metrics stays open (`false`: it needs the
+    /// admin role).
+    #[arg(long, env = "INVENTORY_METRICS_OPEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_open: bool,
+    /// Require signed writes: every POST carries `X-Timestamp`, `X-Nonce`
+    /// and `X-Signature` (HMAC-SHA256 under this secret, see the README).
+    #[arg(long, env = "INVENTORY_SIGNED_WRITES_SECRET_FILE")]
+    pub signed_writes_secret_file: Option<PathBuf>,
+    /// Refuse a reserve that takes one caller (tenant and buyerId, or token
+    /// subject) past this many units in a sliding minute, with 429
+    /// `RISK_CHECK_REQUIRED`, unless its token says `risk_cleared`.
+    #[arg(long, env = "INVENTORY_RISK_MAX_UNITS_PER_MINUTE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub risk_max_units_per_minute: Option<u64>,
+    /// Key (a file only its owner can read) under which `paymentId` is
+    /// stored in PostgreSQL as a keyed hash (HMAC-SHA256, hex). Without it
+    /// PostgreSQL stores the id as given.
+    #[arg(long, env = "INVENTORY_PAYMENT_ID_KEY_FILE")]
+    pub payment_id_key_file: Option<PathBuf>,
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
     #[arg(skip)]
     pub writer_faults: std::sync::Arc<inventory_persistence::WriterFaults>,
@@ -155,6 +196,16 @@ impl Config {
             events_stream: "INVENTORY".to_string(),
             events_source: "inventoryd".to_string(),
             events_batch_max: 1_024,
+            auth: None,
+            jwt_hs256_secret_file: None,
+            jwt_jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 5,
+            metrics_open: true,
+            signed_writes_secret_file: None,
+            risk_max_units_per_minute: None,
+            payment_id_key_file: None,
             writer_faults: Default::default(),
         }
     }

@@ -13,6 +13,7 @@
 //! OVERLOADED`).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod restore;

@@ -120,6 +120,8 @@ fn main() -> ExitCode {
         // Install the handlers before announcing the address, so a SIGTERM
         // that follows the announcement is always a graceful shutdown.
         let shutdown = shutdown_signal()?;
+        inventory_gateway::http::protected_mode(&config, config.listen)
+            .map_err(inventory_gateway::ServerError::Config)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         // A stable line for scripts and tests that start us on port 0.

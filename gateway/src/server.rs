@@ -18,7 +18,7 @@ use inventory_runtime::{Clock, Metrics, Runtime, RuntimeError, SteadyClock};
 use tokio::net::TcpListener;
 
 use crate::config::{default_shards, Config};
-use crate::http::{routes, App, ReplicationGuard};
+use crate::http::{routes, App, ReplicationGuard, Security};
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +67,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let shards = journals.len() as u16;
+    let security = Security::from_config(&config, listener.local_addr()?).map_err(ServerError::Config)?;
     let mut metrics = Metrics::new();
     if config.postgres_url.is_some() {
         metrics.register_persistence();
@@ -154,7 +155,11 @@ pub async fn run_with(
         default_ttl_ms: config.reservation_ttl_secs * SECOND_MS,
         adjustment_ttl_ms: config.adjustment_ttl_secs * SECOND_MS,
         max_qty: config.max_qty,
+        security,
     });
+    if app.security.auth.is_some() {
+        background.push(tokio::spawn(reload_keys_on_hangup(app.clone())));
+    }
 
     // Replay runs on the shard threads while the listener already answers
     // /healthz and /readyz (not ready yet).
@@ -173,6 +178,23 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || threads.stop()).await.expect("shard shutdown panicked");
     tracing::info!("stopped");
     result
+}
+
+/// Re-reads the token keys on every SIGHUP; a bad file leaves the keys in
+/// use.
+async fn reload_keys_on_hangup(app: Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: token keys are read only at start");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(auth) = &app.security.auth else { return };
+        match auth.reload() {
+            Ok(()) => tracing::info!("token keys reloaded"),
+            Err(e) => tracing::error!(error = %e, "token keys not reloaded; the previous keys stay in use"),
+        }
+    }
 }
 
 /// The HTTP threads. Each runs a current-thread runtime and serves, start to

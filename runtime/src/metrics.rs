@@ -67,6 +67,11 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabels {
     pub shard: u16,
 }
@@ -95,6 +100,11 @@ pub struct Metrics {
     pub journal_failures: Counter,
     pub idempotent_replays: Counter,
     pub overload_refusals: Counter,
+    /// Requests refused by authentication, authorization or signed writes,
+    /// by reason.
+    pub auth_refusals: Family<ReasonLabels, Counter>,
+    /// Reserves refused by the risk check.
+    pub risk_flags: Counter,
     pub cold_lookups: Counter,
     pub cold_lookup_seconds: Histogram,
     pub evicted: Family<EventLabels, Counter>,
@@ -195,6 +205,14 @@ impl Metrics {
             "Requests refused because a shard queue was full",
             overload_refusals.clone(),
         );
+        let auth_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_refusals",
+            "Requests refused by authentication, authorization or signed writes, by reason",
+            auth_refusals.clone(),
+        );
+        let risk_flags = Counter::default();
+        registry.register("risk_flags", "Reserves refused by the risk check", risk_flags.clone());
         let cold_lookups = Counter::default();
         registry.register(
             "cold_lookups",
@@ -304,6 +322,8 @@ impl Metrics {
             journal_failures,
             idempotent_replays,
             overload_refusals,
+            auth_refusals,
+            risk_flags,
             cold_lookups,
             cold_lookup_seconds,
             evicted,

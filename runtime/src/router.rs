@@ -156,6 +156,12 @@ impl IdemIndex {
         }
     }
 
+    /// Whether a live claim of `key` exists (on any shard): a write with it
+    /// is a retry or a conflict, answered by the shard.
+    pub fn is_claimed(&self, key: u128, now: Millis) -> bool {
+        self.stripe(key).lock().get(&key).is_some_and(|&(_, expires_at)| expires_at > now)
+    }
+
     /// Takes back a fresh claim whose request never reached its shard.
     pub fn unclaim(&self, key: u128, shard: u16) {
         let mut stripe = self.stripe(key).lock();

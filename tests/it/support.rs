@@ -49,7 +49,12 @@ pub struct Options {
     pub events_nats_url: Option<String>,
     /// `--max-replication-lag-secs`.
     pub max_replication_lag_secs: Option<u64>,
+    /// Sets anything else of the configuration, last.
+    pub configure: Option<Configure>,
 }
+
+/// Sets what [`Options`] has no field for.
+pub type Configure = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -69,6 +74,7 @@ impl Default for Options {
             clock: None,
             events_nats_url: None,
             max_replication_lag_secs: None,
+            configure: None,
         }
     }
 }
@@ -109,6 +115,9 @@ impl TestServer {
         config.events_nats_url = options.events_nats_url.clone();
         config.max_replication_lag_secs = options.max_replication_lag_secs;
         config.writer_faults = options.writer_faults.clone();
+        if let Some(configure) = &options.configure {
+            configure(&mut config);
+        }
         let faults = FaultHandle::default();
         let store = Store::open(&config.journal_dir(), Some(options.journal), config.shards, 1).unwrap();
         let journals: Vec<Box<dyn Journal>> = (0..store.shards())
@@ -204,6 +213,19 @@ impl Client {
     /// Posts as an operator (`X-Operator`).
     pub async fn post_as(&self, operator: &str, path: &str, body: Value) -> Reply {
         let request = self.http.post(format!("{}{path}", self.url)).header("x-operator", operator).json(&body);
+        Self::reply(request.send().await.unwrap()).await
+    }
+
+    /// Any request, with the given headers and an optional JSON body.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         Self::reply(request.send().await.unwrap()).await
     }
 

@@ -14,19 +14,50 @@ use std::sync::Arc;
 
 use super::{ready, App, ANONYMOUS_OPERATOR};
 use crate::api::{self, ApiError, ID_BYTES_MAX};
+use crate::auth::{self, Identity};
 use crate::trace::TraceContext;
 
 /// Who asked, and in which trace: journaled with every write.
 pub struct Ctx {
     pub trace: TraceContext,
+    /// The token's subject with authentication on; else `X-Operator`.
     pub operator: String,
-    /// Whether the request named its operator (`X-Operator`).
+    /// Whether the request named its operator (a token or `X-Operator`).
     pub named: bool,
+    /// The caller's token, with authentication on.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl Ctx {
     pub fn meta(&self) -> Meta {
         Meta { trace_id: self.trace.trace_id, operator: self.operator.clone() }
+    }
+
+    /// The caller's tenant, with authentication on.
+    pub fn tenant(&self) -> Option<&str> {
+        self.identity.as_ref().and_then(|i| i.tenant.as_deref())
+    }
+
+    /// `id` (an order id or idempotency key) as stored for the caller's
+    /// tenant. With authentication on, ids may not contain the tenant
+    /// separator, so no caller can name another tenant's id.
+    pub fn scope(&self, field: &str, id: String) -> Result<String, ApiError> {
+        if self.identity.is_none() {
+            return Ok(id);
+        }
+        if id.contains(auth::TENANT_SEPARATOR) {
+            return Err(ApiError::invalid(format!("{field} must not contain {:?}", auth::TENANT_SEPARATOR)));
+        }
+        Ok(auth::scoped(self.tenant(), id))
+    }
+
+    /// Whether a stored order id is in the caller's scope; with
+    /// authentication off every id is.
+    pub fn owns<'a>(&self, stored: &'a str) -> Option<&'a str> {
+        match self.identity {
+            None => Some(stored),
+            Some(_) => auth::unscoped(self.tenant(), stored),
+        }
     }
 }
 
@@ -35,6 +66,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ctx, ApiError> {
         let trace = *parts.extensions.get::<TraceContext>().expect("the observing middleware runs first");
+        if let Some(identity) = parts.extensions.get::<Arc<Identity>>() {
+            // The token says who acts: X-Operator is not looked at.
+            return Ok(Ctx { trace, operator: identity.sub.clone(), named: true, identity: Some(identity.clone()) });
+        }
         let operator = match parts.headers.get("x-operator") {
             None => None,
             Some(v) => {
@@ -44,7 +79,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             }
         };
         let named = operator.is_some();
-        Ok(Ctx { trace, operator: operator.unwrap_or_else(|| ANONYMOUS_OPERATOR.to_string()), named })
+        Ok(Ctx { trace, operator: operator.unwrap_or_else(|| ANONYMOUS_OPERATOR.to_string()), named, identity: None })
     }
 }
 
@@ -145,6 +180,7 @@ impl<T: WriteBody> FromRequest<Arc<App>> for Write<T> {
         ready(app)?;
         let mut body: T = api::parse(&bytes)?;
         let idem_key = api::idem_key(body.take_idem_key(), header_key.as_deref())?;
+        let idem_key = ctx.scope("idemKey", idem_key)?;
         Ok(Write { ctx, body, idem_key })
     }
 }

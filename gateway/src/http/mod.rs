@@ -11,6 +11,7 @@
 mod admin;
 mod events;
 mod extract;
+mod guard;
 mod operator;
 mod reads;
 mod writes;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +30,7 @@ use inventory_runtime::{Runtime, SendError};
 pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
 pub use extract::Ctx;
+pub use guard::{protected_mode, Security};
 
 use crate::api::ApiError;
 use crate::trace::TraceIds;
@@ -48,6 +50,8 @@ pub struct App {
     /// How long a proposed adjustment stays pending.
     pub adjustment_ttl_ms: u64,
     pub max_qty: u64,
+    /// Tokens, roles, signed writes and the risk check.
+    pub security: Security,
 }
 
 /// Operator recorded when a request names none.
@@ -252,10 +256,13 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint whose route a request matched.
-    fn of(matched: Option<&MatchedPath>) -> Option<Endpoint> {
+    /// The endpoint whose route a request matched: by path, and by method
+    /// where two share a path (a list and a create).
+    fn of(matched: Option<&MatchedPath>, method: &Method) -> Option<Endpoint> {
         let path = matched?.as_str();
-        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+        let mut on_path = Endpoint::ALL.into_iter().filter(|e| e.path() == path);
+        let first = on_path.next()?;
+        Some(std::iter::once(first).chain(on_path).find(|e| e.method() == *method).unwrap_or(first))
     }
 }
 
@@ -276,6 +283,7 @@ pub fn routes(app: Arc<App>) -> axum::Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
@@ -290,7 +298,8 @@ struct ErrorCode(&'static str);
 /// response in the request metrics.
 async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let endpoint = Endpoint::of(request.extensions().get::<MatchedPath>()).map_or("other", Endpoint::label);
+    let endpoint =
+        Endpoint::of(request.extensions().get::<MatchedPath>(), request.method()).map_or("other", Endpoint::label);
     let trace = app.trace_ids.accept(request.headers().get("traceparent").and_then(|v| v.to_str().ok()));
     request.extensions_mut().insert(trace);
     let mut response = next.run(request).await;
@@ -322,6 +331,9 @@ impl IntoResponse for ApiError {
         let mut response = json(self.status, self.body());
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.code == "UNAUTHENTICATED" {
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"inventory\""));
         }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             if let Some(allow) = self.detail.as_ref().and_then(|d| d["allow"].as_str()) {

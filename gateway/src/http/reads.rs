@@ -9,11 +9,11 @@ use axum::extract::{Path, State};
 use axum::http::header::{HeaderValue, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::Response;
-use inventory_core::{Query, QueryResult, ReservationView};
+use inventory_core::{Query, QueryResult, ReservationId, ReservationView};
 use inventory_runtime::Request;
 use tokio::sync::oneshot;
 
-use super::extract::path_id;
+use super::extract::{path_id, Ctx};
 use super::{cold_unavailable, json, not_ready, ready, stopping, App};
 use crate::api::{self, ApiError};
 
@@ -53,18 +53,26 @@ pub async fn stock(
 
 pub async fn reservation(
     State(app): State<Arc<App>>,
+    ctx: Ctx,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id("reservationId", path)?;
     let id = api::parse_reservation_id("reservationId", &id)?;
     ready(&app)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}"));
-    let shard = app.runtime.router.shard_for_reservation(id).ok_or_else(not_found)?;
-    let view = match read(&app, shard, Query::Reservation { id }).await? {
-        QueryResult::Reservation(Some(view)) => view,
-        _ => cold_hold(&app, shard, id.seq()).await?.ok_or_else(not_found)?,
-    };
+    let mut view = hold(&app, id).await?.ok_or_else(not_found)?;
+    // Another tenant's hold is not found.
+    view.order_id = ctx.owns(&view.order_id).ok_or_else(not_found)?.to_string();
     Ok(json(StatusCode::OK, serde_json::to_vec(&api::ReservationJson::from(view)).expect("json")))
+}
+
+/// A hold, from memory or the cold tier.
+pub(super) async fn hold(app: &App, id: ReservationId) -> Result<Option<ReservationView>, ApiError> {
+    let Some(shard) = app.runtime.router.shard_for_reservation(id) else { return Ok(None) };
+    match read(app, shard, Query::Reservation { id }).await? {
+        QueryResult::Reservation(Some(view)) => Ok(Some(view)),
+        _ => cold_hold(app, shard, id.seq()).await,
+    }
 }
 
 /// A finished hold that has moved to the cold tier, if it is still kept.
@@ -105,9 +113,11 @@ async fn cold_order(app: &App, order_id: &str) -> Result<Vec<ReservationView>, A
 /// SKUs: every shard is asked.
 pub async fn order_status(
     State(app): State<Arc<App>>,
+    ctx: Ctx,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let order_id = path_id("orderId", path)?;
+    let asked = path_id("orderId", path)?;
+    let order_id = ctx.scope("orderId", asked.clone())?;
     ready(&app)?;
     let router = &app.runtime.router;
     let mut answers = Vec::with_capacity(router.shards() as usize);
@@ -129,7 +139,10 @@ pub async fn order_status(
     let hot: std::collections::HashSet<_> = holds.iter().map(|v| v.reservation_id).collect();
     holds.extend(cold_order(&app, &order_id).await?.into_iter().filter(|v| !hot.contains(&v.reservation_id)));
     holds.sort_by_key(|v| (v.created_at, v.reservation_id));
-    let body = api::OrderJson { order_id, reservations: holds.into_iter().map(Into::into).collect() };
+    for hold in &mut holds {
+        hold.order_id.clone_from(&asked);
+    }
+    let body = api::OrderJson { order_id: asked, reservations: holds.into_iter().map(Into::into).collect() };
     Ok(json(StatusCode::OK, serde_json::to_vec(&body).expect("json")))
 }
 

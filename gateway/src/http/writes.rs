@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use super::extract::{BatchBody, BodyBytes, Ctx, HeaderKey, Write};
 use super::{cold_unavailable, json, ready, replayed, stopping, App};
 use crate::api::{self, ApiError, ID_BYTES_MAX, TEXT_BYTES_MAX, TTL_SECONDS_MAX};
+use crate::auth::risk::{RiskCheck, Taken};
 
 pub async fn receive(
     State(app): State<Arc<App>>,
@@ -125,7 +126,7 @@ pub async fn receive_batch(
             (items, Some(lines), None, reference)
         }
     };
-    let idem_key = api::idem_key(body_key, header_key.as_deref())?;
+    let idem_key = ctx.scope("idemKey", api::idem_key(body_key, header_key.as_deref())?)?;
     if items.is_empty() || items.len() > api::BATCH_ROWS_MAX {
         let what = if lines.is_some() { "a CSV body" } else { "items" };
         return Err(ApiError::invalid(format!(
@@ -199,9 +200,14 @@ pub async fn reserve(
         Some(s) => s * SECOND_MS,
         None => app.default_ttl_ms,
     };
+    if let Some(buyer) = &b.buyer_id {
+        api::check_text("buyerId", buyer, ID_BYTES_MAX)?;
+    }
+    let order_id = ctx.scope("orderId", b.order_id)?;
+    let taken = risk_check(&app, &ctx, b.buyer_id.as_deref(), &idem_key, b.qty)?;
     let shard = app.runtime.router.shard_for_sku(&b.sku_id);
     let command = Command::Reserve(Reserve {
-        order_id: b.order_id,
+        order_id,
         sku_id: b.sku_id,
         warehouse_id,
         qty: b.qty,
@@ -209,7 +215,66 @@ pub async fn reserve(
         ttl_ms,
         ttl_explicit: b.ttl_seconds.is_some(),
     });
-    hold_answer(write(&app, shard, command, ctx.meta()).await?)
+    let applied = write(&app, shard, command, ctx.meta()).await;
+    if let (Some(taken), Some(risk)) = (taken, &app.security.risk) {
+        let held = matches!(&applied, Ok(a) if !a.replayed && matches!(a.outcome, Outcome::Reserved { .. }));
+        if !held {
+            risk.give_back(taken);
+        }
+    }
+    hold_answer(applied?)
+}
+
+/// Takes a reserve's units from its caller's allowance for the minute
+/// (`--risk-max-units-per-minute`); a retry of a known key is not counted
+/// again, and a token with `risk_cleared` passes.
+fn risk_check(app: &App, ctx: &Ctx, buyer: Option<&str>, idem_key: &str, qty: u64) -> Result<Option<Taken>, ApiError> {
+    let Some(risk) = &app.security.risk else { return Ok(None) };
+    if ctx.identity.as_ref().is_some_and(|i| i.risk_cleared) {
+        return Ok(None);
+    }
+    let now = app.runtime.clock.now_ms();
+    if app.runtime.idem.is_claimed(key_hash(idem_key), now) {
+        return Ok(None);
+    }
+    let caller = buyer.unwrap_or(&ctx.operator);
+    match risk.take(RiskCheck::key(ctx.tenant(), caller), qty, now) {
+        Ok(taken) => Ok(Some(taken)),
+        Err(held) => {
+            app.runtime.metrics.risk_flags.inc();
+            tracing::warn!(
+                tenant = ctx.tenant().unwrap_or(""),
+                caller,
+                held,
+                qty,
+                limit = risk.max_units(),
+                "risk check: reserve refused"
+            );
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RISK_CHECK_REQUIRED",
+                format!(
+                    "this caller reserved {held} units in the last minute; {qty} more would pass {} without a risk clearance",
+                    risk.max_units()
+                ),
+            );
+            e.detail = Some(serde_json::json!({ "limit": risk.max_units(), "held": held }));
+            Err(e)
+        }
+    }
+}
+
+/// With authentication on, a hold that is not the caller's tenant's is not
+/// found: confirm and release look it up first.
+async fn check_owner(app: &App, ctx: &Ctx, id: inventory_core::ReservationId) -> Result<(), ApiError> {
+    if ctx.identity.is_none() {
+        return Ok(());
+    }
+    let view = super::reads::hold(app, id).await?;
+    match view {
+        Some(view) if ctx.owns(&view.order_id).is_some() => Ok(()),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "RESERVATION_NOT_FOUND", format!("no reservation {id}"))),
+    }
 }
 
 pub async fn confirm(
@@ -219,6 +284,7 @@ pub async fn confirm(
     let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
     api::check_text("paymentId", &b.payment_id, ID_BYTES_MAX)?;
     let shard = own_shard(&app, id)?;
+    check_owner(&app, &ctx, id).await?;
     let command = Command::Confirm(Confirm { reservation_id: id, payment_id: b.payment_id, idem_key });
     hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
@@ -230,6 +296,7 @@ pub async fn release(
     let id = api::parse_reservation_id("reservationId", &b.reservation_id)?;
     api::check_text("reason", &b.reason, TEXT_BYTES_MAX)?;
     let shard = own_shard(&app, id)?;
+    check_owner(&app, &ctx, id).await?;
     let command = Command::Release(Release { reservation_id: id, reason: b.reason, idem_key });
     hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
