@@ -155,9 +155,12 @@ pub struct Config {
     /// `RISK_CHECK_REQUIRED`, unless its token says `risk_cleared`.
     #[arg(long, env = "INVENTORY_RISK_MAX_UNITS_PER_MINUTE", value_parser = clap::value_parser!(u64).range(1..))]
     pub risk_max_units_per_minute: Option<u64>,
-    /// Key (a file only its owner can read) under which `paymentId` is
-    /// stored in PostgreSQL as a keyed hash (HMAC-SHA256, hex). Without it
-    /// PostgreSQL stores the id as given.
+    /// Key (a file only its owner can read) under which a confirm's
+    /// `paymentId` is replaced by its keyed hash (`hmac-` and the hex
+    /// HMAC-SHA256) before it is journaled: the journal, PostgreSQL and the
+    /// events hold only the hash, and a repeated callback with the same id
+    /// still matches. Keep the key: under another one, a repeated callback
+    /// of an earlier payment conflicts.
     #[arg(long, env = "INVENTORY_PAYMENT_ID_KEY_FILE")]
     pub payment_id_key_file: Option<PathBuf>,
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).

@@ -440,3 +440,73 @@ async fn an_explicit_auth_none_runs_open_on_any_address() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_ids_reach_postgres_only_as_their_keyed_hash() {
+    let Some(schema) = crate::pg::TestSchema::create("payment_hash").await else { return };
+    let keys = tempfile::tempdir().unwrap();
+    let key = secret_file(keys.path(), "payment-key", b"pepper");
+    let options = Options {
+        postgres: Some((crate::pg::url_for(crate::pg::PG_ADDR), schema.name.clone())),
+        configure: Some(Arc::new(move |config: &mut Config| config.payment_id_key_file = Some(key.clone()))),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(options).await;
+    let c = &server.client;
+    c.receive("mug", 5).await;
+    let id = c.reserve("o-1", "mug", 1, "r-1").await.body["reservationId"].as_str().unwrap().to_string();
+    assert_eq!(c.confirm(&id, "card-4242", "c-1").await.status, StatusCode::OK);
+    // A repeated callback under a new key still matches; another payment does not.
+    assert_eq!(c.confirm(&id, "card-4242", "c-2").await.status, StatusCode::OK);
+    assert_eq!(c.confirm(&id, "card-9999", "c-3").await.status, StatusCode::CONFLICT);
+    let hold = c.get(&format!("/api/reservations/{id}")).await;
+    let shown = hold.body["paymentId"].as_str().unwrap().to_string();
+    assert!(shown.starts_with("hmac-") && !shown.contains("4242"), "{shown}");
+    crate::pg::wait_caught_up(c, std::time::Duration::from_secs(20)).await;
+    let row =
+        schema.client.query_one(&format!("SELECT payment_id FROM {}.reservation", schema.name), &[]).await.unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some(shown.as_str()));
+    let plain = format!("SELECT count(*) FROM {}.inventory_txn WHERE detail LIKE '%4242%'", schema.name);
+    assert_eq!(schema.count(&plain).await, 0);
+    server.stop().await;
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventoryctl_signs_a_token_and_acts_with_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let secret = secret_file(keys.path(), "hs256", SECRET);
+    let secret = secret.to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(data.path(), &["--auth", "jwt", "--jwt-hs256-secret-file", secret, "--shards", "1"]);
+    let c = Client::new(&daemon.url);
+    c.wait_ready().await;
+    let mint = |args: &[&str]| {
+        let out = crate::support::inventoryctl([&["token", "--hs256-secret-file", secret][..], args].concat());
+        (out.status.success(), crate::support::stdout(&out).trim().to_string(), stderr(&out))
+    };
+    let (ok, receiver, _) = mint(&["--sub", "dock", "--role", "receiver"]);
+    assert!(ok);
+    let body = json!({"skuId": "jar", "qty": 3, "idemKey": "in-1"});
+    assert_eq!(call(&c, "POST", "/api/inventory/receive", Some(&receiver), Some(body)).await.status, StatusCode::OK);
+    let (_, operator, _) = mint(&["--sub", "ann", "--role", "operator", "--ttl", "5m"]);
+    let ctl = |token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_inventoryctl"))
+            .args(["sku", "freeze", "jar", "--reason", "count", "--operator", "someone-else", "--url", &daemon.url])
+            .env("INVENTORY_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let refused = ctl(&receiver);
+    assert!(!refused.status.success() && stderr(&refused).contains("FORBIDDEN"), "{}", stderr(&refused));
+    let done = ctl(&operator);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let (ok, _, err) = mint(&["--sub", "x", "--role", "superuser"]);
+    assert!(!ok && err.contains("unknown role"), "{err}");
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait().success());
+    // The audit log names the token's subject, not the --operator given.
+    let out = crate::support::inventoryctl(["audit", "list", "--data-dir", data.path().to_str().unwrap()]);
+    let log = crate::support::stdout(&out);
+    assert!(log.contains("ann") && !log.contains("someone-else"), "{log}{}", stderr(&out));
+}

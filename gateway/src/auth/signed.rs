@@ -221,4 +221,17 @@ mod tests {
         }
         assert_eq!(writes.nonces(), 200);
     }
+
+    #[test]
+    fn a_million_nonces_take_under_32_bytes_each() {
+        let writes = SignedWrites::new(b"k");
+        let mut part = writes.parts[0].lock();
+        for i in 0..1_000_000u64 {
+            part.insert(NOW / BUCKET_SECS + i % 30, xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()));
+        }
+        drop(part);
+        let per_nonce = writes.nonce_bytes() as f64 / writes.nonces() as f64;
+        eprintln!("{} nonces in 30 buckets: {:.1} bytes each", writes.nonces(), per_nonce);
+        assert!(per_nonce < 32.0, "{per_nonce:.1} bytes a nonce");
+    }
 }

@@ -30,9 +30,21 @@ pub struct Security {
     pub metrics_open: bool,
     pub signed_writes: Option<SignedWrites>,
     pub risk: Option<RiskCheck>,
+    /// `--payment-id-key-file`: payment ids are kept as their keyed hash.
+    pub payment_id_key: Option<ring::hmac::Key>,
 }
 
 impl Security {
+    /// The payment id as it is journaled: with a key, `hmac-` and the hex
+    /// HMAC-SHA256 of the id, so the journal, PostgreSQL and the events
+    /// never hold it while a repeated callback still matches.
+    pub fn payment_id(&self, id: String) -> String {
+        match &self.payment_id_key {
+            Some(key) => format!("hmac-{}", hex::encode(ring::hmac::sign(key, id.as_bytes()))),
+            None => id,
+        }
+    }
+
     /// The security `config` asks for on `listen`. Listening beyond
     /// loopback with no `--auth` flag is refused, like Redis's protected
     /// mode; on loopback the service runs open and says so.
@@ -74,6 +86,10 @@ impl Security {
             metrics_open: config.metrics_open,
             signed_writes,
             risk: config.risk_max_units_per_minute.map(RiskCheck::new),
+            payment_id_key: match &config.payment_id_key_file {
+                Some(path) => Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &read_secret(path).map_err(|e| e.0)?)),
+                None => None,
+            },
         })
     }
 }

@@ -285,7 +285,8 @@ pub async fn confirm(
     api::check_text("paymentId", &b.payment_id, ID_BYTES_MAX)?;
     let shard = own_shard(&app, id)?;
     check_owner(&app, &ctx, id).await?;
-    let command = Command::Confirm(Confirm { reservation_id: id, payment_id: b.payment_id, idem_key });
+    let payment_id = app.security.payment_id(b.payment_id);
+    let command = Command::Confirm(Confirm { reservation_id: id, payment_id, idem_key });
     hold_answer(write(&app, shard, command, ctx.meta()).await?)
 }
 

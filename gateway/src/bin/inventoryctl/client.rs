@@ -198,6 +198,20 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// `Bearer <INVENTORY_TOKEN>`, sent with every request when the variable
+/// is set (a service run with `--auth jwt` needs it).
+fn bearer_token() -> Option<&'static str> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            std::env::var("INVENTORY_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| format!("Bearer {}", t.trim()))
+        })
+        .as_deref()
+}
+
 /// An open connection to an endpoint.
 pub struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
@@ -222,6 +236,9 @@ impl Connection {
             .method(request.method)
             .uri(self.endpoint.path(&request.path))
             .header(hyper::header::HOST, self.endpoint.authority.as_str());
+        if let Some(token) = bearer_token() {
+            builder = builder.header(hyper::header::AUTHORIZATION, token);
+        }
         for (name, value) in request.headers {
             builder = builder.header(name, value);
         }

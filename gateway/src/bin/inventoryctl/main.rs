@@ -2,8 +2,9 @@
 //!
 //! Each subcommand lives in its own file (`journal/` and `audit/` hold one
 //! file per subcommand of theirs); every one that talks to a running
-//! service does so through [`client`], and `events` reads the broker the
-//! service publishes to.
+//! service does so through [`client`] (with the bearer token in
+//! `INVENTORY_TOKEN`, if set), and `events` reads the broker the service
+//! publishes to.
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ mod journal;
 mod operator;
 mod reconcile;
 mod sku;
+mod token;
 mod transfer;
 
 #[derive(Parser)]
@@ -49,6 +51,9 @@ enum Top {
     /// Print the stock-change events the service publishes to NATS
     /// JetStream, one JSON line each, and follow new ones.
     Events(events::EventsArgs),
+    /// Sign a bearer token with the service's HS256 secret (for a service
+    /// run with `--auth jwt`; the other commands send `INVENTORY_TOKEN`).
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +66,6 @@ fn main() -> ExitCode {
         Top::Adjust(args) => adjust::run(args),
         Top::Transfer(args) => transfer::run(args),
         Top::Events(args) => events::run(args),
+        Top::Token(args) => token::run(args),
     }
 }
