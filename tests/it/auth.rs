@@ -503,6 +503,29 @@ async fn inventoryctl_signs_a_token_and_acts_with_it() {
     assert!(done.status.success(), "{}", stderr(&done));
     let (ok, _, err) = mint(&["--sub", "x", "--role", "superuser"]);
     assert!(!ok && err.contains("unknown role"), "{err}");
+    // An ES256 key pair: the private key signs, the JWKS verifies.
+    let out = crate::support::inventoryctl(["keygen", "--out-dir", keys.path().join("es").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let es = keys.path().join("es/es256.pk8");
+    let out = crate::support::inventoryctl([
+        "token",
+        "--es256-key-file",
+        es.to_str().unwrap(),
+        "--kid",
+        "k1",
+        "--sub",
+        "u",
+        "--role",
+        "reader",
+    ]);
+    let es_token = crate::support::stdout(&out).trim().to_string();
+    let jwks = std::fs::read_to_string(keys.path().join("es/jwks.json")).unwrap();
+    let keyset = inventory_gateway::auth::jwt::KeySet {
+        hs256: None,
+        public: inventory_gateway::auth::jwt::parse_jwks(&jwks).unwrap(),
+    };
+    let claims = inventory_gateway::auth::jwt::verify(&es_token, &keyset, &Default::default(), now()).unwrap();
+    assert_eq!(claims.roles, ["reader"]);
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait().success());
     // The audit log names the token's subject, not the --operator given.

@@ -282,6 +282,13 @@ pub mod mint {
             (SigningKey::Es256(pair), pkcs8.as_ref().to_vec())
         }
 
+        /// A P-256 key from its PKCS#8 document.
+        pub fn es256_from_pkcs8(pkcs8: &[u8]) -> Result<SigningKey, String> {
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
+                .map(SigningKey::Es256)
+                .map_err(|e| format!("not a PKCS#8 P-256 key: {e}"))
+        }
+
         /// A new random Ed25519 key.
         pub fn generate_ed25519() -> SigningKey {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("random");

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -142,7 +142,8 @@ impl Endpoint {
 /// request reaches no handler. The caller's [`Identity`] goes into the
 /// request's extensions.
 pub(super) async fn guard(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
-    let Some(endpoint) = Endpoint::of(request.extensions().get::<MatchedPath>(), request.method()) else {
+    // The observing middleware, outside this one, found the endpoint.
+    let Some(&endpoint) = request.extensions().get::<Endpoint>() else {
         return next.run(request).await;
     };
     let security = &app.security;

@@ -298,10 +298,13 @@ struct ErrorCode(&'static str);
 /// response in the request metrics.
 async fn observe(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let endpoint =
-        Endpoint::of(request.extensions().get::<MatchedPath>(), request.method()).map_or("other", Endpoint::label);
+    let matched = Endpoint::of(request.extensions().get::<MatchedPath>(), request.method());
+    let endpoint = matched.map_or("other", Endpoint::label);
     let trace = app.trace_ids.accept(request.headers().get("traceparent").and_then(|v| v.to_str().ok()));
     request.extensions_mut().insert(trace);
+    if let Some(matched) = matched {
+        request.extensions_mut().insert(matched);
+    }
     let mut response = next.run(request).await;
     let code = response.extensions().get::<ErrorCode>().map_or("OK", |c| c.0);
     let headers = response.headers_mut();

@@ -54,6 +54,9 @@ enum Top {
     /// Sign a bearer token with the service's HS256 secret (for a service
     /// run with `--auth jwt`; the other commands send `INVENTORY_TOKEN`).
     Token(token::TokenArgs),
+    /// Make an ES256 key pair for `inventoryctl token --es256-key-file` and
+    /// the service's `--jwt-jwks-file`.
+    Keygen(token::KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,5 +70,6 @@ fn main() -> ExitCode {
         Top::Transfer(args) => transfer::run(args),
         Top::Events(args) => events::run(args),
         Top::Token(args) => token::run(args),
+        Top::Keygen(args) => token::keygen(args),
     }
 }
