@@ -24,3 +24,4 @@ mod pg;
 mod runbook;
 mod snapshots;
 mod tiers;
+mod transport;
