@@ -166,6 +166,37 @@ pub struct Config {
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
     #[arg(skip)]
     pub writer_faults: std::sync::Arc<inventory_persistence::WriterFaults>,
+    /// PEM certificate chain to serve HTTPS with (HTTP/1.1 only); needs
+    /// `--tls-key`. Without both, the service serves plain HTTP.
+    #[arg(long, env = "INVENTORY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "INVENTORY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): every client must present a certificate
+    /// signed by one of them (mutual TLS). Needs `--tls-cert` and
+    /// `--tls-key`.
+    #[arg(long, env = "INVENTORY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// A connection is closed unless the whole header of a request arrives
+    /// within this many seconds: of the connection opening (TLS handshake
+    /// included) for its first request, of the request's first byte for
+    /// later ones.
+    #[arg(long, env = "INVENTORY_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub header_read_timeout_secs: u64,
+    /// A request body not fully received this many seconds after its
+    /// header is answered 408 `REQUEST_TIMEOUT`, and its connection closed.
+    #[arg(long, env = "INVENTORY_BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub body_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight for this many
+    /// seconds is closed.
+    #[arg(long, env = "INVENTORY_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; one more is answered 503
+    /// `TOO_MANY_CONNECTIONS` (plain HTTP) or closed (HTTPS) at once, never
+    /// queued. Keep it under the process's file limit (`ulimit -n`).
+    #[arg(long, env = "INVENTORY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
 }
 
 impl Config {
@@ -210,6 +241,13 @@ impl Config {
             risk_max_units_per_minute: None,
             payment_id_key_file: None,
             writer_faults: Default::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 10_000,
         }
     }
 

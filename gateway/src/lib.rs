@@ -18,6 +18,7 @@ pub mod config;
 pub mod http;
 pub mod restore;
 pub mod server;
+pub mod tls;
 pub mod trace;
 
 pub use config::Config;

@@ -125,7 +125,8 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         // A stable line for scripts and tests that start us on port 0.
-        println!("inventoryd listening on http://{addr}");
+        let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+        println!("inventoryd listening on {scheme}://{addr}");
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "listening");
         inventory_gateway::run(config, listener, shutdown).await
     });

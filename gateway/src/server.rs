@@ -2,12 +2,21 @@
 //! an orderly shutdown that answers and flushes everything in flight.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::http::header::{HeaderValue, CONNECTION};
+use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use inventory_core::SECOND_MS;
 use inventory_events::position::Positions;
 use inventory_events::{spawn_relay, NatsSink, RelayConfig, RelayStatus};
@@ -15,8 +24,12 @@ use inventory_journal::follow::Followers;
 use inventory_journal::{Journal, JournalError, Store};
 use inventory_persistence::{spawn_writers, Progress, Schema, ShardProgress, WriterConfig};
 use inventory_runtime::{Clock, Metrics, Runtime, RuntimeError, SteadyClock};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 
+use crate::api::ApiError;
 use crate::config::{default_shards, Config};
 use crate::http::{routes, App, ReplicationGuard, Security};
 
@@ -42,6 +55,8 @@ pub enum ServerError {
 /// Runs the service on `listener` with the journal under the data dir (sled
 /// or segment files, see [`Store`]), until `shutdown` completes.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    // Refused before the journal is opened.
+    crate::tls::server_config(&config).map_err(ServerError::Config)?;
     let dir = config.journal_dir();
     let (store, journals) = tokio::task::spawn_blocking(move || -> Result<_, JournalError> {
         let store = Store::open(&dir, config.journal, config.shards, default_shards())?;
@@ -68,6 +83,15 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     let shards = journals.len() as u16;
     let security = Security::from_config(&config, listener.local_addr()?).map_err(ServerError::Config)?;
+    crate::tls::install_default_provider();
+    let tls = crate::tls::server_config(&config).map_err(ServerError::Config)?;
+    let transport = Transport {
+        tls: tls.map(TlsAcceptor::from),
+        header_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        body_timeout: Duration::from_secs(config.body_read_timeout_secs),
+        idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+    };
     let mut metrics = Metrics::new();
     if config.postgres_url.is_some() {
         metrics.register_persistence();
@@ -85,6 +109,9 @@ pub async fn run_with(
         .postgres_url
         .clone()
         .map(|url| -> Result<WriterConfig, ServerError> {
+            // A connection string or TLS setting that cannot work is refused
+            // at start rather than retried for ever.
+            inventory_persistence::tls::Target::parse(&url)?.connector()?;
             Ok(WriterConfig {
                 url,
                 schema: Schema::new(&config.postgres_schema)?,
@@ -168,7 +195,7 @@ pub async fn run_with(
         tokio::task::spawn_blocking(move || replay.wait().map_err(ServerError::from))
     };
     let http_threads = config.http_threads.unwrap_or(default_shards() as usize);
-    let result = serve(listener, app, http_threads, shutdown, replayed).await;
+    let result = serve(listener, app, transport, metrics, http_threads, shutdown, replayed).await;
     for task in background {
         task.abort();
     }
@@ -244,30 +271,96 @@ impl HttpThreads {
     }
 }
 
+/// How connections are served: over TLS or not, and the limits on their
+/// pace and number.
+#[derive(Clone)]
+struct Transport {
+    tls: Option<TlsAcceptor>,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    transport: Transport,
+    metrics: Arc<Metrics>,
     http_threads: usize,
     shutdown: impl Future<Output = ()>,
     replayed: tokio::task::JoinHandle<Result<(), ServerError>>,
 ) -> Result<(), ServerError> {
     let mut pool = HttpThreads::start(http_threads)?;
-    let result = accept_loop(listener, app, &mut pool, shutdown, replayed).await;
+    let result = accept_loop(listener, app, transport, metrics, &mut pool, shutdown, replayed).await;
     tokio::task::spawn_blocking(move || pool.stop()).await.expect("stopping the HTTP threads panicked");
     result
 }
 
+/// What a connection over `--max-connections` is answered before it is
+/// closed (plain HTTP only).
+static REFUSAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let body = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "TOO_MANY_CONNECTIONS",
+        "the service has as many connections open as it takes (--max-connections); retry later",
+    )
+    .body();
+    let mut refusal = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    refusal.extend_from_slice(&body);
+    refusal
+});
+
+/// Answers a connection over the limit and closes it, without waiting: the
+/// answer fits the new socket's send buffer, and what the client may
+/// already have sent is read first so the close is not a reset.
+fn refuse(stream: TcpStream, tls: bool) {
+    if !tls {
+        let _ = stream.try_write(&REFUSAL);
+    }
+    let mut sink = [0u8; 4096];
+    let _ = stream.try_read(&mut sink);
+    drop(stream);
+}
+
+/// Open connections: counted by the accept loop, uncounted when the
+/// connection's task ends on its HTTP thread.
+struct Open {
+    count: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connections_open.dec();
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
+    transport: Transport,
+    metrics: Arc<Metrics>,
     pool: &mut HttpThreads,
     shutdown: impl Future<Output = ()>,
     replayed: tokio::task::JoinHandle<Result<(), ServerError>>,
 ) -> Result<(), ServerError> {
-    let service = TowerToHyperService::new(routes(app));
+    let router = routes(app);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true);
+    // hyper's own header timeout is off: its clock also runs while a
+    // keep-alive connection waits for its next request, which would make it
+    // an idle timeout too. `Watched` keeps both deadlines.
+    http.keep_alive(true).header_read_timeout(None);
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     tokio::pin!(replayed);
     let mut replay_pending = true;
@@ -284,6 +377,15 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                let opened = Instant::now();
+                if open.load(Ordering::Relaxed) >= transport.max_connections {
+                    refuse(stream, transport.tls.is_some());
+                    metrics.connection_closed("refused");
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                metrics.connections_open.inc();
+                let counted = Open { count: open.clone(), metrics: metrics.clone() };
                 let _ = stream.set_nodelay(true);
                 // Moved to the HTTP thread's own reactor (it stays non-blocking).
                 let stream = match stream.into_std() {
@@ -293,19 +395,24 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let (service, http, watcher) = (service.clone(), http.clone(), graceful.watcher());
+                let connection = Connection {
+                    router: router.clone(),
+                    http: http.clone(),
+                    transport: transport.clone(),
+                    metrics: metrics.clone(),
+                    opened,
+                };
+                let watcher = graceful.watcher();
                 pool.next().spawn(async move {
-                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                    let _counted = counted;
+                    let stream = match TcpStream::from_std(stream) {
                         Ok(stream) => stream,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot register a connection");
                             return;
                         }
                     };
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+                    connection.serve(stream, watcher).await;
                 });
             }
             done = &mut replayed, if replay_pending => {
@@ -325,6 +432,343 @@ async fn accept_loop(
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
     }
     result
+}
+
+/// One connection, served start to end on its HTTP thread: the TLS
+/// handshake (if any), then HTTP/1.1 under its deadlines.
+struct Connection {
+    router: axum::Router,
+    http: hyper::server::conn::http1::Builder,
+    transport: Transport,
+    metrics: Arc<Metrics>,
+    opened: Instant,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
+        let state = Arc::new(ConnState::new(self.opened, self.metrics.clone()));
+        let service = Guarded { router: self.router, state: state.clone(), body_timeout: self.transport.body_timeout };
+        let (header, idle) = (self.transport.header_timeout, self.transport.idle_timeout);
+        let served = match &self.transport.tls {
+            None => {
+                let io = Watched::new(stream, state.clone(), header, idle);
+                watcher.watch(self.http.serve_connection(TokioIo::new(io), service)).await
+            }
+            Some(acceptor) => {
+                // The handshake counts against the first request's header
+                // deadline.
+                let handshake = acceptor.accept(stream).into_fallible();
+                let tls = match tokio::time::timeout_at(self.opened + header, handshake).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err((e, stream))) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        // Counted before the client sees the close.
+                        self.metrics.connection_closed("tls_handshake");
+                        drop(stream);
+                        return;
+                    }
+                    Err(_) => {
+                        self.metrics.connection_closed("header_timeout");
+                        return;
+                    }
+                };
+                let io = Watched::new(tls, state.clone(), header, idle);
+                watcher.watch(self.http.serve_connection(TokioIo::new(io), service)).await
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// What a connection's reader ([`Watched`]) and its service ([`Guarded`])
+/// share: how many requests have started (their header was read) and
+/// finished (their response was written), and when the last one finished.
+/// Both run on the connection's one task; the atomics only make the state
+/// `Send`.
+struct ConnState {
+    opened: Instant,
+    started: AtomicU64,
+    finished: AtomicU64,
+    /// When the last response finished, in nanoseconds since `opened`.
+    last_finished_ns: AtomicU64,
+    /// Whether the request in flight did not send its body in time.
+    body_timed_out: AtomicBool,
+    /// Counts the connection closed, by reason, before it closes.
+    metrics: Arc<Metrics>,
+}
+
+impl ConnState {
+    fn new(opened: Instant, metrics: Arc<Metrics>) -> ConnState {
+        ConnState {
+            opened,
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            last_finished_ns: AtomicU64::new(0),
+            body_timed_out: AtomicBool::new(false),
+            metrics,
+        }
+    }
+}
+
+/// A connection's byte stream under its deadlines, checked whenever hyper
+/// waits for bytes that have not come:
+/// - the first request's header must be complete `header` after the
+///   connection opened;
+/// - between requests, the connection may stay silent `idle` after the last
+///   response finished;
+/// - a later request's header must be complete `header` after its first
+///   byte.
+///
+/// While a request is in flight (header read, response not yet finished)
+/// none applies: its body has the body timeout ([`TimedBody`]).
+/// A deadline that passes fails the read, and hyper closes the connection.
+struct Watched<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    header: Duration,
+    idle: Duration,
+    /// The request (by the count of finished ones before it) whose first
+    /// header byte came at `header_began`; only for keep-alive requests.
+    header_of: u64,
+    header_began: Option<Instant>,
+    /// The armed deadline.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: Option<Instant>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, state: Arc<ConnState>, header: Duration, idle: Duration) -> Watched<S> {
+        Watched { inner, state, header, idle, header_of: 0, header_began: None, sleep: None, armed: None }
+    }
+
+    /// Bytes came: the first ones after a finished response begin the
+    /// next request's header.
+    fn on_bytes(&mut self) {
+        let finished = self.state.finished.load(Ordering::Relaxed);
+        if finished > 0 && finished != self.header_of && self.state.started.load(Ordering::Relaxed) == finished {
+            self.header_of = finished;
+            self.header_began = Some(Instant::now());
+        }
+    }
+
+    /// The deadline that applies now, and what passing it means.
+    fn deadline(&self) -> Option<(Instant, &'static str)> {
+        let finished = self.state.finished.load(Ordering::Relaxed);
+        if self.state.started.load(Ordering::Relaxed) > finished {
+            return None;
+        }
+        if finished == 0 {
+            return Some((self.state.opened + self.header, "header_timeout"));
+        }
+        match self.header_began {
+            Some(began) if self.header_of == finished => Some((began + self.header, "header_timeout")),
+            _ => {
+                let last = Duration::from_nanos(self.state.last_finished_ns.load(Ordering::Relaxed));
+                Some((self.state.opened + last + self.idle, "idle_timeout"))
+            }
+        }
+    }
+
+    /// Arms the deadline that applies; whether it has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let (deadline, reason) = self.deadline()?;
+        if self.armed != Some(deadline) {
+            self.armed = Some(deadline);
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let sleep = self.sleep.as_mut().expect("armed");
+        sleep.as_mut().poll(cx).is_ready().then_some(reason)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.on_bytes();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.expired(cx) {
+                None => Poll::Pending,
+                Some(reason) => {
+                    self.state.metrics.connection_closed(reason);
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, reason)))
+                }
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The routes, with each request counted as started and finished for its
+/// connection's deadlines, and its body under the body timeout.
+#[derive(Clone)]
+struct Guarded {
+    router: axum::Router,
+    state: Arc<ConnState>,
+    body_timeout: Duration,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Guarded {
+    type Response = Response<Tracked>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Response<Tracked>, std::convert::Infallible>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.state.started.fetch_add(1, Ordering::Relaxed);
+        self.state.body_timed_out.store(false, Ordering::Relaxed);
+        // Finishes the request when the response body is done with, or
+        // when the request is dropped unanswered.
+        let finish = Finish(self.state.clone());
+        let deadline = Instant::now() + self.body_timeout;
+        let state = self.state.clone();
+        let request = request.map(|body| TimedBody { inner: body, deadline, sleep: None, state: state.clone() });
+        let mut router = self.router.clone();
+        let timeout = self.body_timeout;
+        Box::pin(async move {
+            let response = match tower_service::Service::call(&mut router, request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let response = if state.body_timed_out.load(Ordering::Relaxed) {
+                // Whatever the handler made of the failed read, the answer
+                // is 408, and the connection closes (the rest of the body
+                // would be taken for the next request).
+                state.metrics.connection_closed("body_timeout");
+                body_timeout(response, timeout)
+            } else {
+                response
+            };
+            Ok(response.map(|body| Tracked { inner: body, _finish: finish }))
+        })
+    }
+}
+
+/// The 408 that replaces the answer to a request whose body did not come
+/// in time; it keeps the request's trace headers.
+fn body_timeout(answered: axum::response::Response, timeout: Duration) -> axum::response::Response {
+    let message = format!("the request body did not arrive within {} s", timeout.as_secs());
+    let mut response = ApiError::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", message).into_response();
+    for name in ["traceparent", "x-request-id"] {
+        if let Some(value) = answered.headers().get(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Marks its request finished when dropped.
+struct Finish(Arc<ConnState>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let since_open = self.0.opened.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.0.last_finished_ns.store(since_open, Ordering::Relaxed);
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that finishes its request when hyper is done with it.
+struct Tracked {
+    inner: axum::body::Body,
+    _finish: Finish,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body did not arrive within the body timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimeout;
+
+/// A request body that fails with [`BodyTimeout`] once its deadline passes
+/// before it is complete.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Instant,
+    /// Armed the first time the body has to wait.
+    sleep: Option<Pin<Box<Sleep>>>,
+    state: Arc<ConnState>,
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let deadline = self.deadline;
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.state.body_timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod batch;
 pub mod reconcile;
 pub mod restore;
 pub mod schema;
+pub mod tls;
 mod writer;
 
 pub use schema::{connect, migrate, Schema};
@@ -31,4 +32,6 @@ pub enum PersistenceError {
     BadSchema(String),
     #[error("restore: {0}")]
     Restore(String),
+    #[error("postgres TLS: {0}")]
+    Tls(String),
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inventory_core::Millis;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::PersistenceError;
 
@@ -47,9 +47,11 @@ impl Schema {
     }
 }
 
-/// Connects and points the session at `schema` (created if missing).
+/// Connects (over TLS as the URL's `sslmode` asks, see [`crate::tls`]) and
+/// points the session at `schema` (created if missing).
 pub async fn connect(url: &str, schema: &Schema) -> Result<Client, PersistenceError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let target = crate::tls::Target::parse(url)?;
+    let (client, connection) = target.config.connect(target.connector()?).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");

@@ -82,6 +82,13 @@ pub struct FollowerLabels {
     pub shard: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// Why the service closed (or refused) the connection: `header_timeout`,
+    /// `body_timeout`, `idle_timeout`, `tls_handshake` or `refused`.
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -130,6 +137,10 @@ pub struct Metrics {
     pub transfers_overdue: Family<ShardLabels, Gauge>,
     /// Adjustments waiting for a second operator.
     pub adjustments_pending: Family<ShardLabels, Gauge>,
+    /// Client connections open (HTTP or HTTPS).
+    pub connections_open: Gauge,
+    /// Client connections the service closed or refused, by reason.
+    pub connections_closed: Family<CloseLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -287,6 +298,14 @@ impl Metrics {
             "Stock adjustments waiting for a second operator's approval",
             adjustments_pending.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "Client connections open", connections_open.clone());
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Client connections closed by the service (header_timeout, body_timeout, idle_timeout, tls_handshake) or refused at the connection limit (refused)",
+            connections_closed.clone(),
+        );
         let persistence_lag_records = Family::default();
         let persistence_lag_seconds = Family::default();
         let (event_stream_lag_entries, event_stream_lag_seconds) = (Family::default(), Family::default());
@@ -329,6 +348,8 @@ impl Metrics {
             evicted,
             follower_lag,
             journal_entries,
+            connections_open,
+            connections_closed,
         }
     }
 
@@ -369,6 +390,11 @@ impl Metrics {
         let outcome = Outcome::of(status);
         self.requests.get_or_create(&RequestLabels { endpoint, code, outcome }).inc();
         self.latency.get_or_create(&LatencyLabels { endpoint, outcome }).observe(took.as_secs_f64());
+    }
+
+    /// Counts a connection the service closed or refused.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed.get_or_create(&CloseLabels { reason }).inc();
     }
 
     pub fn reservation_events(&self, event: &'static str, n: u64) {

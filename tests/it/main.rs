@@ -25,3 +25,4 @@ mod pg;
 mod runbook;
 mod snapshots;
 mod tiers;
+mod transport;

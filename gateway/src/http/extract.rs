@@ -128,9 +128,27 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for BodyBytes<LIMIT> {
         match Limited::new(request.into_body(), LIMIT).collect().await {
             Ok(collected) => Ok(BodyBytes(collected.to_bytes())),
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+            Err(e) if timed_out(e.as_ref()) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "the request body did not arrive in time",
+            )),
             Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
         }
     }
+}
+
+/// Whether a body read failed because its deadline passed
+/// (`--body-read-timeout-secs`).
+pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<crate::server::BodyTimeout>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A JSON write body that may carry its idempotency key.

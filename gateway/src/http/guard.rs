@@ -175,6 +175,10 @@ pub(super) async fn guard(State(app): State<Arc<App>>, mut request: Request, nex
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 return too_large(limit).into_response()
             }
+            Err(e) if super::extract::timed_out(e.as_ref()) => {
+                let message = "the request body did not arrive in time";
+                return ApiError::new(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", message).into_response();
+            }
             Err(e) => return ApiError::invalid(format!("could not read the request body: {e}")).into_response(),
         };
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
