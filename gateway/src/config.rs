@@ -122,6 +122,15 @@ pub struct Config {
     /// Faults to inject into the PostgreSQL writer (tests only; not a flag).
     #[arg(skip)]
     pub writer_faults: std::sync::Arc<inventory_persistence::WriterFaults>,
+    /// Stock queries (`GET /api/inventory/{skuId}`, `/api/reservations/{id}`,
+    /// `/api/orders/{orderId}/inventory-status`) admitted per second, over
+    /// all HTTP threads, by a token bucket that holds one second's worth:
+    /// after a quiet second this many pass at once. Past it a query is
+    /// refused with 429 `RATE_LIMITED` and `Retry-After` before it is
+    /// parsed or queued. Health, readiness, metrics and admin routes are
+    /// not limited. `0`: unlimited.
+    #[arg(long, env = "INVENTORY_QUERY_RATE_LIMIT", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub query_rate_limit: u64,
 }
 
 impl Config {
@@ -156,6 +165,7 @@ impl Config {
             events_source: "inventoryd".to_string(),
             events_batch_max: 1_024,
             writer_faults: Default::default(),
+            query_rate_limit: 5_000,
         }
     }
 
@@ -181,6 +191,7 @@ impl Config {
             hot: self
                 .cold_tier
                 .then(|| HotWindows { holds_ms: self.hot_holds_secs * 1_000, keys_ms: self.hot_keys_secs * 1_000 }),
+            query_rate_limit: self.query_rate_limit,
         }
     }
 }
