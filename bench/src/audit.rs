@@ -94,6 +94,7 @@ pub async fn audit(
     timeout: Duration,
     catalogue: &Catalogue,
     ledger: &Ledger,
+    auth: Option<&Arc<crate::auth::Auth>>,
 ) -> Result<AuditReport> {
     enum Job {
         Sku(u64, SkuLedger, String),
@@ -105,9 +106,9 @@ pub async fn audit(
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
-        let (jobs, next) = (jobs.clone(), next.clone());
+        let (jobs, next, auth) = (jobs.clone(), next.clone(), auth.cloned());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::new(addr, timeout);
+            let mut conn = Conn::with_auth(addr, timeout, auth.as_ref());
             let mut findings = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -160,15 +161,29 @@ fn bad(path: &str, reply: &crate::client::Reply) -> BenchError {
     BenchError::Audit(format!("GET {path}: HTTP {} {}", reply.status, String::from_utf8_lossy(&reply.body)))
 }
 
+/// How long a read refused by the target's query rate limit waits before
+/// it is sent again; such refusals do not count as failed attempts.
+const RATE_LIMITED_WAIT: Duration = Duration::from_millis(20);
+/// Most rate-limited refusals of one read before the audit gives up.
+const RATE_LIMITED_MAX: u32 = 3_000;
+
 pub(crate) async fn get_with_retry(conn: &mut Conn, path: &str) -> Result<crate::client::Reply> {
     let mut last = None;
-    for attempt in 0..5u32 {
+    let mut limited = 0;
+    let mut attempt = 0u32;
+    while attempt < 5 {
         match conn.get(path).await {
+            Ok(r) if r.status == 429 && limited < RATE_LIMITED_MAX => {
+                limited += 1;
+                tokio::time::sleep(RATE_LIMITED_WAIT).await;
+                continue;
+            }
             Ok(r) if r.status == 503 => last = Some(format!("HTTP 503 {}", String::from_utf8_lossy(&r.body))),
             Ok(r) => return Ok(r),
             Err(f) => last = Some(f.code().to_string()),
         }
         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        attempt += 1;
     }
     Err(BenchError::Audit(format!("GET {path}: {}", last.unwrap_or_default())))
 }

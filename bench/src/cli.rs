@@ -149,6 +149,34 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Extra connections that flood the target with stock queries during
+    /// the measured phase of `max` (closed loop, GET /api/inventory/{sku}
+    /// of the catalogue's picks), beside the workload's connections; 200s
+    /// and 429s are counted apart (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub read_flood_connections: usize,
+    /// Send `Authorization: Bearer <JWT>` on every request, signed HS256
+    /// with the bytes of this file (a trailing newline is not part of the
+    /// secret). Claims: sub "bench", roles reserver, payment, receiver and
+    /// reader, iat now, exp an hour later; minted once per connection.
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_es256_key_file")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// The same, signed ES256 with this P-256 private key (PKCS#8, PEM or
+    /// DER).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_es256_key_file: Option<PathBuf>,
+    /// A `tenant` claim for the tokens.
+    #[arg(long, value_name = "T")]
+    pub jwt_tenant: Option<String>,
+    /// A `kid` for the tokens' header.
+    #[arg(long, value_name = "K")]
+    pub jwt_kid: Option<String>,
+    /// Sign every write: `X-Timestamp` (Unix seconds), `X-Nonce` (unique per
+    /// request) and `X-Signature`, the lowercase hex HMAC-SHA256, keyed with
+    /// this file's bytes (trailing newline trimmed), of
+    /// "{timestamp}\n{nonce}\n{METHOD}\n{path}\n{hex sha256(body)}".
+    #[arg(long, value_name = "FILE")]
+    pub signed_writes_secret_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -313,6 +341,18 @@ impl RunArgs {
         if self.ledger.is_some() && self.targets.len() != 1 {
             return Err("--ledger records one target's writes: name one target".into());
         }
+        if self.read_flood_connections > CONNECTIONS_MAX {
+            return Err(format!("--read-flood-connections must be at most {CONNECTIONS_MAX}"));
+        }
+        if self.read_flood_connections > 0 && self.scenario != Scenario::Max {
+            return Err("--read-flood-connections applies to the closed-loop scenario max".into());
+        }
+        if (self.jwt_tenant.is_some() || self.jwt_kid.is_some())
+            && self.jwt_hs256_secret_file.is_none()
+            && self.jwt_es256_key_file.is_none()
+        {
+            return Err("--jwt-tenant and --jwt-kid need --jwt-hs256-secret-file or --jwt-es256-key-file".into());
+        }
         if self.adapter_pool == Some(0) {
             return Err("--adapter-pool must be at least 1".into());
         }
@@ -353,6 +393,12 @@ mod tests {
             .unwrap_err()
             .contains("--target-url"));
         assert!(parse(&["--scenario", "peak", "--stop-when-target-lost"]).unwrap_err().contains("--target-url"));
+        assert!(parse(&["--scenario", "peak", "--read-flood-connections", "8"]).unwrap_err().contains("max"));
+        assert!(parse(&["--scenario", "max", "--jwt-kid", "k"]).unwrap_err().contains("--jwt-hs256-secret-file"));
+        assert!(parse(&["--scenario", "max", "--jwt-hs256-secret-file", "a", "--jwt-es256-key-file", "b"])
+            .unwrap_err()
+            .contains("cannot be used with"));
+        assert_eq!(parse(&["--scenario", "max", "--read-flood-connections", "8"]).unwrap().read_flood_connections, 8);
         assert!(parse(&["--scenario", "peak", "--targets", "service,memory", "--ledger", "x"])
             .unwrap_err()
             .contains("--ledger"));

@@ -3,15 +3,18 @@
 //! after a failure.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+
+use crate::auth::{Auth, ConnAuth};
 
 /// A response: status and body.
 #[derive(Debug, Clone)]
@@ -70,12 +73,22 @@ pub struct Conn {
     host: HeaderValue,
     timeout: Duration,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// The credentials every request carries, if the run has any.
+    auth: Option<(Arc<Auth>, ConnAuth)>,
 }
 
 impl Conn {
     pub fn new(addr: SocketAddr, timeout: Duration) -> Conn {
         let host = HeaderValue::from_str(&addr.to_string()).expect("socket address is a valid header");
-        Conn { addr, host, timeout, sender: None }
+        Conn { addr, host, timeout, sender: None, auth: None }
+    }
+
+    /// A connection whose requests carry `auth`'s token, and whose writes
+    /// are signed, when it asks for them.
+    pub fn with_auth(addr: SocketAddr, timeout: Duration, auth: Option<&Arc<Auth>>) -> Conn {
+        let mut conn = Conn::new(addr, timeout);
+        conn.auth = auth.map(|auth| (auth.clone(), auth.connection()));
+        conn
     }
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
@@ -103,12 +116,30 @@ impl Conn {
     pub async fn request(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, Failure> {
         let timeout = self.timeout;
         let host = self.host.clone();
+        let credentials = match &mut self.auth {
+            None => None,
+            Some((auth, conn)) => {
+                let signed = (method == Method::POST).then(|| body.as_deref().unwrap_or_default());
+                Some(conn.headers(auth, method.as_str(), path, signed))
+            }
+        };
         let result = tokio::time::timeout(timeout, async {
             let sender = self.connect().await?;
             sender.ready().await.map_err(|_| Failure::Io)?;
             let mut builder = Request::builder().method(method).uri(path).header(HOST, host);
             if body.is_some() {
                 builder = builder.header(CONTENT_TYPE, "application/json");
+            }
+            if let Some(credentials) = credentials {
+                if let Some(bearer) = credentials.authorization {
+                    builder = builder.header(AUTHORIZATION, bearer);
+                }
+                if let Some((timestamp, nonce, signature)) = credentials.signed {
+                    builder = builder
+                        .header("x-timestamp", timestamp)
+                        .header("x-nonce", nonce)
+                        .header("x-signature", signature);
+                }
             }
             let request = builder.body(Full::new(body.map(Bytes::from).unwrap_or_default())).expect("valid request");
             let response = sender.send_request(request).await.map_err(|_| Failure::Io)?;

@@ -3,7 +3,8 @@
 //! script) with the same flash-sale workload over the same HTTP client path,
 //! and audits every run for oversold units and lost acknowledged holds.
 //!
-//! Owns: the load generator ([`loadgen`]: open-loop at a fixed arrival rate,
+//! Owns: the credentials it can send ([`auth`]: bearer JWTs, signed
+//! writes), the load generator ([`loadgen`]: open-loop at a fixed arrival rate,
 //! latency measured from each request's intended send time, or closed-loop
 //! for saturation), the workload and scenarios ([`workload`]), the targets it
 //! starts and seeds ([`target`]), the HTTP adapters that put the baselines
@@ -19,6 +20,7 @@
 pub mod acklog;
 pub mod adapter;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod loadgen;

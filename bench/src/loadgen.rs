@@ -131,6 +131,11 @@ pub struct LoadConfig {
     pub acks: Option<Arc<AckLog>>,
     /// End the phase early once the target refuses connections.
     pub stop_when_lost: bool,
+    /// Extra connections that read stock back to back during the phase
+    /// (closed loop, the catalogue's SKU picks), beside the workload.
+    pub read_flood: usize,
+    /// Credentials every request carries, if any.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 pub struct LoadResult {
@@ -144,6 +149,51 @@ pub struct LoadResult {
     /// When the target was found gone, from the start of the phase (with
     /// `stop_when_lost`).
     pub target_lost_after: Option<Duration>,
+    /// What the read flood got back (with `read_flood` connections).
+    pub flood: Option<FloodCounts>,
+}
+
+/// Answers to the read flood's stock queries, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodCounts {
+    pub connections: usize,
+    /// 200s.
+    pub ok: u64,
+    /// 429 `RATE_LIMITED`.
+    pub rate_limited: u64,
+    /// Any other answer, and requests that got none.
+    pub other: u64,
+}
+
+impl FloodCounts {
+    fn merge(&mut self, other: FloodCounts) {
+        self.ok += other.ok;
+        self.rate_limited += other.rate_limited;
+        self.other += other.other;
+    }
+}
+
+/// One read-flood connection: stock queries back to back until `end`.
+async fn flood(config: Arc<LoadConfig>, id: usize, start: Instant, end: Instant) -> FloodCounts {
+    let mut conn = Conn::with_auth(config.addr, config.request_timeout, config.auth.as_ref());
+    let mut rng = Rng::new(config.plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(id as u64));
+    let mut counts = FloodCounts::default();
+    let catalogue = &config.catalogue;
+    tokio::time::sleep_until(start).await;
+    while Instant::now() < end {
+        let path = format!("/api/inventory/{}", segment(&catalogue.sku_id(catalogue.pick(&mut rng))));
+        match conn.get(&path).await {
+            Ok(r) if r.status == 200 => counts.ok += 1,
+            Ok(r) if r.status == 429 => counts.rate_limited += 1,
+            Ok(_) => counts.other += 1,
+            Err(_) => {
+                counts.other += 1;
+                // Not a tight loop against a target that went away.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    counts
 }
 
 /// Runs the measured phase and returns what it measured.
@@ -158,6 +208,9 @@ pub async fn run(config: LoadConfig, progress: Arc<Progress>) -> LoadResult {
         let worker = Worker::new(id, config.clone(), timeline.clone(), progress.clone(), start, lost.clone());
         tasks.push(tokio::spawn(worker.run()));
     }
+    let floods: Vec<_> = (0..config.read_flood)
+        .map(|id| tokio::spawn(flood(config.clone(), id, start, start + config.plan.duration)))
+        .collect();
     let mut stats = RunStats::default();
     let mut ledger = Ledger::default();
     let mut unsent = 0;
@@ -167,13 +220,19 @@ pub async fn run(config: LoadConfig, progress: Arc<Progress>) -> LoadResult {
         ledger.merge(done.ledger);
         unsent += done.unsent;
     }
+    let mut flood =
+        (config.read_flood > 0).then_some(FloodCounts { connections: config.read_flood, ..Default::default() });
+    for task in floods {
+        let counts = task.await.expect("read flood panicked");
+        flood.as_mut().expect("flood counted").merge(counts);
+    }
     let elapsed = Instant::now().saturating_duration_since(start).min(config.plan.duration + DRAIN_GRACE);
     let timeline = Arc::try_unwrap(timeline).unwrap_or_else(|_| unreachable!("workers are done"));
     let target_lost_after = match lost.load(Relaxed) {
         0 => None,
         ms => Some(Duration::from_millis(ms - 1)),
     };
-    LoadResult { stats, ledger, timeline, unsent, elapsed, target_lost_after }
+    LoadResult { stats, ledger, timeline, unsent, elapsed, target_lost_after, flood }
 }
 
 /// An open-loop arrival schedule: one worker's share of a fixed rate.
@@ -262,7 +321,7 @@ impl Worker {
         start: Instant,
         lost: Arc<AtomicU64>,
     ) -> Self {
-        let conn = Conn::new(config.addr, config.request_timeout);
+        let conn = Conn::with_auth(config.addr, config.request_timeout, config.auth.as_ref());
         let rng = Rng::new(config.plan.seed.wrapping_mul(0x100_0000_01B3).wrapping_add(id as u64));
         let holds_cap = (config.audit_holds_max / config.connections).max(1);
         Worker {

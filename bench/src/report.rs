@@ -89,6 +89,38 @@ pub struct TargetReport {
     /// not audited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_lost_after_s: Option<f64>,
+    /// The concurrent read flood (`--read-flood-connections`), if any. Its
+    /// requests are not in `ops` or `total`; the CPU per request divides
+    /// by those alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_flood: Option<ReadFlood>,
+}
+
+/// What the concurrent read flood got: stock queries answered 200 and
+/// refused 429 `RATE_LIMITED`, counted apart.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReadFlood {
+    pub connections: usize,
+    pub ok: u64,
+    pub rate_limited: u64,
+    /// Other answers and requests that got none.
+    pub other: u64,
+    pub ok_per_s: f64,
+    pub rate_limited_per_s: f64,
+}
+
+impl ReadFlood {
+    pub fn of(counts: crate::loadgen::FloodCounts, seconds: f64) -> ReadFlood {
+        let per_s = |n: u64| n as f64 / seconds.max(f64::MIN_POSITIVE);
+        ReadFlood {
+            connections: counts.connections,
+            ok: counts.ok,
+            rate_limited: counts.rate_limited,
+            other: counts.other,
+            ok_per_s: per_s(counts.ok),
+            rate_limited_per_s: per_s(counts.rate_limited),
+        }
+    }
 }
 
 /// The service's `inventory_cold_lookup_duration_seconds` histogram: how
@@ -535,6 +567,14 @@ pub fn table(report: &RunReport) -> String {
             ),
             None => writeln!(s, "  CPU per request: load generator {:.1} us", t.loadgen_cpu_us_per_request),
         };
+        if let Some(f) = &t.read_flood {
+            let _ = writeln!(
+                s,
+                "  read flood: {} connections, {:.0} ok/s (200), {:.0} rate-limited/s (429), {} other answers or \
+                 failures",
+                f.connections, f.ok_per_s, f.rate_limited_per_s, f.other
+            );
+        }
         if let Some(after) = t.target_lost_after_s {
             let _ = writeln!(s, "  target lost {after:.1} s into the run: not audited");
             continue;
@@ -654,6 +694,7 @@ mod tests {
             cold_lookups: None,
             cold_filters: None,
             target_lost_after_s: None,
+            read_flood: None,
         }
     }
 

@@ -9,9 +9,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::acklog::AckLog;
 use crate::audit::{audit, AuditReport};
+use crate::auth::{Auth, AuthFiles};
 use crate::cli::{MixKind, RunArgs};
 use crate::loadgen::{self, LoadConfig, Progress};
-use crate::report::{self, ColdFilters, ColdLookups, HostInfo, ResourceSample, RunReport, TargetReport};
+use crate::report::{self, ColdFilters, ColdLookups, HostInfo, ReadFlood, ResourceSample, RunReport, TargetReport};
 use crate::stats::OpSummary;
 use crate::target::{self, Running, StartOptions, TargetKind};
 use crate::workload::{Burst, Catalogue, Mix, Mode, Op, Plan, Scenario};
@@ -77,7 +78,20 @@ pub fn main(mut args: RunArgs) -> Result<RunReport> {
     runtime.block_on(run(args))
 }
 
+/// The credentials of the run's requests, from the key files it names.
+pub fn auth(args: &RunArgs) -> Result<Option<Arc<Auth>>> {
+    let files = AuthFiles {
+        hs256_secret: args.jwt_hs256_secret_file.as_deref(),
+        es256_key: args.jwt_es256_key_file.as_deref(),
+        tenant: args.jwt_tenant.as_deref(),
+        kid: args.jwt_kid.as_deref(),
+        signing_secret: args.signed_writes_secret_file.as_deref(),
+    };
+    Ok(Auth::load(&files).map_err(BenchError::Config)?.map(Arc::new))
+}
+
 pub async fn run(args: RunArgs) -> Result<RunReport> {
+    let auth = auth(&args)?;
     let plan = plan(&args);
     let started = SystemTime::now();
     let nanos = started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
@@ -100,7 +114,7 @@ pub async fn run(args: RunArgs) -> Result<RunReport> {
             TargetKind::Postgres => 32,
             _ => 4,
         });
-        let report = measure(&args, &plan, catalogue.clone(), kind, &options, &tag).await?;
+        let report = measure(&args, &plan, catalogue.clone(), kind, &options, &tag, auth.as_ref()).await?;
         targets.push(report);
     }
     let report = RunReport {
@@ -140,6 +154,7 @@ async fn measure(
     kind: TargetKind,
     options: &StartOptions,
     tag: &str,
+    auth: Option<&Arc<Auth>>,
 ) -> Result<TargetReport> {
     let name = kind.name();
     let running = match &args.target_url {
@@ -162,6 +177,7 @@ async fn measure(
         args.connections,
         args.timeout,
         Some(seeding.clone()),
+        auth,
     )
     .await?;
     seeding.finish_and_clear();
@@ -207,6 +223,8 @@ async fn measure(
             audit_holds_max: args.audit_holds,
             acks: acks.clone(),
             stop_when_lost: args.stop_when_target_lost,
+            read_flood: args.read_flood_connections,
+            auth: auth.cloned(),
         },
         progress,
     )
@@ -240,7 +258,7 @@ async fn measure(
         }
         None => {
             eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
-            audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger).await?
+            audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger, auth).await?
         }
     };
     if let Err(e) = running.stop() {
@@ -283,6 +301,7 @@ async fn measure(
         cold_lookups,
         cold_filters,
         target_lost_after_s: lost.map(|d| d.as_secs_f64()),
+        read_flood: load.flood.map(|f| ReadFlood::of(f, seconds)),
     })
 }
 

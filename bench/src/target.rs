@@ -149,6 +149,10 @@ impl Running {
                 let data_dir = tempfile::Builder::new().prefix("inventory-bench-").tempdir()?;
                 let mut command = Command::new(bin);
                 command.arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir.path());
+                // The audit reads every hold back, faster than the service's
+                // default query rate limit allows; a --service-arg naming the
+                // flag wins over this (older builds ignore the variable).
+                command.env("INVENTORY_QUERY_RATE_LIMIT", "0");
                 if kind == TargetKind::ServiceFile {
                     command.args(["--journal", "file"]);
                 }
@@ -338,10 +342,11 @@ pub async fn seed(
     connections: usize,
     timeout: Duration,
     progress: Option<indicatif::ProgressBar>,
+    auth: Option<&Arc<crate::auth::Auth>>,
 ) -> Result<u64> {
     let bulk = bulk && catalogue.skus > catalogue.hot;
     if bulk {
-        let mut conn = Conn::new(addr, timeout.max(Duration::from_secs(600)));
+        let mut conn = Conn::with_auth(addr, timeout.max(Duration::from_secs(600)), auth);
         let mut from = catalogue.hot;
         while from < catalogue.skus {
             let to = (from + BULK_SEED_CHUNK).min(catalogue.skus);
@@ -370,8 +375,9 @@ pub async fn seed(
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
         let (next, sent, catalogue, progress) = (next.clone(), sent.clone(), catalogue.clone(), progress.clone());
+        let auth = auth.cloned();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::new(addr, timeout);
+            let mut conn = Conn::with_auth(addr, timeout, auth.as_ref());
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let sku = match k.cmp(&singles) {

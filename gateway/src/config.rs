@@ -197,6 +197,15 @@ pub struct Config {
     /// queued. Keep it under the process's file limit (`ulimit -n`).
     #[arg(long, env = "INVENTORY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
+    /// Stock queries (`GET /api/inventory/{skuId}`, `/api/reservations/{id}`,
+    /// `/api/orders/{orderId}/inventory-status`) admitted per second, over
+    /// all HTTP threads, by a token bucket that holds one second's worth:
+    /// after a quiet second this many pass at once. Past it a query is
+    /// refused with 429 `RATE_LIMITED` and `Retry-After` before it is
+    /// parsed or queued. Health, readiness, metrics and admin routes are
+    /// not limited. `0`: unlimited.
+    #[arg(long, env = "INVENTORY_QUERY_RATE_LIMIT", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub query_rate_limit: u64,
 }
 
 impl Config {
@@ -248,6 +257,7 @@ impl Config {
             body_read_timeout_secs: 30,
             idle_timeout_secs: 60,
             max_connections: 10_000,
+            query_rate_limit: 5_000,
         }
     }
 
@@ -273,6 +283,7 @@ impl Config {
             hot: self
                 .cold_tier
                 .then(|| HotWindows { holds_ms: self.hot_holds_secs * 1_000, keys_ms: self.hot_keys_secs * 1_000 }),
+            query_rate_limit: self.query_rate_limit,
         }
     }
 }

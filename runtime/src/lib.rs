@@ -2,8 +2,9 @@
 //!
 //! Owns: the pinned shard loops, each holding its [`Shard`](inventory_core::Shard)
 //! outright and group-committing to its journal ([`shard_loop`]); the
-//! bounded queues in front of them and the cross-shard idempotency index
-//! ([`router`]); the snapshotter ([`snapshotter`]); the audit tailer, a
+//! bounded queues in front of them (a write queue and a read lane per
+//! shard) and the cross-shard idempotency index ([`router`]); the query
+//! rate limit ([`limiter`]); the snapshotter ([`snapshotter`]); the audit tailer, a
 //! follower of every journal; the service's metrics ([`metrics`]) and clock
 //! ([`clock`]). [`Runtime`] starts and stops all of it.
 //!
@@ -12,6 +13,7 @@
 //! full queue (a full queue is an immediate [`SendError::Overloaded`]).
 
 pub mod clock;
+pub mod limiter;
 pub mod metrics;
 pub mod router;
 mod service;
@@ -19,6 +21,7 @@ pub mod shard_loop;
 pub mod snapshotter;
 
 pub use clock::{Clock, ManualClock, SteadyClock, SystemClock};
+pub use limiter::QueryLimiter;
 pub use metrics::Metrics;
 pub use router::{Claim, IdemIndex, Router, SendError};
 pub use service::{HotWindows, Replay, Runtime, RuntimeConfig, RuntimeError, Threads};

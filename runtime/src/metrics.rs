@@ -141,6 +141,10 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Client connections the service closed or refused, by reason.
     pub connections_closed: Family<CloseLabels, Counter>,
+    /// Stock queries refused by the query rate limit.
+    pub rate_limited: Counter,
+    /// Reads waiting in each shard's read lane.
+    pub read_queue_depth: Family<ShardLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -306,11 +310,25 @@ impl Metrics {
             "Client connections closed by the service (header_timeout, body_timeout, idle_timeout, tls_handshake) or refused at the connection limit (refused)",
             connections_closed.clone(),
         );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Stock queries refused with 429 by the query rate limit",
+            rate_limited.clone(),
+        );
+        let read_queue_depth = Family::default();
+        registry.register(
+            "shard_read_queue_depth",
+            "Reads waiting in each shard's read lane (served after writes)",
+            read_queue_depth.clone(),
+        );
         let persistence_lag_records = Family::default();
         let persistence_lag_seconds = Family::default();
         let (event_stream_lag_entries, event_stream_lag_seconds) = (Family::default(), Family::default());
         let events_published = Counter::default();
         Metrics {
+            rate_limited,
+            read_queue_depth,
             hot_table_bytes,
             cold_write_buffer_bytes,
             cold_pinned_bytes,
@@ -403,6 +421,13 @@ impl Metrics {
         }
     }
 
+    /// Notes the depth of each shard's read lane for the next render.
+    pub fn set_read_queue_depths(&self, depths: &[usize]) {
+        for (shard, depth) in depths.iter().enumerate() {
+            self.read_queue_depth.get_or_create(&ShardLabels { shard: shard as u16 }).set(*depth as i64);
+        }
+    }
+
     /// The exposition text.
     pub fn render(&self, queue_depths: &[usize]) -> String {
         for (shard, depth) in queue_depths.iter().enumerate() {
@@ -447,5 +472,10 @@ mod tests {
         );
         assert!(text.contains(r#"inventory_reservations_total{event="reserved"} 2"#), "{text}");
         assert!(text.contains(r#"inventory_shard_queue_depth{shard="0"} 4"#), "{text}");
+        m.rate_limited.inc();
+        m.set_read_queue_depths(&[0, 3]);
+        let text = m.render(&[]);
+        assert!(text.contains("inventory_rate_limited_total 1"), "{text}");
+        assert!(text.contains(r#"inventory_shard_read_queue_depth{shard="1"} 3"#), "{text}");
     }
 }

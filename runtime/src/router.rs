@@ -19,15 +19,20 @@ pub enum SendError {
     Stopped,
 }
 
+/// Each shard has two bounded lanes: one for writes (and the other
+/// requests that are not reads), one for reads. A full read lane refuses
+/// reads and nothing else; the loop serves reads after writes.
 pub struct Router {
     queues: Vec<Sender<Request>>,
+    read_queues: Vec<Sender<Request>>,
     ready: AtomicBool,
 }
 
 impl Router {
-    pub fn new(queues: Vec<Sender<Request>>) -> Router {
+    pub fn new(queues: Vec<Sender<Request>>, read_queues: Vec<Sender<Request>>) -> Router {
         assert!(!queues.is_empty() && queues.len() <= u16::MAX as usize);
-        Router { queues, ready: AtomicBool::new(false) }
+        assert_eq!(queues.len(), read_queues.len(), "a read lane per shard");
+        Router { queues, read_queues, ready: AtomicBool::new(false) }
     }
 
     pub fn shards(&self) -> u16 {
@@ -43,9 +48,14 @@ impl Router {
         (id.shard() < self.shards()).then_some(id.shard())
     }
 
-    /// Queues a request without ever blocking.
+    /// Queues a request without ever blocking: a read in the shard's read
+    /// lane, anything else in its write queue.
     pub fn send(&self, shard: u16, request: Request) -> Result<(), SendError> {
-        self.queues[shard as usize].try_send(request).map_err(|e| match e {
+        let lane = match request {
+            Request::Read { .. } | Request::Rows { .. } => &self.read_queues,
+            _ => &self.queues,
+        };
+        lane[shard as usize].try_send(request).map_err(|e| match e {
             TrySendError::Full(_) => SendError::Overloaded,
             TrySendError::Disconnected(_) => SendError::Stopped,
         })
@@ -60,6 +70,11 @@ impl Router {
 
     pub fn queue_depths(&self) -> Vec<usize> {
         self.queues.iter().map(|q| q.len()).collect()
+    }
+
+    /// Reads waiting in each shard's read lane.
+    pub fn read_queue_depths(&self) -> Vec<usize> {
+        self.read_queues.iter().map(|q| q.len()).collect()
     }
 
     pub fn is_ready(&self) -> bool {

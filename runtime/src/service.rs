@@ -15,9 +15,12 @@ use inventory_journal::follow::Followers;
 use inventory_journal::{Journal, JournalError};
 
 use crate::clock::Clock;
+use crate::limiter::QueryLimiter;
 use crate::metrics::Metrics;
 use crate::router::{IdemIndex, Router};
-use crate::shard_loop::{self, resolve_lookups, Evicting, LoopConfig, LoopContext, Request, ShardCold, LOOKUPS_MAX};
+use crate::shard_loop::{
+    self, resolve_lookups, Evicting, Lanes, LoopConfig, LoopContext, Request, ShardCold, LOOKUPS_MAX,
+};
 use crate::snapshotter::{SnapshotConfig, SnapshotRequest, Snapshotter};
 
 #[derive(Clone, Debug)]
@@ -25,7 +28,8 @@ pub struct RuntimeConfig {
     /// Snapshots live in `<data_dir>/snapshots`, the audit log in
     /// `<data_dir>/audit`.
     pub data_dir: PathBuf,
-    /// Requests queued per shard before senders are refused.
+    /// Requests queued per shard before senders are refused, in each of
+    /// its two lanes (writes; reads).
     pub queue_capacity: usize,
     /// Most requests one shard applies per journal flush.
     pub batch_max: usize,
@@ -42,6 +46,9 @@ pub struct RuntimeConfig {
     /// after they finish or are made, then move to the cold tier under
     /// `<data_dir>/cold` (`None`: everything stays in memory).
     pub hot: Option<HotWindows>,
+    /// Stock queries admitted per second over all callers, with a burst
+    /// of one second's worth ([`QueryLimiter`]); 0: unlimited.
+    pub query_rate_limit: u64,
 }
 
 /// How long records stay in memory before they move to the cold tier.
@@ -95,6 +102,8 @@ pub struct Runtime {
     pub snapshots: Sender<SnapshotRequest>,
     /// Where the shards' snapshots are: a journal starts after the oldest.
     pub snapshot_dir: std::path::PathBuf,
+    /// The query rate limit, shared by every caller.
+    pub queries: QueryLimiter,
 }
 
 /// The threads behind a [`Runtime`], to stop it.
@@ -150,9 +159,12 @@ impl Runtime {
         let cores = if config.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let (ready_tx, ready) = crossbeam_channel::unbounded();
         let mut queues = Vec::with_capacity(shards as usize);
+        let mut read_queues = Vec::with_capacity(shards as usize);
         let mut loops = Vec::with_capacity(shards as usize);
         for (i, journal) in journals.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+            let (read_tx, read_rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+            read_queues.push(read_tx);
             // A data dir that moved records out before keeps its stores for
             // lookups, whether or not records move out now.
             let cold = if config.hot.is_some() || config.cold_dir(i as u16).exists() {
@@ -180,13 +192,11 @@ impl Runtime {
                 cold,
             };
             let ready = ready_tx.clone();
-            loops.push(
-                std::thread::Builder::new()
-                    .name(format!("shard-{i}"))
-                    .spawn(move || shard_loop::run(loop_config, journal, context, rx, ready))?,
-            );
+            loops.push(std::thread::Builder::new().name(format!("shard-{i}")).spawn(move || {
+                shard_loop::run(loop_config, journal, context, Lanes { writes: rx, reads: read_rx }, ready)
+            })?);
         }
-        let router = Arc::new(Router::new(queues));
+        let router = Arc::new(Router::new(queues, read_queues));
 
         let (snapshots, snapshot_requests) = crossbeam_channel::unbounded();
         let snapshotter = Snapshotter {
@@ -225,6 +235,7 @@ impl Runtime {
             cold: stores,
             snapshots,
             snapshot_dir: config.snapshot_dir(),
+            queries: QueryLimiter::new(config.query_rate_limit),
         };
         let threads = Threads { router, ready, loops, snapshotter, audit, follower_stop, cold: cold_threads };
         Ok((runtime, threads))

@@ -3,8 +3,10 @@
 //!
 //! Each loop:
 //! 1. replays its journal, then reports ready;
-//! 2. blocks for the first request (or the expiry tick), then drains up to
-//!    `batch_max` more without blocking;
+//! 2. blocks for the first request of either lane (or the expiry tick),
+//!    then drains up to `batch_max` writes without blocking, and reads
+//!    from the read lane: up to `batch_max` while no more writes wait,
+//!    [`READS_WHILE_WRITES_WAIT`] while they do;
 //! 3. reads the clock once and applies the batch's writes (a write that
 //!    needs records from the cold tier waits for them on the lookup thread
 //!    and comes back as `Request::Resolved`), plus an `Expire` command for
@@ -15,13 +17,15 @@
 //! 5. only then replies: outcomes if the flush succeeded; if it failed, rolls
 //!    the batch back, answers `JournalUnavailable`, and refuses writes until
 //!    the journal is recovered;
-//! 6. answers the batch's reads from the committed state;
+//! 6. answers the pass's reads from the committed state, after the writes'
+//!    replies (a read sees every write acknowledged before it was asked,
+//!    and nothing unacknowledged);
 //! 7. sizes a slice of its stock index, if asked to make room for more SKUs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use inventory_cold::{ColdStore, Position};
 use inventory_core::{
     Applied, ColdFacts, ColdQuery, Command, Entry, Evict, Expire, ExpireAdjustments, Millis, Outcome, Query,
@@ -52,6 +56,10 @@ pub const BACKLOG_EVERY_MS: u64 = 1_000;
 pub const OVERSELL_SWEEP_SKUS: usize = 65_536;
 /// Operator recorded for the service's own commands.
 pub const SYSTEM_OPERATOR: &str = "system";
+/// Most reads a loop pass answers while more writes wait in the write
+/// queue: however many reads are queued, a batch of writes waits for at
+/// most this many reads (each a map lookup and a reply) before its turn.
+pub const READS_WHILE_WRITES_WAIT: usize = 64;
 
 /// Who asked for a write, recorded in its journal entry.
 #[derive(Clone, Debug, Default)]
@@ -106,6 +114,15 @@ pub enum Request {
     /// Runs a closure on the shard between batches (unit tests only).
     #[cfg(test)]
     Mutate(Box<dyn FnOnce(&mut Shard) + Send>),
+}
+
+/// The two queues of a shard loop. Writes (and everything else that is
+/// not a read) come through `writes`; reads ([`Request::Read`],
+/// [`Request::Rows`]) through `reads`, so that reads can neither fill the
+/// queue writes wait in nor take a write batch's slots.
+pub struct Lanes {
+    pub writes: Receiver<Request>,
+    pub reads: Receiver<Request>,
 }
 
 /// Every `(sku, warehouse, row)` of a shard and the last acknowledged
@@ -217,12 +234,12 @@ pub fn run(
     config: LoopConfig,
     journal: Box<dyn Journal>,
     context: LoopContext,
-    requests: Receiver<Request>,
+    lanes: Lanes,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
     let index = config.shard.index;
     let outcome =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(config, journal, context, requests, ready)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(config, journal, context, lanes, ready)));
     if outcome.is_err() {
         tracing::error!(shard = index, "shard loop panicked: aborting so a restart replays the journal");
         std::process::abort();
@@ -233,7 +250,7 @@ fn run_inner(
     config: LoopConfig,
     journal: Box<dyn Journal>,
     context: LoopContext,
-    requests: Receiver<Request>,
+    lanes: Lanes,
     ready: crossbeam_channel::Sender<(u16, Result<u64, JournalError>)>,
 ) {
     let LoopContext { clock, idem_index, metrics, followers, audited_upto, cold } = context;
@@ -315,7 +332,7 @@ fn run_inner(
     };
     let _ = ready.send((index, Ok(next_seq - 1)));
     drop(ready);
-    state.run(requests);
+    state.run(lanes);
     tracing::info!(shard = index, "shard loop stopped");
 }
 
@@ -372,7 +389,10 @@ const SIZING_SLICE: Duration = Duration::from_millis(1);
 const SPARE_TXNS_MAX: usize = 4;
 
 impl LoopState {
-    fn run(&mut self, requests: Receiver<Request>) {
+    fn run(&mut self, lanes: Lanes) {
+        let Lanes { writes, reads } = lanes;
+        let closed = crossbeam_channel::never();
+        let mut reads_open = true;
         let mut batch: Vec<Request> = Vec::with_capacity(self.batch_max);
         let mut stopping = false;
         while !stopping {
@@ -381,13 +401,21 @@ impl LoopState {
             } else {
                 Duration::from_millis(self.next_tick.saturating_sub(self.clock.now_ms()).min(EXPIRY_TICK_MS))
             };
-            match requests.recv_timeout(wait) {
-                Ok(request) => batch.push(request),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => stopping = true,
+            // A read lane whose senders are gone is not waited on again.
+            let read_lane = if reads_open { &reads } else { &closed };
+            crossbeam_channel::select_biased! {
+                recv(writes) -> request => match request {
+                    Ok(request) => batch.push(request),
+                    Err(_) => stopping = true,
+                },
+                recv(read_lane) -> request => match request {
+                    Ok(request) => self.reads.push(request),
+                    Err(_) => reads_open = false,
+                },
+                default(wait) => {}
             }
             while batch.len() < self.batch_max {
-                match requests.try_recv() {
+                match writes.try_recv() {
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
@@ -397,6 +425,21 @@ impl LoopState {
                 // after it is dropped: its caller sees the shard has stopped.
                 batch.truncate(i);
                 stopping = true;
+            }
+            // Reads wait behind writes: while more writes are queued, a
+            // pass answers only a few; when stopping, every read queued.
+            let reads_max = if stopping {
+                usize::MAX
+            } else if writes.is_empty() {
+                self.batch_max
+            } else {
+                READS_WHILE_WRITES_WAIT
+            };
+            while self.reads.len() < reads_max {
+                match reads.try_recv() {
+                    Ok(request) => self.reads.push(request),
+                    Err(_) => break,
+                }
             }
             self.process(&mut batch);
         }
@@ -820,6 +863,7 @@ fn seed_cold(
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::SendError;
     use inventory_core::{Levels, Receive, DEFAULT_WAREHOUSE};
     use inventory_journal::MemJournal;
 
@@ -853,12 +897,163 @@ mod tests {
             cold: None,
         };
         let (tx, rx) = crossbeam_channel::bounded(16);
+        // No reads here: the read lane's sender is dropped at once, which
+        // the loop must take in its stride.
+        let (_, reads) = crossbeam_channel::bounded(16);
+        let thread = spawn_loop(context, Lanes { writes: rx, reads });
+        (tx, thread, metrics, followers, audited_upto)
+    }
+
+    /// Starts a loop (batches of at most 16) and waits until it is ready.
+    fn spawn_loop(context: LoopContext, lanes: Lanes) -> std::thread::JoinHandle<()> {
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let config =
             LoopConfig { shard: ShardConfig::new(0), snapshots: None, batch_max: 16, core: None, expected_skus: 0 };
-        let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, rx, ready_tx));
+        let thread = std::thread::spawn(move || run(config, Box::new(MemJournal::new(0)), context, lanes, ready_tx));
         ready_rx.recv().unwrap().1.unwrap();
-        (tx, thread, metrics, followers, audited_upto)
+        thread
+    }
+
+    /// A loop behind a router whose write queue and read lane each hold
+    /// `capacity` requests.
+    fn start_routed(capacity: usize) -> (crate::Router, std::thread::JoinHandle<()>) {
+        let context = LoopContext {
+            clock: Arc::new(SystemClock),
+            idem_index: Arc::new(IdemIndex::new(1_000, 1)),
+            metrics: Arc::new(Metrics::new()),
+            followers: Arc::default(),
+            audited_upto: Arc::default(),
+            cold: None,
+        };
+        let (writes_tx, writes) = crossbeam_channel::bounded(capacity);
+        let (reads_tx, reads) = crossbeam_channel::bounded(capacity);
+        let thread = spawn_loop(context, Lanes { writes, reads });
+        (crate::Router::new(vec![writes_tx], vec![reads_tx]), thread)
+    }
+
+    /// Holds the loop inside a pass until the returned sender is dropped.
+    fn hold_loop(router: &crate::Router) -> std::sync::mpsc::Sender<()> {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let hold = move |_: &mut Shard| {
+            entered_tx.send(()).unwrap();
+            let _ = released.recv();
+        };
+        router.send(0, Request::Mutate(Box::new(hold))).unwrap();
+        entered.recv().unwrap();
+        release
+    }
+
+    fn stock_query(sku: &str) -> (Request, oneshot::Receiver<QueryResult>) {
+        let (reply, answer) = oneshot::channel();
+        (Request::Read { query: Query::Stock { sku_id: sku.into() }, reply }, answer)
+    }
+
+    fn stop(router: crate::Router, thread: std::thread::JoinHandle<()>) {
+        router.stop_all();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_write_queued_after_reads_is_served_before_them() {
+        let (router, thread) = start_routed(1_024);
+        let release = hold_loop(&router);
+        let mut reads = Vec::new();
+        for _ in 0..200 {
+            let (read, answer) = stock_query("s");
+            router.send(0, read).unwrap();
+            reads.push(answer);
+        }
+        let (write, mut written) = receive("s", "k");
+        router.send(0, write).unwrap();
+        drop(release);
+        let mut reads = reads.into_iter();
+        let first = reads.next().unwrap().blocking_recv().unwrap();
+        // By the time the first read is answered, the write queued after
+        // all of them has been.
+        assert!(matches!(written.try_recv(), Ok(WriteReply::Applied(a)) if a.changed));
+        // And every read sees the receipt: none was answered before it.
+        assert!(matches!(first, QueryResult::Stock(Some(_))));
+        for answer in reads {
+            assert!(matches!(answer.blocking_recv().unwrap(), QueryResult::Stock(Some(_))));
+        }
+        stop(router, thread);
+    }
+
+    #[test]
+    fn a_batch_of_writes_waits_for_a_bounded_number_of_reads() {
+        let (router, thread) = start_routed(2_048);
+        let release = hold_loop(&router);
+        let reads: Vec<_> = (0..1_000)
+            .map(|_| {
+                let (read, answer) = stock_query("s");
+                router.send(0, read).unwrap();
+                answer
+            })
+            .collect();
+        // Three batches' worth of writes (batches of 16).
+        let written: Vec<_> = (0..48)
+            .map(|i| {
+                let (write, answer) = receive("s", &format!("k{i}"));
+                router.send(0, write).unwrap();
+                answer
+            })
+            .collect();
+        drop(release);
+        for answer in written {
+            assert!(matches!(answer.blocking_recv().unwrap(), WriteReply::Applied(_)));
+        }
+        // A read sees the row's version as of the pass that answered it:
+        // the first two passes, while more writes waited, answered at most
+        // READS_WHILE_WRITES_WAIT reads each; the rest saw all 48 receipts.
+        let versions: Vec<u64> = reads
+            .into_iter()
+            .map(|answer| match answer.blocking_recv().unwrap() {
+                QueryResult::Stock(Some(stock)) => stock.warehouses[0].row.version,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let early = versions.iter().filter(|v| **v < 48).count();
+        assert!(early <= 2 * READS_WHILE_WRITES_WAIT, "{early} reads answered while writes waited");
+        assert!(early > 0, "reads are not starved while writes wait either");
+        stop(router, thread);
+    }
+
+    #[test]
+    fn a_full_read_lane_refuses_reads_and_still_takes_writes() {
+        let (router, thread) = start_routed(4);
+        let release = hold_loop(&router);
+        let reads: Vec<_> = (0..4)
+            .map(|_| {
+                let (read, answer) = stock_query("s");
+                router.send(0, read).unwrap();
+                answer
+            })
+            .collect();
+        let (read, _) = stock_query("s");
+        assert_eq!(router.send(0, read), Err(SendError::Overloaded));
+        let (rows, _) = oneshot::channel();
+        assert_eq!(router.send(0, Request::Rows { reply: rows }), Err(SendError::Overloaded));
+        let (write, written) = receive("s", "k");
+        router.send(0, write).unwrap();
+        drop(release);
+        assert!(matches!(written.blocking_recv().unwrap(), WriteReply::Applied(a) if a.changed));
+        for answer in reads {
+            assert!(matches!(answer.blocking_recv().unwrap(), QueryResult::Stock(Some(_))));
+        }
+        stop(router, thread);
+    }
+
+    #[test]
+    fn reads_queued_before_shutdown_are_answered() {
+        let (router, thread) = start_routed(64);
+        let release = hold_loop(&router);
+        let (read, answer) = stock_query("s");
+        router.send(0, read).unwrap();
+        router.stop_all();
+        drop(release);
+        assert!(matches!(answer.blocking_recv().unwrap(), QueryResult::Stock(None)));
+        thread.join().unwrap();
     }
 
     /// A one-unit reserve of `sku` for order `o<i>`, key `reserve-<i>`.

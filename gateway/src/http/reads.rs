@@ -1,15 +1,19 @@
 //! Reads: stock, holds and orders, answered by the shard loops from
-//! committed state; health, readiness and metrics.
+//! committed state through each shard's read lane (served after writes),
+//! and admitted by the query rate limit first; health, readiness and
+//! metrics.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
 use inventory_core::{Query, QueryResult, ReservationId, ReservationView};
+use inventory_runtime::limiter::retry_after_secs;
 use inventory_runtime::Request;
 use tokio::sync::oneshot;
 
@@ -29,8 +33,33 @@ pub async fn ready_check(State(app): State<Arc<App>>) -> Result<Response, ApiErr
     }
 }
 
+/// A stock query the query rate limit admitted. Taken before any other
+/// extractor, so a refused query costs a clock read and a compare-and-swap:
+/// its path is not parsed and nothing is queued.
+pub struct Admitted;
+
+impl FromRequestParts<Arc<App>> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, app: &Arc<App>) -> Result<Admitted, ApiError> {
+        let queries = &app.runtime.queries;
+        match queries.admit() {
+            Ok(()) => Ok(Admitted),
+            Err(wait) => {
+                app.runtime.metrics.rate_limited.inc();
+                let message = format!("stock queries are limited to {} a second; retry shortly", queries.per_second());
+                Err(ApiError {
+                    retry_after: Some(retry_after_secs(wait)),
+                    ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
+                })
+            }
+        }
+    }
+}
+
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let runtime = &app.runtime;
+    runtime.metrics.set_read_queue_depths(&runtime.router.read_queue_depths());
     let mut response = Response::new(Body::from(runtime.metrics.render(&runtime.router.queue_depths())));
     response
         .headers_mut()
@@ -39,6 +68,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 pub async fn stock(
+    _: Admitted,
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -52,6 +82,7 @@ pub async fn stock(
 }
 
 pub async fn reservation(
+    _: Admitted,
     State(app): State<Arc<App>>,
     ctx: Ctx,
     path: Result<Path<String>, PathRejection>,
@@ -112,6 +143,7 @@ async fn cold_order(app: &App, order_id: &str) -> Result<Vec<ReservationView>, A
 /// Every hold of an order. Holds of one order live on the shards of their
 /// SKUs: every shard is asked.
 pub async fn order_status(
+    _: Admitted,
     State(app): State<Arc<App>>,
     ctx: Ctx,
     path: Result<Path<String>, PathRejection>,
