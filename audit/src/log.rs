@@ -458,10 +458,15 @@ impl AuditLog {
                 hash = record.hash;
             }
         }
+        let new = !path.exists();
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let log = AuditLog { dir: dir.to_path_buf(), file, index, hash, audited, body: Vec::new(), out: Vec::new() };
-        if index > 0 {
-            log.write_head()?; // a crash may have left it behind the log
+        // A crash may have left the head behind the log. A new log gets a
+        // head at entry 0 before its first line, so a crash during the first
+        // append leaves a head behind, not a missing one (which is refused:
+        // somebody removed it).
+        if index > 0 || new {
+            log.write_head()?;
         }
         Ok(log)
     }
@@ -834,6 +839,20 @@ mod tests {
         assert_eq!(log.len(), 3);
         let head: Head = serde_json::from_slice(&fs::read(dir.path().join(HEAD_FILE)).unwrap()).unwrap();
         assert_eq!(head.index, 3);
+    }
+
+    #[test]
+    fn a_crash_during_the_first_append_leaves_a_log_that_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(AuditLog::open(dir.path()).unwrap());
+        let head = fs::read(dir.path().join(HEAD_FILE)).unwrap();
+        AuditLog::open(dir.path()).unwrap().append(vec![event(1, 1)]).unwrap();
+        fs::write(dir.path().join(HEAD_FILE), head).unwrap(); // the crash: lines synced, head not moved
+        assert_eq!(AuditLog::open(dir.path()).unwrap().len(), 1);
+        // A head removed by hand is still refused.
+        fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+        let refused = AuditLog::open(dir.path()).err().expect("a log without its head is refused");
+        assert!(refused.to_string().contains("missing"), "{refused}");
     }
 
     #[test]
