@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio_postgres::NoTls;
 
-use crate::pg::wait_caught_up;
+use crate::pg::{wait_caught_up, PrivatePg};
 use crate::support::{skus_on_different_shards, Client, Daemon, Options, TestServer};
 
 /// Says why a drill cannot run here (it needs root, or PostgreSQL's
@@ -485,77 +485,6 @@ async fn a_restart_with_the_wall_clock_an_hour_behind_the_journal_goes_on_from_t
 }
 
 // ----- PostgreSQL stopped for a minute ---------------------------------------
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL cluster of the test's own (the shared one stays up): made by
-/// `initdb` as the `postgres` user in a temp dir, trust auth, a free port,
-/// its socket in the temp dir. Stopped when dropped.
-struct PrivatePg {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl PrivatePg {
-    fn start() -> Result<PrivatePg, String> {
-        if !Path::new(PG_BIN).join("initdb").exists() {
-            return Err(format!("no PostgreSQL binaries in {PG_BIN}"));
-        }
-        let id = |flag: &str| -> Result<u32, String> {
-            let out = Process::new("id").args([flag, "postgres"]).output().map_err(|e| e.to_string())?;
-            String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "no user postgres".to_string())
-        };
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        std::os::unix::fs::chown(dir.path(), Some(id("-u")?), Some(id("-g")?)).map_err(|e| e.to_string())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = PrivatePg { dir, port };
-        let data = pg.data();
-        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])?;
-        pg.start_again()?;
-        Ok(pg)
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    /// Runs one of PostgreSQL's programs as the `postgres` user.
-    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
-        let out = Process::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
-            .args(args)
-            .output()
-            .map_err(|e| format!("{program}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(())
-    }
-
-    /// Starts the cluster on its port and waits until it takes connections.
-    fn start_again(&self) -> Result<(), String> {
-        let options =
-            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
-        let log = self.dir.path().join("log").display().to_string();
-        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"])
-    }
-
-    /// Stops it the way a crash would: no shutdown checkpoint, every
-    /// connection cut.
-    fn stop_immediately(&self) -> Result<(), String> {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
-    }
-
-    fn url(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", self.port)
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let _ = self.stop_immediately();
-    }
-}
 
 const DRILL_SKUS: usize = 6;
 const DRILL_STOCK: u64 = 1_000_000;

@@ -1,6 +1,8 @@
 //! Helpers for tests against the local PostgreSQL: a schema per test, and a
 //! proxy that can "stop" and "restart" the database for one test only.
 
+use std::path::Path;
+use std::process::Command as Process;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,5 +116,93 @@ impl PgProxy {
 
     pub fn start_again(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+// ----- a cluster of the test's own ----------------------------------------------
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A PostgreSQL cluster of the test's own (the shared one stays up): made by
+/// `initdb` as the `postgres` user in a temp dir, trust auth, a free port,
+/// its socket in the temp dir. Stopped when dropped.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    /// Server options beyond the port, socket and listen address.
+    options: String,
+}
+
+impl PrivatePg {
+    pub fn start() -> Result<PrivatePg, String> {
+        PrivatePg::start_with(|_, _| Ok(String::new()))
+    }
+
+    /// As [`PrivatePg::start`]; `setup` gets the cluster's directory and the
+    /// `postgres` user's `(uid, gid)` before the first start (to place files
+    /// there) and returns more server options (`-c name=value ...`).
+    pub fn start_with(setup: impl FnOnce(&Path, (u32, u32)) -> Result<String, String>) -> Result<PrivatePg, String> {
+        if !Path::new(PG_BIN).join("initdb").exists() {
+            return Err(format!("no PostgreSQL binaries in {PG_BIN}"));
+        }
+        let id = |flag: &str| -> Result<u32, String> {
+            let out = Process::new("id").args([flag, "postgres"]).output().map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "no user postgres".to_string())
+        };
+        let owner = (id("-u")?, id("-g")?);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).map_err(|e| e.to_string())?;
+        let options = setup(dir.path(), owner)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = PrivatePg { dir, port, options };
+        let data = pg.data();
+        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])?;
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Runs one of PostgreSQL's programs as the `postgres` user.
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let out = Process::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(())
+    }
+
+    /// Starts the cluster on its port and waits until it takes connections.
+    pub fn start_again(&self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
+            self.port,
+            self.dir.path().display(),
+            self.options
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"])
+    }
+
+    /// Stops it the way a crash would: no shutdown checkpoint, every
+    /// connection cut.
+    pub fn stop_immediately(&self) -> Result<(), String> {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self.stop_immediately();
     }
 }

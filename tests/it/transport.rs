@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command as Process;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use crate::pg::{url_for, wait_caught_up, TestSchema, PG_ADDR};
+use crate::pg::{url_for, wait_caught_up, PrivatePg, TestSchema, PG_ADDR};
 use crate::support::{inventoryd, stderr, Client, Options, TestServer};
 
 // ----- certificates ------------------------------------------------------------
@@ -575,28 +574,11 @@ async fn the_writer_connects_over_tls_with_sslmode_require() {
     schema.drop().await;
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL cluster of the test's own with TLS on, serving `cert`
-/// (files made readable to the `postgres` user). Stopped when dropped.
-struct TlsPg {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl TlsPg {
-    fn start(cert: &(PathBuf, PathBuf)) -> Result<TlsPg, String> {
-        if !Path::new(PG_BIN).join("initdb").exists() {
-            return Err(format!("no PostgreSQL binaries in {PG_BIN}"));
-        }
-        let id = |flag: &str| -> Result<u32, String> {
-            let out = Process::new("id").args([flag, "postgres"]).output().map_err(|e| e.to_string())?;
-            String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| "no user postgres".to_string())
-        };
-        let (uid, gid) = (id("-u")?, id("-g")?);
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-        let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+/// A private PostgreSQL cluster with TLS on, serving `cert` (copied where
+/// the `postgres` user can read it).
+fn tls_pg(cert: &(PathBuf, PathBuf)) -> Result<PrivatePg, String> {
+    PrivatePg::start_with(|dir, (uid, gid)| {
+        let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
         std::fs::copy(&cert.0, &crt).map_err(|e| e.to_string())?;
         std::fs::copy(&cert.1, &key).map_err(|e| e.to_string())?;
         for file in [&crt, &key] {
@@ -604,54 +586,21 @@ impl TlsPg {
             std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .map_err(|e| e.to_string())?;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = TlsPg { dir, port };
-        let data = pg.dir.path().join("data").display().to_string();
-        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])?;
-        let options = format!(
-            "-p {} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
-            pg.port,
-            crt.display(),
-            key.display(),
-            dir = pg.dir.path().display(),
-        );
-        let log = pg.dir.path().join("log").display().to_string();
-        pg.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "start"])?;
-        Ok(pg)
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
-        let out = Process::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
-            .args(args)
-            .output()
-            .map_err(|e| format!("{program}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(())
-    }
-
-    fn url(&self, host: &str, tls: &str) -> String {
-        format!(
-            "host={host} hostaddr=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3 {tls}",
-            self.port
-        )
-    }
+        Ok(format!("-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", crt.display(), key.display()))
+    })
 }
 
-impl Drop for TlsPg {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data").display().to_string();
-        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
-    }
+/// A key=value URL of `pg` naming `host` (for the certificate check) at
+/// 127.0.0.1, with `tls` settings.
+fn tls_url(pg: &PrivatePg, host: &str, tls: &str) -> String {
+    format!("host={host} hostaddr=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3 {tls}", pg.port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_verify_ca_and_verify_full_check_the_servers_certificate() {
     let (pki, other) = (Pki::new("postgres"), Pki::new("other"));
     let cert = pki.issue("db", &["db.internal"], false);
-    let pg = match tokio::task::spawn_blocking(move || TlsPg::start(&cert)).await.unwrap() {
+    let pg = match tokio::task::spawn_blocking(move || tls_pg(&cert)).await.unwrap() {
         Ok(pg) => pg,
         Err(e) if std::env::var_os("CI").is_none() => {
             eprintln!("skipping: no private PostgreSQL cluster ({e})");
@@ -662,7 +611,7 @@ async fn sslmode_verify_ca_and_verify_full_check_the_servers_certificate() {
     let public = Schema::new("public").unwrap();
     let (ca, other_ca) = (pki.ca().display().to_string(), other.ca().display().to_string());
     let connect = |host: &str, tls: String| {
-        let url = pg.url(host, &tls);
+        let url = tls_url(&pg, host, &tls);
         let public = public.clone();
         async move { inventory_persistence::connect(&url, &public).await }
     };
