@@ -319,6 +319,8 @@ async fn signed_writes_pass_once_and_stale_replayed_or_forged_ones_are_refused()
     let r = c.post(path, json!({"skuId": "cap", "qty": 1, "idemKey": "in-3"})).await;
     assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "STALE_REQUEST"), "unsigned: {}", r.text);
     assert_eq!(c.levels("cap").await, (4, 0, 0), "only the one signed receipt landed");
+    // Reads need no signature, and a wrong method is still a 405.
+    assert_eq!(c.get(path).await.code(), "METHOD_NOT_ALLOWED");
     s.server.stop().await;
 }
 

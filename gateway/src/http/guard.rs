@@ -162,7 +162,7 @@ pub(super) async fn guard(State(app): State<Arc<App>>, mut request: Request, nex
             }
         }
     }
-    if let (Some(signed), true) = (&security.signed_writes, endpoint.method() == Method::POST) {
+    if let (Some(signed), true) = (&security.signed_writes, request.method() == Method::POST) {
         let limit = if endpoint == Endpoint::ReceiveBatch { api::BATCH_BODY_BYTES_MAX } else { api::BODY_BYTES_MAX };
         let (parts, body) = request.into_parts();
         let declared =
