@@ -174,7 +174,10 @@ fn operator_action(command: &Command, txns: &[inventory_core::Txn]) -> &'static 
         Command::FinishTransfer(c) if c.arrive => "TRANSFER_ARRIVED",
         Command::FinishTransfer(_) => "TRANSFER_CANCELLED",
         Command::Repair(_) => "RECONCILE_REPAIR",
+        Command::SetPolicy(c) if c.policy.is_some() => "POLICY_SET",
+        Command::SetPolicy(_) => "POLICY_REMOVED",
         Command::Receive(_)
+        | Command::ReserveAs(_)
         | Command::ReceiveBatch(_)
         | Command::Reserve(_)
         | Command::Confirm(_)

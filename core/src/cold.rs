@@ -317,7 +317,7 @@ pub fn cold_changes(
                 }
             }
             TxnKind::Reserve => {
-                let Command::Reserve(c) = &entry.command else { unreachable!("only a reserve makes a hold") };
+                let c = entry.command.as_reserve().expect("only a reserve makes a hold");
                 let id: ReservationId = txn.ref_id.parse().expect("a reserve's txn names its hold");
                 let expire_at = at.saturating_add(c.ttl_ms);
                 changes.push(ColdChange::Hold(ColdHold {
@@ -388,6 +388,9 @@ pub fn cold_changes(
                     if txn.kind == TxnKind::TransferIn { TransferStatus::Arrived } else { TransferStatus::Cancelled };
                 outcome = Some(Outcome::TransferFinished { id, status });
             }
+            TxnKind::PolicySet | TxnKind::PolicyRemoved => {
+                outcome = Some(Outcome::PolicySet { present: txn.kind == TxnKind::PolicySet });
+            }
             TxnKind::TransferIncoming | TxnKind::TransferCancelled | TxnKind::Repair => {}
         }
     }
@@ -399,6 +402,8 @@ pub fn cold_changes(
             Some(&c.idem_key)
         }
         Command::Reserve(c) => Some(&c.idem_key),
+        Command::ReserveAs(c) => Some(&c.reserve.idem_key),
+        Command::SetPolicy(c) => Some(&c.idem_key),
         Command::Confirm(c) => Some(&c.idem_key),
         Command::Release(c) => Some(&c.idem_key),
         Command::Freeze(c) => Some(&c.idem_key),

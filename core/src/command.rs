@@ -6,6 +6,7 @@
 
 use crate::ids::{Fingerprint, Millis, ReservationId};
 use crate::ops::{AdjustmentId, TransferId};
+use crate::sale::SalePolicy;
 
 /// A state-changing command. Each carries everything needed to apply it
 /// deterministically; the time is supplied separately by the shard loop.
@@ -45,6 +46,29 @@ pub enum Command {
     /// 13: reconciliation repaired a copy of a row (PostgreSQL's): recorded
     /// as a version of the row with what the copy held, changing no counter.
     Repair(Repair),
+    /// 14: set (or remove) the sale policy of an SKU.
+    SetPolicy(Box<SetPolicy>),
+    /// 15: a reserve that names its buyer or its sales channel, for the
+    /// SKU's sale policy. A reserve naming neither is a `Reserve`.
+    ReserveAs(Box<ReserveAs>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SetPolicy {
+    pub sku_id: String,
+    /// The new policy; `None` removes the SKU's policy.
+    pub policy: Option<SalePolicy>,
+    pub operator: String,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ReserveAs {
+    pub reserve: Reserve,
+    /// The buyer (empty: none named).
+    pub buyer_id: String,
+    /// The sales channel (empty: none named).
+    pub channel: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -226,6 +250,17 @@ impl Command {
             Command::DecideAdjustment(c) => Some(&c.idem_key),
             Command::DispatchTransfer(c) => Some(&c.idem_key),
             Command::FinishTransfer(c) => Some(&c.idem_key),
+            Command::SetPolicy(c) => Some(&c.idem_key),
+            Command::ReserveAs(c) => Some(&c.reserve.idem_key),
+        }
+    }
+
+    /// The reserve a `Reserve` or `ReserveAs` makes.
+    pub fn as_reserve(&self) -> Option<&Reserve> {
+        match self {
+            Command::Reserve(c) => Some(c),
+            Command::ReserveAs(c) => Some(&c.reserve),
+            _ => None,
         }
     }
 
@@ -240,6 +275,27 @@ impl Command {
             Command::Reserve(c) => {
                 f.tag(1).str(&c.order_id).str(&c.sku_id).str(&c.warehouse_id).u64(c.qty);
                 f.u64(if c.ttl_explicit { c.ttl_ms } else { u64::MAX });
+            }
+            Command::ReserveAs(c) => {
+                let r = &c.reserve;
+                f.tag(15).str(&r.order_id).str(&r.sku_id).str(&r.warehouse_id).u64(r.qty);
+                f.u64(if r.ttl_explicit { r.ttl_ms } else { u64::MAX });
+                f.str(&c.buyer_id).str(&c.channel);
+            }
+            Command::SetPolicy(c) => {
+                f.tag(14).str(&c.sku_id).str(&c.operator);
+                match &c.policy {
+                    None => {
+                        f.u64(0);
+                    }
+                    Some(p) => {
+                        f.u64(1).u64(p.max_per_buyer.map_or(u64::MAX, u64::from));
+                        f.u64(p.sale_starts_at.unwrap_or(u64::MAX)).u64(p.sale_ends_at.unwrap_or(u64::MAX));
+                        for (channel, units) in &p.channel_quotas {
+                            f.str(channel).u64(*units);
+                        }
+                    }
+                }
             }
             Command::Confirm(c) => {
                 f.tag(2).u64(c.reservation_id.0).str(&c.payment_id);
@@ -312,6 +368,9 @@ impl Command {
             Command::FinishTransfer(c) if c.arrive => "transfer_arrive",
             Command::FinishTransfer(_) => "transfer_cancel",
             Command::Repair(_) => "repair",
+            Command::SetPolicy(c) if c.policy.is_some() => "policy_set",
+            Command::SetPolicy(_) => "policy_remove",
+            Command::ReserveAs(_) => "reserve",
         }
     }
 }

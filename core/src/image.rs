@@ -11,6 +11,7 @@ use crate::cold::SliceFilters;
 use crate::ids::Millis;
 use crate::ops::{OpsImage, RowOps};
 use crate::outcome::Outcome;
+use crate::sale::SalePolicy;
 use crate::state::{Levels, ReservationStatus, StockRow};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -43,6 +44,41 @@ pub struct ShardImage {
     /// section of its own after the cold section.
     #[rkyv(with = rkyv::with::Skip)]
     pub ops: OpsImage,
+    /// Sale policies and what they counted. Stored in a section of its own
+    /// after the operator section.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub sale: SaleImage,
+}
+
+/// A shard's sale policies, as snapshots store them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SaleImage {
+    /// By first row.
+    pub skus: Vec<SkuSaleImage>,
+    /// The tags of the `RESERVED` holds a policy counted, by hold.
+    pub tags: Vec<TagImage>,
+    pub next_generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SkuSaleImage {
+    /// Position of the SKU's first row in `ShardImage::rows`.
+    pub first: u32,
+    pub policy: SalePolicy,
+    pub generation: u64,
+    /// Units held or sold per channel, by name.
+    pub channels: Vec<(String, u64)>,
+    /// Units held or sold per buyer (hash of the buyer id), by hash.
+    pub buyers: Vec<(u64, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TagImage {
+    pub seq: u64,
+    pub first: u32,
+    pub generation: u64,
+    pub buyer: Option<u64>,
+    pub channel: Option<String>,
 }
 
 /// Units a row received, given its units on hand and what operators did

@@ -17,6 +17,7 @@ mod ids;
 mod image;
 mod ops;
 mod outcome;
+mod sale;
 mod shard;
 mod state;
 mod table;
@@ -27,18 +28,19 @@ pub use cold::{
 };
 pub use command::{
     Command, Confirm, DecideAdjustment, DispatchTransfer, Evict, Expire, ExpireAdjustments, FinishTransfer, Freeze,
-    ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem, Release, Repair, Reserve,
+    ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem, Release, Repair, Reserve, ReserveAs, SetPolicy,
 };
 pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,
     REASON_TIMEOUT, SECOND_MS,
 };
-pub use image::{ColdImage, HoldImage, IdemImage, RowImage, ShardImage};
+pub use image::{ColdImage, HoldImage, IdemImage, RowImage, SaleImage, ShardImage, SkuSaleImage, TagImage};
 pub use ops::{
     Adjustment, AdjustmentId, AdjustmentStatus, AdjustmentView, InvalidAdjustmentId, InvalidTransferId, OpsImage,
     RowOps, Transfer, TransferId, TransferStatus, TransferView,
 };
 pub use outcome::{Applied, Outcome, Rejection};
+pub use sale::{PolicyView, SalePolicy, CHANNELS_MAX};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
 pub use state::{
     ArchivedLevels, Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,

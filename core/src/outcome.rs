@@ -69,6 +69,10 @@ pub enum Outcome {
     Repaired {
         rows: u32,
     },
+    /// A sale policy was set (`present`) or removed.
+    PolicySet {
+        present: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -122,6 +126,28 @@ pub enum Rejection {
     },
     /// A transfer's source and destination are the same warehouse.
     SameWarehouse,
+    /// The SKU's policy limits units per buyer: the reserve must name one.
+    BuyerRequired,
+    /// The buyer already holds or bought `held` units of the SKU; this
+    /// reserve would take them past `limit`.
+    PurchaseLimitExceeded {
+        limit: u32,
+        held: u32,
+    },
+    /// The SKU's sale starts at `starts_at`.
+    SaleNotStarted {
+        starts_at: Millis,
+    },
+    SaleEnded,
+    /// The SKU's policy has channel quotas: the reserve must name a channel.
+    ChannelRequired,
+    /// The channel is not one of the policy's.
+    UnknownChannel,
+    /// The channel's units are all held or sold.
+    ChannelQuotaExhausted {
+        quota: u64,
+        used: u64,
+    },
 }
 
 impl Rejection {
@@ -149,6 +175,13 @@ impl Rejection {
             Rejection::TransferNotFound => "TRANSFER_NOT_FOUND",
             Rejection::TransferNotInTransit { .. } => "TRANSFER_NOT_IN_TRANSIT",
             Rejection::SameWarehouse => "SAME_WAREHOUSE",
+            Rejection::BuyerRequired => "BUYER_REQUIRED",
+            Rejection::PurchaseLimitExceeded { .. } => "PURCHASE_LIMIT_EXCEEDED",
+            Rejection::SaleNotStarted { .. } => "SALE_NOT_STARTED",
+            Rejection::SaleEnded => "SALE_ENDED",
+            Rejection::ChannelRequired => "CHANNEL_REQUIRED",
+            Rejection::UnknownChannel => "UNKNOWN_CHANNEL",
+            Rejection::ChannelQuotaExhausted { .. } => "CHANNEL_QUOTA_EXHAUSTED",
         }
     }
 }

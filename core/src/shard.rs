@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 
 mod operator;
+mod sale;
 
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
@@ -142,6 +143,8 @@ enum Undo {
         seq: u64,
         prev: Option<Box<Transfer>>,
     },
+    /// Sale policies and their counts changed.
+    Sale(sale::SaleUndo),
 }
 
 struct BatchMark {
@@ -211,6 +214,8 @@ pub struct Shard {
     cold: ColdImage,
     /// What operators did: row state, adjustments and transfers.
     ops: operator::Ops,
+    /// Sale policies and what they counted.
+    sales: sale::Sales,
     next_hold_seq: u64,
     next_txn_seq: u64,
     last_at: Millis,
@@ -268,6 +273,7 @@ impl Shard {
             finished: ChunkQueue::default(),
             cold: ColdImage::default(),
             ops: operator::Ops::default(),
+            sales: sale::Sales::default(),
             next_hold_seq: 1,
             next_txn_seq: 1,
             last_at: 0,
@@ -371,6 +377,7 @@ impl Shard {
                         self.ops.transfers.remove(&seq);
                     }
                 },
+                Undo::Sale(step) => self.sales.undo(step),
             }
         }
         self.undo = undo;
@@ -452,7 +459,9 @@ impl Shard {
             | Command::ProposeAdjustment(_)
             | Command::DecideAdjustment(_)
             | Command::DispatchTransfer(_)
-            | Command::FinishTransfer(_) => {}
+            | Command::FinishTransfer(_)
+            | Command::SetPolicy(_)
+            | Command::ReserveAs(_) => {}
         }
         let key = key.expect("write commands carry a key");
         let fingerprint = command.fingerprint();
@@ -469,7 +478,12 @@ impl Shard {
         }
         let (outcome, changed) = match command {
             Command::Receive(c) => self.receive(at, c, txns),
-            Command::Reserve(c) => self.reserve(at, c, cold, txns),
+            Command::Reserve(c) => self.reserve(at, c, sale::Buyer::default(), cold, txns),
+            Command::ReserveAs(c) => {
+                let who = sale::Buyer { buyer_id: &c.buyer_id, channel: &c.channel };
+                self.reserve(at, &c.reserve, who, cold, txns)
+            }
+            Command::SetPolicy(c) => self.set_policy(at, c, txns),
             Command::Confirm(c) => self.confirm(at, c, cold, txns),
             Command::Release(c) => self.release(at, c, cold, txns),
             Command::ReceiveBatch(c) => self.receive_batch(at, c, txns),
@@ -519,7 +533,8 @@ impl Shard {
             }
         }
         match command {
-            Command::Reserve(c) => {
+            Command::Reserve(_) | Command::ReserveAs(_) => {
+                let c = command.as_reserve().expect("a reserve");
                 let order = order_hash(&c.order_id);
                 if c.qty == 0 || !self.cold.orders.may_contain(hashes_of_u64(order), at, tiers) {
                     return needs;
@@ -550,7 +565,8 @@ impl Shard {
             | Command::ExpireAdjustments(_)
             | Command::DispatchTransfer(_)
             | Command::FinishTransfer(_)
-            | Command::Repair(_) => {}
+            | Command::Repair(_)
+            | Command::SetPolicy(_) => {}
         }
         needs
     }
@@ -792,7 +808,14 @@ impl Shard {
         Ok(())
     }
 
-    fn reserve(&mut self, at: Millis, c: &Reserve, cold: &ColdFacts, txns: &mut Vec<Txn>) -> (Outcome, bool) {
+    fn reserve(
+        &mut self,
+        at: Millis,
+        c: &Reserve,
+        who: sale::Buyer<'_>,
+        cold: &ColdFacts,
+        txns: &mut Vec<Txn>,
+    ) -> (Outcome, bool) {
         if c.qty == 0 {
             return (Outcome::Rejected(Rejection::InvalidQuantity), false);
         }
@@ -830,6 +853,10 @@ impl Shard {
         if self.ops.frozen(row) {
             return (Outcome::Rejected(Rejection::SkuFrozen), false);
         }
+        let admitted = match self.admit(at, first, c.qty, who) {
+            Ok(admitted) => admitted,
+            Err(rejection) => return (Outcome::Rejected(rejection), false),
+        };
         let available = self.table.row(row).available();
         if available < c.qty {
             return (Outcome::Rejected(Rejection::InsufficientStock { available }), false);
@@ -856,6 +883,9 @@ impl Shard {
         self.orders.get_or_default(order).push(seq);
         self.expiry.insert((expire_at, seq));
         self.record(Undo::NewHold { seq });
+        if let Some(admitted) = admitted {
+            self.count_hold(seq, qty, admitted);
+        }
         let txn = self.txn(RowChange {
             kind: TxnKind::Reserve,
             row,
@@ -994,7 +1024,9 @@ impl Shard {
         let hold = self.holds.get_mut(&seq).expect("hold exists");
         let change = HoldChange { status, updated_at: at, detail: Some(detail) };
         let prev = std::mem::replace(&mut hold.change, change);
-        if prev.status == ReservationStatus::Reserved && status != ReservationStatus::Reserved {
+        let finished = prev.status == ReservationStatus::Reserved && status != ReservationStatus::Reserved;
+        let qty = hold.qty;
+        if finished {
             self.expiry.remove(&(hold.expire_at, seq));
             self.finished.push_back((at, seq));
             if let Some(mark) = &mut self.batch {
@@ -1002,6 +1034,9 @@ impl Shard {
             }
         }
         self.record(Undo::Hold { seq, prev });
+        if finished {
+            self.uncount_hold(seq, qty, status);
+        }
     }
 
     /// Numbers a change to one stock row and names its row.
@@ -1091,6 +1126,7 @@ impl Shard {
                     row: self.stock_row(r),
                 })
                 .collect(),
+            policy: self.sales.policy(first),
         })
     }
 
@@ -1332,6 +1368,7 @@ impl Shard {
             idem,
             cold: self.cold.clone(),
             ops: self.ops.image(),
+            sale: self.sale_image(),
             ..ShardImage::default()
         };
         self.table.fill_image(&mut image);
@@ -1361,6 +1398,7 @@ impl Shard {
         shard.table = StockTable::load(&image);
         shard.cold = image.cold;
         shard.ops = operator::Ops::load(image.ops);
+        shard.sales = Shard::load_sales(image.sale);
         shard.holds.reserve(image.holds.len());
         for h in image.holds {
             shard.orders.get_or_default(order_hash(&h.order_id)).push(h.seq);
@@ -1463,7 +1501,8 @@ impl Shard {
                 return Err(format!("{}: sold {} < sum of CONFIRMED holds", where_(), row.sold));
             }
         }
-        self.check_ops()
+        self.check_ops()?;
+        self.check_sales()
     }
 
     /// A canonical, comparable copy of the whole state.
@@ -1480,6 +1519,7 @@ impl Shard {
             next_hold_seq: self.next_hold_seq,
             next_txn_seq: self.next_txn_seq,
             ops: self.ops.image(),
+            sale: self.sale_image(),
         }
     }
 }
@@ -1505,4 +1545,5 @@ pub struct Dump {
     pub next_hold_seq: u64,
     pub next_txn_seq: u64,
     pub ops: crate::ops::OpsImage,
+    pub sale: crate::SaleImage,
 }

@@ -43,6 +43,18 @@ struct ModelHold {
     status: ReservationStatus,
     expire_at: Millis,
     payment: Option<String>,
+    /// While `RESERVED` under a policy: the policy's generation, and the
+    /// buyer and channel it counted.
+    counted: Option<(u64, Option<String>, Option<String>)>,
+}
+
+/// A sale policy and its counts, as plainly as possible.
+#[derive(Clone, Debug)]
+struct ModelPolicy {
+    policy: SalePolicy,
+    generation: u64,
+    buyers: BTreeMap<String, u64>,
+    channels: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Default)]
@@ -84,9 +96,89 @@ struct Model {
     next_seq: u64,
     adjustments: BTreeMap<u64, ModelAdjustment>,
     transfers: BTreeMap<u64, ModelTransfer>,
+    /// Each SKU's first warehouse (where its policy's txns are recorded).
+    first_warehouse: BTreeMap<String, String>,
+    policies: BTreeMap<String, ModelPolicy>,
+    generations: u64,
 }
 
 impl Model {
+    fn new_row(&mut self, sku: &str, wh: &str) {
+        self.first_warehouse.entry(sku.to_string()).or_insert_with(|| wh.to_string());
+        self.rows.entry((sku.to_string(), wh.to_string())).or_default();
+    }
+
+    /// The policy check of a reserve: what it counts, or why it is refused.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &self,
+        at: Millis,
+        sku: &str,
+        qty: u64,
+        buyer: &str,
+        channel: &str,
+    ) -> Result<Option<(u64, Option<String>, Option<String>)>, Rejection> {
+        let Some(p) = self.policies.get(sku) else { return Ok(None) };
+        if let Some(starts_at) = p.policy.sale_starts_at.filter(|&s| at < s) {
+            return Err(Rejection::SaleNotStarted { starts_at });
+        }
+        if p.policy.sale_ends_at.is_some_and(|e| at >= e) {
+            return Err(Rejection::SaleEnded);
+        }
+        let mut counted_channel = None;
+        if !p.policy.channel_quotas.is_empty() {
+            if channel.is_empty() {
+                return Err(Rejection::ChannelRequired);
+            }
+            let Some(&(_, quota)) = p.policy.channel_quotas.iter().find(|(c, _)| c == channel) else {
+                return Err(Rejection::UnknownChannel);
+            };
+            let used = p.channels.get(channel).copied().unwrap_or(0);
+            if used + qty > quota {
+                return Err(Rejection::ChannelQuotaExhausted { quota, used });
+            }
+            counted_channel = Some(channel.to_string());
+        }
+        let mut counted_buyer = None;
+        if let Some(limit) = p.policy.max_per_buyer {
+            if buyer.is_empty() {
+                return Err(Rejection::BuyerRequired);
+            }
+            let held = p.buyers.get(buyer).copied().unwrap_or(0);
+            if held + qty > limit as u64 {
+                return Err(Rejection::PurchaseLimitExceeded { limit, held: held as u32 });
+            }
+            counted_buyer = Some(buyer.to_string());
+        }
+        Ok(Some((p.generation, counted_buyer, counted_channel)))
+    }
+
+    /// A counted hold left `RESERVED`: a release gives its units back.
+    fn uncount(&mut self, seq: u64, status: ReservationStatus) {
+        let h = self.holds.get_mut(&seq).unwrap();
+        let Some((generation, buyer, channel)) = h.counted.take() else { return };
+        if status == ReservationStatus::Confirmed {
+            return;
+        }
+        let (sku, qty) = (h.sku.clone(), h.qty);
+        let Some(p) = self.policies.get_mut(&sku).filter(|p| p.generation == generation) else { return };
+        if let Some(b) = buyer {
+            if let Some(units) = p.buyers.get_mut(&b) {
+                *units = units.saturating_sub(qty);
+                if *units == 0 {
+                    p.buyers.remove(&b);
+                }
+            }
+        }
+        if let Some(c) = channel {
+            let units = p.channels.get_mut(&c).expect("a counted channel");
+            *units -= qty;
+            if *units == 0 {
+                p.channels.remove(&c);
+            }
+        }
+    }
+
     fn touch(&mut self, sku: &str, wh: &str, at: Millis, f: impl FnOnce(&mut ModelRow)) {
         let row = self.rows.get_mut(&(sku.to_string(), wh.to_string())).unwrap();
         f(row);
@@ -101,6 +193,7 @@ impl Model {
             r.levels.available += h.qty;
         });
         self.holds.get_mut(&seq).unwrap().status = status;
+        self.uncount(seq, status);
     }
 
     fn apply(&mut self, at: Millis, c: &Command) -> (Outcome, bool) {
@@ -162,6 +255,44 @@ impl Model {
         let result = match c {
             Command::Evict(_) => unreachable!("the model keeps everything in one place"),
             Command::ExpireAdjustments(_) | Command::Repair(_) => unreachable!("applied above"),
+            Command::SetPolicy(c) => match self.first_warehouse.get(&c.sku_id).cloned() {
+                None => rej(Rejection::SkuNotFound),
+                Some(first) => match (&c.policy, self.policies.contains_key(&c.sku_id)) {
+                    (None, false) => (PolicySet { present: false }, false),
+                    (None, true) => {
+                        self.policies.remove(&c.sku_id);
+                        self.touch(&c.sku_id, &first, at, |_| {});
+                        (PolicySet { present: false }, true)
+                    }
+                    (Some(policy), true) => {
+                        let p = self.policies.get_mut(&c.sku_id).unwrap();
+                        let drops_limit = p.policy.max_per_buyer.is_some() && policy.max_per_buyer.is_none();
+                        p.policy = policy.clone();
+                        if drops_limit {
+                            p.buyers.clear();
+                            for h in self.holds.values_mut().filter(|h| h.sku == c.sku_id) {
+                                if let Some(counted) = &mut h.counted {
+                                    counted.1 = None;
+                                }
+                            }
+                        }
+                        self.touch(&c.sku_id, &first, at, |_| {});
+                        (PolicySet { present: true }, true)
+                    }
+                    (Some(policy), false) => {
+                        self.generations += 1;
+                        let p = ModelPolicy {
+                            policy: policy.clone(),
+                            generation: self.generations,
+                            buyers: BTreeMap::new(),
+                            channels: BTreeMap::new(),
+                        };
+                        self.policies.insert(c.sku_id.clone(), p);
+                        self.touch(&c.sku_id, &first, at, |_| {});
+                        (PolicySet { present: true }, true)
+                    }
+                },
+            },
             Command::Freeze(f) => {
                 let rows: Vec<(String, String)> = self
                     .rows
@@ -255,7 +386,7 @@ impl Model {
                 } else if self.rows[&from].levels.available < t.qty {
                     rej(Rejection::InsufficientStock { available: self.rows[&from].levels.available })
                 } else {
-                    self.rows.entry((t.sku_id.clone(), t.to_warehouse_id.clone())).or_default();
+                    self.new_row(&t.sku_id, &t.to_warehouse_id);
                     self.touch(&t.sku_id, &t.from_warehouse_id, at, |row| {
                         row.levels.available -= t.qty;
                         row.ops.transferred_out += t.qty;
@@ -314,7 +445,7 @@ impl Model {
                 } else if r.qty > ROW_UNITS_MAX - self.rows.get(&k).map_or(0, |row| row.levels.total()) {
                     rej(Rejection::QuantityOverflow)
                 } else {
-                    self.rows.entry(k).or_default();
+                    self.new_row(&k.0, &k.1);
                     self.touch(&r.sku_id, &r.warehouse_id, at, |row| {
                         row.levels.available += r.qty;
                         row.received += r.qty;
@@ -323,7 +454,12 @@ impl Model {
                     (Received { levels: row.levels, version: row.version, updated_at: row.updated_at }, true)
                 }
             }
-            Command::Reserve(r) => {
+            Command::Reserve(_) | Command::ReserveAs(_) => {
+                let r = c.as_reserve().unwrap();
+                let (buyer, channel) = match c {
+                    Command::ReserveAs(a) => (a.buyer_id.as_str(), a.channel.as_str()),
+                    _ => ("", ""),
+                };
                 let line = self.holds.iter().find(|(_, h)| h.order == r.order_id && h.sku == r.sku_id);
                 if r.qty == 0 {
                     rej(Rejection::InvalidQuantity)
@@ -337,11 +473,24 @@ impl Model {
                         rej(Rejection::DuplicateOrderLine { existing: id, status: h.status })
                     }
                 } else if let Some(row) = self.rows.get(&(r.sku_id.clone(), r.warehouse_id.clone())) {
+                    let admitted = self.admit(at, &r.sku_id, r.qty, buyer, channel);
                     if row.ops.frozen {
                         rej(Rejection::SkuFrozen)
+                    } else if let Err(rejection) = admitted {
+                        rej(rejection)
                     } else if row.levels.available < r.qty {
                         rej(Rejection::InsufficientStock { available: row.levels.available })
                     } else {
+                        let counted = admitted.unwrap();
+                        if let Some((_, b, ch)) = &counted {
+                            let p = self.policies.get_mut(&r.sku_id).unwrap();
+                            if let Some(b) = b {
+                                *p.buyers.entry(b.clone()).or_default() += r.qty;
+                            }
+                            if let Some(ch) = ch {
+                                *p.channels.entry(ch.clone()).or_default() += r.qty;
+                            }
+                        }
                         self.touch(&r.sku_id, &r.warehouse_id, at, |row| {
                             row.levels.available -= r.qty;
                             row.levels.reserved += r.qty;
@@ -359,6 +508,7 @@ impl Model {
                                 status: S::Reserved,
                                 expire_at,
                                 payment: None,
+                                counted,
                             },
                         );
                         (Reserved { reservation_id: ReservationId::new(self.shard, seq), expire_at }, true)
@@ -388,6 +538,7 @@ impl Model {
                         let hold = self.holds.get_mut(&r.reservation_id.seq()).unwrap();
                         hold.status = S::Confirmed;
                         hold.payment = Some(r.payment_id.clone());
+                        self.uncount(r.reservation_id.seq(), S::Confirmed);
                         (Confirmed { reservation_id: r.reservation_id }, true)
                     }
                 },
@@ -428,7 +579,7 @@ impl Model {
                     (None, true) => rej(Rejection::InvalidBatch),
                     (None, false) => {
                         for i in &b.items {
-                            self.rows.entry((i.sku_id.clone(), i.warehouse_id.clone())).or_default();
+                            self.new_row(&i.sku_id, &i.warehouse_id);
                             self.touch(&i.sku_id, &i.warehouse_id, at, |row| {
                                 row.levels.available += i.qty;
                                 row.received += i.qty;
@@ -507,6 +658,8 @@ fn operator_outcome(outcome: &Outcome) -> Option<&'static str> {
         Outcome::TransferDispatched { .. } => "dispatched",
         Outcome::TransferFinished { status, .. } => status.as_str(),
         Outcome::Repaired { rows } if *rows > 0 => "repaired",
+        Outcome::PolicySet { present: true } => "policy_set",
+        Outcome::PolicySet { present: false } => "policy_removed",
         Outcome::Rejected(r) => r.code(),
         _ => return None,
     })
@@ -567,7 +720,39 @@ fn random_command(rng: &mut Rng, shard: &Shard, model: &Model, at: Millis) -> Co
             TransferId::new(shard.index(), 1 + rng.below(known))
         }
     };
-    match rng.below(28) {
+    match rng.below(32) {
+        28 => Command::SetPolicy(Box::new(SetPolicy {
+            sku_id: if rng.below(20) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
+            policy: (rng.below(4) != 0).then(|| SalePolicy {
+                max_per_buyer: (rng.below(2) == 0).then(|| 1 + rng.below(6) as u32),
+                sale_starts_at: (rng.below(5) == 0).then(|| at + rng.below(1_500)),
+                sale_ends_at: (rng.below(5) == 0).then(|| at + rng.below(3_000)),
+                channel_quotas: if rng.below(3) == 0 {
+                    let mut quotas = vec![("app".to_string(), rng.below(12))];
+                    if rng.below(2) == 0 {
+                        quotas.push(("web".to_string(), rng.below(8)));
+                    }
+                    quotas
+                } else {
+                    Vec::new()
+                },
+            }),
+            operator: operator(rng),
+            idem_key: key,
+        })),
+        29..=31 => Command::ReserveAs(Box::new(ReserveAs {
+            reserve: Reserve {
+                order_id: rng.pick(ORDERS).into(),
+                sku_id: rng.pick(SKUS).into(),
+                warehouse_id: rng.pick(WAREHOUSES).into(),
+                qty: 1 + rng.below(3),
+                idem_key: key,
+                ttl_ms: 200 + rng.below(1_000),
+                ttl_explicit: rng.below(2) == 0,
+            },
+            buyer_id: rng.pick(&["b1", "b2", "b3", ""]).into(),
+            channel: rng.pick(&["app", "web", "tv", ""]).into(),
+        })),
         27 => Command::Repair(Repair {
             sku_id: if rng.below(5) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
             warehouse_id: rng.pick(WAREHOUSES).into(),
@@ -700,6 +885,9 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
         next_seq: 1,
         adjustments: BTreeMap::new(),
         transfers: BTreeMap::new(),
+        first_warehouse: BTreeMap::new(),
+        policies: BTreeMap::new(),
+        generations: 0,
     };
     let mut at: Millis = 1_000_000;
     let mut journal: Vec<Entry> = Vec::new();
@@ -772,6 +960,17 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
             assert_eq!(got.row.levels, row.levels, "seed {seed} step {step}: {sku}/{wh}");
             assert_eq!(got.row.received, row.received, "seed {seed} step {step}: {sku}/{wh}");
             assert_eq!(got.row.ops, row.ops, "seed {seed} step {step}: {sku}/{wh}");
+        }
+        for sku in SKUS {
+            let got = shard.stock(sku).and_then(|s| s.policy);
+            let want = model.policies.get(*sku);
+            assert_eq!(got.is_some(), want.is_some(), "seed {seed} step {step}: policy of {sku}");
+            if let (Some(got), Some(want)) = (got, want) {
+                assert_eq!(got.policy, want.policy, "seed {seed} step {step}: policy of {sku}");
+                let channels: Vec<(String, u64)> = want.channels.iter().map(|(c, &u)| (c.clone(), u)).collect();
+                assert_eq!(got.channels_used, channels, "seed {seed} step {step}: channels of {sku}");
+                assert_eq!(got.buyers, want.buyers.len() as u64, "seed {seed} step {step}: buyers of {sku}");
+            }
         }
         for (&seq, a) in &model.adjustments {
             let view = shard.adjustment(AdjustmentId::new(index, seq)).expect("every adjustment stays");
@@ -855,6 +1054,15 @@ fn simulate_random_command_streams() {
         "TRANSFER_NOT_IN_TRANSIT",
         "SAME_WAREHOUSE",
         "repaired",
+        "policy_set",
+        "policy_removed",
+        "SALE_NOT_STARTED",
+        "SALE_ENDED",
+        "BUYER_REQUIRED",
+        "PURCHASE_LIMIT_EXCEEDED",
+        "CHANNEL_REQUIRED",
+        "UNKNOWN_CHANNEL",
+        "CHANNEL_QUOTA_EXHAUSTED",
     ] {
         assert!(stats.operator.contains_key(name), "never reached {name}: {:?}", stats.operator);
     }

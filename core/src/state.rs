@@ -119,6 +119,8 @@ pub struct WarehouseStock {
 pub struct SkuStock {
     pub sku_id: String,
     pub warehouses: Vec<WarehouseStock>,
+    /// The SKU's sale policy, if it has one.
+    pub policy: Option<crate::sale::PolicyView>,
 }
 
 impl SkuStock {
@@ -174,6 +176,11 @@ pub enum TxnKind {
     /// 15: reconciliation repaired a copy of this row (no counter changes;
     /// `detail` says what the copy held).
     Repair,
+    /// 16: the SKU's sale policy was set (on its first row; no counter
+    /// changes; `detail` describes the policy).
+    PolicySet,
+    /// 17: the SKU's sale policy was removed.
+    PolicyRemoved,
 }
 
 impl TxnKind {
@@ -195,11 +202,13 @@ impl TxnKind {
             TxnKind::TransferReturned => "TRANSFER_RETURNED",
             TxnKind::TransferCancelled => "TRANSFER_CANCELLED",
             TxnKind::Repair => "REPAIR",
+            TxnKind::PolicySet => "POLICY_SET",
+            TxnKind::PolicyRemoved => "POLICY_REMOVED",
         }
     }
 
     /// Every kind, in code order.
-    pub const ALL: [TxnKind; 16] = [
+    pub const ALL: [TxnKind; 18] = [
         TxnKind::Receive,
         TxnKind::Reserve,
         TxnKind::Confirm,
@@ -216,6 +225,8 @@ impl TxnKind {
         TxnKind::TransferReturned,
         TxnKind::TransferCancelled,
         TxnKind::Repair,
+        TxnKind::PolicySet,
+        TxnKind::PolicyRemoved,
     ];
 
     /// The kind [`as_str`](Self::as_str) names.

@@ -932,3 +932,148 @@ fn operator_state_survives_an_image_and_a_rollback() {
     s.check_invariants().unwrap();
     assert_eq!(s.dump(), before);
 }
+
+// ----- sale policies ---------------------------------------------------------
+
+fn set_policy(sku: &str, policy: Option<SalePolicy>, key: &str) -> Command {
+    Command::SetPolicy(Box::new(SetPolicy { sku_id: sku.into(), policy, operator: "ann".into(), idem_key: key.into() }))
+}
+
+fn reserve_as(order: &str, qty: u64, buyer: &str, channel: &str, key: &str) -> Command {
+    let Command::Reserve(reserve) = reserve(order, "sku-1", qty, key) else { unreachable!() };
+    Command::ReserveAs(Box::new(ReserveAs { reserve, buyer_id: buyer.into(), channel: channel.into() }))
+}
+
+fn limit(max: u32) -> SalePolicy {
+    SalePolicy { max_per_buyer: Some(max), ..SalePolicy::default() }
+}
+
+#[test]
+fn a_policy_is_journaled_on_the_skus_first_row_and_shown_with_its_stock() {
+    let mut s = stocked(10);
+    apply(&mut s, T0, &receive("sku-1", "east", 5, "rcv-2"));
+    let (a, txns) = apply(&mut s, T0 + 1, &set_policy("sku-1", Some(limit(2)), "p1"));
+    assert_eq!(a.outcome, Outcome::PolicySet { present: true });
+    assert_eq!(txns.len(), 1);
+    assert_eq!((txns[0].kind, txns[0].warehouse_id.as_str(), txns[0].qty), (TxnKind::PolicySet, DEFAULT_WAREHOUSE, 0));
+    assert_eq!(txns[0].detail, "maxPerBuyer=2");
+    assert_eq!(txns[0].before, txns[0].after, "a policy moves no units");
+    let view = s.stock("sku-1").unwrap().policy.unwrap();
+    assert_eq!((view.policy, view.buyers), (limit(2), 0));
+    // Removing it: a txn of its own; removing nothing changes nothing.
+    let (a, txns) = apply(&mut s, T0 + 2, &set_policy("sku-1", None, "p2"));
+    assert_eq!((a.outcome, txns[0].kind), (Outcome::PolicySet { present: false }, TxnKind::PolicyRemoved));
+    assert!(s.stock("sku-1").unwrap().policy.is_none());
+    let (a, _) = apply(&mut s, T0 + 3, &set_policy("sku-1", None, "p3"));
+    assert!(!a.changed);
+    let (a, _) = apply(&mut s, T0 + 3, &set_policy("ghost", Some(limit(1)), "p4"));
+    assert_eq!(rejection(&a), Rejection::SkuNotFound);
+}
+
+#[test]
+fn a_buyer_gets_exactly_the_limit_and_released_or_expired_units_come_back() {
+    let mut s = stocked(100);
+    apply(&mut s, T0, &set_policy("sku-1", Some(limit(3)), "p"));
+    let (a, _) = apply(&mut s, T0 + 1, &reserve("o1", "sku-1", 1, "k1"));
+    assert_eq!(rejection(&a), Rejection::BuyerRequired, "a plain reserve names no buyer");
+    let (first, _) = apply(&mut s, T0 + 1, &reserve_as("o1", 2, "bob", "", "k2"));
+    let (a, _) = apply(&mut s, T0 + 2, &reserve_as("o2", 2, "bob", "", "k3"));
+    assert_eq!(rejection(&a), Rejection::PurchaseLimitExceeded { limit: 3, held: 2 });
+    let (second, _) = apply(&mut s, T0 + 2, &reserve_as("o2", 1, "bob", "", "k4"));
+    // Another buyer is not affected.
+    apply(&mut s, T0 + 2, &reserve_as("o3", 3, "amy", "", "k5"));
+    // A release gives units back; a confirm keeps them counted as bought.
+    apply(&mut s, T0 + 3, &release(reserved_id(&first), "k6"));
+    apply(&mut s, T0 + 3, &confirm(reserved_id(&second), "pay", "k7"));
+    let (a, _) = apply(&mut s, T0 + 4, &reserve_as("o4", 3, "bob", "", "k8"));
+    assert_eq!(rejection(&a), Rejection::PurchaseLimitExceeded { limit: 3, held: 1 });
+    let (third, _) = apply(&mut s, T0 + 4, &reserve_as("o4", 2, "bob", "", "k9"));
+    // Expiry gives them back too.
+    let expired = Command::Expire(Expire { ids: vec![reserved_id(&third)] });
+    apply(&mut s, T0 + 4 + TTL, &expired);
+    let (a, _) = apply(&mut s, T0 + 5 + TTL, &reserve_as("o5", 2, "bob", "", "k10"));
+    assert!(a.changed, "{a:?}");
+    assert_eq!(s.stock("sku-1").unwrap().policy.unwrap().buyers, 2);
+}
+
+#[test]
+fn a_sale_window_refuses_reserves_outside_it_by_command_time() {
+    let mut s = stocked(10);
+    let window = SalePolicy { sale_starts_at: Some(T0 + 100), sale_ends_at: Some(T0 + 200), ..SalePolicy::default() };
+    apply(&mut s, T0, &set_policy("sku-1", Some(window), "p"));
+    let (a, _) = apply(&mut s, T0 + 99, &reserve("o1", "sku-1", 1, "k1"));
+    assert_eq!(rejection(&a), Rejection::SaleNotStarted { starts_at: T0 + 100 });
+    let (a, _) = apply(&mut s, T0 + 100, &reserve("o1", "sku-1", 1, "k2"));
+    assert!(a.changed);
+    let (a, _) = apply(&mut s, T0 + 200, &reserve("o2", "sku-1", 1, "k3"));
+    assert_eq!(rejection(&a), Rejection::SaleEnded);
+}
+
+#[test]
+fn channel_quotas_refuse_a_used_up_channel_while_others_sell_and_can_change_mid_sale() {
+    let mut s = stocked(100);
+    let quotas = |app, web| SalePolicy {
+        channel_quotas: vec![("app".to_string(), app), ("web".to_string(), web)],
+        ..SalePolicy::default()
+    };
+    apply(&mut s, T0, &set_policy("sku-1", Some(quotas(3, 2)), "p1"));
+    let (a, _) = apply(&mut s, T0 + 1, &reserve("o1", "sku-1", 1, "k1"));
+    assert_eq!(rejection(&a), Rejection::ChannelRequired);
+    let (a, _) = apply(&mut s, T0 + 1, &reserve_as("o1", 1, "", "tv", "k2"));
+    assert_eq!(rejection(&a), Rejection::UnknownChannel);
+    let (app, _) = apply(&mut s, T0 + 1, &reserve_as("o1", 3, "", "app", "k3"));
+    let (a, _) = apply(&mut s, T0 + 2, &reserve_as("o2", 1, "", "app", "k4"));
+    assert_eq!(rejection(&a), Rejection::ChannelQuotaExhausted { quota: 3, used: 3 });
+    let (a, _) = apply(&mut s, T0 + 2, &reserve_as("o3", 2, "", "web", "k5"));
+    assert!(a.changed, "web still sells");
+    // Raising the app quota mid-sale keeps what was counted.
+    apply(&mut s, T0 + 3, &set_policy("sku-1", Some(quotas(5, 2)), "p2"));
+    let view = s.stock("sku-1").unwrap().policy.unwrap();
+    assert_eq!(view.channels_used, vec![("app".to_string(), 3), ("web".to_string(), 2)]);
+    let (a, _) = apply(&mut s, T0 + 3, &reserve_as("o4", 3, "", "app", "k6"));
+    assert_eq!(rejection(&a), Rejection::ChannelQuotaExhausted { quota: 5, used: 3 });
+    apply(&mut s, T0 + 3, &reserve_as("o4", 2, "", "app", "k7"));
+    // A release returns units to its channel.
+    apply(&mut s, T0 + 4, &release(reserved_id(&app), "k8"));
+    let (a, _) = apply(&mut s, T0 + 4, &reserve_as("o5", 3, "", "app", "k9"));
+    assert!(a.changed);
+}
+
+#[test]
+fn a_policy_removed_and_set_again_counts_afresh() {
+    let mut s = stocked(100);
+    apply(&mut s, T0, &set_policy("sku-1", Some(limit(2)), "p1"));
+    let (held, _) = apply(&mut s, T0 + 1, &reserve_as("o1", 2, "bob", "", "k1"));
+    apply(&mut s, T0 + 2, &set_policy("sku-1", None, "p2"));
+    apply(&mut s, T0 + 3, &set_policy("sku-1", Some(limit(2)), "p3"));
+    let (fresh, _) = apply(&mut s, T0 + 4, &reserve_as("o2", 2, "bob", "", "k2"));
+    assert!(fresh.changed, "the new policy never counted the first hold");
+    // Releasing the hold the old policy counted gives nothing back to the new one.
+    apply(&mut s, T0 + 5, &release(reserved_id(&held), "k3"));
+    let (a, _) = apply(&mut s, T0 + 6, &reserve_as("o3", 1, "bob", "", "k4"));
+    assert_eq!(rejection(&a), Rejection::PurchaseLimitExceeded { limit: 2, held: 2 });
+    // Lowering the limit mid-sale refuses more, and keeps what is held.
+    apply(&mut s, T0 + 7, &set_policy("sku-1", Some(limit(1)), "p4"));
+    let (a, _) = apply(&mut s, T0 + 8, &reserve_as("o3", 1, "amy", "", "k5"));
+    assert!(a.changed);
+    let (a, _) = apply(&mut s, T0 + 8, &reserve_as("o4", 1, "amy", "", "k6"));
+    assert_eq!(rejection(&a), Rejection::PurchaseLimitExceeded { limit: 1, held: 1 });
+}
+
+#[test]
+fn sale_state_survives_an_image_round_trip_and_a_rollback() {
+    let mut s = stocked(100);
+    apply(&mut s, T0, &set_policy("sku-1", Some(limit(2)), "p1"));
+    apply(&mut s, T0 + 1, &reserve_as("o1", 2, "bob", "", "k1"));
+    let restored = Shard::from_image(s.config().clone(), s.image());
+    restored.check_invariants().unwrap();
+    assert_eq!(restored.dump(), s.dump());
+    let before = s.dump();
+    s.begin_batch();
+    let mut txns = Vec::new();
+    s.apply(T0 + 2, &reserve_as("o2", 1, "amy", "", "k2"), &mut txns);
+    s.apply(T0 + 2, &set_policy("sku-1", None, "p2"), &mut txns);
+    s.rollback_batch();
+    s.check_invariants().unwrap();
+    assert_eq!(s.dump(), before);
+}

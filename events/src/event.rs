@@ -79,6 +79,8 @@ impl Change {
             TxnKind::TransferReturned => "transfer_returned",
             TxnKind::TransferCancelled => "transfer_cancelled",
             TxnKind::Repair => "repaired",
+            TxnKind::PolicySet => "policy_set",
+            TxnKind::PolicyRemoved => "policy_removed",
         }
     }
 

@@ -122,6 +122,35 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
             Some(serde_json::json!({ "status": status.as_str() })),
         ),
         SameWarehouse => (StatusCode::BAD_REQUEST, "fromWarehouseId and toWarehouseId must differ".to_string(), None),
+        BuyerRequired => (
+            StatusCode::BAD_REQUEST,
+            "this SKU limits units per buyer: the reserve must name its buyerId".to_string(),
+            None,
+        ),
+        PurchaseLimitExceeded { limit, held } => (
+            StatusCode::CONFLICT,
+            format!("this buyer holds or bought {held} units of this SKU; the limit is {limit}"),
+            Some(serde_json::json!({ "limit": limit, "held": held })),
+        ),
+        SaleNotStarted { starts_at } => (
+            StatusCode::CONFLICT,
+            format!("the sale of this SKU starts at {}", rfc3339(starts_at)),
+            Some(serde_json::json!({ "startsAt": rfc3339(starts_at) })),
+        ),
+        SaleEnded => (StatusCode::CONFLICT, "the sale of this SKU has ended".to_string(), None),
+        ChannelRequired => (
+            StatusCode::BAD_REQUEST,
+            "this SKU has channel quotas: the reserve must name its channel".to_string(),
+            None,
+        ),
+        UnknownChannel => {
+            (StatusCode::BAD_REQUEST, "this SKU's policy has no quota for this channel".to_string(), None)
+        }
+        ChannelQuotaExhausted { quota, used } => (
+            StatusCode::CONFLICT,
+            format!("this channel's quota of {quota} units is used up ({used} held or sold)"),
+            Some(serde_json::json!({ "quota": quota, "used": used })),
+        ),
     };
     ApiError { detail, ..ApiError::new(status, rejection.code(), message) }
 }
@@ -251,8 +280,90 @@ pub struct ReserveBody {
     pub idem_key: Option<String>,
     pub warehouse_id: Option<String>,
     pub ttl_seconds: Option<u64>,
-    /// The buyer, for the risk check's count of units per caller.
+    /// The buyer: for the SKU's purchase limit, and the risk check's
+    /// count of units per caller.
     pub buyer_id: Option<String>,
+    /// The sales channel, for the SKU's channel quotas.
+    pub channel: Option<String>,
+}
+
+/// `PUT /api/admin/skus/{skuId}/policy`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyBody {
+    pub max_per_buyer: Option<u64>,
+    /// RFC 3339.
+    pub sale_starts_at: Option<String>,
+    pub sale_ends_at: Option<String>,
+    /// Units per channel.
+    pub channel_quotas: Option<std::collections::BTreeMap<String, u64>>,
+    pub idem_key: Option<String>,
+}
+
+/// `DELETE /api/admin/skus/{skuId}/policy`: the key, in the body or the
+/// `Idempotency-Key` header (the body may be empty).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRemoveBody {
+    pub idem_key: Option<String>,
+}
+
+/// Largest quota of one channel.
+pub const CHANNEL_UNITS_MAX: u64 = 1 << 40;
+
+/// A time field in RFC 3339 (`2026-12-24T10:00:00Z`), as milliseconds.
+pub fn parse_time(field: &str, value: &str) -> Result<Millis, ApiError> {
+    let at = humantime::parse_rfc3339_weak(value).map_err(|_| {
+        ApiError::invalid(format!("{field} must be an RFC 3339 time (2026-12-24T10:00:00Z), got {value:?}"))
+    })?;
+    let ms =
+        at.duration_since(UNIX_EPOCH).map_err(|_| ApiError::invalid(format!("{field} is before 1970")))?.as_millis();
+    u64::try_from(ms)
+        .ok()
+        .filter(|&ms| ms <= inventory_core::ROW_MILLIS_MAX)
+        .ok_or_else(|| ApiError::invalid(format!("{field} is too far in the future")))
+}
+
+impl PolicyBody {
+    /// The policy the body asks for, checked.
+    pub fn policy(&self, max_qty: u64) -> Result<inventory_core::SalePolicy, ApiError> {
+        let max_per_buyer = match self.max_per_buyer {
+            Some(n) if n == 0 || n > max_qty.min(u32::MAX as u64) => {
+                return Err(ApiError::invalid(format!(
+                    "maxPerBuyer must be between 1 and {}, got {n}",
+                    max_qty.min(u32::MAX as u64)
+                )))
+            }
+            n => n.map(|n| n as u32),
+        };
+        let starts = self.sale_starts_at.as_deref().map(|v| parse_time("saleStartsAt", v)).transpose()?;
+        let ends = self.sale_ends_at.as_deref().map(|v| parse_time("saleEndsAt", v)).transpose()?;
+        if let (Some(s), Some(e)) = (starts, ends) {
+            if e <= s {
+                return Err(ApiError::invalid("saleEndsAt must be after saleStartsAt"));
+            }
+        }
+        let mut channel_quotas = Vec::new();
+        if let Some(quotas) = &self.channel_quotas {
+            if quotas.is_empty() || quotas.len() > inventory_core::CHANNELS_MAX {
+                return Err(ApiError::invalid(format!(
+                    "channelQuotas must name 1 to {} channels, got {}",
+                    inventory_core::CHANNELS_MAX,
+                    quotas.len()
+                )));
+            }
+            for (channel, &units) in quotas {
+                check_text("channelQuotas (a channel name)", channel, ID_BYTES_MAX)?;
+                if units > CHANNEL_UNITS_MAX {
+                    return Err(ApiError::invalid(format!(
+                        "channelQuotas.{channel} must be at most {CHANNEL_UNITS_MAX}, got {units}"
+                    )));
+                }
+                channel_quotas.push((channel.clone(), units));
+            }
+        }
+        Ok(inventory_core::SalePolicy { max_per_buyer, sale_starts_at: starts, sale_ends_at: ends, channel_quotas })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -586,7 +697,8 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
         | Outcome::AdjustmentProposed { .. }
         | Outcome::AdjustmentDecided { .. }
         | Outcome::TransferDispatched { .. }
-        | Outcome::TransferFinished { .. } => unreachable!("an operator action's body is its record"),
+        | Outcome::TransferFinished { .. }
+        | Outcome::PolicySet { .. } => unreachable!("an operator action's body is its record"),
     };
     Ok(json.expect("json"))
 }
@@ -617,6 +729,40 @@ struct StockJson<'a> {
     frozen: bool,
     updated_at: String,
     warehouses: Vec<WarehouseJson<'a>>,
+    /// The SKU's sale policy and what it counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<PolicyJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_per_buyer: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sale_starts_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sale_ends_at: Option<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    channel_quotas: std::collections::BTreeMap<String, u64>,
+    /// Units held or sold per channel.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    channels_used: std::collections::BTreeMap<String, u64>,
+    /// Buyers holding or having bought units (counted only with a limit).
+    buyers: u64,
+}
+
+impl From<&inventory_core::PolicyView> for PolicyJson {
+    fn from(v: &inventory_core::PolicyView) -> PolicyJson {
+        PolicyJson {
+            max_per_buyer: v.policy.max_per_buyer,
+            sale_starts_at: v.policy.sale_starts_at.map(rfc3339),
+            sale_ends_at: v.policy.sale_ends_at.map(rfc3339),
+            channel_quotas: v.policy.channel_quotas.iter().cloned().collect(),
+            channels_used: v.channels_used.iter().cloned().collect(),
+            buyers: v.buyers,
+        }
+    }
 }
 
 pub fn stock_json(stock: &SkuStock) -> Vec<u8> {
@@ -643,6 +789,7 @@ pub fn stock_json(stock: &SkuStock) -> Vec<u8> {
                 updated_at: rfc3339(w.row.updated_at),
             })
             .collect(),
+        policy: stock.policy.as_ref().map(PolicyJson::from),
     })
     .expect("json")
 }

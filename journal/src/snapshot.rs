@@ -14,9 +14,11 @@
 //! | 40 + n | 4 | CRC-32 of the cold section, u32 LE |
 //! | 44 + n | m | rkyv archive of `inventory_core::ColdImage`: the filters of what moved to the cold tier |
 //! | 44 + n + m | 8 + 4 + k | the operator section (version 4): length k, CRC-32, rkyv archive of `inventory_core::OpsImage` (frozen rows, adjustments, transfers) |
+//! | 56 + n + m + k | 8 + 4 + j | the sale section (version 5): length j, CRC-32, rkyv archive of `inventory_core::SaleImage` (sale policies and what they counted) |
 //!
 //! Version 2 files (no cold section) are read with empty filters, version 2
-//! and 3 files with no operator state.
+//! and 3 files with no operator state, files before version 5 with no sale
+//! policies.
 //! A file of another format version is unusable (reported, naming both
 //! versions) like any other bad file: start-up skips it and falls back to an
 //! older snapshot or to the journal from its start, and refuses to start if
@@ -31,7 +33,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use inventory_core::{ColdImage, OpsImage, ShardImage};
+use inventory_core::{ColdImage, OpsImage, SaleImage, ShardImage};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
@@ -40,7 +42,8 @@ const HEADER: usize = 32;
 /// Layout of the body. 2: columnar stock (SKU id string, warehouse table,
 /// fixed-size rows with 32-bit counters); holds refer to rows by position.
 /// 3: the same, followed by the cold section. 4: then the operator section.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: then the sale section.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest version still read.
 const FORMAT_VERSION_MIN: u32 = 2;
 /// A section after the image: its length (u64 LE) and CRC-32 (u32 LE).
@@ -91,6 +94,7 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
     let body = rkyv::to_bytes::<rancor::Error>(image).map_err(std::io::Error::other)?;
     let cold = section(&image.cold)?;
     let ops = section(&image.ops)?;
+    let sale = section(&image.sale)?;
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(MAGIC);
     header[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -105,6 +109,7 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
         f.write_all(&body)?;
         f.write_all(&cold)?;
         f.write_all(&ops)?;
+        f.write_all(&sale)?;
         f.sync_all()
     })();
     if let Err(e) = written {
@@ -114,7 +119,7 @@ pub fn write(dir: &Path, shard: u16, seq: u64, image: &ShardImage) -> std::io::R
     }
     fs::rename(&tmp, &path)?;
     File::open(&sdir)?.sync_all()?;
-    Ok((path, (HEADER + body.len() + cold.len() + ops.len()) as u64))
+    Ok((path, (HEADER + body.len() + cold.len() + ops.len() + sale.len()) as u64))
 }
 
 /// Sequences of the snapshots of `shard`, newest first.
@@ -170,6 +175,11 @@ pub fn read(dir: &Path, shard: u16, seq: u64) -> Result<ShardImage, String> {
         let ops = read_section(&mut f, &path, "operator")?;
         image.ops = rkyv::from_bytes::<OpsImage, rancor::Error>(&ops)
             .map_err(|e| format!("{}: operator section undecodable: {e}", path.display()))?;
+    }
+    if version >= 5 {
+        let sale = read_section(&mut f, &path, "sale")?;
+        image.sale = rkyv::from_bytes::<SaleImage, rancor::Error>(&sale)
+            .map_err(|e| format!("{}: sale section undecodable: {e}", path.display()))?;
     }
     if image.index != shard {
         return Err(format!("{}: image of shard {}", path.display(), image.index));
@@ -250,7 +260,7 @@ mod tests {
         bytes[28..32].copy_from_slice(&[0; 4]);
         fs::write(&newest, &bytes).unwrap();
         let e = read(dir.path(), 1, 20).unwrap_err();
-        assert!(e.ends_with("snapshot format version 1, this build reads versions 2 to 4"), "{e}");
+        assert!(e.ends_with("snapshot format version 1, this build reads versions 2 to 5"), "{e}");
         assert_eq!(latest(dir.path(), 1, u64::MAX).unwrap().unwrap(), (10, image(1)));
     }
 
@@ -288,9 +298,18 @@ mod tests {
             idem_key: "f".into(),
         };
         apply(&mut s, 10, Command::Freeze(freeze));
+        let policy = inventory_core::SalePolicy { max_per_buyer: Some(2), ..Default::default() };
+        let set = inventory_core::SetPolicy {
+            sku_id: "s".into(),
+            policy: Some(policy),
+            operator: "ann".into(),
+            idem_key: "p".into(),
+        };
+        apply(&mut s, 11, Command::SetPolicy(Box::new(set)));
         let image = s.image();
         assert!(image.cold != Default::default(), "the shard moved records out");
         assert!(!image.ops.rows.is_empty(), "an operator froze a row");
+        assert!(!image.sale.skus.is_empty(), "an operator set a policy");
         image
     }
 
@@ -308,7 +327,13 @@ mod tests {
         fs::write(&path, &old).unwrap();
         let read_back = read(dir.path(), 1, 10).unwrap();
         assert_eq!(read_back.cold, Default::default());
-        assert_eq!(ShardImage { cold: Default::default(), ops: Default::default(), ..image_with_cold() }, read_back);
+        let bare = ShardImage {
+            cold: Default::default(),
+            ops: Default::default(),
+            sale: Default::default(),
+            ..image_with_cold()
+        };
+        assert_eq!(bare, read_back);
     }
 
     #[test]
@@ -323,15 +348,43 @@ mod tests {
         old[28..32].copy_from_slice(&3u32.to_le_bytes());
         fs::write(&path, &old).unwrap();
         let read_back = read(dir.path(), 1, 10).unwrap();
-        assert_eq!(ShardImage { ops: Default::default(), ..image_with_cold() }, read_back);
+        assert_eq!(ShardImage { ops: Default::default(), sale: Default::default(), ..image_with_cold() }, read_back);
         // A damaged operator section is a bad file, not a shard without
         // operator state.
+        let (path, _) = write(dir.path(), 1, 20, &image_with_cold()).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let ops_body = HEADER + body + SECTION_HEADER + cold + SECTION_HEADER;
+        bytes[ops_body] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let e = read(dir.path(), 1, 20).unwrap_err();
+        assert!(e.ends_with("operator section checksum mismatch"), "{e}");
+    }
+
+    #[test]
+    fn the_sale_section_is_kept_and_a_version_4_file_reads_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = write(dir.path(), 1, 10, &image_with_cold()).unwrap();
+        assert_eq!(read(dir.path(), 1, 10).unwrap(), image_with_cold());
+        // The same file as version 4 wrote it: no sale section.
+        let mut old = fs::read(&path).unwrap();
+        let sale = {
+            let mut at = HEADER + u64::from_le_bytes(old[16..24].try_into().unwrap()) as usize;
+            for _ in 0..2 {
+                at += SECTION_HEADER + u64::from_le_bytes(old[at..at + 8].try_into().unwrap()) as usize;
+            }
+            at
+        };
+        old.truncate(sale);
+        old[28..32].copy_from_slice(&4u32.to_le_bytes());
+        fs::write(&path, &old).unwrap();
+        assert_eq!(read(dir.path(), 1, 10).unwrap(), ShardImage { sale: Default::default(), ..image_with_cold() });
+        // A damaged sale section is a bad file.
         let (path, _) = write(dir.path(), 1, 20, &image_with_cold()).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
         let e = read(dir.path(), 1, 20).unwrap_err();
-        assert!(e.ends_with("operator section checksum mismatch"), "{e}");
+        assert!(e.ends_with("sale section checksum mismatch"), "{e}");
     }
 }

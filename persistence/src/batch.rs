@@ -170,22 +170,7 @@ impl Batch {
                 let update = match t.kind {
                     TxnKind::Receive => continue,
                     TxnKind::Reserve => {
-                        let r = match &entry.command {
-                            Command::Reserve(r) => r,
-                            Command::Receive(_)
-                            | Command::ReceiveBatch(_)
-                            | Command::Confirm(_)
-                            | Command::Release(_)
-                            | Command::Expire(_)
-                            | Command::Evict(_)
-                            | Command::Freeze(_)
-                            | Command::ProposeAdjustment(_)
-                            | Command::DecideAdjustment(_)
-                            | Command::ExpireAdjustments(_)
-                            | Command::DispatchTransfer(_)
-                            | Command::FinishTransfer(_)
-                            | Command::Repair(_) => unreachable!("only a reserve makes a hold"),
-                        };
+                        let r = entry.command.as_reserve().expect("only a reserve makes a hold");
                         b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
                         b.new_holds.push(NewHold {
                             id: t.ref_id.clone(),
@@ -244,8 +229,9 @@ impl Batch {
                 self.finish_transfer(entry, t, "ARRIVED");
             }
             TxnKind::TransferReturned => self.finish_transfer(entry, t, "CANCELLED"),
-            // The row itself is all a repair writes.
-            TxnKind::Repair => {}
+            // The row itself is all a repair writes; a policy is kept in
+            // the txn's detail.
+            TxnKind::Repair | TxnKind::PolicySet | TxnKind::PolicyRemoved => {}
             TxnKind::TransferOut => {
                 let (created_by, expected_at) = match &entry.command {
                     Command::DispatchTransfer(c) => (c.operator.clone(), c.expected_in_ms.map(|ms| entry.at + ms)),

@@ -135,7 +135,7 @@ impl Shard {
     /// as a proposal). Every action is a version of its row, so that a
     /// row's history is one unbroken chain of versions.
     #[allow(clippy::too_many_arguments)]
-    fn operator_txn(
+    pub(super) fn operator_txn(
         &mut self,
         at: Millis,
         kind: TxnKind,

@@ -174,7 +174,8 @@ write_bodies!(
     api::FreezeBody,
     api::ProposeBody,
     api::DecisionBody,
-    api::TransferBody
+    api::TransferBody,
+    api::PolicyBody
 );
 
 /// A single write: who asked, its JSON body, and its idempotency key (from

@@ -120,6 +120,8 @@ impl Endpoint {
             Endpoint::Receive | Endpoint::ReceiveBatch => &[Role::Receiver],
             Endpoint::Freeze
             | Endpoint::Unfreeze
+            | Endpoint::PolicySet
+            | Endpoint::PolicyRemove
             | Endpoint::AdjustmentPropose
             | Endpoint::TransferDispatch
             | Endpoint::TransferList

@@ -89,12 +89,14 @@ pub enum Endpoint {
     Transfer,
     TransferArrive,
     TransferCancel,
+    PolicySet,
+    PolicyRemove,
 }
 
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 28] = [
+    pub const ALL: [Endpoint; 30] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -123,6 +125,8 @@ impl Endpoint {
         Endpoint::Transfer,
         Endpoint::TransferArrive,
         Endpoint::TransferCancel,
+        Endpoint::PolicySet,
+        Endpoint::PolicyRemove,
     ];
 
     pub fn path(self) -> &'static str {
@@ -153,6 +157,7 @@ impl Endpoint {
             Endpoint::Transfer => "/api/admin/transfers/{transfer_id}",
             Endpoint::TransferArrive => "/api/admin/transfers/{transfer_id}/arrive",
             Endpoint::TransferCancel => "/api/admin/transfers/{transfer_id}/cancel",
+            Endpoint::PolicySet | Endpoint::PolicyRemove => "/api/admin/skus/{sku_id}/policy",
         }
     }
 
@@ -185,6 +190,7 @@ impl Endpoint {
             | Endpoint::Transfer
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => "transfer",
+            Endpoint::PolicySet | Endpoint::PolicyRemove => "policy",
         }
     }
 
@@ -219,11 +225,13 @@ impl Endpoint {
             | Endpoint::TransferDispatch
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => Method::POST,
+            Endpoint::PolicySet => Method::PUT,
+            Endpoint::PolicyRemove => Method::DELETE,
         }
     }
 
     fn handler(self) -> MethodRouter<Arc<App>> {
-        let method = MethodFilter::try_from(self.method()).expect("GET and POST are filters");
+        let method = MethodFilter::try_from(self.method()).expect("GET, POST, PUT and DELETE are filters");
         match self {
             Endpoint::Reserve => on(method, writes::reserve),
             Endpoint::Confirm => on(method, writes::confirm),
@@ -253,6 +261,8 @@ impl Endpoint {
             Endpoint::Transfer => on(method, operator::transfer),
             Endpoint::TransferArrive => on(method, operator::arrive),
             Endpoint::TransferCancel => on(method, operator::cancel),
+            Endpoint::PolicySet => on(method, operator::set_policy),
+            Endpoint::PolicyRemove => on(method, operator::remove_policy),
         }
     }
 

@@ -13,11 +13,11 @@ use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use inventory_core::{
     AdjustmentId, AdjustmentStatus, Command, DecideAdjustment, DispatchTransfer, FinishTransfer, Freeze, Outcome,
-    ProposeAdjustment, Query, QueryResult, TransferId, TransferStatus, SECOND_MS,
+    ProposeAdjustment, Query, QueryResult, SetPolicy, TransferId, TransferStatus, SECOND_MS,
 };
 use percent_encoding::percent_decode_str;
 
-use super::extract::{path_id, Ctx, Write};
+use super::extract::{path_id, BodyBytes, Ctx, HeaderKey, SmallBody, Write};
 use super::reads::read;
 use super::writes::{answer, warehouse, write};
 use super::{json, ready, App};
@@ -403,4 +403,57 @@ pub async fn transfers(State(app): State<Arc<App>>, uri: Uri) -> Result<Response
     }
     let list = List { transfers: views.into_iter().map(|v| api::TransferJson::new(v, now)).collect() };
     Ok(json(StatusCode::OK, serde_json::to_vec(&list).expect("json")))
+}
+
+// ----- sale policies ------------------------------------------------------------
+
+/// Sets an SKU's sale policy (replacing the one it has: what it counted is
+/// kept); answers with the SKU's stock, policy included.
+pub async fn set_policy(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    Write { ctx, body: b, idem_key }: Write<api::PolicyBody>,
+) -> Result<Response, ApiError> {
+    let operator = operator(&ctx)?;
+    let sku_id = path_id("skuId", path)?;
+    let policy = b.policy(app.max_qty)?;
+    policy_write(&app, ctx, sku_id, Some(policy), operator, idem_key).await
+}
+
+/// Removes an SKU's sale policy and everything it counted. The body may be
+/// empty, with the key in the `Idempotency-Key` header.
+pub async fn remove_policy(
+    State(app): State<Arc<App>>,
+    ctx: Ctx,
+    HeaderKey(header_key): HeaderKey,
+    path: Result<Path<String>, PathRejection>,
+    BodyBytes(bytes): SmallBody,
+) -> Result<Response, ApiError> {
+    let operator = operator(&ctx)?;
+    let sku_id = path_id("skuId", path)?;
+    ready(&app)?;
+    let body: api::PolicyRemoveBody =
+        if bytes.iter().all(u8::is_ascii_whitespace) { Default::default() } else { api::parse(&bytes)? };
+    let idem_key = ctx.scope("idemKey", api::idem_key(body.idem_key, header_key.as_deref())?)?;
+    policy_write(&app, ctx, sku_id, None, operator, idem_key).await
+}
+
+async fn policy_write(
+    app: &App,
+    ctx: Ctx,
+    sku_id: String,
+    policy: Option<inventory_core::SalePolicy>,
+    operator: String,
+    idem_key: String,
+) -> Result<Response, ApiError> {
+    let shard = app.runtime.router.shard_for_sku(&sku_id);
+    let command = Command::SetPolicy(Box::new(SetPolicy { sku_id: sku_id.clone(), policy, operator, idem_key }));
+    let applied = write(app, shard, command, ctx.meta()).await?;
+    if !matches!(applied.outcome, Outcome::PolicySet { .. }) {
+        return Err(rejected(applied.outcome));
+    }
+    match read(app, shard, Query::Stock { sku_id }).await? {
+        QueryResult::Stock(Some(stock)) => Ok(answer(api::stock_json(&stock), applied.replayed)),
+        other => unreachable!("an SKU with a policy has stock: {other:?}"),
+    }
 }

@@ -9,7 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use inventory_core::{
-    key_hash, Applied, Command, Confirm, Outcome, Receive, Release, Reserve, DEFAULT_WAREHOUSE, SECOND_MS,
+    key_hash, Applied, Command, Confirm, Outcome, Receive, Release, Reserve, ReserveAs, DEFAULT_WAREHOUSE, SECOND_MS,
 };
 use inventory_runtime::{Claim, Meta, Request, SendError, WriteReply};
 use percent_encoding::percent_decode_str;
@@ -203,10 +203,13 @@ pub async fn reserve(
     if let Some(buyer) = &b.buyer_id {
         api::check_text("buyerId", buyer, ID_BYTES_MAX)?;
     }
+    if let Some(channel) = &b.channel {
+        api::check_text("channel", channel, ID_BYTES_MAX)?;
+    }
     let order_id = ctx.scope("orderId", b.order_id)?;
     let taken = risk_check(&app, &ctx, b.buyer_id.as_deref(), &idem_key, b.qty)?;
     let shard = app.runtime.router.shard_for_sku(&b.sku_id);
-    let command = Command::Reserve(Reserve {
+    let reserve = Reserve {
         order_id,
         sku_id: b.sku_id,
         warehouse_id,
@@ -214,7 +217,17 @@ pub async fn reserve(
         idem_key,
         ttl_ms,
         ttl_explicit: b.ttl_seconds.is_some(),
-    });
+    };
+    // A buyer is counted per tenant, like the order ids.
+    let command = if b.buyer_id.is_some() || b.channel.is_some() {
+        let buyer_id = match b.buyer_id {
+            Some(buyer) => ctx.scope("buyerId", buyer)?,
+            None => String::new(),
+        };
+        Command::ReserveAs(Box::new(ReserveAs { reserve, buyer_id, channel: b.channel.unwrap_or_default() }))
+    } else {
+        Command::Reserve(reserve)
+    };
     let applied = write(&app, shard, command, ctx.meta()).await;
     if let (Some(taken), Some(risk)) = (taken, &app.security.risk) {
         let held = matches!(&applied, Ok(a) if !a.replayed && matches!(a.outcome, Outcome::Reserved { .. }));

@@ -67,6 +67,8 @@ impl Filter {
             let named = match &entry.command {
                 Command::Receive(c) => c.sku_id == *sku,
                 Command::Reserve(c) => c.sku_id == *sku,
+                Command::ReserveAs(c) => c.reserve.sku_id == *sku,
+                Command::SetPolicy(c) => c.sku_id == *sku,
                 Command::ReceiveBatch(c) => c.items.iter().any(|i| i.sku_id == *sku),
                 Command::Freeze(c) => c.sku_id == *sku,
                 Command::ProposeAdjustment(c) => c.sku_id == *sku,
@@ -89,6 +91,7 @@ impl Filter {
         if let Some(order) = &self.order {
             let named = match &entry.command {
                 Command::Reserve(c) => c.order_id == *order,
+                Command::ReserveAs(c) => c.reserve.order_id == *order,
                 // Only their txns name an order, if any.
                 _ => false,
             };
@@ -186,13 +189,22 @@ fn entry_details(entry: &Entry) -> String {
             }
             p
         }
-        Command::Reserve(c) => {
+        Command::Reserve(_) | Command::ReserveAs(_) => {
+            let c = entry.command.as_reserve().expect("a reserve");
             let mut p = vec![kv("order", &c.order_id), kv("sku", &c.sku_id), kv("warehouse", &c.warehouse_id)];
             p.push(format!("qty={}", c.qty));
+            if let Command::ReserveAs(a) = &entry.command {
+                p.extend((!a.buyer_id.is_empty()).then(|| kv("buyer", &a.buyer_id)));
+                p.extend((!a.channel.is_empty()).then(|| kv("channel", &a.channel)));
+            }
             if let Some(t) = first {
                 p.push(kv("reservation", &t.ref_id));
             }
             p
+        }
+        Command::SetPolicy(c) => {
+            let policy = c.policy.as_ref().map_or("none".to_string(), |p| p.describe());
+            vec![kv("sku", &c.sku_id), kv("policy", &policy)]
         }
         Command::Confirm(c) => {
             let mut p = vec![format!("reservation={}", c.reservation_id), kv("payment", &c.payment_id)];
@@ -350,6 +362,21 @@ fn command_json(command: &Command) -> Value {
         Command::FinishTransfer(c) => json!({
             "type": command.name(), "transferId": c.transfer_id.to_string(), "operator": c.operator,
             "reason": c.reason, "idemKey": c.idem_key,
+        }),
+        Command::ReserveAs(c) => {
+            let r = &c.reserve;
+            json!({
+                "type": "reserve", "orderId": r.order_id, "skuId": r.sku_id, "warehouseId": r.warehouse_id,
+                "qty": r.qty, "idemKey": r.idem_key, "ttlMs": r.ttl_ms, "ttlExplicit": r.ttl_explicit,
+                "buyerId": c.buyer_id, "channel": c.channel,
+            })
+        }
+        Command::SetPolicy(c) => json!({
+            "type": command.name(), "skuId": c.sku_id, "operator": c.operator, "idemKey": c.idem_key,
+            "policy": c.policy.as_ref().map(|p| json!({
+                "maxPerBuyer": p.max_per_buyer, "saleStartsAtMs": p.sale_starts_at, "saleEndsAtMs": p.sale_ends_at,
+                "channelQuotas": p.channel_quotas.iter().map(|(c, u)| (c.clone(), json!(u))).collect::<serde_json::Map<_, _>>(),
+            })),
         }),
     }
 }
