@@ -178,6 +178,10 @@ fn operator_action(command: &Command, txns: &[inventory_core::Txn]) -> &'static 
         Command::SetPolicy(_) => "POLICY_REMOVED",
         Command::Receive(_)
         | Command::ReserveAs(_)
+        | Command::PrepareOrder(_)
+        | Command::DecideOrder(_)
+        | Command::FinishOrder(_)
+        | Command::ExpireOrders(_)
         | Command::ReceiveBatch(_)
         | Command::Reserve(_)
         | Command::Confirm(_)

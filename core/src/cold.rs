@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 
 use crate::command::Command;
+use crate::ids::REASON_TIMEOUT;
 use crate::ids::{key_hash, Millis, ReservationId};
 use crate::image::IdemImage;
 use crate::ops::{AdjustmentStatus, TransferStatus};
@@ -317,23 +318,34 @@ pub fn cold_changes(
                 }
             }
             TxnKind::Reserve => {
-                let c = entry.command.as_reserve().expect("only a reserve makes a hold");
                 let id: ReservationId = txn.ref_id.parse().expect("a reserve's txn names its hold");
-                let expire_at = at.saturating_add(c.ttl_ms);
+                let (expire_at, idem_key) = match &entry.command {
+                    Command::PrepareOrder(c) => (c.expire_at, &c.idem_key),
+                    command => {
+                        let c = command.as_reserve().expect("only a reserve or an order makes a hold");
+                        (at.saturating_add(c.ttl_ms), &c.idem_key)
+                    }
+                };
                 changes.push(ColdChange::Hold(ColdHold {
                     seq: id.seq(),
-                    order_id: c.order_id.clone(),
-                    sku_id: c.sku_id.clone(),
-                    warehouse_id: c.warehouse_id.clone(),
+                    order_id: txn.order_id.clone(),
+                    sku_id: txn.sku_id.clone(),
+                    warehouse_id: txn.warehouse_id.clone(),
                     qty: txn.qty,
                     expire_at,
-                    idem_key: c.idem_key.clone(),
+                    idem_key: idem_key.clone(),
                     created_at: at,
                     status: ReservationStatus::Reserved,
                     updated_at: at,
                     detail: None,
                 }));
-                outcome = Some(Outcome::Reserved { reservation_id: id, expire_at });
+                outcome = Some(match (&entry.command, outcome) {
+                    (Command::PrepareOrder(c), None) => {
+                        Outcome::OrderPrepared { first: id, lines: c.lines.len() as u16, expire_at }
+                    }
+                    (Command::PrepareOrder(_), Some(first)) => first,
+                    _ => Outcome::Reserved { reservation_id: id, expire_at },
+                });
             }
             TxnKind::Confirm | TxnKind::Release => {
                 let id: ReservationId = txn.ref_id.parse().expect("a hold's txn names it");
@@ -341,6 +353,12 @@ pub fn cold_changes(
                 let status = match (txn.kind, &entry.command) {
                     (TxnKind::Confirm, _) => ReservationStatus::Confirmed,
                     (_, Command::Release(_)) if at < held.expire_at => ReservationStatus::Released,
+                    (_, Command::FinishOrder(c)) if c.state != crate::OrderState::Expired => ReservationStatus::Released,
+                    (_, Command::FinishOrder(_)) => ReservationStatus::Expired,
+                    // An order's home releases its lines as expired with the
+                    // timeout's reason, and no release of an order may give
+                    // that reason.
+                    (_, Command::DecideOrder(_)) if txn.detail != REASON_TIMEOUT => ReservationStatus::Released,
                     _ => ReservationStatus::Expired,
                 };
                 held.status = status;
@@ -404,6 +422,8 @@ pub fn cold_changes(
         Command::Reserve(c) => Some(&c.idem_key),
         Command::ReserveAs(c) => Some(&c.reserve.idem_key),
         Command::SetPolicy(c) => Some(&c.idem_key),
+        Command::PrepareOrder(c) => Some(&c.idem_key),
+        Command::DecideOrder(_) | Command::FinishOrder(_) | Command::ExpireOrders(_) => None,
         Command::Confirm(c) => Some(&c.idem_key),
         Command::Release(c) => Some(&c.idem_key),
         Command::Freeze(c) => Some(&c.idem_key),

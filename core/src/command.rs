@@ -6,6 +6,7 @@
 
 use crate::ids::{Fingerprint, Millis, ReservationId};
 use crate::ops::{AdjustmentId, TransferId};
+use crate::order::{OrderDecision, OrderLine, OrderState};
 use crate::sale::SalePolicy;
 
 /// A state-changing command. Each carries everything needed to apply it
@@ -51,6 +52,54 @@ pub enum Command {
     /// 15: a reserve that names its buyer or its sales channel, for the
     /// SKU's sale policy. A reserve naming neither is a `Reserve`.
     ReserveAs(Box<ReserveAs>),
+    /// 16: hold a shard's lines of an order, all or none (see `order.rs`).
+    PrepareOrder(Box<PrepareOrder>),
+    /// 17: on an order's home shard, decide its state.
+    DecideOrder(Box<DecideOrder>),
+    /// 18: make a shard's lines of an order follow its decided state.
+    FinishOrder(Box<FinishOrder>),
+    /// 19: expire the listed committed orders whose time has passed.
+    /// Issued by the home shard's timer, like `Expire`.
+    ExpireOrders(ExpireOrders),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PrepareOrder {
+    pub order_id: String,
+    /// This shard's lines, each SKU once.
+    pub lines: Vec<OrderLine>,
+    /// The buyer and the sales channel (empty: none named).
+    pub buyer_id: String,
+    pub channel: String,
+    /// One deadline for every line of the order, on every shard.
+    pub expire_at: Millis,
+    /// Every shard holding lines of the order, ascending; the first is
+    /// its home.
+    pub shards: Vec<u16>,
+    pub idem_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DecideOrder {
+    pub order_id: String,
+    pub decision: OrderDecision,
+    /// For a first decision: the order's shards and deadline.
+    pub shards: Vec<u16>,
+    pub expire_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FinishOrder {
+    pub order_id: String,
+    /// What the home decided.
+    pub state: OrderState,
+    /// The payment of a confirmed order, the reason of a released one.
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ExpireOrders {
+    pub order_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -252,6 +301,9 @@ impl Command {
             Command::FinishTransfer(c) => Some(&c.idem_key),
             Command::SetPolicy(c) => Some(&c.idem_key),
             Command::ReserveAs(c) => Some(&c.reserve.idem_key),
+            Command::PrepareOrder(c) => Some(&c.idem_key),
+            // Idempotent by the order's state: a repeat answers it.
+            Command::DecideOrder(_) | Command::FinishOrder(_) | Command::ExpireOrders(_) => None,
         }
     }
 
@@ -281,6 +333,33 @@ impl Command {
                 f.tag(15).str(&r.order_id).str(&r.sku_id).str(&r.warehouse_id).u64(r.qty);
                 f.u64(if r.ttl_explicit { r.ttl_ms } else { u64::MAX });
                 f.str(&c.buyer_id).str(&c.channel);
+            }
+            Command::PrepareOrder(c) => {
+                f.tag(16).str(&c.order_id).str(&c.buyer_id).str(&c.channel);
+                for line in &c.lines {
+                    f.str(&line.sku_id).str(&line.warehouse_id).u64(line.qty);
+                }
+                for &shard in &c.shards {
+                    f.u64(shard as u64);
+                }
+            }
+            Command::DecideOrder(c) => {
+                f.tag(17).str(&c.order_id);
+                match &c.decision {
+                    OrderDecision::Commit => f.u64(0),
+                    OrderDecision::Abort => f.u64(1),
+                    OrderDecision::Confirm { payment_id } => f.u64(2).str(payment_id),
+                    OrderDecision::Release { reason } => f.u64(3).str(reason),
+                };
+            }
+            Command::FinishOrder(c) => {
+                f.tag(18).str(&c.order_id).u64(c.state as u64).str(&c.detail);
+            }
+            Command::ExpireOrders(c) => {
+                f.tag(19);
+                for id in &c.order_ids {
+                    f.str(id);
+                }
             }
             Command::SetPolicy(c) => {
                 f.tag(14).str(&c.sku_id).str(&c.operator);
@@ -371,6 +450,10 @@ impl Command {
             Command::SetPolicy(c) if c.policy.is_some() => "policy_set",
             Command::SetPolicy(_) => "policy_remove",
             Command::ReserveAs(_) => "reserve",
+            Command::PrepareOrder(_) => "order_prepare",
+            Command::DecideOrder(_) => "order_decide",
+            Command::FinishOrder(_) => "order_finish",
+            Command::ExpireOrders(_) => "order_expire",
         }
     }
 }
@@ -394,6 +477,12 @@ pub enum Query {
     /// This shard's transfers, oldest first, optionally of one status and
     /// one SKU.
     Transfers { status: Option<crate::ops::TransferStatus>, sku_id: Option<String> },
+    /// The record of an order this shard is home of.
+    OrderRecord { order_id: String },
+    /// The orders whose lines here wait on their home: tentative lines
+    /// held before `tentative_before`, lines past their deadline at `at`,
+    /// or (`all`) every line of an order.
+    UnsettledOrders { at: Millis, tentative_before: Millis, all: bool },
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub struct ShardImage {
     pub sale: SaleImage,
 }
 
-/// A shard's sale policies, as snapshots store them.
+/// A shard's sale policies and orders, as snapshots store them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SaleImage {
     /// By first row.
@@ -58,6 +58,10 @@ pub struct SaleImage {
     /// The tags of the `RESERVED` holds a policy counted, by hold.
     pub tags: Vec<TagImage>,
     pub next_generation: u64,
+    /// The records of the orders this shard is home of.
+    pub orders: Vec<crate::OrderRecord>,
+    /// The `RESERVED` lines of orders: `(hold, home shard, tentative)`.
+    pub order_lines: Vec<(u64, u16, bool)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

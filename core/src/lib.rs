@@ -16,6 +16,7 @@ mod grow;
 mod ids;
 mod image;
 mod ops;
+mod order;
 mod outcome;
 mod sale;
 mod shard;
@@ -28,7 +29,8 @@ pub use cold::{
 };
 pub use command::{
     Command, Confirm, DecideAdjustment, DispatchTransfer, Evict, Expire, ExpireAdjustments, FinishTransfer, Freeze,
-    ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem, Release, Repair, Reserve, ReserveAs, SetPolicy,
+    DecideOrder, ExpireOrders, FinishOrder, PrepareOrder, ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem,
+    Release, Repair, Reserve, ReserveAs, SetPolicy,
 };
 pub use ids::{
     key_hash, order_hash, InvalidReservationId, Millis, ReservationId, DEFAULT_WAREHOUSE, HOUR_MS, IDEMPOTENCY_TTL_MS,
@@ -40,6 +42,9 @@ pub use ops::{
     RowOps, Transfer, TransferId, TransferStatus, TransferView,
 };
 pub use outcome::{Applied, Outcome, Rejection};
+pub use order::{
+    OrderDecision, OrderLine, OrderLineView, OrderRecord, OrderState, ORDER_LINES_MAX, REASON_ORDER_ABORTED,
+};
 pub use sale::{PolicyView, SalePolicy, CHANNELS_MAX};
 pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
 pub use state::{

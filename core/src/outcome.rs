@@ -5,6 +5,7 @@
 
 use crate::ids::{Millis, ReservationId};
 use crate::ops::{AdjustmentId, AdjustmentStatus, TransferId, TransferStatus};
+use crate::order::OrderState;
 use crate::state::{Levels, ReservationStatus};
 
 /// The result of a command, stored verbatim under its idempotency key so a
@@ -72,6 +73,24 @@ pub enum Outcome {
     /// A sale policy was set (`present`) or removed.
     PolicySet {
         present: bool,
+    },
+    /// A shard's lines of an order are held: reservations `first`,
+    /// `first + 1`, ... in the order of the command's lines.
+    OrderPrepared {
+        first: ReservationId,
+        lines: u16,
+        expire_at: Millis,
+    },
+    /// The order's state, as its home decided it (now or before).
+    OrderDecided {
+        state: OrderState,
+    },
+    /// How many of a shard's lines of an order changed.
+    OrderFinished {
+        lines: u16,
+    },
+    OrdersExpired {
+        count: u32,
     },
 }
 
@@ -148,6 +167,17 @@ pub enum Rejection {
         quota: u64,
         used: u64,
     },
+    /// Some of a shard's lines of an order cannot be held; nothing was. The
+    /// shard keeps why, line by line ([`crate::Shard::take_refusals`]).
+    OrderNotReservable {
+        failed: u16,
+    },
+    /// No such order (on its home shard).
+    OrderNotFound,
+    /// The hold is a line of an order: confirm or release the order.
+    PartOfOrder,
+    /// The order's lines were released before every shard held its own.
+    OrderAborted,
 }
 
 impl Rejection {
@@ -182,6 +212,10 @@ impl Rejection {
             Rejection::ChannelRequired => "CHANNEL_REQUIRED",
             Rejection::UnknownChannel => "UNKNOWN_CHANNEL",
             Rejection::ChannelQuotaExhausted { .. } => "CHANNEL_QUOTA_EXHAUSTED",
+            Rejection::OrderNotReservable { .. } => "ORDER_NOT_RESERVABLE",
+            Rejection::OrderNotFound => "ORDER_NOT_FOUND",
+            Rejection::PartOfOrder => "PART_OF_ORDER",
+            Rejection::OrderAborted => "ORDER_ABORTED",
         }
     }
 }

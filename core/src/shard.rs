@@ -13,7 +13,10 @@
 use std::collections::BTreeSet;
 
 mod operator;
+mod order;
 mod sale;
+
+pub use order::LineRefusal;
 
 use hashbrown::hash_table::Entry as TableEntry;
 use hashbrown::HashTable;
@@ -145,6 +148,8 @@ enum Undo {
     },
     /// Sale policies and their counts changed.
     Sale(sale::SaleUndo),
+    /// Orders' records or lines changed.
+    Order(order::OrderUndo),
 }
 
 struct BatchMark {
@@ -216,6 +221,10 @@ pub struct Shard {
     ops: operator::Ops,
     /// Sale policies and what they counted.
     sales: sale::Sales,
+    /// Lines of orders, and the records of the orders this shard is home of.
+    order_state: order::Orders,
+    /// Why the last `PrepareOrder` was refused, line by line.
+    refusals: Vec<LineRefusal>,
     next_hold_seq: u64,
     next_txn_seq: u64,
     last_at: Millis,
@@ -274,6 +283,8 @@ impl Shard {
             cold: ColdImage::default(),
             ops: operator::Ops::default(),
             sales: sale::Sales::default(),
+            order_state: order::Orders::default(),
+            refusals: Vec::new(),
             next_hold_seq: 1,
             next_txn_seq: 1,
             last_at: 0,
@@ -333,8 +344,12 @@ impl Shard {
                     self.expiry.remove(&(hold.expire_at, seq));
                 }
                 Undo::Hold { seq, prev } => {
+                    let order_line = self.is_order_line(seq);
                     let hold = self.holds.get_mut(&seq).expect("undo of a missing hold");
-                    if prev.status == ReservationStatus::Reserved && hold.change.status != ReservationStatus::Reserved {
+                    if prev.status == ReservationStatus::Reserved
+                        && hold.change.status != ReservationStatus::Reserved
+                        && !order_line
+                    {
                         self.expiry.insert((hold.expire_at, seq));
                     }
                     hold.change = prev;
@@ -378,6 +393,7 @@ impl Shard {
                     }
                 },
                 Undo::Sale(step) => self.sales.undo(step),
+                Undo::Order(step) => self.order_state.undo(step),
             }
         }
         self.undo = undo;
@@ -450,6 +466,18 @@ impl Shard {
                 let rows = self.repair(at, repair, txns);
                 return Ok(Applied { outcome: Outcome::Repaired { rows }, changed: rows > 0, replayed: false });
             }
+            Command::DecideOrder(c) => {
+                let (outcome, changed) = self.decide_order(at, c, txns);
+                return Ok(Applied { outcome, changed, replayed: false });
+            }
+            Command::FinishOrder(c) => {
+                let (outcome, changed) = self.finish_order(at, c, txns);
+                return Ok(Applied { outcome, changed, replayed: false });
+            }
+            Command::ExpireOrders(c) => {
+                let count = self.expire_orders(at, c, txns);
+                return Ok(Applied { outcome: Outcome::OrdersExpired { count }, changed: count > 0, replayed: false });
+            }
             Command::Receive(_)
             | Command::Reserve(_)
             | Command::Confirm(_)
@@ -461,7 +489,8 @@ impl Shard {
             | Command::DispatchTransfer(_)
             | Command::FinishTransfer(_)
             | Command::SetPolicy(_)
-            | Command::ReserveAs(_) => {}
+            | Command::ReserveAs(_)
+            | Command::PrepareOrder(_) => {}
         }
         let key = key.expect("write commands carry a key");
         let fingerprint = command.fingerprint();
@@ -484,6 +513,7 @@ impl Shard {
                 self.reserve(at, &c.reserve, who, cold, txns)
             }
             Command::SetPolicy(c) => self.set_policy(at, c, txns),
+            Command::PrepareOrder(c) => self.prepare_order(at, c, cold, txns),
             Command::Confirm(c) => self.confirm(at, c, cold, txns),
             Command::Release(c) => self.release(at, c, cold, txns),
             Command::ReceiveBatch(c) => self.receive_batch(at, c, txns),
@@ -492,7 +522,13 @@ impl Shard {
             Command::DecideAdjustment(c) => self.decide_adjustment(at, c, txns),
             Command::DispatchTransfer(c) => self.dispatch_transfer(at, c, txns),
             Command::FinishTransfer(c) => self.finish_transfer(at, c, txns),
-            Command::Expire(_) | Command::Evict(_) | Command::ExpireAdjustments(_) | Command::Repair(_) => {
+            Command::Expire(_)
+            | Command::Evict(_)
+            | Command::ExpireAdjustments(_)
+            | Command::Repair(_)
+            | Command::DecideOrder(_)
+            | Command::FinishOrder(_)
+            | Command::ExpireOrders(_) => {
                 unreachable!("applied above")
             }
         };
@@ -546,6 +582,20 @@ impl Shard {
                     needs.order = Some(c.order_id.clone());
                 }
             }
+            Command::PrepareOrder(c) => {
+                let order = order_hash(&c.order_id);
+                if !self.cold.orders.may_contain(hashes_of_u64(order), at, tiers) || cold.order(&c.order_id).is_some() {
+                    return needs;
+                }
+                let known = c.lines.iter().all(|line| {
+                    self.table
+                        .find_sku(&line.sku_id)
+                        .is_none_or(|first| self.find_order_line(order, &c.order_id, first, at).is_some())
+                });
+                if !known {
+                    needs.order = Some(c.order_id.clone());
+                }
+            }
             Command::Confirm(Confirm { reservation_id: id, .. })
             | Command::Release(Release { reservation_id: id, .. }) => {
                 if id.shard() != self.config.index || !self.cold.holds.may_contain(hashes_of_u64(id.seq()), at, tiers) {
@@ -566,7 +616,10 @@ impl Shard {
             | Command::DispatchTransfer(_)
             | Command::FinishTransfer(_)
             | Command::Repair(_)
-            | Command::SetPolicy(_) => {}
+            | Command::SetPolicy(_)
+            | Command::DecideOrder(_)
+            | Command::FinishOrder(_)
+            | Command::ExpireOrders(_) => {}
         }
         needs
     }
@@ -828,7 +881,9 @@ impl Shard {
             // gets the live hold back; anything else is a conflict.
             let hold = &self.holds[&seq];
             let reservation_id = ReservationId::new(self.config.index, seq);
-            let same = hold.change.status == ReservationStatus::Reserved
+            // A line of an order is never a single reserve's hold.
+            let same = !self.is_order_line(seq)
+                && hold.change.status == ReservationStatus::Reserved
                 && at < hold.expire_at
                 && hold.qty as u64 == c.qty
                 && self.table.warehouse_id(hold.row) == c.warehouse_id;
@@ -913,6 +968,9 @@ impl Shard {
             status @ (ReservationStatus::Confirmed | ReservationStatus::Released | ReservationStatus::Expired) => {
                 (confirm_finished(id, c, status, hold.change.payment_id()), false)
             }
+            ReservationStatus::Reserved if self.is_order_line(id.seq()) => {
+                (Outcome::Rejected(Rejection::PartOfOrder), false)
+            }
             ReservationStatus::Reserved if at >= hold.expire_at => {
                 // Past its deadline but the timer has not fired yet: expire
                 // it now, so a late payment can never turn into a sale.
@@ -920,28 +978,35 @@ impl Shard {
                 (Outcome::Rejected(Rejection::ReservationExpired), true)
             }
             ReservationStatus::Reserved => {
-                let (row, qty) = (hold.row, hold.qty);
-                let order_id = hold.order_id.to_string();
-                let (before, row_after) = self.change_row(row, at, |r| {
-                    r.reserved -= qty;
-                    r.sold += qty;
-                });
-                self.set_hold(id.seq(), at, ReservationStatus::Confirmed, c.payment_id.as_str().into());
-                let txn = self.txn(RowChange {
-                    kind: TxnKind::Confirm,
-                    row,
-                    qty: qty as u64,
-                    ref_id: id.to_string(),
-                    order_id,
-                    detail: c.payment_id.clone(),
-                    before,
-                    after: row_after,
-                    at,
-                });
-                txns.push(txn);
+                self.confirm_line(at, id.seq(), &c.payment_id, txns);
                 (Outcome::Confirmed { reservation_id: id }, true)
             }
         }
+    }
+
+    /// Moves a `RESERVED` hold's quantity to sold.
+    fn confirm_line(&mut self, at: Millis, seq: u64, payment_id: &str, txns: &mut Vec<Txn>) {
+        let hold = &self.holds[&seq];
+        debug_assert_eq!(hold.change.status, ReservationStatus::Reserved);
+        let (row, qty) = (hold.row, hold.qty);
+        let order_id = hold.order_id.to_string();
+        let (before, row_after) = self.change_row(row, at, |r| {
+            r.reserved -= qty;
+            r.sold += qty;
+        });
+        self.set_hold(seq, at, ReservationStatus::Confirmed, payment_id.into());
+        let txn = self.txn(RowChange {
+            kind: TxnKind::Confirm,
+            row,
+            qty: qty as u64,
+            ref_id: ReservationId::new(self.config.index, seq).to_string(),
+            order_id,
+            detail: payment_id.to_string(),
+            before,
+            after: row_after,
+            at,
+        });
+        txns.push(txn);
     }
 
     fn release(&mut self, at: Millis, c: &Release, cold: &ColdFacts, txns: &mut Vec<Txn>) -> (Outcome, bool) {
@@ -956,6 +1021,9 @@ impl Shard {
         match hold.change.status {
             status @ (ReservationStatus::Confirmed | ReservationStatus::Released | ReservationStatus::Expired) => {
                 (release_finished(id, status), false)
+            }
+            ReservationStatus::Reserved if self.is_order_line(id.seq()) => {
+                (Outcome::Rejected(Rejection::PartOfOrder), false)
             }
             ReservationStatus::Reserved if at >= hold.expire_at => {
                 self.release_hold(at, id.seq(), ReservationStatus::Expired, REASON_TIMEOUT, txns);
@@ -973,7 +1041,8 @@ impl Shard {
         for &id in &c.ids {
             let due = self
                 .own_hold(id, at)
-                .is_some_and(|h| h.change.status == ReservationStatus::Reserved && h.expire_at <= at);
+                .is_some_and(|h| h.change.status == ReservationStatus::Reserved && h.expire_at <= at)
+                && !self.is_order_line(id.seq());
             if due {
                 self.release_hold(at, id.seq(), ReservationStatus::Expired, REASON_TIMEOUT, txns);
                 count += 1;
@@ -1036,6 +1105,7 @@ impl Shard {
         self.record(Undo::Hold { seq, prev });
         if finished {
             self.uncount_hold(seq, qty, status);
+            self.untag_line(seq);
         }
     }
 
@@ -1111,6 +1181,10 @@ impl Shard {
             }
             Query::Transfer { id } => QueryResult::Transfer(self.transfer(*id)),
             Query::Transfers { status, sku_id } => QueryResult::Transfers(self.transfers(*status, sku_id.as_deref())),
+            Query::OrderRecord { order_id } => QueryResult::OrderRecord(self.order_record(order_id)),
+            Query::UnsettledOrders { at, tentative_before, all } => {
+                QueryResult::OrderLines(self.unsettled_order_lines(*at, *tentative_before, *all))
+            }
         }
     }
 
@@ -1206,6 +1280,7 @@ impl Shard {
     /// Frees at most `max` finished holds that are past retention at `at`.
     /// They are already invisible, so this only reclaims memory.
     pub fn purge_holds(&mut self, at: Millis, max: usize) -> usize {
+        self.purge_orders(at, max);
         self.cold.holds.drop_before(at, &self.config.tiers);
         self.cold.orders.drop_before(at, &self.config.tiers);
         let mut purged = 0;
@@ -1398,11 +1473,13 @@ impl Shard {
         shard.table = StockTable::load(&image);
         shard.cold = image.cold;
         shard.ops = operator::Ops::load(image.ops);
+        let (records, lines) = (image.sale.orders.clone(), image.sale.order_lines.clone());
         shard.sales = Shard::load_sales(image.sale);
+        shard.order_state = Shard::load_orders(records, lines);
         shard.holds.reserve(image.holds.len());
         for h in image.holds {
             shard.orders.get_or_default(order_hash(&h.order_id)).push(h.seq);
-            if h.status == ReservationStatus::Reserved {
+            if h.status == ReservationStatus::Reserved && !shard.is_order_line(h.seq) {
                 shard.expiry.insert((h.expire_at, h.seq));
             }
             let change = HoldChange {
@@ -1460,7 +1537,9 @@ impl Shard {
             match hold.change.status {
                 ReservationStatus::Reserved => {
                     *reserved.entry(hold.row).or_default() += hold.qty as u64;
-                    live.insert((hold.expire_at, seq));
+                    if !self.is_order_line(seq) {
+                        live.insert((hold.expire_at, seq));
+                    }
                 }
                 ReservationStatus::Confirmed => *sold.entry(hold.row).or_default() += hold.qty as u64,
                 _ => {}
@@ -1502,7 +1581,8 @@ impl Shard {
             }
         }
         self.check_ops()?;
-        self.check_sales()
+        self.check_sales()?;
+        self.check_orders()
     }
 
     /// A canonical, comparable copy of the whole state.
@@ -1534,6 +1614,8 @@ pub enum QueryResult {
     Adjustments(Vec<AdjustmentView>),
     Transfer(Option<TransferView>),
     Transfers(Vec<TransferView>),
+    OrderRecord(Option<crate::OrderRecord>),
+    OrderLines(Vec<crate::OrderLineView>),
 }
 
 /// See [`Shard::dump`].

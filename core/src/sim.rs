@@ -46,6 +46,17 @@ struct ModelHold {
     /// While `RESERVED` under a policy: the policy's generation, and the
     /// buyer and channel it counted.
     counted: Option<(u64, Option<String>, Option<String>)>,
+    /// While `RESERVED` as a line of an order: its home, and whether it is
+    /// still tentative.
+    order_line: Option<(u16, bool)>,
+}
+
+#[derive(Clone, Debug)]
+struct ModelOrder {
+    shards: Vec<u16>,
+    expire_at: Millis,
+    state: OrderState,
+    detail: String,
 }
 
 /// A sale policy and its counts, as plainly as possible.
@@ -100,6 +111,10 @@ struct Model {
     first_warehouse: BTreeMap<String, String>,
     policies: BTreeMap<String, ModelPolicy>,
     generations: u64,
+    /// Records of the orders this shard is home of.
+    orders: BTreeMap<String, ModelOrder>,
+    /// Why the last order's lines were refused.
+    refusals: Vec<(u16, Rejection)>,
 }
 
 impl Model {
@@ -192,8 +207,86 @@ impl Model {
             r.levels.reserved -= h.qty;
             r.levels.available += h.qty;
         });
-        self.holds.get_mut(&seq).unwrap().status = status;
+        let hold = self.holds.get_mut(&seq).unwrap();
+        hold.status = status;
+        hold.order_line = None;
         self.uncount(seq, status);
+    }
+
+    fn confirm_hold(&mut self, seq: u64, at: Millis, payment: &str) {
+        let h = self.holds[&seq].clone();
+        self.touch(&h.sku, &h.warehouse, at, |row| {
+            row.levels.reserved -= h.qty;
+            row.levels.sold += h.qty;
+        });
+        let hold = self.holds.get_mut(&seq).unwrap();
+        hold.status = ReservationStatus::Confirmed;
+        hold.payment = Some(payment.to_string());
+        hold.order_line = None;
+        self.uncount(seq, ReservationStatus::Confirmed);
+    }
+
+    /// This shard's lines of an order follow `state`; how many changed.
+    fn follow(&mut self, at: Millis, order: &str, state: OrderState, detail: &str) -> u16 {
+        let seqs: Vec<u64> =
+            self.holds.iter().filter(|(_, h)| h.order == order && h.order_line.is_some()).map(|(&s, _)| s).collect();
+        let mut n = 0;
+        for seq in seqs {
+            match state {
+                OrderState::Committed => {
+                    let line = self.holds.get_mut(&seq).unwrap().order_line.as_mut().unwrap();
+                    if line.1 {
+                        line.1 = false;
+                        n += 1;
+                    }
+                }
+                OrderState::Aborted | OrderState::Released => {
+                    self.finish(seq, at, ReservationStatus::Released);
+                    n += 1;
+                }
+                OrderState::Expired => {
+                    self.finish(seq, at, ReservationStatus::Expired);
+                    n += 1;
+                }
+                OrderState::Confirmed => {
+                    self.confirm_hold(seq, at, detail);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// The checks of one line of an order, as a reserve of it alone.
+    #[allow(clippy::type_complexity)]
+    fn check_line(
+        &self,
+        at: Millis,
+        order: &str,
+        line: &OrderLine,
+        buyer: &str,
+        channel: &str,
+    ) -> Result<Option<(u64, Option<String>, Option<String>)>, Rejection> {
+        if line.qty == 0 {
+            return Err(Rejection::InvalidQuantity);
+        }
+        if !self.rows.keys().any(|(s, _)| *s == line.sku_id) {
+            return Err(Rejection::SkuNotFound);
+        }
+        if let Some((&seq, h)) = self.holds.iter().find(|(_, h)| h.order == order && h.sku == line.sku_id) {
+            return Err(Rejection::DuplicateOrderLine { existing: ReservationId::new(self.shard, seq), status: h.status });
+        }
+        let Some(row) = self.rows.get(&(line.sku_id.clone(), line.warehouse_id.clone())) else {
+            return Err(Rejection::SkuNotFound);
+        };
+        if row.ops.frozen {
+            return Err(Rejection::SkuFrozen);
+        }
+        let counted = self.admit(at, &line.sku_id, line.qty, buyer, channel)?;
+        if row.levels.available < line.qty {
+            return Err(Rejection::InsufficientStock { available: row.levels.available });
+        }
+        Ok(counted)
     }
 
     fn apply(&mut self, at: Millis, c: &Command) -> (Outcome, bool) {
@@ -205,7 +298,10 @@ impl Model {
             for id in &e.ids {
                 let seq = id.seq();
                 if id.shard() == self.shard
-                    && self.holds.get(&seq).is_some_and(|h| h.status == S::Reserved && h.expire_at <= at)
+                    && self
+                        .holds
+                        .get(&seq)
+                        .is_some_and(|h| h.status == S::Reserved && h.expire_at <= at && h.order_line.is_none())
                 {
                     self.finish(seq, at, S::Expired);
                     n += 1;
@@ -239,6 +335,60 @@ impl Model {
             }
             return (AdjustmentsExpired { count: n }, n > 0);
         }
+        if let Command::FinishOrder(f) = c {
+            let n = self.follow(at, &f.order_id, f.state, &f.detail);
+            return (OrderFinished { lines: n }, n > 0);
+        }
+        if let Command::ExpireOrders(e) = c {
+            let mut n = 0;
+            for id in &e.order_ids {
+                let due = self.orders.get(id).is_some_and(|o| o.state == OrderState::Committed && o.expire_at <= at);
+                if due {
+                    self.orders.get_mut(id).unwrap().state = OrderState::Expired;
+                    self.follow(at, id, OrderState::Expired, "");
+                    n += 1;
+                }
+            }
+            return (OrdersExpired { count: n }, n > 0);
+        }
+        if let Command::DecideOrder(d) = c {
+            let record = self.orders.get(&d.order_id).cloned();
+            let decided = |state| (OrderDecided { state }, false);
+            let (state, detail) = match (&record, &d.decision) {
+                (None, OrderDecision::Confirm { .. } | OrderDecision::Release { .. }) => {
+                    return rej(Rejection::OrderNotFound)
+                }
+                (None, OrderDecision::Commit | OrderDecision::Abort) if at >= d.expire_at => {
+                    (OrderState::Expired, String::new())
+                }
+                (None, OrderDecision::Commit) => (OrderState::Committed, String::new()),
+                (None, OrderDecision::Abort) => (OrderState::Aborted, String::new()),
+                (Some(r), OrderDecision::Commit | OrderDecision::Abort) => return decided(r.state),
+                (Some(r), OrderDecision::Confirm { payment_id }) => match r.state {
+                    OrderState::Committed if at >= r.expire_at => (OrderState::Expired, String::new()),
+                    OrderState::Committed => (OrderState::Confirmed, payment_id.clone()),
+                    OrderState::Confirmed if r.detail == *payment_id => return decided(r.state),
+                    OrderState::Confirmed => return rej(Rejection::PaymentMismatch),
+                    OrderState::Aborted => return rej(Rejection::OrderAborted),
+                    OrderState::Released => return rej(Rejection::ReservationReleased),
+                    OrderState::Expired => return rej(Rejection::ReservationExpired),
+                },
+                (Some(r), OrderDecision::Release { reason }) => match r.state {
+                    OrderState::Committed if at >= r.expire_at => (OrderState::Expired, String::new()),
+                    OrderState::Committed => (OrderState::Released, reason.clone()),
+                    OrderState::Confirmed => return rej(Rejection::ReservationConfirmed),
+                    OrderState::Aborted => return rej(Rejection::OrderAborted),
+                    OrderState::Released | OrderState::Expired => return decided(r.state),
+                },
+            };
+            let (shards, expire_at) = record.map_or((d.shards.clone(), d.expire_at), |r| (r.shards, r.expire_at));
+            self.orders.insert(d.order_id.clone(), ModelOrder { shards, expire_at, state, detail: detail.clone() });
+            self.follow(at, &d.order_id, state, &detail);
+            return match (&d.decision, state) {
+                (OrderDecision::Confirm { .. }, OrderState::Expired) => (Rejected(Rejection::ReservationExpired), true),
+                _ => (OrderDecided { state }, true),
+            };
+        }
         let key = c.idem_key().unwrap().to_string();
         if let Some(&(fp, outcome, expires)) = self.idem.get(&key) {
             if expires > at {
@@ -253,6 +403,78 @@ impl Model {
             }
         };
         let result = match c {
+            Command::DecideOrder(_) | Command::FinishOrder(_) | Command::ExpireOrders(_) => unreachable!("above"),
+            Command::PrepareOrder(p) => {
+                let mut skus: Vec<&str> = p.lines.iter().map(|l| l.sku_id.as_str()).collect();
+                skus.sort_unstable();
+                let valid = !p.lines.is_empty()
+                    && p.shards.windows(2).all(|w| w[0] < w[1])
+                    && p.shards.contains(&self.shard)
+                    && skus.windows(2).all(|w| w[0] != w[1])
+                    && p.expire_at > at;
+                if !valid {
+                    rej(Rejection::InvalidBatch)
+                } else {
+                    let checked: Vec<_> = p
+                        .lines
+                        .iter()
+                        .map(|l| self.check_line(at, &p.order_id, l, &p.buyer_id, &p.channel))
+                        .collect();
+                    self.refusals = checked
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i as u16, *e)))
+                        .collect();
+                    if !self.refusals.is_empty() {
+                        rej(Rejection::OrderNotReservable { failed: self.refusals.len() as u16 })
+                    } else {
+                        let first = ReservationId::new(self.shard, self.next_seq);
+                        let tentative = p.shards.len() > 1;
+                        for (l, counted) in p.lines.iter().zip(checked) {
+                            let counted = counted.unwrap();
+                            if let Some((_, b, ch)) = &counted {
+                                let pol = self.policies.get_mut(&l.sku_id).unwrap();
+                                if let Some(b) = b {
+                                    *pol.buyers.entry(b.clone()).or_default() += l.qty;
+                                }
+                                if let Some(ch) = ch {
+                                    *pol.channels.entry(ch.clone()).or_default() += l.qty;
+                                }
+                            }
+                            self.touch(&l.sku_id, &l.warehouse_id, at, |row| {
+                                row.levels.available -= l.qty;
+                                row.levels.reserved += l.qty;
+                            });
+                            let seq = self.next_seq;
+                            self.next_seq += 1;
+                            self.holds.insert(
+                                seq,
+                                ModelHold {
+                                    order: p.order_id.clone(),
+                                    sku: l.sku_id.clone(),
+                                    warehouse: l.warehouse_id.clone(),
+                                    qty: l.qty,
+                                    status: S::Reserved,
+                                    expire_at: p.expire_at,
+                                    payment: None,
+                                    counted,
+                                    order_line: Some((p.shards[0], tentative)),
+                                },
+                            );
+                        }
+                        if !tentative {
+                            let order = ModelOrder {
+                                shards: p.shards.clone(),
+                                expire_at: p.expire_at,
+                                state: OrderState::Committed,
+                                detail: String::new(),
+                            };
+                            self.orders.insert(p.order_id.clone(), order);
+                        }
+                        (OrderPrepared { first, lines: p.lines.len() as u16, expire_at: p.expire_at }, true)
+                    }
+                }
+            }
             Command::Evict(_) => unreachable!("the model keeps everything in one place"),
             Command::ExpireAdjustments(_) | Command::Repair(_) => unreachable!("applied above"),
             Command::SetPolicy(c) => match self.first_warehouse.get(&c.sku_id).cloned() {
@@ -467,7 +689,12 @@ impl Model {
                     rej(Rejection::SkuNotFound)
                 } else if let Some((&seq, h)) = line {
                     let id = ReservationId::new(self.shard, seq);
-                    if h.status == S::Reserved && at < h.expire_at && h.qty == r.qty && h.warehouse == r.warehouse_id {
+                    if h.order_line.is_none()
+                        && h.status == S::Reserved
+                        && at < h.expire_at
+                        && h.qty == r.qty
+                        && h.warehouse == r.warehouse_id
+                    {
                         (Reserved { reservation_id: id, expire_at: h.expire_at }, false)
                     } else {
                         rej(Rejection::DuplicateOrderLine { existing: id, status: h.status })
@@ -509,6 +736,7 @@ impl Model {
                                 expire_at,
                                 payment: None,
                                 counted,
+                                order_line: None,
                             },
                         );
                         (Reserved { reservation_id: ReservationId::new(self.shard, seq), expire_at }, true)
@@ -526,19 +754,13 @@ impl Model {
                     S::Confirmed => rej(Rejection::PaymentMismatch),
                     S::Released => rej(Rejection::ReservationReleased),
                     S::Expired => rej(Rejection::ReservationExpired),
+                    S::Reserved if h.order_line.is_some() => rej(Rejection::PartOfOrder),
                     S::Reserved if at >= h.expire_at => {
                         self.finish(r.reservation_id.seq(), at, S::Expired);
                         (Rejected(Rejection::ReservationExpired), true)
                     }
                     S::Reserved => {
-                        self.touch(&h.sku, &h.warehouse, at, |row| {
-                            row.levels.reserved -= h.qty;
-                            row.levels.sold += h.qty;
-                        });
-                        let hold = self.holds.get_mut(&r.reservation_id.seq()).unwrap();
-                        hold.status = S::Confirmed;
-                        hold.payment = Some(r.payment_id.clone());
-                        self.uncount(r.reservation_id.seq(), S::Confirmed);
+                        self.confirm_hold(r.reservation_id.seq(), at, &r.payment_id);
                         (Confirmed { reservation_id: r.reservation_id }, true)
                     }
                 },
@@ -550,6 +772,7 @@ impl Model {
                     match h.status {
                         S::Confirmed => rej(Rejection::ReservationConfirmed),
                         s @ (S::Released | S::Expired) => (Released { reservation_id: id, status: s }, false),
+                        S::Reserved if h.order_line.is_some() => rej(Rejection::PartOfOrder),
                         S::Reserved => {
                             let status = if at >= h.expire_at { S::Expired } else { S::Released };
                             self.finish(id.seq(), at, status);
@@ -660,6 +883,16 @@ fn operator_outcome(outcome: &Outcome) -> Option<&'static str> {
         Outcome::Repaired { rows } if *rows > 0 => "repaired",
         Outcome::PolicySet { present: true } => "policy_set",
         Outcome::PolicySet { present: false } => "policy_removed",
+        Outcome::OrderPrepared { .. } => "order_prepared",
+        Outcome::OrderDecided { state } => match state {
+            OrderState::Committed => "order:COMMITTED",
+            OrderState::Aborted => "order:ABORTED",
+            OrderState::Confirmed => "order:CONFIRMED",
+            OrderState::Released => "order:RELEASED",
+            OrderState::Expired => "order:EXPIRED",
+        },
+        Outcome::OrderFinished { lines } if *lines > 0 => "order_finished",
+        Outcome::OrdersExpired { count } if *count > 0 => "orders_expired",
         Outcome::Rejected(r) => r.code(),
         _ => return None,
     })
@@ -720,7 +953,68 @@ fn random_command(rng: &mut Rng, shard: &Shard, model: &Model, at: Millis) -> Co
             TransferId::new(shard.index(), 1 + rng.below(known))
         }
     };
-    match rng.below(32) {
+    let other_shard = if shard.index() == 0 { 1 } else { shard.index() - 1 };
+    let shards = |rng: &mut Rng| {
+        let mut shards = vec![shard.index()];
+        if rng.below(2) == 0 {
+            shards.push(other_shard);
+        }
+        shards.sort_unstable();
+        shards
+    };
+    match rng.below(40) {
+        32..=34 => Command::PrepareOrder(Box::new(PrepareOrder {
+            order_id: rng.pick(ORDERS).into(),
+            lines: {
+                let mut skus: Vec<&str> = SKUS.to_vec();
+                skus.push("ghost");
+                let n = 1 + rng.below(3) as usize;
+                let mut lines = Vec::new();
+                for _ in 0..n {
+                    let sku = skus.remove(rng.below(skus.len() as u64) as usize);
+                    lines.push(OrderLine {
+                        sku_id: sku.into(),
+                        warehouse_id: rng.pick(WAREHOUSES).into(),
+                        qty: if rng.below(30) == 0 { 0 } else { 1 + rng.below(3) },
+                    });
+                }
+                lines
+            },
+            buyer_id: rng.pick(&["b1", "b2", ""]).into(),
+            channel: rng.pick(&["app", "web", ""]).into(),
+            expire_at: at + 200 + rng.below(1_000),
+            shards: shards(rng),
+            idem_key: key,
+        })),
+        35 | 36 => Command::DecideOrder(Box::new(DecideOrder {
+            order_id: rng.pick(ORDERS).into(),
+            decision: match rng.below(4) {
+                0 => OrderDecision::Commit,
+                1 => OrderDecision::Abort,
+                2 => OrderDecision::Confirm { payment_id: format!("pay-{}", rng.below(2)) },
+                _ => OrderDecision::Release { reason: "CANCELLED".into() },
+            },
+            shards: shards(rng),
+            expire_at: at + rng.below(1_200),
+        })),
+        37 | 38 => Command::FinishOrder(Box::new(FinishOrder {
+            order_id: rng.pick(ORDERS).into(),
+            state: [
+                OrderState::Committed,
+                OrderState::Aborted,
+                OrderState::Confirmed,
+                OrderState::Released,
+                OrderState::Expired,
+            ][rng.below(5) as usize],
+            detail: rng.pick(&["pay-0", "CANCELLED"]).into(),
+        })),
+        39 => {
+            let mut order_ids = shard.due_order_expirations(at, 1 + rng.below(3) as usize);
+            if rng.below(3) == 0 {
+                order_ids.push(rng.pick(ORDERS).into());
+            }
+            Command::ExpireOrders(ExpireOrders { order_ids })
+        }
         28 => Command::SetPolicy(Box::new(SetPolicy {
             sku_id: if rng.below(20) == 0 { "ghost".into() } else { rng.pick(SKUS).into() },
             policy: (rng.below(4) != 0).then(|| SalePolicy {
@@ -888,6 +1182,8 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
         first_warehouse: BTreeMap::new(),
         policies: BTreeMap::new(),
         generations: 0,
+        orders: BTreeMap::new(),
+        refusals: Vec::new(),
     };
     let mut at: Millis = 1_000_000;
     let mut journal: Vec<Entry> = Vec::new();
@@ -906,6 +1202,10 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
             let (applied, facts) = apply(&mut shard, &cold, stats, at, &command, &mut txns);
             let (expected, changed) = model.apply(at, &command);
             assert_eq!(applied.outcome, expected, "seed {seed} step {step}: {command:?}");
+            if let Outcome::Rejected(Rejection::OrderNotReservable { .. }) = expected {
+                let refusals = std::mem::take(&mut model.refusals);
+                assert_eq!(shard.take_refusals(), refusals, "seed {seed} step {step}: {command:?}");
+            }
             assert_eq!(applied.changed, changed, "seed {seed} step {step}: {command:?}");
             if let Some(name) = operator_outcome(&applied.outcome) {
                 *stats.operator.entry(name).or_default() += 1;
@@ -971,6 +1271,11 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
                 assert_eq!(got.channels_used, channels, "seed {seed} step {step}: channels of {sku}");
                 assert_eq!(got.buyers, want.buyers.len() as u64, "seed {seed} step {step}: buyers of {sku}");
             }
+        }
+        for (order_id, o) in &model.orders {
+            let got = shard.order_record(order_id).expect("every order record stays");
+            assert_eq!((got.state, &got.detail, got.expire_at), (o.state, &o.detail, o.expire_at), "seed {seed} step {step}");
+            assert_eq!(got.shards, o.shards, "seed {seed} step {step}");
         }
         for (&seq, a) in &model.adjustments {
             let view = shard.adjustment(AdjustmentId::new(index, seq)).expect("every adjustment stays");
@@ -1063,6 +1368,18 @@ fn simulate_random_command_streams() {
         "CHANNEL_REQUIRED",
         "UNKNOWN_CHANNEL",
         "CHANNEL_QUOTA_EXHAUSTED",
+        "order_prepared",
+        "order:COMMITTED",
+        "order:ABORTED",
+        "order:CONFIRMED",
+        "order:RELEASED",
+        "order:EXPIRED",
+        "order_finished",
+        "orders_expired",
+        "ORDER_NOT_RESERVABLE",
+        "ORDER_NOT_FOUND",
+        "ORDER_ABORTED",
+        "PART_OF_ORDER",
     ] {
         assert!(stats.operator.contains_key(name), "never reached {name}: {:?}", stats.operator);
     }

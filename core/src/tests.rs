@@ -1077,3 +1077,170 @@ fn sale_state_survives_an_image_round_trip_and_a_rollback() {
     s.check_invariants().unwrap();
     assert_eq!(s.dump(), before);
 }
+
+// ----- orders ------------------------------------------------------------------
+
+fn line(sku: &str, qty: u64) -> OrderLine {
+    OrderLine { sku_id: sku.into(), warehouse_id: DEFAULT_WAREHOUSE.into(), qty }
+}
+
+fn prepare(order: &str, lines: Vec<OrderLine>, shards: Vec<u16>, key: &str) -> Command {
+    Command::PrepareOrder(Box::new(PrepareOrder {
+        order_id: order.into(),
+        lines,
+        buyer_id: String::new(),
+        channel: String::new(),
+        expire_at: T0 + TTL,
+        shards,
+        idem_key: key.into(),
+    }))
+}
+
+fn decide_order(order: &str, decision: OrderDecision, shards: Vec<u16>) -> Command {
+    Command::DecideOrder(Box::new(DecideOrder { order_id: order.into(), decision, shards, expire_at: T0 + TTL }))
+}
+
+fn finish_order(order: &str, state: OrderState, detail: &str) -> Command {
+    Command::FinishOrder(Box::new(FinishOrder { order_id: order.into(), state, detail: detail.into() }))
+}
+
+/// Applies a command that may change state without txns (orders).
+fn step(s: &mut Shard, at: Millis, c: &Command) -> (Applied, Vec<Txn>) {
+    let mut txns = Vec::new();
+    let applied = s.apply(at, c, &mut txns);
+    s.check_invariants().unwrap();
+    (applied, txns)
+}
+
+fn three_skus(s: &mut Shard) {
+    for (sku, qty) in [("a", 5), ("b", 5), ("c", 1)] {
+        step(s, T0, &receive(sku, DEFAULT_WAREHOUSE, qty, &format!("rcv-{sku}")));
+    }
+}
+
+#[test]
+fn an_order_of_one_shard_is_held_whole_or_not_at_all() {
+    let mut s = shard();
+    three_skus(&mut s);
+    // The third line is short: nothing is held, and every failing line is named.
+    let order = prepare("o1", vec![line("a", 2), line("c", 2), line("ghost", 1)], vec![3], "k1");
+    let (a, txns) = step(&mut s, T0 + 1, &order);
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::OrderNotReservable { failed: 2 }));
+    assert!(txns.is_empty() && !a.changed);
+    assert_eq!(
+        s.take_refusals(),
+        vec![(1, Rejection::InsufficientStock { available: 1 }), (2, Rejection::SkuNotFound)]
+    );
+    assert_eq!((levels(&s, "a"), levels(&s, "c")), (lv(5, 0, 0), lv(1, 0, 0)));
+    // All lines available: held at once, committed by the same command.
+    let order = prepare("o1", vec![line("a", 2), line("b", 3)], vec![3], "k2");
+    let (a, txns) = step(&mut s, T0 + 2, &order);
+    let Outcome::OrderPrepared { first, lines: 2, expire_at } = a.outcome else { panic!("{a:?}") };
+    assert_eq!((first.seq(), expire_at, txns.len()), (1, T0 + TTL, 2));
+    assert_eq!(s.order_record("o1").unwrap().state, OrderState::Committed);
+    // A retry with the same key is the same answer.
+    assert_eq!(step(&mut s, T0 + 3, &order).0.outcome, a.outcome);
+    // A line cannot be confirmed or released on its own.
+    let (a, _) = step(&mut s, T0 + 3, &confirm(first, "pay", "k3"));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::PartOfOrder));
+    let (a, _) = step(&mut s, T0 + 3, &release(first, "k4"));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::PartOfOrder));
+    // Confirmed together.
+    let (a, txns) = step(&mut s, T0 + 4, &decide_order("o1", OrderDecision::Confirm { payment_id: "pay".into() }, vec![3]));
+    assert_eq!((a.outcome, txns.len()), (Outcome::OrderDecided { state: OrderState::Confirmed }, 2));
+    assert_eq!((levels(&s, "a"), levels(&s, "b")), (lv(3, 0, 2), lv(2, 0, 3)));
+    let again = step(&mut s, T0 + 5, &decide_order("o1", OrderDecision::Confirm { payment_id: "pay".into() }, vec![3]));
+    assert!(!again.0.changed, "a repeated payment callback changes nothing");
+    let other = step(&mut s, T0 + 5, &decide_order("o1", OrderDecision::Confirm { payment_id: "p2".into() }, vec![3]));
+    assert_eq!(other.0.outcome, Outcome::Rejected(Rejection::PaymentMismatch));
+}
+
+#[test]
+fn an_order_expires_whole_from_its_homes_timer_and_never_line_by_line() {
+    let mut s = shard();
+    three_skus(&mut s);
+    step(&mut s, T0, &prepare("o1", vec![line("a", 1), line("b", 1)], vec![3], "k1"));
+    assert!(s.due_expirations(T0 + TTL, 10).is_empty(), "order lines are not in the holds' expiry queue");
+    assert_eq!(s.due_order_expirations(T0 + TTL - 1, 10), Vec::<String>::new());
+    let due = s.due_order_expirations(T0 + TTL, 10);
+    assert_eq!(due, vec!["o1".to_string()]);
+    let (a, txns) = step(&mut s, T0 + TTL, &Command::ExpireOrders(ExpireOrders { order_ids: due }));
+    assert_eq!((a.outcome, txns.len()), (Outcome::OrdersExpired { count: 1 }, 2));
+    assert_eq!((levels(&s, "a"), levels(&s, "b")), (lv(5, 0, 0), lv(5, 0, 0)));
+    assert!(txns.iter().all(|t| t.detail == REASON_TIMEOUT));
+    // A late confirm finds it expired.
+    let (a, _) = step(&mut s, T0 + TTL + 1, &decide_order("o1", OrderDecision::Confirm { payment_id: "p".into() }, vec![3]));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::ReservationExpired));
+}
+
+#[test]
+fn an_order_over_two_shards_is_tentative_until_its_home_decides() {
+    // Shard 0 is the home; shard 1 holds the other line.
+    let (mut home, mut other) = (Shard::new(ShardConfig::new(0)), Shard::new(ShardConfig::new(1)));
+    step(&mut home, T0, &receive("a", DEFAULT_WAREHOUSE, 5, "r1"));
+    step(&mut other, T0, &receive("b", DEFAULT_WAREHOUSE, 5, "r2"));
+    let (a, _) = step(&mut home, T0 + 1, &prepare("o1", vec![line("a", 2)], vec![0, 1], "k#0"));
+    assert!(matches!(a.outcome, Outcome::OrderPrepared { .. }));
+    step(&mut other, T0 + 1, &prepare("o1", vec![line("b", 3)], vec![0, 1], "k#1"));
+    // Tentative lines count as reserved: nobody else can take them.
+    assert_eq!((levels(&home, "a"), levels(&other, "b")), (lv(3, 2, 0), lv(2, 3, 0)));
+    assert!(home.order_record("o1").is_none(), "no decision yet");
+    let unsettled = other.unsettled_order_lines(T0 + 2, T0 + 2, false);
+    assert_eq!((unsettled.len(), unsettled[0].home, unsettled[0].tentative), (1, 0, true));
+    // The home commits; its own line follows in the same command, with no txn.
+    let (a, txns) = step(&mut home, T0 + 3, &decide_order("o1", OrderDecision::Commit, vec![0, 1]));
+    assert_eq!((a.outcome, a.changed, txns.len()), (Outcome::OrderDecided { state: OrderState::Committed }, true, 0));
+    // A late abort (the resolver's) is answered with the decision.
+    let (a, _) = step(&mut home, T0 + 4, &decide_order("o1", OrderDecision::Abort, vec![0, 1]));
+    assert_eq!((a.outcome, a.changed), (Outcome::OrderDecided { state: OrderState::Committed }, false));
+    let (a, _) = step(&mut other, T0 + 4, &finish_order("o1", OrderState::Committed, ""));
+    assert_eq!((a.outcome, a.changed), (Outcome::OrderFinished { lines: 1 }, true));
+    assert!(other.unsettled_order_lines(T0 + 5, T0 + 5, false).is_empty());
+    // Released: the home decides, the other shard follows.
+    let release = decide_order("o1", OrderDecision::Release { reason: "CANCELLED".into() }, vec![0, 1]);
+    let (a, txns) = step(&mut home, T0 + 6, &release);
+    assert_eq!((a.outcome, txns.len()), (Outcome::OrderDecided { state: OrderState::Released }, 1));
+    let (_, txns) = step(&mut other, T0 + 6, &finish_order("o1", OrderState::Released, "CANCELLED"));
+    assert_eq!((txns.len(), txns[0].detail.as_str()), (1, "CANCELLED"));
+    assert_eq!((levels(&home, "a"), levels(&other, "b")), (lv(5, 0, 0), lv(5, 0, 0)));
+}
+
+#[test]
+fn an_aborted_order_returns_its_tentative_lines_and_a_late_commit_cannot_revive_it() {
+    let (mut home, mut other) = (Shard::new(ShardConfig::new(0)), Shard::new(ShardConfig::new(1)));
+    step(&mut home, T0, &receive("a", DEFAULT_WAREHOUSE, 5, "r1"));
+    step(&mut other, T0, &receive("b", DEFAULT_WAREHOUSE, 5, "r2"));
+    step(&mut other, T0 + 1, &prepare("o1", vec![line("b", 3)], vec![0, 1], "k#1"));
+    // The home never prepared (say, its line was short): the order aborts.
+    let (a, _) = step(&mut home, T0 + 2, &decide_order("o1", OrderDecision::Abort, vec![0, 1]));
+    assert_eq!(a.outcome, Outcome::OrderDecided { state: OrderState::Aborted });
+    let (a, _) = step(&mut home, T0 + 3, &decide_order("o1", OrderDecision::Commit, vec![0, 1]));
+    assert_eq!(a.outcome, Outcome::OrderDecided { state: OrderState::Aborted }, "first decision wins");
+    let (_, txns) = step(&mut other, T0 + 3, &finish_order("o1", OrderState::Aborted, ""));
+    assert_eq!((txns.len(), txns[0].detail.as_str()), (1, REASON_ORDER_ABORTED));
+    assert_eq!(levels(&other, "b"), lv(5, 0, 0), "an aborted hold is never sold");
+    let (a, _) = step(&mut home, T0 + 4, &decide_order("o1", OrderDecision::Confirm { payment_id: "p".into() }, vec![0, 1]));
+    assert_eq!(a.outcome, Outcome::Rejected(Rejection::OrderAborted));
+}
+
+#[test]
+fn order_state_survives_an_image_round_trip_and_a_rollback() {
+    let mut s = shard();
+    three_skus(&mut s);
+    step(&mut s, T0, &prepare("o1", vec![line("a", 1)], vec![3], "k1"));
+    step(&mut s, T0, &prepare("o2", vec![line("b", 1)], vec![1, 3], "k2"));
+    let restored = Shard::from_image(s.config().clone(), s.image());
+    restored.check_invariants().unwrap();
+    assert_eq!(restored.dump(), s.dump());
+    assert_eq!(restored.order_record("o1"), s.order_record("o1"));
+    let before = s.dump();
+    s.begin_batch();
+    let mut txns = Vec::new();
+    s.apply(T0 + 1, &decide_order("o1", OrderDecision::Release { reason: "x".into() }, vec![3]), &mut txns);
+    s.apply(T0 + 1, &finish_order("o2", OrderState::Committed, ""), &mut txns);
+    s.apply(T0 + 1, &prepare("o3", vec![line("a", 1), line("b", 1)], vec![3], "k3"), &mut txns);
+    s.rollback_batch();
+    s.check_invariants().unwrap();
+    assert_eq!(s.dump(), before);
+    assert_eq!(s.order_record("o1").unwrap().state, OrderState::Committed);
+}

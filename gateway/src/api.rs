@@ -146,6 +146,22 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
         UnknownChannel => {
             (StatusCode::BAD_REQUEST, "this SKU's policy has no quota for this channel".to_string(), None)
         }
+        OrderNotReservable { failed } => (
+            StatusCode::CONFLICT,
+            format!("{failed} line(s) of this order cannot be held; no line is held"),
+            None,
+        ),
+        OrderNotFound => (StatusCode::NOT_FOUND, "no such order".to_string(), None),
+        PartOfOrder => (
+            StatusCode::CONFLICT,
+            "this hold is a line of an order: confirm or release the order (/api/orders/{orderId}/...)".to_string(),
+            None,
+        ),
+        OrderAborted => (
+            StatusCode::CONFLICT,
+            "this order was abandoned before all its lines were held; nothing is held: retry with a new key".to_string(),
+            None,
+        ),
         ChannelQuotaExhausted { quota, used } => (
             StatusCode::CONFLICT,
             format!("this channel's quota of {quota} units is used up ({used} held or sold)"),
@@ -699,6 +715,10 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
         | Outcome::TransferDispatched { .. }
         | Outcome::TransferFinished { .. }
         | Outcome::PolicySet { .. } => unreachable!("an operator action's body is its record"),
+        Outcome::OrderPrepared { .. }
+        | Outcome::OrderDecided { .. }
+        | Outcome::OrderFinished { .. }
+        | Outcome::OrdersExpired { .. } => unreachable!("an order's body is its lines"),
     };
     Ok(json.expect("json"))
 }

@@ -170,7 +170,13 @@ impl Batch {
                 let update = match t.kind {
                     TxnKind::Receive => continue,
                     TxnKind::Reserve => {
-                        let r = entry.command.as_reserve().expect("only a reserve makes a hold");
+                        let (expire_at, idem_key) = match &entry.command {
+                            Command::PrepareOrder(c) => (c.expire_at, c.idem_key.clone()),
+                            command => {
+                                let r = command.as_reserve().expect("only a reserve or an order makes a hold");
+                                (entry.at.saturating_add(r.ttl_ms), r.idem_key.clone())
+                            }
+                        };
                         b.new_index.insert(t.ref_id.clone(), b.new_holds.len());
                         b.new_holds.push(NewHold {
                             id: t.ref_id.clone(),
@@ -178,8 +184,8 @@ impl Batch {
                             sku_id: t.sku_id.clone(),
                             warehouse_id: t.warehouse_id.clone(),
                             qty: t.qty as i64,
-                            expire_at: entry.at.saturating_add(r.ttl_ms),
-                            idem_key: r.idem_key.clone(),
+                            expire_at,
+                            idem_key,
                             created_at: t.at,
                             update: HoldUpdate {
                                 status: "RESERVED",

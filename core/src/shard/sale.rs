@@ -388,7 +388,8 @@ impl Shard {
             })
             .collect();
         tags.sort_unstable_by_key(|t| t.seq);
-        crate::SaleImage { skus, tags, next_generation: self.sales.next_generation }
+        let (orders, order_lines) = self.order_image();
+        crate::SaleImage { skus, tags, next_generation: self.sales.next_generation, orders, order_lines }
     }
 
     pub(super) fn load_sales(image: crate::SaleImage) -> Sales {

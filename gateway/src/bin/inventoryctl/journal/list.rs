@@ -69,6 +69,8 @@ impl Filter {
                 Command::Reserve(c) => c.sku_id == *sku,
                 Command::ReserveAs(c) => c.reserve.sku_id == *sku,
                 Command::SetPolicy(c) => c.sku_id == *sku,
+                Command::PrepareOrder(c) => c.lines.iter().any(|l| l.sku_id == *sku),
+                Command::DecideOrder(_) | Command::FinishOrder(_) | Command::ExpireOrders(_) => false,
                 Command::ReceiveBatch(c) => c.items.iter().any(|i| i.sku_id == *sku),
                 Command::Freeze(c) => c.sku_id == *sku,
                 Command::ProposeAdjustment(c) => c.sku_id == *sku,
@@ -92,6 +94,10 @@ impl Filter {
             let named = match &entry.command {
                 Command::Reserve(c) => c.order_id == *order,
                 Command::ReserveAs(c) => c.reserve.order_id == *order,
+                Command::PrepareOrder(c) => c.order_id == *order,
+                Command::DecideOrder(c) => c.order_id == *order,
+                Command::FinishOrder(c) => c.order_id == *order,
+                Command::ExpireOrders(c) => c.order_ids.contains(order),
                 // Only their txns name an order, if any.
                 _ => false,
             };
@@ -202,6 +208,23 @@ fn entry_details(entry: &Entry) -> String {
             }
             p
         }
+        Command::PrepareOrder(c) => {
+            let mut p = vec![kv("order", &c.order_id), format!("lines={}", c.lines.len())];
+            p.push(skus_cell(c.lines.iter().map(|l| l.sku_id.as_str())));
+            p.push(format!("shards={:?}", c.shards));
+            p
+        }
+        Command::DecideOrder(c) => {
+            let decision = match &c.decision {
+                inventory_core::OrderDecision::Commit => "commit".to_string(),
+                inventory_core::OrderDecision::Abort => "abort".to_string(),
+                inventory_core::OrderDecision::Confirm { payment_id } => format!("confirm payment={payment_id}"),
+                inventory_core::OrderDecision::Release { reason } => format!("release reason={reason}"),
+            };
+            vec![kv("order", &c.order_id), decision]
+        }
+        Command::FinishOrder(c) => vec![kv("order", &c.order_id), kv("state", c.state.as_str())],
+        Command::ExpireOrders(c) => vec![format!("orders={}", c.order_ids.join(","))],
         Command::SetPolicy(c) => {
             let policy = c.policy.as_ref().map_or("none".to_string(), |p| p.describe());
             vec![kv("sku", &c.sku_id), kv("policy", &policy)]
@@ -371,6 +394,25 @@ fn command_json(command: &Command) -> Value {
                 "buyerId": c.buyer_id, "channel": c.channel,
             })
         }
+        Command::PrepareOrder(c) => json!({
+            "type": command.name(), "orderId": c.order_id, "buyerId": c.buyer_id, "channel": c.channel,
+            "expireAtMs": c.expire_at, "shards": c.shards, "idemKey": c.idem_key,
+            "lines": c.lines.iter().map(|l| json!({"skuId": l.sku_id, "warehouseId": l.warehouse_id, "qty": l.qty}))
+                .collect::<Vec<_>>(),
+        }),
+        Command::DecideOrder(c) => json!({
+            "type": command.name(), "orderId": c.order_id, "shards": c.shards, "expireAtMs": c.expire_at,
+            "decision": match &c.decision {
+                inventory_core::OrderDecision::Commit => json!({"kind": "commit"}),
+                inventory_core::OrderDecision::Abort => json!({"kind": "abort"}),
+                inventory_core::OrderDecision::Confirm { payment_id } => json!({"kind": "confirm", "paymentId": payment_id}),
+                inventory_core::OrderDecision::Release { reason } => json!({"kind": "release", "reason": reason}),
+            },
+        }),
+        Command::FinishOrder(c) => json!({
+            "type": command.name(), "orderId": c.order_id, "state": c.state.as_str(), "detail": c.detail,
+        }),
+        Command::ExpireOrders(c) => json!({ "type": command.name(), "orderIds": c.order_ids }),
         Command::SetPolicy(c) => json!({
             "type": command.name(), "skuId": c.sku_id, "operator": c.operator, "idemKey": c.idem_key,
             "policy": c.policy.as_ref().map(|p| json!({
