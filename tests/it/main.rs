@@ -22,6 +22,7 @@ mod operator;
 mod operator_ctl;
 mod persistence;
 mod pg;
+mod read_model;
 mod reads;
 mod runbook;
 mod snapshots;

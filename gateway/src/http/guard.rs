@@ -114,7 +114,11 @@ impl Endpoint {
             Endpoint::Health | Endpoint::Ready => &[],
             Endpoint::Metrics if metrics_open => &[],
             Endpoint::Metrics => &[Role::Admin],
-            Endpoint::Reserve | Endpoint::Release | Endpoint::Reservation | Endpoint::OrderStatus => &[Role::Reserver],
+            Endpoint::Reserve
+            | Endpoint::Release
+            | Endpoint::Reservation
+            | Endpoint::OrderStatus
+            | Endpoint::ReadModelOrderStatus => &[Role::Reserver],
             Endpoint::Confirm => &[Role::Payment],
             Endpoint::Stock => &[Role::Reader],
             Endpoint::Receive | Endpoint::ReceiveBatch => &[Role::Receiver],

@@ -13,6 +13,7 @@ mod events;
 mod extract;
 mod guard;
 mod operator;
+mod read_model;
 mod reads;
 mod writes;
 
@@ -29,6 +30,7 @@ use inventory_runtime::{Runtime, SendError};
 
 pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
+pub use read_model::READ_MODEL_TIMEOUT;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
 
@@ -42,6 +44,8 @@ pub struct App {
     /// The PostgreSQL writer's progress per shard (empty without PostgreSQL).
     pub writers: inventory_persistence::Progress,
     pub postgres: Option<inventory_persistence::WriterConfig>,
+    /// The read model's connection pool (with PostgreSQL only).
+    pub read_model: Option<inventory_persistence::read_model::ReadModel>,
     /// The event relay's status (without `--events-nats-url`, none).
     pub relay: Option<Arc<inventory_events::RelayStatus>>,
     /// Refuses writes while PostgreSQL lags too far (`--max-replication-lag-secs`).
@@ -69,6 +73,7 @@ pub enum Endpoint {
     Stock,
     Reservation,
     OrderStatus,
+    ReadModelOrderStatus,
     Health,
     Ready,
     Metrics,
@@ -94,7 +99,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 28] = [
+    pub const ALL: [Endpoint; 29] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -103,6 +108,7 @@ impl Endpoint {
         Endpoint::ReceiveBatch,
         Endpoint::Reservation,
         Endpoint::OrderStatus,
+        Endpoint::ReadModelOrderStatus,
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
@@ -135,6 +141,7 @@ impl Endpoint {
             Endpoint::Stock => "/api/inventory/{sku_id}",
             Endpoint::Reservation => "/api/reservations/{reservation_id}",
             Endpoint::OrderStatus => "/api/orders/{order_id}/inventory-status",
+            Endpoint::ReadModelOrderStatus => "/api/read-model/orders/{order_id}/inventory-status",
             Endpoint::Health => "/healthz",
             Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
@@ -167,6 +174,7 @@ impl Endpoint {
             Endpoint::Stock => "stock",
             Endpoint::Reservation => "reservation",
             Endpoint::OrderStatus => "order_status",
+            Endpoint::ReadModelOrderStatus => "read_model",
             Endpoint::Health | Endpoint::Ready => "health",
             Endpoint::Metrics => "metrics",
             Endpoint::AdminPersistence
@@ -194,6 +202,7 @@ impl Endpoint {
             Endpoint::Stock
             | Endpoint::Reservation
             | Endpoint::OrderStatus
+            | Endpoint::ReadModelOrderStatus
             | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Metrics
@@ -233,6 +242,7 @@ impl Endpoint {
             Endpoint::Stock => on(method, reads::stock),
             Endpoint::Reservation => on(method, reads::reservation),
             Endpoint::OrderStatus => on(method, reads::order_status),
+            Endpoint::ReadModelOrderStatus => on(method, read_model::order_status),
             Endpoint::Health => on(method, reads::health),
             Endpoint::Ready => on(method, reads::ready_check),
             Endpoint::Metrics => on(method, reads::metrics),
