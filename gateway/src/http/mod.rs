@@ -9,6 +9,7 @@
 //! `{code, message}` in one place.
 
 mod admin;
+mod console;
 mod events;
 mod extract;
 mod guard;
@@ -30,9 +31,9 @@ use inventory_runtime::{Runtime, SendError};
 
 pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
-pub use read_model::READ_MODEL_TIMEOUT;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
+pub use read_model::READ_MODEL_TIMEOUT;
 
 use crate::api::ApiError;
 use crate::trace::TraceIds;
@@ -94,12 +95,15 @@ pub enum Endpoint {
     Transfer,
     TransferArrive,
     TransferCancel,
+    ConsoleRoot,
+    Console,
+    ConsoleFile,
 }
 
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 29] = [
+    pub const ALL: [Endpoint; 32] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -129,6 +133,9 @@ impl Endpoint {
         Endpoint::Transfer,
         Endpoint::TransferArrive,
         Endpoint::TransferCancel,
+        Endpoint::ConsoleRoot,
+        Endpoint::Console,
+        Endpoint::ConsoleFile,
     ];
 
     pub fn path(self) -> &'static str {
@@ -160,6 +167,9 @@ impl Endpoint {
             Endpoint::Transfer => "/api/admin/transfers/{transfer_id}",
             Endpoint::TransferArrive => "/api/admin/transfers/{transfer_id}/arrive",
             Endpoint::TransferCancel => "/api/admin/transfers/{transfer_id}/cancel",
+            Endpoint::ConsoleRoot => "/console",
+            Endpoint::Console => "/console/",
+            Endpoint::ConsoleFile => "/console/{*path}",
         }
     }
 
@@ -193,6 +203,7 @@ impl Endpoint {
             | Endpoint::Transfer
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => "transfer",
+            Endpoint::ConsoleRoot | Endpoint::Console | Endpoint::ConsoleFile => "console",
         }
     }
 
@@ -211,7 +222,10 @@ impl Endpoint {
             | Endpoint::AdjustmentList
             | Endpoint::Adjustment
             | Endpoint::TransferList
-            | Endpoint::Transfer => Method::GET,
+            | Endpoint::Transfer
+            | Endpoint::ConsoleRoot
+            | Endpoint::Console
+            | Endpoint::ConsoleFile => Method::GET,
             Endpoint::Reserve
             | Endpoint::Confirm
             | Endpoint::Release
@@ -263,6 +277,9 @@ impl Endpoint {
             Endpoint::Transfer => on(method, operator::transfer),
             Endpoint::TransferArrive => on(method, operator::arrive),
             Endpoint::TransferCancel => on(method, operator::cancel),
+            Endpoint::ConsoleRoot => on(method, console::root),
+            Endpoint::Console => on(method, console::index),
+            Endpoint::ConsoleFile => on(method, console::file),
         }
     }
 
