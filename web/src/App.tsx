@@ -22,11 +22,13 @@ export function App() {
   const session = useSession();
   const main = useRef<HTMLElement>(null);
   const current = PAGES.find((p) => p.page === route.page) ?? PAGES[0];
+  const title = (page: (typeof PAGES)[number]) => (page.page === "sign-in" && session.token ? "Account" : page.title);
 
   useEffect(() => {
-    document.title = `${current.title} · Inventory console`;
+    document.title = `${title(current)} · Inventory console`;
     main.current?.focus();
-  }, [current]);
+    // The title follows the page and whether a token is held.
+  }, [current, session.token]);
 
   return (
     <>
@@ -38,7 +40,7 @@ export function App() {
         <nav aria-label="Pages">
           {PAGES.map((p) => (
             <a key={p.page} href={href(p.page)} aria-current={p === current ? "page" : undefined}>
-              {p.page === "sign-in" && session.token ? "Account" : p.title}
+              {title(p)}
             </a>
           ))}
         </nav>
@@ -47,7 +49,7 @@ export function App() {
         </span>
       </header>
       <main id="main" ref={main} tabIndex={-1}>
-        <h1>{current.title}</h1>
+        <h1>{title(current)}</h1>
         {current.page === "stock" && <StockPage sku={route.params[0]} />}
         {current.page === "reserve" && <ReservePage />}
         {current.page === "order" && <OrderPage orderId={route.params[0]} />}

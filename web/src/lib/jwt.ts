@@ -27,7 +27,7 @@ export function decodeToken(token: string): Decoded {
   } catch {
     return { ok: false, problem: "the token's claims are not base64url JSON" };
   }
-  if (typeof payload !== "object" || payload === null) return { ok: false, problem: "the claims are not an object" };
+  if (typeof payload !== "object" || payload === null || Array.isArray(payload)) return { ok: false, problem: "the claims are not an object" };
   const p = payload as Record<string, unknown>;
   const roles = Array.isArray(p.roles) ? p.roles.filter((r): r is string => typeof r === "string") : [];
   return {
