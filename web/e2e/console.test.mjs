@@ -270,6 +270,52 @@ describe("without authentication, with the PostgreSQL read model", () => {
     await page.close();
   });
 
+  test("freeze, and a transfer dispatched, overdue, then cancelled, from the operations page", async () => {
+    const sku = unique("jar");
+    await receive(server.url, sku, 9, "east");
+    const page = await context.newPage();
+    await page.goto("/console/#/sign-in");
+    await page.getByRole("textbox", { name: /Operator name/ }).fill("omar");
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.goto("/console/#/ops");
+
+    const freeze = page.getByRole("region", { name: "Freeze or unfreeze an SKU" });
+    await freeze.getByLabel("SKU").fill(sku);
+    await freeze.getByLabel("Reason").fill("damaged shelf");
+    await freeze.getByRole("button", { name: "Freeze", exact: true }).click();
+    await freeze.getByText(/east frozen/).waitFor(WAIT);
+    await freeze.getByRole("button", { name: "Unfreeze" }).click();
+    await freeze.getByText(/east on sale/).waitFor(WAIT);
+
+    const dispatch = page.getByRole("form", { name: "Dispatch a transfer" });
+    await dispatch.getByLabel("SKU").fill(sku);
+    await dispatch.getByLabel("From warehouse").fill("east");
+    await dispatch.getByLabel("To warehouse").fill("west");
+    await dispatch.getByLabel("Quantity").fill("4");
+    await dispatch.getByLabel("Reason").fill("rebalance");
+    await dispatch.getByLabel(/Expected in/).fill("1");
+    await dispatch.getByRole("button", { name: "Dispatch" }).click();
+    const sent = await dispatch.getByRole("status").innerText({ timeout: 15_000 });
+    const id = sent.match(/trf-\d+-\d+/)?.[0];
+    assert.ok(id, sent);
+    let stock = await api(server.url, "GET", `/api/inventory/${sku}`);
+    assert.deepEqual([stock.body.available, stock.body.inTransit], [5, 4], stock.text);
+
+    await page.getByRole("radio", { name: "overdue only" }).check();
+    const item = page.getByRole("list", { name: "Transfers" }).getByRole("listitem").filter({ hasText: id });
+    await item.getByText("overdue", { exact: true }).waitFor({ timeout: 20_000 });
+    await item.getByLabel("Reason").fill("truck cancelled");
+    await item.getByRole("button", { name: "Cancel" }).click();
+    await item.waitFor({ state: "detached", ...WAIT });
+    const record = await api(server.url, "GET", `/api/admin/transfers/${id}`, { operator: "omar" });
+    assert.equal(record.body.status, "CANCELLED", record.text);
+    assert.equal(record.body.cancelReason, "truck cancelled");
+    assert.equal(record.body.createdBy, "omar");
+    stock = await api(server.url, "GET", `/api/inventory/${sku}`);
+    assert.deepEqual([stock.body.available, stock.body.inTransit], [9, 0], stock.text);
+    await page.close();
+  });
+
   test("unknown console paths get the console, missing assets do not", async () => {
     const deep = await fetch(`${server.url}/console/some/deep/link`);
     assert.equal(deep.status, 200);
