@@ -23,6 +23,7 @@ mod operator_ctl;
 mod persistence;
 mod pg;
 mod policy;
+mod read_model;
 mod reads;
 mod runbook;
 mod snapshots;

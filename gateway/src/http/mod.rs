@@ -9,10 +9,12 @@
 //! `{code, message}` in one place.
 
 mod admin;
+mod console;
 mod events;
 mod extract;
 mod guard;
 mod operator;
+mod read_model;
 mod reads;
 mod writes;
 
@@ -31,6 +33,7 @@ pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
+pub use read_model::READ_MODEL_TIMEOUT;
 
 use crate::api::ApiError;
 use crate::trace::TraceIds;
@@ -42,6 +45,8 @@ pub struct App {
     /// The PostgreSQL writer's progress per shard (empty without PostgreSQL).
     pub writers: inventory_persistence::Progress,
     pub postgres: Option<inventory_persistence::WriterConfig>,
+    /// The read model's connection pool (with PostgreSQL only).
+    pub read_model: Option<inventory_persistence::read_model::ReadModel>,
     /// The event relay's status (without `--events-nats-url`, none).
     pub relay: Option<Arc<inventory_events::RelayStatus>>,
     /// Refuses writes while PostgreSQL lags too far (`--max-replication-lag-secs`).
@@ -69,6 +74,7 @@ pub enum Endpoint {
     Stock,
     Reservation,
     OrderStatus,
+    ReadModelOrderStatus,
     Health,
     Ready,
     Metrics,
@@ -91,12 +97,15 @@ pub enum Endpoint {
     TransferCancel,
     PolicySet,
     PolicyRemove,
+    ConsoleRoot,
+    Console,
+    ConsoleFile,
 }
 
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 30] = [
+    pub const ALL: [Endpoint; 34] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -105,6 +114,7 @@ impl Endpoint {
         Endpoint::ReceiveBatch,
         Endpoint::Reservation,
         Endpoint::OrderStatus,
+        Endpoint::ReadModelOrderStatus,
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
@@ -127,6 +137,9 @@ impl Endpoint {
         Endpoint::TransferCancel,
         Endpoint::PolicySet,
         Endpoint::PolicyRemove,
+        Endpoint::ConsoleRoot,
+        Endpoint::Console,
+        Endpoint::ConsoleFile,
     ];
 
     pub fn path(self) -> &'static str {
@@ -139,6 +152,7 @@ impl Endpoint {
             Endpoint::Stock => "/api/inventory/{sku_id}",
             Endpoint::Reservation => "/api/reservations/{reservation_id}",
             Endpoint::OrderStatus => "/api/orders/{order_id}/inventory-status",
+            Endpoint::ReadModelOrderStatus => "/api/read-model/orders/{order_id}/inventory-status",
             Endpoint::Health => "/healthz",
             Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
@@ -158,6 +172,9 @@ impl Endpoint {
             Endpoint::TransferArrive => "/api/admin/transfers/{transfer_id}/arrive",
             Endpoint::TransferCancel => "/api/admin/transfers/{transfer_id}/cancel",
             Endpoint::PolicySet | Endpoint::PolicyRemove => "/api/admin/skus/{sku_id}/policy",
+            Endpoint::ConsoleRoot => "/console",
+            Endpoint::Console => "/console/",
+            Endpoint::ConsoleFile => "/console/{*path}",
         }
     }
 
@@ -172,6 +189,7 @@ impl Endpoint {
             Endpoint::Stock => "stock",
             Endpoint::Reservation => "reservation",
             Endpoint::OrderStatus => "order_status",
+            Endpoint::ReadModelOrderStatus => "read_model",
             Endpoint::Health | Endpoint::Ready => "health",
             Endpoint::Metrics => "metrics",
             Endpoint::AdminPersistence
@@ -191,6 +209,7 @@ impl Endpoint {
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => "transfer",
             Endpoint::PolicySet | Endpoint::PolicyRemove => "policy",
+            Endpoint::ConsoleRoot | Endpoint::Console | Endpoint::ConsoleFile => "console",
         }
     }
 
@@ -200,6 +219,7 @@ impl Endpoint {
             Endpoint::Stock
             | Endpoint::Reservation
             | Endpoint::OrderStatus
+            | Endpoint::ReadModelOrderStatus
             | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Metrics
@@ -208,7 +228,10 @@ impl Endpoint {
             | Endpoint::AdjustmentList
             | Endpoint::Adjustment
             | Endpoint::TransferList
-            | Endpoint::Transfer => Method::GET,
+            | Endpoint::Transfer
+            | Endpoint::ConsoleRoot
+            | Endpoint::Console
+            | Endpoint::ConsoleFile => Method::GET,
             Endpoint::Reserve
             | Endpoint::Confirm
             | Endpoint::Release
@@ -241,6 +264,7 @@ impl Endpoint {
             Endpoint::Stock => on(method, reads::stock),
             Endpoint::Reservation => on(method, reads::reservation),
             Endpoint::OrderStatus => on(method, reads::order_status),
+            Endpoint::ReadModelOrderStatus => on(method, read_model::order_status),
             Endpoint::Health => on(method, reads::health),
             Endpoint::Ready => on(method, reads::ready_check),
             Endpoint::Metrics => on(method, reads::metrics),
@@ -263,6 +287,9 @@ impl Endpoint {
             Endpoint::TransferCancel => on(method, operator::cancel),
             Endpoint::PolicySet => on(method, operator::set_policy),
             Endpoint::PolicyRemove => on(method, operator::remove_policy),
+            Endpoint::ConsoleRoot => on(method, console::root),
+            Endpoint::Console => on(method, console::index),
+            Endpoint::ConsoleFile => on(method, console::file),
         }
     }
 
