@@ -111,7 +111,7 @@ impl Endpoint {
     /// endpoints.
     pub fn roles(self, metrics_open: bool) -> &'static [Role] {
         match self {
-            Endpoint::Health | Endpoint::Ready => &[],
+            Endpoint::Health | Endpoint::Ready | Endpoint::OpenApi => &[],
             Endpoint::Metrics if metrics_open => &[],
             Endpoint::Metrics => &[Role::Admin],
             Endpoint::Reserve | Endpoint::Release | Endpoint::Reservation | Endpoint::OrderStatus => &[Role::Reserver],

@@ -12,6 +12,7 @@ mod admin;
 mod events;
 mod extract;
 mod guard;
+pub mod openapi;
 mod operator;
 mod reads;
 mod writes;
@@ -27,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use inventory_runtime::{Runtime, SendError};
 
-pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
+pub use admin::{persistence_gauges, ReplicationGuard, SnapshotJson, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
@@ -58,7 +59,8 @@ pub struct App {
 pub const ANONYMOUS_OPERATOR: &str = "anonymous";
 
 /// Every endpoint: its path, its label in the request metrics, and its
-/// handlers. The route table below is built from this list alone.
+/// handlers. The route table below is built from this list alone, and the
+/// API document (`openapi.rs`) from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Reserve,
@@ -72,6 +74,7 @@ pub enum Endpoint {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     AdminPersistence,
     AdminReconcile,
     AdminSnapshot,
@@ -94,7 +97,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 28] = [
+    pub const ALL: [Endpoint; 29] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -106,6 +109,7 @@ impl Endpoint {
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
+        Endpoint::OpenApi,
         Endpoint::AdminPersistence,
         Endpoint::AdminReconcile,
         Endpoint::AdminSnapshot,
@@ -138,6 +142,7 @@ impl Endpoint {
             Endpoint::Health => "/healthz",
             Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
+            Endpoint::OpenApi => "/openapi.json",
             Endpoint::AdminPersistence => "/api/admin/persistence",
             Endpoint::AdminReconcile => "/api/admin/reconcile",
             Endpoint::AdminSnapshot => "/api/admin/snapshot",
@@ -169,6 +174,7 @@ impl Endpoint {
             Endpoint::OrderStatus => "order_status",
             Endpoint::Health | Endpoint::Ready => "health",
             Endpoint::Metrics => "metrics",
+            Endpoint::OpenApi => "openapi",
             Endpoint::AdminPersistence
             | Endpoint::AdminReconcile
             | Endpoint::AdminSnapshot
@@ -197,6 +203,7 @@ impl Endpoint {
             | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Metrics
+            | Endpoint::OpenApi
             | Endpoint::AdminPersistence
             | Endpoint::AdminEvents
             | Endpoint::AdjustmentList
@@ -236,6 +243,7 @@ impl Endpoint {
             Endpoint::Health => on(method, reads::health),
             Endpoint::Ready => on(method, reads::ready_check),
             Endpoint::Metrics => on(method, reads::metrics),
+            Endpoint::OpenApi => on(method, openapi::serve),
             Endpoint::AdminPersistence => on(method, admin::persistence_status),
             Endpoint::AdminReconcile => on(method, admin::reconcile),
             Endpoint::AdminSnapshot => on(method, admin::snapshot),

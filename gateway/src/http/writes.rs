@@ -181,7 +181,7 @@ pub async fn receive_batch(
             other => unreachable!("receive-batch answered {other:?}"),
         }
     }
-    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units })).expect("json");
+    let body = serde_json::to_vec(&api::BatchJson { rows, units }).expect("json");
     Ok(answer(body, all_replayed))
 }
 
