@@ -198,7 +198,11 @@ impl Endpoint {
                     .description(Some("`skuId,warehouseId,qty` lines"))
                     .into(),
             )
-            .query("ref", text(TEXT_BYTES_MAX, 0), "With a `text/csv` body: the receipt's reference.")
+            .query(
+                "ref",
+                text(TEXT_BYTES_MAX, 0),
+                "With a `text/csv` body, the receipt's reference; a JSON body takes no query parameters (400).",
+            )
             .write()
             .ok(s.of::<api::BatchJson>(), "Rows changed and units received.")
             .refuses(WRITE)
