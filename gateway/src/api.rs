@@ -237,8 +237,8 @@ pub struct ReceiveBatchBody {
     pub reference: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
 pub struct BatchItem {
     #[schema(min_length = 1, max_length = 128)]
     pub sku_id: String,
@@ -248,6 +248,33 @@ pub struct BatchItem {
     /// At most `--max-qty`.
     #[schema(minimum = 1)]
     pub qty: u64,
+}
+
+/// A row of a JSON batch is an object only: serde's derive would also read
+/// it from an array of its fields in order, a form the API does not have.
+impl<'de> Deserialize<'de> for BatchItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<BatchItem, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Fields {
+            sku_id: String,
+            warehouse_id: Option<String>,
+            qty: u64,
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = BatchItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object {skuId, warehouseId?, qty}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<BatchItem, A::Error> {
+                let Fields { sku_id, warehouse_id, qty } =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(BatchItem { sku_id, warehouse_id, qty })
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
 }
 
 /// The CSV header of a `receive-batch` body sent as `text/csv`.
@@ -614,6 +641,11 @@ impl TransferJson {
 
 /// Parses a JSON body, naming the offending field in the error.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body is a JSON object. serde's derive would also read a struct
+    // from an array of its fields in order, a form the API does not have.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("the request body must be a JSON object, not an array"));
+    }
     // Valid bodies take the fast path; tracking the path of every field (a
     // bulk receipt has 10,000 rows) is paid only to explain an error.
     let error = match serde_json::from_slice(body) {
@@ -957,6 +989,20 @@ mod tests {
         assert!(e.message.contains("skuId"), "{}", e.message);
         let e = parse::<ReserveBody>(br#"{"orderId":"o","#).unwrap_err();
         assert_eq!(e.code, "MALFORMED_JSON");
+    }
+
+    #[test]
+    fn bodies_and_batch_rows_are_objects_not_arrays_of_their_fields() {
+        let e = parse::<ReserveBody>(br#" ["o", "s", 1, "k", null, null, null]"#).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "INVALID_FIELD"));
+        let e = parse::<ReceiveBatchBody>(br#"{"idemKey":"k","items":[["s",null,1]]}"#).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "INVALID_FIELD"));
+        assert!(e.message.starts_with("items[0]:"), "{}", e.message);
+        let b = parse::<ReceiveBatchBody>(br#"{"items":[{"skuId":"s","qty":2,"warehouseId":"w"}]}"#).unwrap();
+        assert_eq!(
+            (b.items[0].sku_id.as_str(), b.items[0].warehouse_id.as_deref(), b.items[0].qty),
+            ("s", Some("w"), 2)
+        );
     }
 
     #[test]
