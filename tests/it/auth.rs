@@ -14,14 +14,14 @@ use serde_json::{json, Value};
 
 use crate::support::{inventoryd, stderr, Client, Daemon, Options, Reply, TestServer};
 
-const SECRET: &[u8] = b"test-hs256-secret";
+pub(crate) const SECRET: &[u8] = b"test-hs256-secret";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// A file only its owner can read.
-fn secret_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+pub(crate) fn secret_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
@@ -37,7 +37,7 @@ fn claims(sub: &str, roles: &[&str], tenant: Option<&str>) -> Value {
     c
 }
 
-fn token(sub: &str, roles: &[&str], tenant: Option<&str>) -> String {
+pub(crate) fn token(sub: &str, roles: &[&str], tenant: Option<&str>) -> String {
     SigningKey::Hs256(SECRET.to_vec()).sign(&claims(sub, roles, tenant), None)
 }
 
@@ -118,8 +118,8 @@ async fn every_endpoint_needs_its_role_and_refuses_the_others() {
     }
     assert_eq!(
         checked,
-        Endpoint::ALL.len() - 6,
-        "all but /healthz, /readyz, /metrics and the console's files need a role"
+        Endpoint::ALL.len() - 7,
+        "all but /healthz, /readyz, /metrics, /openapi.json and the console's files need a role"
     );
 
     // A refused write changes nothing, and refusals are counted.

@@ -18,6 +18,7 @@ mod lifecycle;
 mod machine_loss;
 mod nats;
 mod observability;
+mod openapi;
 mod operator;
 mod operator_ctl;
 mod persistence;

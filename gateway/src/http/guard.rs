@@ -112,9 +112,12 @@ impl Endpoint {
     pub fn roles(self, metrics_open: bool) -> &'static [Role] {
         match self {
             // The console's files hold no data; its API calls carry the token.
-            Endpoint::Health | Endpoint::Ready | Endpoint::ConsoleRoot | Endpoint::Console | Endpoint::ConsoleFile => {
-                &[]
-            }
+            Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::OpenApi
+            | Endpoint::ConsoleRoot
+            | Endpoint::Console
+            | Endpoint::ConsoleFile => &[],
             Endpoint::Metrics if metrics_open => &[],
             Endpoint::Metrics => &[Role::Admin],
             Endpoint::Reserve

@@ -13,6 +13,7 @@ mod console;
 mod events;
 mod extract;
 mod guard;
+pub mod openapi;
 mod operator;
 mod read_model;
 mod reads;
@@ -29,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use inventory_runtime::{Runtime, SendError};
 
-pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
+pub use admin::{persistence_gauges, ReplicationGuard, SnapshotJson, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
@@ -63,7 +64,8 @@ pub struct App {
 pub const ANONYMOUS_OPERATOR: &str = "anonymous";
 
 /// Every endpoint: its path, its label in the request metrics, and its
-/// handlers. The route table below is built from this list alone.
+/// handlers. The route table below is built from this list alone, and the
+/// API document (`openapi.rs`) from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Reserve,
@@ -78,6 +80,7 @@ pub enum Endpoint {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     AdminPersistence,
     AdminReconcile,
     AdminSnapshot,
@@ -105,7 +108,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 34] = [
+    pub const ALL: [Endpoint; 35] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -118,6 +121,7 @@ impl Endpoint {
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
+        Endpoint::OpenApi,
         Endpoint::AdminPersistence,
         Endpoint::AdminReconcile,
         Endpoint::AdminSnapshot,
@@ -156,6 +160,7 @@ impl Endpoint {
             Endpoint::Health => "/healthz",
             Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
+            Endpoint::OpenApi => "/openapi.json",
             Endpoint::AdminPersistence => "/api/admin/persistence",
             Endpoint::AdminReconcile => "/api/admin/reconcile",
             Endpoint::AdminSnapshot => "/api/admin/snapshot",
@@ -192,6 +197,7 @@ impl Endpoint {
             Endpoint::ReadModelOrderStatus => "read_model",
             Endpoint::Health | Endpoint::Ready => "health",
             Endpoint::Metrics => "metrics",
+            Endpoint::OpenApi => "openapi",
             Endpoint::AdminPersistence
             | Endpoint::AdminReconcile
             | Endpoint::AdminSnapshot
@@ -223,6 +229,7 @@ impl Endpoint {
             | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Metrics
+            | Endpoint::OpenApi
             | Endpoint::AdminPersistence
             | Endpoint::AdminEvents
             | Endpoint::AdjustmentList
@@ -268,6 +275,7 @@ impl Endpoint {
             Endpoint::Health => on(method, reads::health),
             Endpoint::Ready => on(method, reads::ready_check),
             Endpoint::Metrics => on(method, reads::metrics),
+            Endpoint::OpenApi => on(method, openapi::serve),
             Endpoint::AdminPersistence => on(method, admin::persistence_status),
             Endpoint::AdminReconcile => on(method, admin::reconcile),
             Endpoint::AdminSnapshot => on(method, admin::snapshot),

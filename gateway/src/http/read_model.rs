@@ -20,11 +20,12 @@ use crate::api::{self, ApiError};
 pub const READ_MODEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The primary's order JSON plus what the read model lacks.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReadModelOrderJson {
-    #[serde(flatten)]
-    order: api::OrderJson,
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ReadModelOrderHolds)]
+pub struct ReadModelOrderJson {
+    order_id: String,
+    reservations: Vec<api::ReservationJson>,
     /// Whether some change acknowledged before the request is not in the
     /// answer (or, while the service replays its journal, may not be).
     stale: bool,
@@ -73,11 +74,7 @@ pub async fn order_status(
             hold.into()
         })
         .collect();
-    let body = ReadModelOrderJson {
-        order: api::OrderJson { order_id: asked, reservations },
-        stale: !ready || lag_records > 0,
-        lag_ms,
-        lag_records,
-    };
+    let body =
+        ReadModelOrderJson { order_id: asked, reservations, stale: !ready || lag_records > 0, lag_ms, lag_records };
     Ok(json(StatusCode::OK, serde_json::to_vec(&body).expect("json")))
 }
