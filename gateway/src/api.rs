@@ -5,10 +5,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use hyper::StatusCode;
 use inventory_core::{
-    AdjustmentStatus, AdjustmentView, Levels, Millis, Outcome, Rejection, ReservationId, ReservationView, SkuStock,
-    TransferStatus, TransferView, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSES_PER_SKU_MAX, WAREHOUSE_IDS_MAX,
+    AdjustmentStatus, AdjustmentView, Levels, Millis, Outcome, Rejection, ReservationId, ReservationStatus,
+    ReservationView, SkuStock, TransferStatus, TransferView, ROW_UNITS_MAX, SKU_ID_BYTES_MAX, WAREHOUSES_PER_SKU_MAX,
+    WAREHOUSE_IDS_MAX,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::ToSchema;
 
 /// Longest SKU, warehouse, order, payment or reservation id, in bytes.
 pub const ID_BYTES_MAX: usize = 128;
@@ -18,6 +21,9 @@ pub const TEXT_BYTES_MAX: usize = 256;
 pub const TTL_SECONDS_MAX: u64 = 7 * 24 * 3600;
 /// Largest request body.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// What follows the prefix of a reservation, adjustment or transfer id
+/// (`rsv-<shard>-<seq>`), as a pattern of the API document.
+pub const SHARD_SEQ_PATTERN: &str = "-[0-9]{1,20}-[0-9]{1,20}";
 
 /// An error response: `{code, message}` plus optional detail fields.
 #[derive(Debug, Clone)]
@@ -175,34 +181,157 @@ pub fn rfc3339(ms: Millis) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+// The schema of the bodies `ApiError::body` writes, for the API document
+// only (errors are written on the hot path as they were); the integration
+// tests hold it to real error answers.
+/// An error: `code` and `message`, and the detail fields some codes add.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Error)]
+pub struct ErrorJson {
+    /// Stable and machine-readable; each operation lists the codes it can
+    /// answer with, per status.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// `INSUFFICIENT_STOCK`: units available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<u64>,
+    /// `DUPLICATE_ORDER_LINE`: the order line's hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    /// `DUPLICATE_ORDER_LINE`: the hold's status; `ADJUSTMENT_NOT_PENDING`
+    /// and `TRANSFER_NOT_IN_TRANSIT`: the record's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `QUANTITY_OVERFLOW`: units a row may receive in total;
+    /// `RISK_CHECK_REQUIRED`: units a caller may hold in a minute;
+    /// `PURCHASE_LIMIT_EXCEEDED`: units a buyer may hold and buy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// `RISK_CHECK_REQUIRED`: units the caller holds from the last minute;
+    /// `PURCHASE_LIMIT_EXCEEDED`: units the buyer holds or bought.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
+    /// `SALE_NOT_STARTED`: when the sale starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub starts_at: Option<String>,
+    /// `CHANNEL_QUOTA_EXHAUSTED`: the channel's units, and those held or
+    /// sold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<u64>,
+    /// `FORBIDDEN`: the roles any one of which the endpoint takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_roles: Option<Vec<String>>,
+    /// `METHOD_NOT_ALLOWED`: the methods the path takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<String>,
+    /// `SNAPSHOT_FAILED`: every shard's report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<crate::http::SnapshotJson>>,
+}
+
+/// A string schema of the given values.
+fn one_of_strings(values: impl IntoIterator<Item = &'static str>) -> Schema {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values)).into()
+}
+
+/// A hold's status.
+fn hold_status() -> Schema {
+    one_of_strings(ReservationStatus::ALL.map(ReservationStatus::as_str))
+}
+
+fn adjustment_status() -> Schema {
+    one_of_strings(AdjustmentStatus::ALL.map(AdjustmentStatus::as_str))
+}
+
+fn transfer_status() -> Schema {
+    one_of_strings(TransferStatus::ALL.map(TransferStatus::as_str))
+}
+
 // ----- requests -------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+// Lengths are in characters in the API document and in bytes here: the
+// document's limits are the gateway's (ID_BYTES_MAX, TEXT_BYTES_MAX) for
+// ASCII, and a unit test of the document holds them equal.
+
+/// `POST /api/inventory/receive`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiveBody {
+    #[schema(min_length = 1, max_length = 128)]
     pub sku_id: String,
+    /// `default` when not given.
+    #[schema(min_length = 1, max_length = 128)]
     pub warehouse_id: Option<String>,
+    /// At most `--max-qty` (1,000,000 by default).
+    #[schema(minimum = 1)]
     pub qty: u64,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
+    /// The receipt's reference (a purchase order), kept with the change.
     #[serde(rename = "ref")]
+    #[schema(max_length = 256)]
     pub reference: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/inventory/receive-batch` as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiveBatchBody {
+    /// Each `(skuId, warehouseId)` at most once.
+    #[schema(min_items = 1, max_items = 10000)]
     pub items: Vec<BatchItem>,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
     #[serde(rename = "ref")]
+    #[schema(max_length = 256)]
     pub reference: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
 pub struct BatchItem {
+    #[schema(min_length = 1, max_length = 128)]
     pub sku_id: String,
+    /// `default` when not given.
+    #[schema(min_length = 1, max_length = 128)]
     pub warehouse_id: Option<String>,
+    /// At most `--max-qty`.
+    #[schema(minimum = 1)]
     pub qty: u64,
+}
+
+/// A row of a JSON batch is an object only: serde's derive would also read
+/// it from an array of its fields in order, a form the API does not have.
+impl<'de> Deserialize<'de> for BatchItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<BatchItem, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Fields {
+            sku_id: String,
+            warehouse_id: Option<String>,
+            qty: u64,
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = BatchItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object {skuId, warehouseId?, qty}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<BatchItem, A::Error> {
+                let Fields { sku_id, warehouse_id, qty } =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(BatchItem { sku_id, warehouse_id, qty })
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
 }
 
 /// The CSV header of a `receive-batch` body sent as `text/csv`.
@@ -287,40 +416,70 @@ pub const BATCH_ROWS_MAX: usize = 10_000;
 /// Largest `receive-batch` body.
 pub const BATCH_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/inventory/reserve`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReserveBody {
+    /// One hold per order line `(orderId, skuId)`.
+    #[schema(min_length = 1, max_length = 128)]
     pub order_id: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub sku_id: String,
+    /// At most `--max-qty`.
+    #[schema(minimum = 1)]
     pub qty: u64,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
+    /// `default` when not given.
+    #[schema(min_length = 1, max_length = 128)]
     pub warehouse_id: Option<String>,
+    /// How long the hold lasts unconfirmed (`--reservation-ttl-secs` when
+    /// not given).
+    #[schema(minimum = 1, maximum = 604800)]
     pub ttl_seconds: Option<u64>,
     /// The buyer: for the SKU's purchase limit, and the risk check's
     /// count of units per caller.
+    #[schema(min_length = 1, max_length = 128)]
     pub buyer_id: Option<String>,
     /// The sales channel, for the SKU's channel quotas.
+    #[schema(min_length = 1, max_length = 128)]
     pub channel: Option<String>,
 }
 
-/// `PUT /api/admin/skus/{skuId}/policy`.
-#[derive(Debug, Deserialize)]
+/// `PUT /api/admin/skus/{skuId}/policy`: the SKU's sale policy, replacing
+/// the one it has (what that one counted is kept).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = PolicyRequest)]
 pub struct PolicyBody {
+    /// Units one buyer may hold and buy together; reserves must then name
+    /// their `buyerId`. At most `--max-qty`.
+    #[schema(minimum = 1)]
     pub max_per_buyer: Option<u64>,
-    /// RFC 3339.
+    /// Reserves before this time are refused (`SALE_NOT_STARTED`).
+    #[schema(format = DateTime)]
     pub sale_starts_at: Option<String>,
+    /// Reserves from this time are refused (`SALE_ENDED`); after
+    /// `saleStartsAt`.
+    #[schema(format = DateTime)]
     pub sale_ends_at: Option<String>,
-    /// Units per channel.
+    /// Units each channel may hold and sell (1 to 32 channels); reserves
+    /// must then name one of them as `channel`.
     pub channel_quotas: Option<std::collections::BTreeMap<String, u64>>,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
 /// `DELETE /api/admin/skus/{skuId}/policy`: the key, in the body or the
 /// `Idempotency-Key` header (the body may be empty).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = PolicyRemoval)]
 pub struct PolicyRemoveBody {
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
@@ -382,70 +541,114 @@ impl PolicyBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/inventory/confirm`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfirmBody {
+    /// `rsv-<shard>-<seq>`.
+    #[schema(pattern = "^rsv-[0-9]{1,20}-[0-9]{1,20}$")]
     pub reservation_id: String,
+    /// A repeated callback with the same payment answers `CONFIRMED` again.
+    #[schema(min_length = 1, max_length = 128)]
     pub payment_id: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /api/inventory/release`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseBody {
+    /// `rsv-<shard>-<seq>`.
+    #[schema(pattern = "^rsv-[0-9]{1,20}-[0-9]{1,20}$")]
     pub reservation_id: String,
+    /// Why, e.g. `USER_CANCELLED`.
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
 /// `POST /api/admin/skus/{skuId}/freeze` and `/unfreeze`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FreezeBody {
+    /// One warehouse's row; every row of the SKU when not given.
+    #[schema(min_length = 1, max_length = 128)]
     pub warehouse_id: Option<String>,
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
 /// `POST /api/admin/adjustments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProposeBody {
+    #[schema(min_length = 1, max_length = 128)]
     pub sku_id: String,
+    /// `default` when not given.
+    #[schema(min_length = 1, max_length = 128)]
     pub warehouse_id: Option<String>,
+    /// Units to add (positive) or remove (negative); not zero, and at most
+    /// `--max-qty` either way.
     pub delta: i64,
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
 /// `POST /api/admin/adjustments/{id}/approve` and `/reject`, and
 /// `/api/admin/transfers/{id}/arrive` and `/cancel`: a reason (required to
 /// reject or cancel) and the key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DecisionBody {
+    /// Required to reject or cancel.
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: Option<String>,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
 }
 
 /// `POST /api/admin/transfers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransferBody {
+    #[schema(min_length = 1, max_length = 128)]
     pub sku_id: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub from_warehouse_id: String,
+    /// Not `fromWarehouseId`.
+    #[schema(min_length = 1, max_length = 128)]
     pub to_warehouse_id: String,
+    /// At most `--max-qty`.
+    #[schema(minimum = 1)]
     pub qty: u64,
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
     pub idem_key: Option<String>,
+    /// When it is due; past it, an unfinished transfer is `overdue`.
+    #[schema(minimum = 1, maximum = 7776000)]
     pub expected_arrival_seconds: Option<u64>,
 }
 
 /// Longest `expectedArrivalSeconds` of a transfer: 90 days.
 pub const TRANSFER_SECONDS_MAX: u64 = 90 * 24 * 3600;
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A row's counters.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Levels)]
 pub struct LevelsJson {
     available: u64,
     reserved: u64,
@@ -460,17 +663,22 @@ impl From<Levels> for LevelsJson {
 
 /// An adjustment as the API shows it. `before` is the row when it was
 /// proposed, or just before it was applied; `after` just after.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Adjustment)]
 pub struct AdjustmentJson {
+    /// `adj-<shard>-<seq>`.
     adjustment_id: String,
+    #[schema(schema_with = adjustment_status)]
     status: &'static str,
     sku_id: String,
     warehouse_id: String,
     delta: i64,
     reason: String,
     proposed_by: String,
+    #[schema(format = DateTime)]
     proposed_at: String,
+    #[schema(format = DateTime)]
     expires_at: String,
     before: LevelsJson,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -482,7 +690,16 @@ pub struct AdjustmentJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     decision_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     decided_at: Option<String>,
+}
+
+/// `GET /api/admin/adjustments`: oldest first.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = AdjustmentList)]
+pub struct AdjustmentListJson {
+    pub adjustments: Vec<AdjustmentJson>,
 }
 
 impl From<AdjustmentView> for AdjustmentJson {
@@ -511,10 +728,13 @@ impl From<AdjustmentView> for AdjustmentJson {
 }
 
 /// A transfer as the API shows it; `overdue` is judged at `now`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Transfer)]
 pub struct TransferJson {
+    /// `trf-<shard>-<seq>`.
     transfer_id: String,
+    #[schema(schema_with = transfer_status)]
     status: &'static str,
     sku_id: String,
     from_warehouse_id: String,
@@ -522,18 +742,31 @@ pub struct TransferJson {
     qty: u64,
     reason: String,
     created_by: String,
+    #[schema(format = DateTime)]
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     expected_arrival_at: Option<String>,
+    /// In transit past its expected arrival.
     overdue: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     arrived_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     cancelled_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     finished_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancel_reason: Option<String>,
+}
+
+/// `GET /api/admin/transfers`: oldest first.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = TransferList)]
+pub struct TransferListJson {
+    pub transfers: Vec<TransferJson>,
 }
 
 impl TransferJson {
@@ -563,6 +796,11 @@ impl TransferJson {
 
 /// Parses a JSON body, naming the offending field in the error.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body is a JSON object. serde's derive would also read a struct
+    // from an array of its fields in order, a form the API does not have.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("the request body must be a JSON object, not an array"));
+    }
     // Valid bodies take the fast path; tracking the path of every field (a
     // bulk receipt has 10,000 rows) is paid only to explain an error.
     let error = match serde_json::from_slice(body) {
@@ -645,25 +883,45 @@ pub fn idem_key(body: Option<String>, header: Option<&str>) -> Result<String, Ap
 
 // ----- responses ------------------------------------------------------------
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The stock row a receipt changed, after it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Row)]
 pub struct RowJson<'a> {
     pub sku_id: &'a str,
     pub warehouse_id: &'a str,
     pub available: u64,
     pub reserved: u64,
     pub sold: u64,
+    /// Bumped on every change of the row.
     pub version: u64,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A reserve's, confirm's or release's answer: `RESERVED` with `expireAt`,
+/// `CONFIRMED`, or `RELEASED` (`EXPIRED` when the hold had timed out).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Hold)]
 pub struct HoldJson {
+    /// `rsv-<shard>-<seq>`.
     pub reservation_id: String,
+    #[schema(schema_with = hold_status)]
     pub status: &'static str,
+    /// When an unconfirmed hold is released (reason `TIMEOUT`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub expire_at: Option<String>,
+}
+
+/// A bulk receipt's answer: rows changed and units received over them.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = BatchReceipt)]
+pub struct BatchJson {
+    pub rows: u64,
+    pub units: u64,
 }
 
 /// The body of a receipt: the row it changed, named by the request (the
@@ -701,9 +959,7 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
             status: status.as_str(),
             expire_at: None,
         }),
-        Outcome::ReceivedBatch { rows, units } => {
-            serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units }))
-        }
+        Outcome::ReceivedBatch { rows, units } => serde_json::to_vec(&BatchJson { rows: u64::from(rows), units }),
         Outcome::Rejected(rejection) => return Err(rejection_error(rejection)),
         Outcome::Expired { .. }
         | Outcome::Evicted { .. }
@@ -723,23 +979,29 @@ pub fn outcome_json(outcome: Outcome) -> Result<Vec<u8>, ApiError> {
     Ok(json.expect("json"))
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct WarehouseJson<'a> {
+/// One warehouse's row of an SKU.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = WarehouseStock)]
+pub struct WarehouseJson<'a> {
     warehouse_id: &'a str,
     available: u64,
     reserved: u64,
     sold: u64,
     /// Units on their way here from another warehouse.
     in_transit: u64,
+    /// Reserves are refused here until an operator unfreezes it.
     frozen: bool,
     version: u64,
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StockJson<'a> {
+/// An SKU's stock: totals over its warehouses, and each warehouse's row.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Stock)]
+pub struct StockJson<'a> {
     sku_id: &'a str,
     available: u64,
     reserved: u64,
@@ -747,6 +1009,7 @@ struct StockJson<'a> {
     in_transit: u64,
     /// Every warehouse row is frozen.
     frozen: bool,
+    #[schema(format = DateTime)]
     updated_at: String,
     warehouses: Vec<WarehouseJson<'a>>,
     /// The SKU's sale policy and what it counted.
@@ -754,14 +1017,18 @@ struct StockJson<'a> {
     policy: Option<PolicyJson>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// An SKU's sale policy and what it counted.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Policy)]
 struct PolicyJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_per_buyer: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     sale_starts_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     sale_ends_at: Option<String>,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     channel_quotas: std::collections::BTreeMap<String, u64>,
@@ -814,20 +1081,28 @@ pub fn stock_json(stock: &SkuStock) -> Vec<u8> {
     .expect("json")
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A hold as it stands.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Reservation)]
 pub struct ReservationJson {
     reservation_id: String,
     order_id: String,
     sku_id: String,
     warehouse_id: String,
     qty: u64,
+    #[schema(schema_with = hold_status)]
     status: &'static str,
+    #[schema(format = DateTime)]
     expire_at: String,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// Once confirmed (with `--payment-id-key-file`, its keyed hash).
     #[serde(skip_serializing_if = "Option::is_none")]
     payment_id: Option<String>,
+    /// Once released or expired (`TIMEOUT`).
     #[serde(skip_serializing_if = "Option::is_none")]
     release_reason: Option<String>,
 }
@@ -850,8 +1125,10 @@ impl From<ReservationView> for ReservationJson {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// An order's holds, oldest first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = OrderHolds)]
 pub struct OrderJson {
     pub order_id: String,
     pub reservations: Vec<ReservationJson>,
@@ -911,6 +1188,20 @@ mod tests {
         assert!(e.message.contains("skuId"), "{}", e.message);
         let e = parse::<ReserveBody>(br#"{"orderId":"o","#).unwrap_err();
         assert_eq!(e.code, "MALFORMED_JSON");
+    }
+
+    #[test]
+    fn bodies_and_batch_rows_are_objects_not_arrays_of_their_fields() {
+        let e = parse::<ReserveBody>(br#" ["o", "s", 1, "k", null, null, null]"#).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "INVALID_FIELD"));
+        let e = parse::<ReceiveBatchBody>(br#"{"idemKey":"k","items":[["s",null,1]]}"#).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "INVALID_FIELD"));
+        assert!(e.message.starts_with("items[0]:"), "{}", e.message);
+        let b = parse::<ReceiveBatchBody>(br#"{"items":[{"skuId":"s","qty":2,"warehouseId":"w"}]}"#).unwrap();
+        assert_eq!(
+            (b.items[0].sku_id.as_str(), b.items[0].warehouse_id.as_deref(), b.items[0].qty),
+            ("s", Some("w"), 2)
+        );
     }
 
     #[test]

@@ -120,8 +120,8 @@ pub struct Config {
     #[arg(long, env = "INVENTORY_EVENTS_BATCH_MAX", default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub events_batch_max: u64,
     /// Authentication: `jwt` requires `Authorization: Bearer <token>` on
-    /// every endpoint but /healthz and /readyz (and /metrics, see
-    /// `--metrics-open`); `none` lets any caller in. Left unset, the
+    /// every endpoint but /healthz, /readyz and /openapi.json (and
+    /// /metrics, see `--metrics-open`); `none` lets any caller in. Left unset, the
     /// service runs open on a loopback address (with a warning) and refuses
     /// to start on any other.
     #[arg(long, env = "INVENTORY_AUTH", value_parser = ["none", "jwt"])]

@@ -22,6 +22,7 @@ use inventory_events::position::Positions;
 use inventory_events::{spawn_relay, NatsSink, RelayConfig, RelayStatus};
 use inventory_journal::follow::Followers;
 use inventory_journal::{Journal, JournalError, Store};
+use inventory_persistence::read_model::ReadModel;
 use inventory_persistence::{spawn_writers, Progress, Schema, ShardProgress, WriterConfig};
 use inventory_runtime::{Clock, Metrics, Runtime, RuntimeError, SteadyClock};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -172,11 +173,16 @@ pub async fn run_with(
             }
         })
     });
+    let read_model = match &postgres {
+        Some(writer) => Some(ReadModel::new(&writer.url, &writer.schema, crate::http::READ_MODEL_TIMEOUT)?),
+        None => None,
+    };
     let app = Arc::new(App {
         runtime,
         trace_ids: crate::trace::TraceIds::new(),
         writers,
         postgres,
+        read_model,
         relay,
         replication_guard,
         default_ttl_ms: config.reservation_ttl_secs * SECOND_MS,

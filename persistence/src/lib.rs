@@ -4,13 +4,15 @@
 //! asynchronous writer that tails each shard's journal from its checkpoint
 //! and applies it in batches, each batch one transaction that also advances
 //! the checkpoint (so every entry lands exactly once), day partitions and
-//! their retention, and the queries reconciliation needs.
+//! their retention, the queries reconciliation needs, and the read model's
+//! order query (its own small connection pool).
 //!
 //! Never: decides or changes stock. PostgreSQL is downstream of the journal;
 //! when it is down or slow the service keeps serving and the writer catches
 //! up later. Nothing here runs on a shard loop.
 
 mod batch;
+pub mod read_model;
 pub mod reconcile;
 pub mod restore;
 pub mod schema;
@@ -34,4 +36,6 @@ pub enum PersistenceError {
     Restore(String),
     #[error("postgres TLS: {0}")]
     Tls(String),
+    #[error("read model: {0}")]
+    ReadModel(String),
 }

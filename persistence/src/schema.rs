@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../migrations/0004_outbox_json.sql")),
     (5, include_str!("../migrations/0005_operator.sql")),
     (6, include_str!("../migrations/0006_relay.sql")),
+    (7, include_str!("../migrations/0007_order_index.sql")),
 ];
 
 const MIGRATION_LOCK: i64 = 0x696e_7630_0001;

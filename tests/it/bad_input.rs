@@ -250,3 +250,27 @@ async fn oversized_bodies_get_413() {
     assert_eq!((status, reply["code"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")));
     server.stop().await;
 }
+
+/// serde reads a struct from an array of its fields in order too: a reserve
+/// sent as `["o-1", "sku", 1, ...]` held units, and a reconcile sent as
+/// `[true]` repaired. Bodies, and the rows of a batch, are objects only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_an_array_of_the_fields_is_refused_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let c = &server.client;
+    c.receive("arrays", 5).await;
+    let cases = [
+        ("/api/inventory/reserve", json!(["o-1", "arrays", 2, "a1", null, null, null])),
+        ("/api/admin/reconcile", json!([true])),
+        ("/api/admin/capacity", json!([1000])),
+        ("/api/inventory/receive-batch", json!({"idemKey": "a2", "items": [["arrays", null, 3]]})),
+        ("/api/inventory/receive-batch", json!([[{"skuId": "arrays", "qty": 3}], "a3", null])),
+    ];
+    for (path, body) in cases {
+        let r = c.post(path, body.clone()).await;
+        assert_eq!((r.status.as_u16(), r.code()), (400, "INVALID_FIELD"), "{path} {body}: {}", r.text);
+    }
+    assert_eq!(c.levels("arrays").await, (5, 0, 0));
+    assert_eq!(c.get("/api/orders/o-1/inventory-status").await.body["reservations"], json!([]));
+    server.stop().await;
+}

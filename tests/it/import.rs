@@ -86,6 +86,27 @@ async fn a_batch_may_be_sent_as_csv_and_is_the_same_receipt_as_its_json() {
     server.stop().await;
 }
 
+/// A JSON batch's `ref` is in its body; a query parameter beside it was
+/// ignored (an over-long `ref` in the query was accepted and dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_batch_refuses_query_parameters_it_would_ignore() {
+    let server = TestServer::start().await;
+    let c = &server.client;
+    let long = "r".repeat(300);
+    for query in ["ref=po-9", "ref=", long.as_str(), "x=1&ref=po-9"] {
+        let path = format!("/api/inventory/receive-batch?{query}");
+        let r = c.post(&path, json!({"idemKey": "q1", "items": [{"skuId": "query-a", "qty": 1}]})).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "INVALID_FIELD"), "{query}: {}", r.text);
+        assert!(r.body["message"].as_str().unwrap().contains("a JSON receive-batch takes none"), "{}", r.text);
+    }
+    assert_eq!(c.get("/api/inventory/query-a").await.status, StatusCode::NOT_FOUND, "nothing landed");
+    let r = c
+        .post("/api/inventory/receive-batch?", json!({"idemKey": "q1", "items": [{"skuId": "query-a", "qty": 1}]}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "an empty query is none: {}", r.text);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_import_loads_a_catalogue_once() {
     let server = TestServer::start().await;

@@ -49,10 +49,10 @@ async fn stock_queries_past_the_limit_get_429_and_nothing_else_is_limited() {
         assert_eq!((reply.status, reply.code()), (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"), "{path}");
     }
 
-    // Writes, health, readiness and metrics are not limited.
+    // Writes, health, readiness, metrics and the API document are not limited.
     let reserve = client.reserve(&format!("o-{sku}"), &sku, 1, &format!("k-{sku}")).await;
     assert_eq!(reserve.status, StatusCode::OK, "{}", reserve.text);
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         assert_eq!(client.get(path).await.status, StatusCode::OK, "{path}");
     }
     let metrics = client.get("/metrics").await.text;

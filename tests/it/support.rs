@@ -229,6 +229,16 @@ impl Client {
         Self::reply(request.send().await.unwrap()).await
     }
 
+    /// Any request, with the given headers and a body sent as it is.
+    pub async fn send_bytes(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::reply(request.send().await.unwrap()).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         Self::reply(self.http.get(format!("{}{path}", self.url)).send().await.unwrap()).await
     }

@@ -14,10 +14,12 @@ use inventory_journal::{rebuild, Until};
 use inventory_persistence::reconcile::{self, History, PgRow};
 use inventory_persistence::{connect, Progress, WriterConfig};
 use inventory_runtime::metrics::{Metrics, ShardLabels};
+use inventory_runtime::snapshotter::SnapshotReport;
 use inventory_runtime::{Meta, Request, WriteReply};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 
 use super::extract::{BodyBytes, Ctx, SmallBody};
 use super::{json, ready, stopping, App};
@@ -29,28 +31,56 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 const DETAILS_MAX: usize = 100;
 pub const REPAIR_REASON: &str = "AUTO_RECONCILE";
 
+/// `GET /api/admin/persistence`: the PostgreSQL writer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = PersistenceStatus)]
+pub struct PersistenceJson {
+    /// Whether `--postgres-url` is set; without it `shards` is empty.
+    enabled: bool,
+    #[schema(required = true)]
+    schema: Option<String>,
+    shards: Vec<WriterShardJson>,
+}
+
+/// The writer of one shard.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = WriterShard)]
+pub struct WriterShardJson {
+    shard: u16,
+    /// The shard's last acknowledged journal entry.
+    durable_seq: u64,
+    /// The last entry PostgreSQL holds.
+    applied_seq: u64,
+    lag_records: u64,
+    /// How long the oldest entry PostgreSQL lacks has been acknowledged.
+    lag_seconds: f64,
+    connected: bool,
+    #[schema(required = true)]
+    last_error: Option<String>,
+}
+
 pub async fn persistence_status(State(app): State<Arc<App>>) -> Response {
-    let shards: Vec<_> = app
+    let shards = app
         .writers
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            json!({
-                "shard": i,
-                "durableSeq": p.durable(),
-                "appliedSeq": p.applied(),
-                "lagRecords": p.lag_records(),
-                "lagSeconds": p.cursor.waiting(&p.followers).as_secs_f64(),
-                "connected": p.connected.load(std::sync::atomic::Ordering::Acquire),
-                "lastError": p.last_error.get(),
-            })
+        .map(|(i, p)| WriterShardJson {
+            shard: i as u16,
+            durable_seq: p.durable(),
+            applied_seq: p.applied(),
+            lag_records: p.lag_records(),
+            lag_seconds: p.cursor.waiting(&p.followers).as_secs_f64(),
+            connected: p.connected.load(std::sync::atomic::Ordering::Acquire),
+            last_error: p.last_error.get(),
         })
         .collect();
-    let body = json!({
-        "enabled": app.postgres.is_some(),
-        "schema": app.postgres.as_ref().map(|p| p.schema.name().to_string()),
-        "shards": shards,
-    });
+    let body = PersistenceJson {
+        enabled: app.postgres.is_some(),
+        schema: app.postgres.as_ref().map(|p| p.schema.name().to_string()),
+        shards,
+    };
     json(StatusCode::OK, serde_json::to_vec(&body).expect("json"))
 }
 
@@ -107,29 +137,40 @@ impl ReplicationGuard {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /api/admin/reconcile`; an empty body is `{}`.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReconcileBody {
+#[schema(as = ReconcileRequest)]
+pub struct ReconcileBody {
+    /// Set PostgreSQL's wrong rows to the core's values (recorded with
+    /// reason `AUTO_RECONCILE`).
     #[serde(default)]
     repair: bool,
 }
 
-#[derive(Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Report {
+/// What reconciliation found, and repaired.
+#[derive(Serialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ReconcileReport)]
+pub struct Report {
     repair: bool,
     checked: u64,
     mismatched: u64,
     repaired: u64,
     /// Rows where the live core differs from a replay of its journal.
     core_mismatches: u64,
+    /// Without PostgreSQL, null.
+    #[schema(required = true)]
     postgres: Option<PgReport>,
+    /// At most 100 mismatches, each with `skuId`, `warehouseId`, `side`
+    /// (`core`, `postgres` or `postgres_history`) and what each side holds.
     details: Vec<serde_json::Value>,
 }
 
-#[derive(Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct PgReport {
+#[derive(Serialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = PostgresReport)]
+pub struct PgReport {
     compared: u64,
     /// Rows PostgreSQL has that the core does not, or at an older version.
     mismatched: u64,
@@ -343,10 +384,30 @@ async fn reconcile_postgres(
 /// catalogue twice over, about 1 GB of index.
 pub const CAPACITY_SKUS_MAX: u64 = 100_000_000;
 
-#[derive(Deserialize)]
+/// `POST /api/admin/capacity`.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CapacityBody {
+#[schema(as = CapacityRequest)]
+pub struct CapacityBody {
+    /// SKUs to make room for, over all shards.
+    #[schema(minimum = 1, maximum = 100000000)]
     skus: u64,
+}
+
+/// What each shard's stock index is now sized for.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Capacity)]
+pub struct CapacityJson {
+    shards: Vec<ShardCapacityJson>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ShardCapacity)]
+pub struct ShardCapacityJson {
+    shard: u16,
+    sized_for_skus: usize,
 }
 
 /// Sizes the stock index for `skus` more SKUs (spread over the shards as
@@ -368,21 +429,70 @@ pub async fn capacity(State(app): State<Arc<App>>, BodyBytes(body): SmallBody) -
         app.runtime.router.send(shard, Request::Capacity { more, reply }).map_err(|e| app.send_error(e))?;
         answers.push(answer);
     }
-    let mut sized = Vec::with_capacity(answers.len());
+    let mut shards = Vec::with_capacity(answers.len());
     for (shard, answer) in answers.into_iter().enumerate() {
-        let skus = answer.await.map_err(|_| stopping())?;
-        sized.push(json!({ "shard": shard, "sizedForSkus": skus }));
+        let sized_for_skus = answer.await.map_err(|_| stopping())?;
+        shards.push(ShardCapacityJson { shard: shard as u16, sized_for_skus });
     }
-    Ok(json(StatusCode::OK, serde_json::to_vec(&json!({ "shards": sized })).expect("json")))
+    Ok(json(StatusCode::OK, serde_json::to_vec(&CapacityJson { shards }).expect("json")))
 }
 
-/// Snapshots every shard now (and truncates what the snapshots cover).
+/// `POST /api/admin/snapshot`: each shard's snapshot.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Snapshots)]
+pub struct SnapshotsJson {
+    snapshots: Vec<SnapshotJson>,
+}
+
+/// One shard's snapshot.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ShardSnapshot)]
+pub struct SnapshotJson {
+    shard: u16,
+    /// The last journal entry it covers.
+    seq: u64,
+    bytes: u64,
+    millis: u64,
+    /// Journal entries removed (covered by a snapshot and safe to drop).
+    truncated: u64,
+    /// Entries kept only because a follower (PostgreSQL, the audit log)
+    /// has not taken them yet.
+    held_back: u64,
+    /// The follower that held them back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_back_by: Option<&'static str>,
+    /// Why this shard's snapshot failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<SnapshotReport> for SnapshotJson {
+    fn from(r: SnapshotReport) -> SnapshotJson {
+        let SnapshotReport { shard, seq, bytes, millis, truncated, held_back, held_back_by, error } = r;
+        SnapshotJson { shard, seq, bytes, millis, truncated, held_back, held_back_by, error }
+    }
+}
+
+/// Snapshots every shard now (and truncates what the snapshots cover). If
+/// any shard's failed, the answer is 500 `SNAPSHOT_FAILED` with every
+/// shard's report.
 pub async fn snapshot(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     ready(&app)?;
     let (reply, answer) = oneshot::channel();
     app.runtime.snapshots.send(reply).map_err(|_| stopping())?;
     let reports = answer.await.map_err(|_| stopping())?;
-    let failed = reports.iter().any(|r| r.error.is_some());
-    let status = if failed { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
-    Ok(json(status, serde_json::to_vec(&json!({ "snapshots": reports })).expect("json")))
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    let snapshots: Vec<SnapshotJson> = reports.into_iter().map(Into::into).collect();
+    if failed > 0 {
+        let mut e = ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "SNAPSHOT_FAILED",
+            format!("{failed} of {} shards could not be snapshotted: see each one's error", snapshots.len()),
+        );
+        e.detail = Some(json!({ "snapshots": snapshots }));
+        return Err(e);
+    }
+    Ok(json(StatusCode::OK, serde_json::to_vec(&SnapshotsJson { snapshots }).expect("json")))
 }

@@ -9,45 +9,104 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use inventory_events::RelayStatus;
 use inventory_runtime::metrics::{Metrics, ShardLabels};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{json, App};
 
 /// How often the relay's lag is measured.
 const LAG_EVERY: Duration = Duration::from_millis(250);
 
-/// `GET /api/admin/events`: per shard, the relay's durable position, the
-/// journal head, the lag in entries and seconds; and the last error.
+/// `GET /api/admin/events`: without `--events-nats-url`, `{"enabled":
+/// false}`; else the relay's state.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = EventsStatus)]
+pub enum EventsJson {
+    Off(RelayOffJson),
+    On(RelayJson),
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RelayOff)]
+pub struct RelayOffJson {
+    /// false.
+    enabled: bool,
+}
+
+/// The relay: per shard, its durable position, the journal head, the lag
+/// in entries and seconds; and the last error.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Relay)]
+pub struct RelayJson {
+    /// true.
+    enabled: bool,
+    url: String,
+    stream: String,
+    connected: bool,
+    /// Over all shards.
+    lag_entries: u64,
+    #[schema(required = true)]
+    last_error: Option<RelayErrorJson>,
+    shards: Vec<RelayShardJson>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = RelayError)]
+pub struct RelayErrorJson {
+    message: String,
+    /// When, in Unix milliseconds.
+    at_ms: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = RelayShard)]
+pub struct RelayShardJson {
+    shard: u16,
+    /// Every journal entry up to here is published and the position durable.
+    position: u64,
+    /// The shard's last acknowledged journal entry.
+    durable_seq: u64,
+    lag_entries: u64,
+    /// How long the oldest entry not yet published has been acknowledged.
+    lag_seconds: f64,
+    /// Events the broker acknowledged.
+    published: u64,
+    /// Entries a snapshot covered before the relay reached them (never
+    /// published).
+    skipped: u64,
+}
+
 pub async fn status(State(app): State<Arc<App>>) -> Response {
-    let Some(relay) = &app.relay else {
-        return json(StatusCode::OK, serde_json::to_vec(&json!({ "enabled": false })).expect("json"));
+    let body = match &app.relay {
+        None => EventsJson::Off(RelayOffJson { enabled: false }),
+        Some(relay) => EventsJson::On(RelayJson {
+            enabled: true,
+            url: relay.config.url.clone(),
+            stream: relay.config.stream.clone(),
+            connected: relay.connected.load(Ordering::Acquire),
+            lag_entries: relay.shards.iter().map(|s| s.lag_entries()).sum::<u64>(),
+            last_error: relay.last_error().map(|(message, at_ms)| RelayErrorJson { message, at_ms }),
+            shards: relay
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| RelayShardJson {
+                    shard: i as u16,
+                    position: s.cursor.position(),
+                    durable_seq: s.followers.durable(),
+                    lag_entries: s.lag_entries(),
+                    lag_seconds: s.cursor.waiting(&s.followers).as_secs_f64(),
+                    published: s.published.load(Ordering::Relaxed),
+                    skipped: s.skipped.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }),
     };
-    let shards: Vec<_> = relay
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            json!({
-                "shard": i,
-                "position": s.cursor.position(),
-                "durableSeq": s.followers.durable(),
-                "lagEntries": s.lag_entries(),
-                "lagSeconds": s.cursor.waiting(&s.followers).as_secs_f64(),
-                "published": s.published.load(Ordering::Relaxed),
-                "skipped": s.skipped.load(Ordering::Relaxed),
-            })
-        })
-        .collect();
-    let last_error = relay.last_error().map(|(message, at)| json!({ "message": message, "atMs": at }));
-    let body = json!({
-        "enabled": true,
-        "url": relay.config.url,
-        "stream": relay.config.stream,
-        "connected": relay.connected.load(Ordering::Acquire),
-        "lagEntries": relay.shards.iter().map(|s| s.lag_entries()).sum::<u64>(),
-        "lastError": last_error,
-        "shards": shards,
-    });
     json(StatusCode::OK, serde_json::to_vec(&body).expect("json"))
 }
 

@@ -111,10 +111,20 @@ impl Endpoint {
     /// endpoints.
     pub fn roles(self, metrics_open: bool) -> &'static [Role] {
         match self {
-            Endpoint::Health | Endpoint::Ready => &[],
+            // The console's files hold no data; its API calls carry the token.
+            Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::OpenApi
+            | Endpoint::ConsoleRoot
+            | Endpoint::Console
+            | Endpoint::ConsoleFile => &[],
             Endpoint::Metrics if metrics_open => &[],
             Endpoint::Metrics => &[Role::Admin],
-            Endpoint::Reserve | Endpoint::Release | Endpoint::Reservation | Endpoint::OrderStatus => &[Role::Reserver],
+            Endpoint::Reserve
+            | Endpoint::Release
+            | Endpoint::Reservation
+            | Endpoint::OrderStatus
+            | Endpoint::ReadModelOrderStatus => &[Role::Reserver],
             Endpoint::Confirm => &[Role::Payment],
             Endpoint::Stock => &[Role::Reader],
             Endpoint::Receive | Endpoint::ReceiveBatch => &[Role::Receiver],

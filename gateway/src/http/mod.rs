@@ -9,10 +9,13 @@
 //! `{code, message}` in one place.
 
 mod admin;
+mod console;
 mod events;
 mod extract;
 mod guard;
+pub mod openapi;
 mod operator;
+mod read_model;
 mod reads;
 mod writes;
 
@@ -27,10 +30,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use inventory_runtime::{Runtime, SendError};
 
-pub use admin::{persistence_gauges, ReplicationGuard, CAPACITY_SKUS_MAX};
+pub use admin::{persistence_gauges, ReplicationGuard, SnapshotJson, CAPACITY_SKUS_MAX};
 pub use events::event_gauges;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
+pub use read_model::READ_MODEL_TIMEOUT;
 
 use crate::api::ApiError;
 use crate::trace::TraceIds;
@@ -42,6 +46,8 @@ pub struct App {
     /// The PostgreSQL writer's progress per shard (empty without PostgreSQL).
     pub writers: inventory_persistence::Progress,
     pub postgres: Option<inventory_persistence::WriterConfig>,
+    /// The read model's connection pool (with PostgreSQL only).
+    pub read_model: Option<inventory_persistence::read_model::ReadModel>,
     /// The event relay's status (without `--events-nats-url`, none).
     pub relay: Option<Arc<inventory_events::RelayStatus>>,
     /// Refuses writes while PostgreSQL lags too far (`--max-replication-lag-secs`).
@@ -58,7 +64,8 @@ pub struct App {
 pub const ANONYMOUS_OPERATOR: &str = "anonymous";
 
 /// Every endpoint: its path, its label in the request metrics, and its
-/// handlers. The route table below is built from this list alone.
+/// handlers. The route table below is built from this list alone, and the
+/// API document (`openapi.rs`) from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Reserve,
@@ -69,9 +76,11 @@ pub enum Endpoint {
     Stock,
     Reservation,
     OrderStatus,
+    ReadModelOrderStatus,
     Health,
     Ready,
     Metrics,
+    OpenApi,
     AdminPersistence,
     AdminReconcile,
     AdminSnapshot,
@@ -91,12 +100,15 @@ pub enum Endpoint {
     TransferCancel,
     PolicySet,
     PolicyRemove,
+    ConsoleRoot,
+    Console,
+    ConsoleFile,
 }
 
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 30] = [
+    pub const ALL: [Endpoint; 35] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -105,9 +117,11 @@ impl Endpoint {
         Endpoint::ReceiveBatch,
         Endpoint::Reservation,
         Endpoint::OrderStatus,
+        Endpoint::ReadModelOrderStatus,
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
+        Endpoint::OpenApi,
         Endpoint::AdminPersistence,
         Endpoint::AdminReconcile,
         Endpoint::AdminSnapshot,
@@ -127,6 +141,9 @@ impl Endpoint {
         Endpoint::TransferCancel,
         Endpoint::PolicySet,
         Endpoint::PolicyRemove,
+        Endpoint::ConsoleRoot,
+        Endpoint::Console,
+        Endpoint::ConsoleFile,
     ];
 
     pub fn path(self) -> &'static str {
@@ -139,9 +156,11 @@ impl Endpoint {
             Endpoint::Stock => "/api/inventory/{sku_id}",
             Endpoint::Reservation => "/api/reservations/{reservation_id}",
             Endpoint::OrderStatus => "/api/orders/{order_id}/inventory-status",
+            Endpoint::ReadModelOrderStatus => "/api/read-model/orders/{order_id}/inventory-status",
             Endpoint::Health => "/healthz",
             Endpoint::Ready => "/readyz",
             Endpoint::Metrics => "/metrics",
+            Endpoint::OpenApi => "/openapi.json",
             Endpoint::AdminPersistence => "/api/admin/persistence",
             Endpoint::AdminReconcile => "/api/admin/reconcile",
             Endpoint::AdminSnapshot => "/api/admin/snapshot",
@@ -158,6 +177,9 @@ impl Endpoint {
             Endpoint::TransferArrive => "/api/admin/transfers/{transfer_id}/arrive",
             Endpoint::TransferCancel => "/api/admin/transfers/{transfer_id}/cancel",
             Endpoint::PolicySet | Endpoint::PolicyRemove => "/api/admin/skus/{sku_id}/policy",
+            Endpoint::ConsoleRoot => "/console",
+            Endpoint::Console => "/console/",
+            Endpoint::ConsoleFile => "/console/{*path}",
         }
     }
 
@@ -172,8 +194,10 @@ impl Endpoint {
             Endpoint::Stock => "stock",
             Endpoint::Reservation => "reservation",
             Endpoint::OrderStatus => "order_status",
+            Endpoint::ReadModelOrderStatus => "read_model",
             Endpoint::Health | Endpoint::Ready => "health",
             Endpoint::Metrics => "metrics",
+            Endpoint::OpenApi => "openapi",
             Endpoint::AdminPersistence
             | Endpoint::AdminReconcile
             | Endpoint::AdminSnapshot
@@ -191,6 +215,7 @@ impl Endpoint {
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => "transfer",
             Endpoint::PolicySet | Endpoint::PolicyRemove => "policy",
+            Endpoint::ConsoleRoot | Endpoint::Console | Endpoint::ConsoleFile => "console",
         }
     }
 
@@ -200,15 +225,20 @@ impl Endpoint {
             Endpoint::Stock
             | Endpoint::Reservation
             | Endpoint::OrderStatus
+            | Endpoint::ReadModelOrderStatus
             | Endpoint::Health
             | Endpoint::Ready
             | Endpoint::Metrics
+            | Endpoint::OpenApi
             | Endpoint::AdminPersistence
             | Endpoint::AdminEvents
             | Endpoint::AdjustmentList
             | Endpoint::Adjustment
             | Endpoint::TransferList
-            | Endpoint::Transfer => Method::GET,
+            | Endpoint::Transfer
+            | Endpoint::ConsoleRoot
+            | Endpoint::Console
+            | Endpoint::ConsoleFile => Method::GET,
             Endpoint::Reserve
             | Endpoint::Confirm
             | Endpoint::Release
@@ -241,9 +271,11 @@ impl Endpoint {
             Endpoint::Stock => on(method, reads::stock),
             Endpoint::Reservation => on(method, reads::reservation),
             Endpoint::OrderStatus => on(method, reads::order_status),
+            Endpoint::ReadModelOrderStatus => on(method, read_model::order_status),
             Endpoint::Health => on(method, reads::health),
             Endpoint::Ready => on(method, reads::ready_check),
             Endpoint::Metrics => on(method, reads::metrics),
+            Endpoint::OpenApi => on(method, openapi::serve),
             Endpoint::AdminPersistence => on(method, admin::persistence_status),
             Endpoint::AdminReconcile => on(method, admin::reconcile),
             Endpoint::AdminSnapshot => on(method, admin::snapshot),
@@ -263,6 +295,9 @@ impl Endpoint {
             Endpoint::TransferCancel => on(method, operator::cancel),
             Endpoint::PolicySet => on(method, operator::set_policy),
             Endpoint::PolicyRemove => on(method, operator::remove_policy),
+            Endpoint::ConsoleRoot => on(method, console::root),
+            Endpoint::Console => on(method, console::index),
+            Endpoint::ConsoleFile => on(method, console::file),
         }
     }
 

@@ -274,11 +274,7 @@ pub async fn adjustments(State(app): State<Arc<App>>, uri: Uri) -> Result<Respon
         }
     }
     views.sort_by_key(|v| (v.adjustment.proposed_at, v.id));
-    #[derive(serde::Serialize)]
-    struct List {
-        adjustments: Vec<api::AdjustmentJson>,
-    }
-    let list = List { adjustments: views.into_iter().map(Into::into).collect() };
+    let list = api::AdjustmentListJson { adjustments: views.into_iter().map(Into::into).collect() };
     Ok(json(StatusCode::OK, serde_json::to_vec(&list).expect("json")))
 }
 
@@ -397,11 +393,7 @@ pub async fn transfers(State(app): State<Arc<App>>, uri: Uri) -> Result<Response
         }
     }
     views.sort_by_key(|v| (v.transfer.created_at, v.id));
-    #[derive(serde::Serialize)]
-    struct List {
-        transfers: Vec<api::TransferJson>,
-    }
-    let list = List { transfers: views.into_iter().map(|v| api::TransferJson::new(v, now)).collect() };
+    let list = api::TransferListJson { transfers: views.into_iter().map(|v| api::TransferJson::new(v, now)).collect() };
     Ok(json(StatusCode::OK, serde_json::to_vec(&list).expect("json")))
 }
 

@@ -64,11 +64,22 @@ fn batch_form(headers: &HeaderMap, uri: &Uri) -> Result<BatchForm, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/csv"));
+    let mut pairs = uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty());
     if !csv {
-        return Ok(BatchForm::Json);
+        // A JSON body carries everything; a query parameter would be
+        // ignored, so it is refused rather than lost.
+        return match pairs.next() {
+            None => Ok(BatchForm::Json),
+            Some(pair) => {
+                let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+                Err(ApiError::invalid(format!(
+                    "unknown query parameter {name:?}: a JSON receive-batch takes none (ref goes in the body)"
+                )))
+            }
+        };
     }
     let mut reference = None;
-    for pair in uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in pairs {
         match pair.split_once('=').unwrap_or((pair, "")) {
             ("ref", value) => {
                 let value = percent_decode_str(value)
@@ -181,7 +192,7 @@ pub async fn receive_batch(
             other => unreachable!("receive-batch answered {other:?}"),
         }
     }
-    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows, "units": units })).expect("json");
+    let body = serde_json::to_vec(&api::BatchJson { rows, units }).expect("json");
     Ok(answer(body, all_replayed))
 }
 
