@@ -353,7 +353,9 @@ pub fn cold_changes(
                 let status = match (txn.kind, &entry.command) {
                     (TxnKind::Confirm, _) => ReservationStatus::Confirmed,
                     (_, Command::Release(_)) if at < held.expire_at => ReservationStatus::Released,
-                    (_, Command::FinishOrder(c)) if c.state != crate::OrderState::Expired => ReservationStatus::Released,
+                    (_, Command::FinishOrder(c)) if c.state != crate::OrderState::Expired => {
+                        ReservationStatus::Released
+                    }
                     (_, Command::FinishOrder(_)) => ReservationStatus::Expired,
                     // An order's home releases its lines as expired with the
                     // timeout's reason, and no release of an order may give

@@ -28,8 +28,8 @@ pub use cold::{
     TierConfig, UnknownHold,
 };
 pub use command::{
-    Command, Confirm, DecideAdjustment, DispatchTransfer, Evict, Expire, ExpireAdjustments, FinishTransfer, Freeze,
-    DecideOrder, ExpireOrders, FinishOrder, PrepareOrder, ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem,
+    Command, Confirm, DecideAdjustment, DecideOrder, DispatchTransfer, Evict, Expire, ExpireAdjustments, ExpireOrders,
+    FinishOrder, FinishTransfer, Freeze, PrepareOrder, ProposeAdjustment, Query, Receive, ReceiveBatch, ReceiveItem,
     Release, Repair, Reserve, ReserveAs, SetPolicy,
 };
 pub use ids::{
@@ -41,12 +41,14 @@ pub use ops::{
     Adjustment, AdjustmentId, AdjustmentStatus, AdjustmentView, InvalidAdjustmentId, InvalidTransferId, OpsImage,
     RowOps, Transfer, TransferId, TransferStatus, TransferView,
 };
-pub use outcome::{Applied, Outcome, Rejection};
 pub use order::{
     OrderDecision, OrderLine, OrderLineView, OrderRecord, OrderState, ORDER_LINES_MAX, REASON_ORDER_ABORTED,
 };
+pub use outcome::{Applied, Outcome, Rejection};
 pub use sale::{PolicyView, SalePolicy, CHANNELS_MAX};
-pub use shard::{Dump, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX};
+pub use shard::{
+    Dump, LineRefusal, QueryResult, Shard, ShardConfig, ShardStats, HOLD_RETENTION_MS, WAREHOUSES_PER_SKU_MAX,
+};
 pub use state::{
     ArchivedLevels, Entry, Levels, ReservationStatus, ReservationView, SkuStock, StockRow, Txn, TxnKind, WarehouseStock,
 };

@@ -71,8 +71,12 @@ pub enum OrderDecision {
     /// Not every shard prepared (or one took too long): the tentative lines
     /// go back.
     Abort,
-    Confirm { payment_id: String },
-    Release { reason: String },
+    Confirm {
+        payment_id: String,
+    },
+    Release {
+        reason: String,
+    },
 }
 
 /// An order's record on its home shard.

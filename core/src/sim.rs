@@ -274,7 +274,10 @@ impl Model {
             return Err(Rejection::SkuNotFound);
         }
         if let Some((&seq, h)) = self.holds.iter().find(|(_, h)| h.order == order && h.sku == line.sku_id) {
-            return Err(Rejection::DuplicateOrderLine { existing: ReservationId::new(self.shard, seq), status: h.status });
+            return Err(Rejection::DuplicateOrderLine {
+                existing: ReservationId::new(self.shard, seq),
+                status: h.status,
+            });
         }
         let Some(row) = self.rows.get(&(line.sku_id.clone(), line.warehouse_id.clone())) else {
             return Err(Rejection::SkuNotFound);
@@ -415,11 +418,8 @@ impl Model {
                 if !valid {
                     rej(Rejection::InvalidBatch)
                 } else {
-                    let checked: Vec<_> = p
-                        .lines
-                        .iter()
-                        .map(|l| self.check_line(at, &p.order_id, l, &p.buyer_id, &p.channel))
-                        .collect();
+                    let checked: Vec<_> =
+                        p.lines.iter().map(|l| self.check_line(at, &p.order_id, l, &p.buyer_id, &p.channel)).collect();
                     self.refusals = checked
                         .iter()
                         .enumerate()
@@ -1274,7 +1274,11 @@ fn run(seed: u64, steps: usize, stats: &mut ColdStats) {
         }
         for (order_id, o) in &model.orders {
             let got = shard.order_record(order_id).expect("every order record stays");
-            assert_eq!((got.state, &got.detail, got.expire_at), (o.state, &o.detail, o.expire_at), "seed {seed} step {step}");
+            assert_eq!(
+                (got.state, &got.detail, got.expire_at),
+                (o.state, &o.detail, o.expire_at),
+                "seed {seed} step {step}"
+            );
             assert_eq!(got.shards, o.shards, "seed {seed} step {step}");
         }
         for (&seq, a) in &model.adjustments {

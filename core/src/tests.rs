@@ -1146,7 +1146,8 @@ fn an_order_of_one_shard_is_held_whole_or_not_at_all() {
     let (a, _) = step(&mut s, T0 + 3, &release(first, "k4"));
     assert_eq!(a.outcome, Outcome::Rejected(Rejection::PartOfOrder));
     // Confirmed together.
-    let (a, txns) = step(&mut s, T0 + 4, &decide_order("o1", OrderDecision::Confirm { payment_id: "pay".into() }, vec![3]));
+    let (a, txns) =
+        step(&mut s, T0 + 4, &decide_order("o1", OrderDecision::Confirm { payment_id: "pay".into() }, vec![3]));
     assert_eq!((a.outcome, txns.len()), (Outcome::OrderDecided { state: OrderState::Confirmed }, 2));
     assert_eq!((levels(&s, "a"), levels(&s, "b")), (lv(3, 0, 2), lv(2, 0, 3)));
     let again = step(&mut s, T0 + 5, &decide_order("o1", OrderDecision::Confirm { payment_id: "pay".into() }, vec![3]));
@@ -1169,7 +1170,8 @@ fn an_order_expires_whole_from_its_homes_timer_and_never_line_by_line() {
     assert_eq!((levels(&s, "a"), levels(&s, "b")), (lv(5, 0, 0), lv(5, 0, 0)));
     assert!(txns.iter().all(|t| t.detail == REASON_TIMEOUT));
     // A late confirm finds it expired.
-    let (a, _) = step(&mut s, T0 + TTL + 1, &decide_order("o1", OrderDecision::Confirm { payment_id: "p".into() }, vec![3]));
+    let (a, _) =
+        step(&mut s, T0 + TTL + 1, &decide_order("o1", OrderDecision::Confirm { payment_id: "p".into() }, vec![3]));
     assert_eq!(a.outcome, Outcome::Rejected(Rejection::ReservationExpired));
 }
 
@@ -1219,7 +1221,8 @@ fn an_aborted_order_returns_its_tentative_lines_and_a_late_commit_cannot_revive_
     let (_, txns) = step(&mut other, T0 + 3, &finish_order("o1", OrderState::Aborted, ""));
     assert_eq!((txns.len(), txns[0].detail.as_str()), (1, REASON_ORDER_ABORTED));
     assert_eq!(levels(&other, "b"), lv(5, 0, 0), "an aborted hold is never sold");
-    let (a, _) = step(&mut home, T0 + 4, &decide_order("o1", OrderDecision::Confirm { payment_id: "p".into() }, vec![0, 1]));
+    let (a, _) =
+        step(&mut home, T0 + 4, &decide_order("o1", OrderDecision::Confirm { payment_id: "p".into() }, vec![0, 1]));
     assert_eq!(a.outcome, Outcome::Rejected(Rejection::OrderAborted));
 }
 

@@ -152,11 +152,9 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
         UnknownChannel => {
             (StatusCode::BAD_REQUEST, "this SKU's policy has no quota for this channel".to_string(), None)
         }
-        OrderNotReservable { failed } => (
-            StatusCode::CONFLICT,
-            format!("{failed} line(s) of this order cannot be held; no line is held"),
-            None,
-        ),
+        OrderNotReservable { failed } => {
+            (StatusCode::CONFLICT, format!("{failed} line(s) of this order cannot be held; no line is held"), None)
+        }
         OrderNotFound => (StatusCode::NOT_FOUND, "no such order".to_string(), None),
         PartOfOrder => (
             StatusCode::CONFLICT,
@@ -165,7 +163,8 @@ pub fn rejection_error(rejection: Rejection) -> ApiError {
         ),
         OrderAborted => (
             StatusCode::CONFLICT,
-            "this order was abandoned before all its lines were held; nothing is held: retry with a new key".to_string(),
+            "this order was abandoned before all its lines were held; nothing is held: retry with a new key"
+                .to_string(),
             None,
         ),
         ChannelQuotaExhausted { quota, used } => (
@@ -223,6 +222,10 @@ pub struct ErrorJson {
     pub quota: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
+    /// `ORDER_NOT_RESERVABLE`: every line that cannot be held, with its own
+    /// code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<LineRefusalJson>>,
     /// `FORBIDDEN`: the roles any one of which the endpoint takes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub required_roles: Option<Vec<String>>,
@@ -445,6 +448,108 @@ pub struct ReserveBody {
     /// The sales channel, for the SKU's channel quotas.
     #[schema(min_length = 1, max_length = 128)]
     pub channel: Option<String>,
+}
+
+/// One line of `POST /api/orders/{orderId}/reserve`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderLineRequest)]
+pub struct OrderLineBody {
+    #[schema(min_length = 1, max_length = 128)]
+    pub sku_id: String,
+    /// `default` when not given.
+    #[schema(min_length = 1, max_length = 128)]
+    pub warehouse_id: Option<String>,
+    /// At most `--max-qty`.
+    #[schema(minimum = 1)]
+    pub qty: u64,
+}
+
+/// `POST /api/orders/{orderId}/reserve`: every line held, or none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderReserveRequest)]
+pub struct OrderReserveBody {
+    /// 1 to 100 lines, each SKU once.
+    pub lines: Vec<OrderLineBody>,
+    /// The buyer, for the SKUs' purchase limits.
+    #[schema(min_length = 1, max_length = 128)]
+    pub buyer_id: Option<String>,
+    /// The sales channel, for the SKUs' channel quotas.
+    #[schema(min_length = 1, max_length = 128)]
+    pub channel: Option<String>,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
+    pub idem_key: Option<String>,
+    /// How long the order's lines are held unconfirmed (`--reservation-ttl-secs`
+    /// when not given); one `expireAt` for every line.
+    #[schema(minimum = 1, maximum = 604800)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `POST /api/orders/{orderId}/confirm`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderConfirmRequest)]
+pub struct OrderConfirmBody {
+    #[schema(min_length = 1, max_length = 128)]
+    pub payment_id: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
+    pub idem_key: Option<String>,
+}
+
+/// `POST /api/orders/{orderId}/release`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderReleaseRequest)]
+pub struct OrderReleaseBody {
+    /// Not `TIMEOUT` nor `ORDER_ABORTED`, which the service gives itself.
+    #[schema(min_length = 1, max_length = 256)]
+    pub reason: String,
+    /// Or the `Idempotency-Key` header.
+    #[schema(min_length = 1, max_length = 256)]
+    pub idem_key: Option<String>,
+}
+
+/// One line of an order's answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = OrderLine)]
+pub struct OrderLineJson {
+    pub sku_id: String,
+    pub warehouse_id: String,
+    pub qty: u64,
+    /// `rsv-<shard>-<seq>`.
+    pub reservation_id: String,
+}
+
+/// An order's answer: its state and its lines.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = Order)]
+pub struct OrderStateJson {
+    pub order_id: String,
+    /// `RESERVED`, `CONFIRMED`, `RELEASED` or `EXPIRED`.
+    pub status: &'static str,
+    /// When the unconfirmed lines are released together (reason `TIMEOUT`).
+    #[schema(format = DateTime)]
+    pub expire_at: String,
+    pub lines: Vec<OrderLineJson>,
+}
+
+/// Why one line of an order could not be held (`ORDER_NOT_RESERVABLE`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = OrderLineRefusal)]
+pub struct LineRefusalJson {
+    pub sku_id: String,
+    pub warehouse_id: String,
+    /// The code a reserve of this line alone would get.
+    pub code: &'static str,
+    /// `INSUFFICIENT_STOCK`: units available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<u64>,
 }
 
 /// `PUT /api/admin/skus/{skuId}/policy`: the SKU's sale policy, replacing

@@ -193,6 +193,7 @@ pub async fn run_with(
     if app.security.auth.is_some() {
         background.push(tokio::spawn(reload_keys_on_hangup(app.clone())));
     }
+    background.push(tokio::spawn(crate::http::resolve_orders(app.clone())));
 
     // Replay runs on the shard threads while the listener already answers
     // /healthz and /readyz (not ready yet).

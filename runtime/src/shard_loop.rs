@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use inventory_cold::{ColdStore, Position};
 use inventory_core::{
-    Applied, ColdFacts, ColdQuery, Command, Entry, Evict, Expire, ExpireAdjustments, Millis, Outcome, Query,
-    QueryResult, Shard, ShardConfig, Txn, TxnKind, INDEX_PARTS, REASON_TIMEOUT,
+    Applied, ColdFacts, ColdQuery, Command, Entry, Evict, Expire, ExpireAdjustments, ExpireOrders, LineRefusal, Millis,
+    Outcome, Query, QueryResult, Shard, ShardConfig, Txn, TxnKind, INDEX_PARTS, REASON_TIMEOUT,
 };
 use inventory_journal::{rebuild, Journal, JournalError, Until};
 use tokio::sync::oneshot;
@@ -72,6 +72,9 @@ pub struct Meta {
 #[derive(Debug)]
 pub enum WriteReply {
     Applied(Applied),
+    /// An order's lines were refused (`OrderNotReservable`): why, line by
+    /// line.
+    Refused(Applied, Vec<LineRefusal>),
     /// The journal could not make the batch durable: not acknowledged.
     JournalUnavailable,
     /// The command needs records from the cold tier and too many commands
@@ -361,7 +364,7 @@ struct LoopState {
     sizing: Option<Sizing>,
     // Reused per batch, so steady state allocates no buffers.
     entries: Vec<Entry>,
-    writes: Vec<(oneshot::Sender<WriteReply>, Applied)>,
+    writes: Vec<(oneshot::Sender<WriteReply>, WriteReply)>,
     reads: Vec<Request>,
     /// Emptied txn lists of committed entries, for the next entries: a
     /// 10,000-row receipt's list is 2 MB, too much to allocate afresh (and
@@ -495,6 +498,16 @@ impl LoopState {
                     self.push_entry(now, meta, command, None, &mut txns);
                 }
             }
+            let orders = self.shard.due_order_expirations(now, EXPIRE_BATCH_MAX);
+            if !orders.is_empty() {
+                // The home expires its committed orders; the other shards'
+                // lines follow when the resolver tells them.
+                let command = Command::ExpireOrders(ExpireOrders { order_ids: orders });
+                if self.shard.apply(now, &command, &mut txns).changed {
+                    let meta = Meta { trace_id: 0, operator: SYSTEM_OPERATOR.to_string() };
+                    self.push_entry(now, meta, command, None, &mut txns);
+                }
+            }
             for id in self.shard.due_adjustment_expirations(now, EXPIRE_BATCH_MAX) {
                 // One entry each: an audit record names one adjustment.
                 let command = Command::ExpireAdjustments(ExpireAdjustments { ids: vec![id] });
@@ -592,7 +605,13 @@ impl LoopState {
                     let facts = facts.filter(|f| !f.is_empty());
                     self.push_entry(now, meta, command, facts, txns);
                 }
-                self.writes.push((reply, applied));
+                let answer = match applied.outcome {
+                    Outcome::Rejected(inventory_core::Rejection::OrderNotReservable { .. }) => {
+                        WriteReply::Refused(applied, self.shard.take_refusals())
+                    }
+                    _ => WriteReply::Applied(applied),
+                };
+                self.writes.push((reply, answer));
             }
             Err(needs) => {
                 let Some(cold) = &self.cold else {
@@ -788,8 +807,8 @@ impl LoopState {
                 self.record_committed();
                 self.metrics.journal_entries.get_or_create(&self.labels).set(self.next_seq - 1);
             }
-            for (reply, applied) in self.writes.drain(..) {
-                let _ = reply.send(WriteReply::Applied(applied));
+            for (reply, answer) in self.writes.drain(..) {
+                let _ = reply.send(answer);
             }
         } else {
             self.shard.rollback_batch();

@@ -21,6 +21,7 @@ mod observability;
 mod openapi;
 mod operator;
 mod operator_ctl;
+mod orders;
 mod persistence;
 mod pg;
 mod policy;

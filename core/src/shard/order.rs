@@ -206,9 +206,9 @@ impl Shard {
             let existing = ReservationId::new(self.config.index, seq);
             return Err(Rejection::DuplicateOrderLine { existing, status: self.holds[&seq].change.status });
         }
-        let cold_line = cold
-            .order(order_id)
-            .and_then(|holds| holds.iter().find(|h| h.order_id == order_id && h.sku_id == line.sku_id && h.visible(at)));
+        let cold_line = cold.order(order_id).and_then(|holds| {
+            holds.iter().find(|h| h.order_id == order_id && h.sku_id == line.sku_id && h.visible(at))
+        });
         if let Some(hold) = cold_line {
             let existing = ReservationId::new(self.config.index, hold.seq);
             return Err(Rejection::DuplicateOrderLine { existing, status: hold.status });

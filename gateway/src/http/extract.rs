@@ -175,7 +175,10 @@ write_bodies!(
     api::ProposeBody,
     api::DecisionBody,
     api::TransferBody,
-    api::PolicyBody
+    api::PolicyBody,
+    api::OrderReserveBody,
+    api::OrderConfirmBody,
+    api::OrderReleaseBody
 );
 
 /// A single write: who asked, its JSON body, and its idempotency key (from

@@ -124,8 +124,10 @@ impl Endpoint {
             | Endpoint::Release
             | Endpoint::Reservation
             | Endpoint::OrderStatus
-            | Endpoint::ReadModelOrderStatus => &[Role::Reserver],
-            Endpoint::Confirm => &[Role::Payment],
+            | Endpoint::ReadModelOrderStatus
+            | Endpoint::OrderReserve
+            | Endpoint::OrderRelease => &[Role::Reserver],
+            Endpoint::Confirm | Endpoint::OrderConfirm => &[Role::Payment],
             Endpoint::Stock => &[Role::Reader],
             Endpoint::Receive | Endpoint::ReceiveBatch => &[Role::Receiver],
             Endpoint::Freeze

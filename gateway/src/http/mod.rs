@@ -15,6 +15,7 @@ mod extract;
 mod guard;
 pub mod openapi;
 mod operator;
+mod orders;
 mod read_model;
 mod reads;
 mod writes;
@@ -34,6 +35,7 @@ pub use admin::{persistence_gauges, ReplicationGuard, SnapshotJson, CAPACITY_SKU
 pub use events::event_gauges;
 pub use extract::Ctx;
 pub use guard::{protected_mode, Security};
+pub use orders::resolve_orders;
 pub use read_model::READ_MODEL_TIMEOUT;
 
 use crate::api::ApiError;
@@ -100,6 +102,9 @@ pub enum Endpoint {
     TransferCancel,
     PolicySet,
     PolicyRemove,
+    OrderReserve,
+    OrderConfirm,
+    OrderRelease,
     ConsoleRoot,
     Console,
     ConsoleFile,
@@ -108,7 +113,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// In the order a request's path is looked up for its label: the
     /// busiest first.
-    pub const ALL: [Endpoint; 35] = [
+    pub const ALL: [Endpoint; 38] = [
         Endpoint::Reserve,
         Endpoint::Confirm,
         Endpoint::Release,
@@ -141,6 +146,9 @@ impl Endpoint {
         Endpoint::TransferCancel,
         Endpoint::PolicySet,
         Endpoint::PolicyRemove,
+        Endpoint::OrderReserve,
+        Endpoint::OrderConfirm,
+        Endpoint::OrderRelease,
         Endpoint::ConsoleRoot,
         Endpoint::Console,
         Endpoint::ConsoleFile,
@@ -177,6 +185,9 @@ impl Endpoint {
             Endpoint::TransferArrive => "/api/admin/transfers/{transfer_id}/arrive",
             Endpoint::TransferCancel => "/api/admin/transfers/{transfer_id}/cancel",
             Endpoint::PolicySet | Endpoint::PolicyRemove => "/api/admin/skus/{sku_id}/policy",
+            Endpoint::OrderReserve => "/api/orders/{order_id}/reserve",
+            Endpoint::OrderConfirm => "/api/orders/{order_id}/confirm",
+            Endpoint::OrderRelease => "/api/orders/{order_id}/release",
             Endpoint::ConsoleRoot => "/console",
             Endpoint::Console => "/console/",
             Endpoint::ConsoleFile => "/console/{*path}",
@@ -215,6 +226,9 @@ impl Endpoint {
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => "transfer",
             Endpoint::PolicySet | Endpoint::PolicyRemove => "policy",
+            Endpoint::OrderReserve => "order_reserve",
+            Endpoint::OrderConfirm => "order_confirm",
+            Endpoint::OrderRelease => "order_release",
             Endpoint::ConsoleRoot | Endpoint::Console | Endpoint::ConsoleFile => "console",
         }
     }
@@ -255,6 +269,7 @@ impl Endpoint {
             | Endpoint::TransferDispatch
             | Endpoint::TransferArrive
             | Endpoint::TransferCancel => Method::POST,
+            Endpoint::OrderReserve | Endpoint::OrderConfirm | Endpoint::OrderRelease => Method::POST,
             Endpoint::PolicySet => Method::PUT,
             Endpoint::PolicyRemove => Method::DELETE,
         }
@@ -293,6 +308,9 @@ impl Endpoint {
             Endpoint::Transfer => on(method, operator::transfer),
             Endpoint::TransferArrive => on(method, operator::arrive),
             Endpoint::TransferCancel => on(method, operator::cancel),
+            Endpoint::OrderReserve => on(method, orders::reserve),
+            Endpoint::OrderConfirm => on(method, orders::confirm),
+            Endpoint::OrderRelease => on(method, orders::release),
             Endpoint::PolicySet => on(method, operator::set_policy),
             Endpoint::PolicyRemove => on(method, operator::remove_policy),
             Endpoint::ConsoleRoot => on(method, console::root),

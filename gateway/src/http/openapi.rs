@@ -178,7 +178,7 @@ impl Endpoint {
             .refuses(WRITE)
             .refuses(&[
                 (404, &["RESERVATION_NOT_FOUND"]),
-                (409, &["RESERVATION_EXPIRED", "RESERVATION_RELEASED", "PAYMENT_MISMATCH"]),
+                (409, &["RESERVATION_EXPIRED", "RESERVATION_RELEASED", "PAYMENT_MISMATCH", "PART_OF_ORDER"]),
             ]),
             Endpoint::Release => Doc::new(
                 "Release a hold: its units are available again",
@@ -188,7 +188,7 @@ impl Endpoint {
             .write()
             .ok(s.of::<api::HoldJson>(), "`RELEASED`, or `EXPIRED` if it had timed out.")
             .refuses(WRITE)
-            .refuses(&[(404, &["RESERVATION_NOT_FOUND"]), (409, &["RESERVATION_CONFIRMED"])]),
+            .refuses(&[(404, &["RESERVATION_NOT_FOUND"]), (409, &["RESERVATION_CONFIRMED", "PART_OF_ORDER"])]),
             Endpoint::Receive => Doc::new("Receive stock into a warehouse", "Adds `qty` units to the SKU's row.")
                 .body(s.of::<api::ReceiveBody>())
                 .write()
@@ -338,6 +338,54 @@ impl Endpoint {
                     .refuses(WRITE)
                     .refuses(OPERATOR)
                     .refuses(&[(404, &["SKU_NOT_FOUND"])])
+            }
+            Endpoint::OrderReserve => Doc::new(
+                "Hold every line of an order, or none",
+                "Each shard holds its lines on its own; the order's home (the lowest of its shards) then \
+                 decides, and the answer comes once every line is the order's. Any line that cannot be held \
+                 is named with its own code, and no line stays held. One `expireAt` for every line. A retry \
+                 with the same key answers the same holds.",
+            )
+            .body(s.of::<api::OrderReserveBody>())
+            .write()
+            .ok(s.of::<api::OrderStateJson>(), "Held: `RESERVED`, each line with its hold.")
+            .refuses(WRITE)
+            .refuses(&[(409, &["ORDER_NOT_RESERVABLE", "ORDER_ABORTED"]), (422, &["INVALID_BATCH"])]),
+            Endpoint::OrderConfirm | Endpoint::OrderRelease => {
+                let (summary, description, body, answer) = if self == Endpoint::OrderConfirm {
+                    (
+                        "Confirm an order: every line is sold",
+                        "Decided by the order's home before its `expireAt`; then every shard follows. A repeated \
+                         payment callback answers `CONFIRMED` again.",
+                        s.of::<api::OrderConfirmBody>(),
+                        "`CONFIRMED` (or `EXPIRED`, if it came too late, as a 409).",
+                    )
+                } else {
+                    (
+                        "Release an order: every line is available again",
+                        "An order that had timed out answers `EXPIRED`.",
+                        s.of::<api::OrderReleaseBody>(),
+                        "`RELEASED`, or `EXPIRED`.",
+                    )
+                };
+                Doc::new(summary, description)
+                    .body(body)
+                    .write()
+                    .ok(s.of::<api::OrderStateJson>(), answer)
+                    .refuses(WRITE)
+                    .refuses(&[
+                        (404, &["ORDER_NOT_FOUND"]),
+                        (
+                            409,
+                            &[
+                                "ORDER_ABORTED",
+                                "RESERVATION_EXPIRED",
+                                "RESERVATION_RELEASED",
+                                "RESERVATION_CONFIRMED",
+                                "PAYMENT_MISMATCH",
+                            ],
+                        ),
+                    ])
             }
             Endpoint::PolicySet => Doc::new(
                 "Set an SKU's sale policy",

@@ -348,6 +348,16 @@ async fn cold_key(app: &App, shard: u16, key: u128, now: u64) -> Result<bool, Ap
 
 /// Sends a command to its shard and waits for the durable outcome.
 pub(super) async fn write(app: &App, shard: u16, command: Command, meta: Meta) -> Result<Applied, ApiError> {
+    write_detailed(app, shard, command, meta).await.map(|(applied, _)| applied)
+}
+
+/// [`write`], with why an order's lines were refused, line by line.
+pub(super) async fn write_detailed(
+    app: &App,
+    shard: u16,
+    command: Command,
+    meta: Meta,
+) -> Result<(Applied, Vec<inventory_core::LineRefusal>), ApiError> {
     if let Some(guard) = &app.replication_guard {
         guard.check(shard)?;
     }
@@ -383,8 +393,9 @@ pub(super) async fn write(app: &App, shard: u16, command: Command, meta: Meta) -
             if applied.replayed {
                 runtime.metrics.idempotent_replays.inc();
             }
-            Ok(applied)
+            Ok((applied, Vec::new()))
         }
+        Ok(WriteReply::Refused(applied, lines)) => Ok((applied, lines)),
         Ok(WriteReply::JournalUnavailable) => Err(ApiError::unavailable(
             "JOURNAL_UNAVAILABLE",
             "the journal could not make this change durable; nothing was acknowledged, retry with the same idempotency key",
