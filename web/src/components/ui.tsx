@@ -59,7 +59,7 @@ export function ErrorNote({ error, status, title }: { error: ApiErrorBody; statu
       <div className="detail">
         <code>{error.code}</code>
         {status ? ` (${status})` : ""}: {error.message}
-        {error.available !== undefined && ` (${error.available} available)`}
+        {error.available != null && ` (${error.available} available)`}
       </div>
     </div>
   );
@@ -108,7 +108,7 @@ export function Loading({ what }: { what: string }) {
   );
 }
 
-export function time(iso: string | undefined): string {
+export function time(iso: string | null | undefined): string {
   if (!iso) return "";
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();

@@ -190,7 +190,7 @@ function StockView({ stock, at }: { stock: Stock; at: number }) {
           </tbody>
         </table>
       </div>
-      {stock.policy !== undefined && (
+      {stock.policy != null && (
         <div className="policy">
           <h3>Policy</h3>
           <dl className="kv">
