@@ -397,7 +397,7 @@ describe("without authentication, with the PostgreSQL read model", () => {
     await page.goto(`/console/#/stock/${sku}`);
     await page.getByTestId("policy").waitFor(WAIT);
     assert.equal(await page.getByTestId("policy-limit").innerText(), "no limit");
-    assert.match(await page.getByTestId("policy-window").innerText(), /^from .+ until .+open$/s);
+    assert.match(await page.getByTestId("policy-window").innerText(), /^from .+ until .+open$/is);
     assert.match(await page.getByTestId("policy-buyers").innerText(), /not counted/);
     const quotas = page.getByRole("table", { name: "Channel quotas" });
     assert.match(await quotas.getByRole("row", { name: /app/ }).innerText(), /app\s+2\s+2\s+0/);
