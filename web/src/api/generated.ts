@@ -4641,6 +4641,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A file of the console, or any other path (answered with its page). */
                 "*path": string;
             };
             cookie?: never;
