@@ -14,6 +14,12 @@ use crate::workload::Scenario;
 pub const CATALOGUE_MAX: u64 = 50_000_000;
 /// Most connections (and load-generator tasks).
 pub const CONNECTIONS_MAX: usize = 4_096;
+/// Most lines in one order (`--lines`).
+pub const LINES_MAX: usize = 100;
+/// Most buyers of a `drop`.
+pub const BUYERS_MAX: u64 = 10_000_000;
+/// Most reserves one bot of a `drop` fires.
+pub const BOT_ATTEMPTS_MAX: u64 = 100;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -89,17 +95,34 @@ pub struct RunArgs {
     /// Units seeded per hot SKU.
     #[arg(long, default_value_t = 100_000)]
     pub hot_stock: u64,
-    /// Units seeded for the single SKU of hot-only and hot-burst (default:
-    /// hot-only 100,000 per second of run; hot-burst half the burst demand,
-    /// so it sells out during the burst).
+    /// Units seeded for the single SKU of hot-only, hot-burst and drop
+    /// (default: hot-only 100,000 per second of run; hot-burst half the
+    /// burst demand, so it sells out during the burst; drop a tenth of the
+    /// buyers' demand, buyers x --max-per-buyer).
     #[arg(long)]
     pub flash_stock: Option<u64>,
     /// Burst rate as a multiple of the base rate (hot-burst).
     #[arg(long, default_value_t = 10.0)]
     pub burst_factor: f64,
-    /// Units per reserve.
+    /// Units per reserve (per line of an order).
     #[arg(long, default_value_t = 1)]
     pub qty: u64,
+    /// Lines per order (max with --mix reserves): more than 1 reserves each
+    /// order's lines, distinct SKUs, in one request to
+    /// `POST /api/orders/{orderId}/reserve`.
+    #[arg(long, default_value_t = 1)]
+    pub lines: usize,
+    /// Buyers of a drop; odd-numbered ones are bots.
+    #[arg(long, default_value_t = 100_000)]
+    pub buyers: u64,
+    /// The drop's sale policy: units one buyer may hold (`maxPerBuyer`).
+    /// Honest buyers reserve this many in one request.
+    #[arg(long, default_value_t = 2)]
+    pub max_per_buyer: u64,
+    /// Reserves of one unit each a bot of a drop fires back to back,
+    /// whatever the answers, each with a new order id and key.
+    #[arg(long, default_value_t = 4)]
+    pub bot_attempts: u64,
     /// `ttlSeconds` of each hold; unsettled holds expire after it.
     #[arg(long, default_value_t = 30)]
     pub hold_ttl_secs: u64,
@@ -326,9 +349,54 @@ impl RunArgs {
         if self.hold_ttl_secs == 0 {
             return Err("--hold-ttl-secs must be at least 1".into());
         }
-        if self.mix == MixKind::Reserves && !matches!(self.scenario, Scenario::Max | Scenario::HotOnly | Scenario::Soak)
+        if self.mix == MixKind::Reserves
+            && !matches!(self.scenario, Scenario::Max | Scenario::HotOnly | Scenario::Soak | Scenario::Drop)
         {
-            return Err("--mix reserves applies to the closed-loop scenarios max, hot-only and soak".into());
+            return Err("--mix reserves applies to the closed-loop scenarios max, hot-only, soak and drop".into());
+        }
+        let service_only = self.targets.iter().all(|t| matches!(t, TargetKind::Service | TargetKind::ServiceFile));
+        if self.scenario == Scenario::Drop {
+            if !service_only {
+                return Err("drop sets a sale policy (PUT /api/admin/skus/{skuId}/policy, maxPerBuyer), which only \
+                            the service has: use --targets service and/or service-file"
+                    .into());
+            }
+            if self.jwt_hs256_secret_file.is_some() || self.jwt_es256_key_file.is_some() {
+                return Err("drop sets a sale policy, an operator action, and the harness's tokens carry no \
+                            operator role: run drop without --jwt-* flags"
+                    .into());
+            }
+            if self.buyers == 0 || self.buyers > BUYERS_MAX {
+                return Err(format!("--buyers must be between 1 and {BUYERS_MAX}, got {}", self.buyers));
+            }
+            if self.max_per_buyer == 0 || self.max_per_buyer > u32::MAX as u64 {
+                return Err(format!("--max-per-buyer must be between 1 and {}, got {}", u32::MAX, self.max_per_buyer));
+            }
+            if self.bot_attempts == 0 || self.bot_attempts > BOT_ATTEMPTS_MAX {
+                return Err(format!(
+                    "--bot-attempts must be between 1 and {BOT_ATTEMPTS_MAX}, got {}",
+                    self.bot_attempts
+                ));
+            }
+            if self.flash_stock == Some(0) {
+                return Err("--flash-stock must be at least 1".into());
+            }
+        }
+        if self.lines == 0 || self.lines > LINES_MAX {
+            return Err(format!("--lines must be between 1 and {LINES_MAX}, got {}", self.lines));
+        }
+        if self.lines > 1 {
+            if self.scenario != Scenario::Max || self.mix != MixKind::Reserves {
+                return Err("--lines applies to --scenario max --mix reserves".into());
+            }
+            if !service_only {
+                return Err("--lines sends multi-line orders (POST /api/orders/{orderId}/reserve), which only the \
+                            service answers: use --targets service and/or service-file"
+                    .into());
+            }
+            if self.catalogue < self.lines as u64 {
+                return Err(format!("--lines {} needs a catalogue of at least that many SKUs", self.lines));
+            }
         }
         if self.target_url.is_some() && self.targets != [TargetKind::Service] {
             return Err("--target-url measures one running service: use it with --targets service".into());
@@ -402,6 +470,38 @@ mod tests {
         assert!(parse(&["--scenario", "peak", "--targets", "service,memory", "--ledger", "x"])
             .unwrap_err()
             .contains("--ledger"));
+    }
+
+    #[test]
+    fn drop_runs_only_against_targets_with_sale_policies() {
+        let run = parse(&["--scenario", "drop", "--targets", "service,service-file"]).unwrap();
+        assert_eq!((run.buyers, run.max_per_buyer, run.bot_attempts), (100_000, 2, 4));
+        for other in ["postgres", "redis-always", "redis-everysec", "memory", "service,memory"] {
+            let e = parse(&["--scenario", "drop", "--targets", other]).unwrap_err();
+            assert!(e.contains("only the service has"), "{other}: {e}");
+        }
+        assert!(parse(&["--scenario", "drop", "--jwt-hs256-secret-file", "f"]).unwrap_err().contains("operator"));
+        assert!(parse(&["--scenario", "drop", "--buyers", "0"]).unwrap_err().contains("--buyers"));
+        assert!(parse(&["--scenario", "drop", "--max-per-buyer", "0"]).unwrap_err().contains("--max-per-buyer"));
+        assert!(parse(&["--scenario", "drop", "--bot-attempts", "0"]).unwrap_err().contains("--bot-attempts"));
+    }
+
+    #[test]
+    fn multi_line_orders_are_a_variant_of_max_against_the_service() {
+        let run = parse(&["--scenario", "max", "--mix", "reserves", "--lines", "3"]).unwrap();
+        assert_eq!(run.lines, 3);
+        assert_eq!(parse(&["--scenario", "max"]).unwrap().lines, 1);
+        assert!(parse(&["--scenario", "max", "--lines", "3"]).unwrap_err().contains("--mix reserves"));
+        assert!(parse(&["--scenario", "hot-only", "--mix", "reserves", "--lines", "3"])
+            .unwrap_err()
+            .contains("--scenario max"));
+        assert!(parse(&["--scenario", "max", "--mix", "reserves", "--lines", "3", "--targets", "postgres"])
+            .unwrap_err()
+            .contains("only the"));
+        assert!(parse(&["--scenario", "max", "--lines", "0"]).unwrap_err().contains("--lines"));
+        assert!(parse(&["--scenario", "max", "--mix", "reserves", "--lines", "3", "--catalogue", "2"])
+            .unwrap_err()
+            .contains("catalogue"));
     }
 
     #[test]

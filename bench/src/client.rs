@@ -114,6 +114,17 @@ impl Conn {
     /// Sends one request and reads the whole response. On any failure the
     /// connection is dropped and the next request reconnects.
     pub async fn request(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, Failure> {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    /// [`Conn::request`] with extra headers (e.g. `X-Operator`).
+    pub async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Reply, Failure> {
         let timeout = self.timeout;
         let host = self.host.clone();
         let credentials = match &mut self.auth {
@@ -129,6 +140,9 @@ impl Conn {
             let mut builder = Request::builder().method(method).uri(path).header(HOST, host);
             if body.is_some() {
                 builder = builder.header(CONTENT_TYPE, "application/json");
+            }
+            for &(name, value) in headers {
+                builder = builder.header(name, value);
             }
             if let Some(credentials) = credentials {
                 if let Some(bearer) = credentials.authorization {

@@ -12,8 +12,14 @@
 //!
 //! Told to stop when the target is lost, the phase ends early once workers
 //! can no longer connect to it (a drill that kills the target under load).
+//!
+//! In a `drop` the workers take the buyers in turn from a shared counter,
+//! each buyer sending its reserves back to back, and the ledger keeps what
+//! every buyer was granted. With `lines` above 1 a reserve is an order of
+//! that many lines in one request, and the ledger keeps a sample of the
+//! granted orders and of the refused ones for the audit.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,7 +33,7 @@ use tokio::time::Instant;
 use crate::acklog::{self, Ack, AckLog};
 use crate::client::{segment, Conn, Failure, Reply};
 use crate::stats::{histogram, Class, RunStats, Second, Timeline};
-use crate::workload::{Catalogue, Mode, Op, Plan, Rng};
+use crate::workload::{Catalogue, DropPlan, Mode, Op, Plan, Rng};
 
 /// Holds a worker keeps to settle later; older ones are left to expire.
 const PENDING_HOLDS_MAX: usize = 4096;
@@ -45,6 +51,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Connection attempts in a row a worker sees refused before it takes the
 /// target for lost (with `stop_when_lost`).
 const LOST_AFTER_REFUSALS: u32 = 3;
+/// Refused orders kept, over all workers, to check that they hold nothing.
+const REFUSED_ORDERS_AUDIT_MAX: usize = 10_000;
 
 /// Status of an acknowledged hold as the harness last learned it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +90,30 @@ pub struct SkuLedger {
     pub uncertain: u64,
 }
 
+/// What one buyer of a drop was granted, as the acknowledged answers said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuyerLedger {
+    /// Granted holds (answers 200): reservation id and units.
+    pub grants: Vec<(String, u64)>,
+    /// Those of them the harness released (answered `RELEASED`).
+    pub released: Vec<String>,
+}
+
+/// One line of an acknowledged order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderLine {
+    pub sku: u64,
+    pub qty: u64,
+    pub reservation_id: String,
+}
+
+/// One acknowledged multi-line order, kept for the audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub lines: Vec<OrderLine>,
+}
+
 /// A worker's (and after merging, the run's) ledger of acknowledged writes.
 #[derive(Default)]
 pub struct Ledger {
@@ -92,6 +124,22 @@ pub struct Ledger {
     /// Responses that contradict an earlier acknowledgement (e.g. a confirm
     /// of a granted, unexpired hold answered `RESERVATION_NOT_FOUND`).
     pub contradictions: u64,
+    /// A drop's buyers, by number, with what each was granted.
+    pub buyers: FxHashMap<u64, BuyerLedger>,
+    /// Buyers of a drop who had their turn (sent at least one reserve).
+    pub buyers_served: u64,
+    /// When the first `INSUFFICIENT_STOCK` came back, from the phase's start.
+    pub sold_out_after: Option<Duration>,
+    /// A sample of the acknowledged multi-line orders.
+    pub orders: Vec<OrderRecord>,
+    /// Acknowledged multi-line orders, of which `orders` is a sample.
+    pub orders_acked: u64,
+    /// A sample of the orders refused `ORDER_NOT_RESERVABLE`: each must
+    /// hold nothing.
+    pub refused_orders: Vec<String>,
+    pub refused_orders_seen: u64,
+    /// Lines of refused orders, by the code the refusal gave each.
+    pub refused_lines: BTreeMap<String, u64>,
 }
 
 impl Ledger {
@@ -106,7 +154,117 @@ impl Ledger {
         self.holds.extend(other.holds);
         self.holds_acked += other.holds_acked;
         self.contradictions += other.contradictions;
+        for (buyer, l) in other.buyers {
+            let e = self.buyers.entry(buyer).or_default();
+            e.grants.extend(l.grants);
+            e.released.extend(l.released);
+        }
+        self.buyers_served += other.buyers_served;
+        self.sold_out_after = match (self.sold_out_after, other.sold_out_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.orders.extend(other.orders);
+        self.orders_acked += other.orders_acked;
+        self.refused_orders.extend(other.refused_orders);
+        self.refused_orders_seen += other.refused_orders_seen;
+        for (code, n) in other.refused_lines {
+            *self.refused_lines.entry(code).or_default() += n;
+        }
     }
+}
+
+/// The body of `POST /api/orders/{orderId}/reserve` for `lines` of
+/// `(skuId, qty)`.
+pub fn order_body<'a>(order_id: &str, lines: impl IntoIterator<Item = (&'a str, u64)>, ttl_seconds: u64) -> String {
+    let lines: Vec<serde_json::Value> =
+        lines.into_iter().map(|(sku_id, qty)| serde_json::json!({"skuId": sku_id, "qty": qty})).collect();
+    serde_json::json!({
+        "lines": lines,
+        "idemKey": format!("t1:{order_id}:reserve"),
+        "ttlSeconds": ttl_seconds,
+    })
+    .to_string()
+}
+
+/// A granted order: 200 `{orderId, status:"RESERVED", expireAt, lines}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderGranted {
+    pub order_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub expire_at: Option<String>,
+    pub lines: Vec<GrantedLine>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantedLine {
+    pub sku_id: String,
+    #[serde(default)]
+    pub warehouse_id: Option<String>,
+    pub qty: u64,
+    pub reservation_id: String,
+}
+
+/// A refused order: 409 `{code:"ORDER_NOT_RESERVABLE", message, lines}`,
+/// each line with its own code (and `available` for a stock shortage).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderRefused {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub lines: Vec<RefusedLine>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedLine {
+    pub sku_id: String,
+    #[serde(default)]
+    pub warehouse_id: Option<String>,
+    pub code: String,
+    #[serde(default)]
+    pub available: Option<i64>,
+}
+
+/// The code of a refused order.
+pub const ORDER_NOT_RESERVABLE: &str = "ORDER_NOT_RESERVABLE";
+
+/// Reads a granted order's answer against what was asked (`(sku, skuId)`
+/// per line, `qty` units each): the order, `RESERVED`, every line once,
+/// with its quantity and a reservation id of its own. The lines come back
+/// in the order asked.
+pub fn granted_lines(order_id: &str, asked: &[(u64, String)], qty: u64, body: &[u8]) -> Result<Vec<OrderLine>, String> {
+    let granted: OrderGranted = serde_json::from_slice(body)
+        .map_err(|e| format!("not a granted order ({e}): {}", String::from_utf8_lossy(body)))?;
+    if granted.order_id != order_id {
+        return Err(format!("answered for order {:?}, asked for {order_id:?}", granted.order_id));
+    }
+    if granted.status != "RESERVED" {
+        return Err(format!("status {:?}, not RESERVED", granted.status));
+    }
+    if granted.lines.len() != asked.len() {
+        return Err(format!("{} lines granted, {} asked", granted.lines.len(), asked.len()));
+    }
+    let mut lines = Vec::with_capacity(asked.len());
+    for (sku, sku_id) in asked {
+        let mut matching = granted.lines.iter().filter(|l| &l.sku_id == sku_id);
+        let (Some(line), None) = (matching.next(), matching.next()) else {
+            return Err(format!("{sku_id} is not granted exactly once"));
+        };
+        if line.qty != qty {
+            return Err(format!("{sku_id}: {} units granted, {qty} asked", line.qty));
+        }
+        if line.reservation_id.is_empty() || lines.iter().any(|l: &OrderLine| l.reservation_id == line.reservation_id) {
+            return Err(format!("{sku_id}: reservation id {:?} is empty or not its own", line.reservation_id));
+        }
+        lines.push(OrderLine { sku: *sku, qty, reservation_id: line.reservation_id.clone() });
+    }
+    Ok(lines)
 }
 
 /// Live counters for the progress bar.
@@ -203,10 +361,14 @@ pub async fn run(config: LoadConfig, progress: Arc<Progress>) -> LoadResult {
     // Start a little in the future so that every worker is ready at t = 0.
     let start = Instant::now() + Duration::from_millis(50);
     let lost = Arc::new(AtomicU64::new(0));
+    let next_buyer = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(config.connections);
     for id in 0..config.connections {
         let worker = Worker::new(id, config.clone(), timeline.clone(), progress.clone(), start, lost.clone());
-        tasks.push(tokio::spawn(worker.run()));
+        tasks.push(match config.plan.drop {
+            Some(drop) => tokio::spawn(worker.run_drop(drop, next_buyer.clone())),
+            None => tokio::spawn(worker.run()),
+        });
     }
     let floods: Vec<_> = (0..config.read_flood)
         .map(|id| tokio::spawn(flood(config.clone(), id, start, start + config.plan.duration)))
@@ -270,6 +432,8 @@ struct Pending {
     qty: u64,
     granted: Instant,
     slot: Option<usize>,
+    /// The drop buyer it was granted to.
+    buyer: Option<u64>,
 }
 
 /// A granted reserve kept to be looked at again later.
@@ -298,6 +462,8 @@ struct Worker {
     recalls: u64,
     orders: u64,
     holds_cap: usize,
+    /// Refused orders this worker keeps for the audit.
+    refused_cap: usize,
     second: Second,
     second_index: usize,
     /// Shared by all workers: 0 while the target answers, else 1 + the
@@ -324,6 +490,7 @@ impl Worker {
         let conn = Conn::with_auth(config.addr, config.request_timeout, config.auth.as_ref());
         let rng = Rng::new(config.plan.seed.wrapping_mul(0x100_0000_01B3).wrapping_add(id as u64));
         let holds_cap = (config.audit_holds_max / config.connections).max(1);
+        let refused_cap = (REFUSED_ORDERS_AUDIT_MAX / config.connections).max(1);
         Worker {
             id,
             config,
@@ -340,6 +507,7 @@ impl Worker {
             recalls: 0,
             orders: 0,
             holds_cap,
+            refused_cap,
             second: Second::default(),
             second_index: 0,
             lost,
@@ -411,11 +579,42 @@ impl Worker {
         WorkerDone { stats: self.stats, ledger: self.ledger, unsent }
     }
 
+    /// A drop: takes the next buyer until every buyer has had a turn (or
+    /// the phase is over) and sends that buyer's reserves back to back.
+    async fn run_drop(mut self, drop: DropPlan, next_buyer: Arc<AtomicU64>) -> WorkerDone {
+        let end = self.start + self.config.plan.duration;
+        let flash = self.config.catalogue.flash();
+        tokio::time::sleep_until(self.start).await;
+        'buyers: while Instant::now() < end && self.lost.load(Relaxed) == 0 {
+            let buyer = next_buyer.fetch_add(1, Relaxed);
+            if buyer >= drop.buyers {
+                break;
+            }
+            self.ledger.buyers_served += 1;
+            let (attempts, qty) = drop.requests_of(buyer);
+            for _ in 0..attempts {
+                let intended = Instant::now();
+                if intended >= end {
+                    break 'buyers;
+                }
+                let (op, class, code) = self.reserve_sku(flash, qty, Some(buyer)).await;
+                if code == "INSUFFICIENT_STOCK" && self.ledger.sold_out_after.is_none() {
+                    self.ledger.sold_out_after = Some(Instant::now().saturating_duration_since(self.start));
+                }
+                self.record(op, class, code, intended);
+            }
+        }
+        self.flush_second();
+        WorkerDone { stats: self.stats, ledger: self.ledger, unsent: 0 }
+    }
+
     /// Sends one operation (a settle with nothing to settle becomes a
-    /// reserve) and records it.
+    /// reserve; a reserve is an order with `lines` above 1) and records it.
     async fn step(&mut self, op: Op, flash: bool, intended: Instant) {
+        let reserve_or_order = self.config.plan.lines > 1 && !flash;
         let (op, class, code) = match op {
-            Op::Reserve => self.reserve(flash).await,
+            Op::Reserve | Op::Order if reserve_or_order => self.order().await,
+            Op::Reserve | Op::Order => self.reserve(flash).await,
             Op::Confirm | Op::Release => match self.take_pending() {
                 Some(hold) => self.settle(op, hold).await,
                 None => self.reserve(flash).await,
@@ -426,6 +625,11 @@ impl Worker {
                 None => self.reserve(flash).await,
             },
         };
+        self.record(op, class, code, intended);
+    }
+
+    /// Records an answered (or failed) operation sent at `intended`.
+    fn record(&mut self, op: Op, class: Class, code: String, intended: Instant) {
         let done = Instant::now();
         let latency_us = done.saturating_duration_since(intended).as_micros() as u64;
         if self.config.stop_when_lost {
@@ -461,7 +665,7 @@ impl Worker {
         match class {
             Class::Ok => {
                 s.ok += 1;
-                if op == Op::Reserve {
+                if matches!(op, Op::Reserve | Op::Order) {
                     s.reserves_ok += 1;
                     self.progress.reserves_ok.fetch_add(1, Relaxed);
                 }
@@ -498,13 +702,23 @@ impl Worker {
     }
 
     async fn reserve(&mut self, flash: bool) -> (Op, Class, String) {
+        let sku = if flash { self.config.catalogue.flash() } else { self.config.catalogue.pick(&mut self.rng) };
+        self.reserve_sku(sku, self.config.plan.qty, None).await
+    }
+
+    /// A drop buyer's id as the service sees it.
+    fn buyer_id(&self, buyer: u64) -> String {
+        format!("{}-buyer-{buyer}", self.config.run_tag)
+    }
+
+    /// Reserves `qty` units of `sku` for a new order (for a drop's `buyer`).
+    async fn reserve_sku(&mut self, sku: u64, qty: u64, buyer: Option<u64>) -> (Op, Class, String) {
         let catalogue = self.config.catalogue.clone();
-        let sku = if flash { catalogue.flash() } else { catalogue.pick(&mut self.rng) };
         let sku_id = catalogue.sku_id(sku);
         self.orders += 1;
         let order_id = format!("{}-{}-{}", self.config.run_tag, self.id, self.orders);
-        let qty = self.config.plan.qty;
-        let body = self.reserve_body(&order_id, &sku_id);
+        let buyer_id = buyer.map(|b| self.buyer_id(b));
+        let body = reserve_body(&order_id, &sku_id, qty, self.config.plan.hold_ttl_secs, buyer_id.as_deref());
         let reply = self.conn.request(Method::POST, "/api/inventory/reserve", Some(body.into_bytes())).await;
         let granted = Instant::now();
         let (class, code) = classify(&reply);
@@ -535,6 +749,9 @@ impl Worker {
                         .unwrap_or(0),
                 });
                 self.ledger.skus.entry(sku).or_default().reserved += qty;
+                if let Some(buyer) = buyer {
+                    self.ledger.buyers.entry(buyer).or_default().grants.push((reservation_id.clone(), qty));
+                }
                 let slot = self.sample_hold(HoldRecord {
                     reservation_id: reservation_id.clone(),
                     sku,
@@ -552,7 +769,7 @@ impl Worker {
                     let (reservation_id, order_id) = (reservation_id.clone(), order_id.clone());
                     self.aging.push_back(Recall { reservation_id, order_id, sku, granted });
                 }
-                self.pending.push_back(Pending { reservation_id, order_id, sku, qty, granted, slot });
+                self.pending.push_back(Pending { reservation_id, order_id, sku, qty, granted, slot, buyer });
             }
             (_, Class::Error) => self.ledger.skus.entry(sku).or_default().uncertain += qty,
             _ => {}
@@ -560,11 +777,93 @@ impl Worker {
         (Op::Reserve, class, code)
     }
 
-    fn reserve_body(&self, order_id: &str, sku_id: &str) -> String {
-        format!(
-            r#"{{"orderId":"{order_id}","skuId":"{sku_id}","qty":{},"idemKey":"t1:{order_id}:reserve","ttlSeconds":{}}}"#,
-            self.config.plan.qty, self.config.plan.hold_ttl_secs
-        )
+    /// Reserves an order of `lines` distinct SKUs in one request.
+    async fn order(&mut self) -> (Op, Class, String) {
+        let catalogue = self.config.catalogue.clone();
+        let qty = self.config.plan.qty;
+        let asked: Vec<(u64, String)> = catalogue
+            .pick_distinct(&mut self.rng, self.config.plan.lines)
+            .into_iter()
+            .map(|sku| (sku, catalogue.sku_id(sku)))
+            .collect();
+        self.orders += 1;
+        let order_id = format!("{}-{}-{}", self.config.run_tag, self.id, self.orders);
+        let body =
+            order_body(&order_id, asked.iter().map(|(_, id)| (id.as_str(), qty)), self.config.plan.hold_ttl_secs);
+        let path = format!("/api/orders/{}/reserve", segment(&order_id));
+        let reply = self.conn.request(Method::POST, &path, Some(body.into_bytes())).await;
+        let (class, code) = classify(&reply);
+        match (&reply, class) {
+            (Ok(r), Class::Ok) => {
+                let lines = match granted_lines(&order_id, &asked, qty, &r.body) {
+                    Ok(lines) => lines,
+                    Err(_) => {
+                        // Granted, but not as asked: whatever it holds is
+                        // not known.
+                        for (sku, _) in &asked {
+                            self.ledger.skus.entry(*sku).or_default().uncertain += qty;
+                        }
+                        return (Op::Order, Class::Error, "BAD_RESPONSE".into());
+                    }
+                };
+                let expire_at_ms = r
+                    .json::<OrderGranted>()
+                    .and_then(|g| g.expire_at)
+                    .and_then(|at| acklog::parse_rfc3339_ms(&at))
+                    .unwrap_or(0);
+                for line in &lines {
+                    self.ledger.skus.entry(line.sku).or_default().reserved += line.qty;
+                    self.log(|ack_ms| Ack::Reserve {
+                        ack_ms,
+                        reservation_id: line.reservation_id.clone(),
+                        order_id: order_id.clone(),
+                        sku_id: catalogue.sku_id(line.sku),
+                        qty: line.qty,
+                        expire_at_ms,
+                    });
+                }
+                self.sample_order(OrderRecord { order_id, lines });
+            }
+            (Ok(r), Class::Rejected) if code == ORDER_NOT_RESERVABLE => {
+                for line in r.json::<OrderRefused>().map(|o| o.lines).unwrap_or_default() {
+                    *self.ledger.refused_lines.entry(line.code).or_default() += 1;
+                }
+                self.sample_refused(order_id);
+            }
+            (_, Class::Error) => {
+                for (sku, _) in &asked {
+                    self.ledger.skus.entry(*sku).or_default().uncertain += qty;
+                }
+            }
+            _ => {}
+        }
+        (Op::Order, class, code)
+    }
+
+    /// Reservoir sampling of acknowledged orders (as of holds).
+    fn sample_order(&mut self, record: OrderRecord) {
+        self.ledger.orders_acked += 1;
+        if self.ledger.orders.len() < self.holds_cap {
+            self.ledger.orders.push(record);
+        } else {
+            let j = self.rng.below(self.ledger.orders_acked) as usize;
+            if j < self.holds_cap {
+                self.ledger.orders[j] = record;
+            }
+        }
+    }
+
+    /// Reservoir sampling of refused orders.
+    fn sample_refused(&mut self, order_id: String) {
+        self.ledger.refused_orders_seen += 1;
+        if self.ledger.refused_orders.len() < self.refused_cap {
+            self.ledger.refused_orders.push(order_id);
+        } else {
+            let j = self.rng.below(self.ledger.refused_orders_seen) as usize;
+            if j < self.refused_cap {
+                self.ledger.refused_orders[j] = order_id;
+            }
+        }
     }
 
     /// The index in `aged` of a reserve to recall, if one is old enough.
@@ -590,7 +889,9 @@ impl Worker {
         let reply = if self.recalls.is_multiple_of(2) {
             self.conn.get(&format!("/api/reservations/{}", segment(&recall.reservation_id))).await
         } else {
-            let body = self.reserve_body(&recall.order_id, &self.config.catalogue.sku_id(recall.sku));
+            let plan = &self.config.plan;
+            let sku_id = self.config.catalogue.sku_id(recall.sku);
+            let body = reserve_body(&recall.order_id, &sku_id, plan.qty, plan.hold_ttl_secs, None);
             self.conn.request(Method::POST, "/api/inventory/reserve", Some(body.into_bytes())).await
         };
         #[derive(Deserialize)]
@@ -670,6 +971,9 @@ impl Worker {
                     }
                     (Op::Release, Some("RELEASED")) => {
                         ledger.released += hold.qty;
+                        if let Some(buyer) = hold.buyer {
+                            self.ledger.buyers.entry(buyer).or_default().released.push(hold.reservation_id.clone());
+                        }
                         HoldStatus::Released
                     }
                     (Op::Release, Some("EXPIRED")) => HoldStatus::Expired,
@@ -715,6 +1019,15 @@ struct WorkerDone {
     unsent: u64,
 }
 
+/// The body of `POST /api/inventory/reserve` (with a `buyerId` for a
+/// drop's buyers).
+pub fn reserve_body(order_id: &str, sku_id: &str, qty: u64, ttl_seconds: u64, buyer_id: Option<&str>) -> String {
+    let buyer = buyer_id.map(|b| format!(r#","buyerId":"{b}""#)).unwrap_or_default();
+    format!(
+        r#"{{"orderId":"{order_id}","skuId":"{sku_id}","qty":{qty},"idemKey":"t1:{order_id}:reserve","ttlSeconds":{ttl_seconds}{buyer}}}"#
+    )
+}
+
 /// Sorts a reply into ok / rejected / error, with its code.
 pub fn classify(reply: &Result<Reply, Failure>) -> (Class, String) {
     match reply {
@@ -738,6 +1051,109 @@ mod tests {
         assert_eq!(s0.interval, Duration::from_millis(10));
         assert_eq!(s3.next - start, Duration::from_millis(3));
         assert_eq!(s0.remaining(), 100);
+    }
+
+    #[test]
+    fn a_drop_buyer_is_named_in_the_reserve() {
+        let body = reserve_body("o-1", "s-flash", 2, 920, Some("r-buyer-7"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"orderId": "o-1", "skuId": "s-flash", "qty": 2, "idemKey": "t1:o-1:reserve",
+                "ttlSeconds": 920, "buyerId": "r-buyer-7"})
+        );
+        let v: serde_json::Value = serde_json::from_str(&reserve_body("o-2", "s-1", 1, 30, None)).unwrap();
+        assert!(v.get("buyerId").is_none(), "{v}");
+    }
+
+    #[test]
+    fn an_order_body_lists_its_lines() {
+        let body = order_body("o-9", [("s-1", 1), ("s-7", 2), ("s-3", 1)], 30);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "lines": [{"skuId": "s-1", "qty": 1}, {"skuId": "s-7", "qty": 2}, {"skuId": "s-3", "qty": 1}],
+                "idemKey": "t1:o-9:reserve",
+                "ttlSeconds": 30,
+            })
+        );
+    }
+
+    fn asked() -> Vec<(u64, String)> {
+        vec![(1, "s-1".to_string()), (7, "s-7".to_string()), (3, "s-3".to_string())]
+    }
+
+    #[test]
+    fn a_granted_order_is_read_line_by_line() {
+        // Lines may come back in another order, with warehouses filled in.
+        let body = br#"{"orderId":"o-9","status":"RESERVED","expireAt":"2026-11-24T19:30:04.064Z","lines":[
+            {"skuId":"s-7","warehouseId":"default","qty":1,"reservationId":"rsv-1-2"},
+            {"skuId":"s-1","warehouseId":"default","qty":1,"reservationId":"rsv-0-5"},
+            {"skuId":"s-3","warehouseId":"east","qty":1,"reservationId":"rsv-1-3"}]}"#;
+        let lines = granted_lines("o-9", &asked(), 1, body).unwrap();
+        let line = |sku, id: &str| OrderLine { sku, qty: 1, reservation_id: id.into() };
+        assert_eq!(lines, vec![line(1, "rsv-0-5"), line(7, "rsv-1-2"), line(3, "rsv-1-3")]);
+        let granted: OrderGranted = serde_json::from_slice(body).unwrap();
+        assert_eq!(granted.expire_at.as_deref().and_then(acklog::parse_rfc3339_ms), Some(1_795_548_604_064));
+        assert_eq!(granted.lines[2].warehouse_id.as_deref(), Some("east"));
+    }
+
+    #[test]
+    fn a_granted_order_unlike_the_one_asked_is_not_taken() {
+        let line = |sku: &str, qty: u64, id: &str| format!(r#"{{"skuId":"{sku}","qty":{qty},"reservationId":"{id}"}}"#);
+        let order = |order_id: &str, status: &str, lines: &[String]| {
+            format!(r#"{{"orderId":"{order_id}","status":"{status}","lines":[{}]}}"#, lines.join(","))
+        };
+        let good = [line("s-1", 1, "r1"), line("s-7", 1, "r2"), line("s-3", 1, "r3")];
+        assert!(granted_lines("o-9", &asked(), 1, order("o-9", "RESERVED", &good).as_bytes()).is_ok());
+        let cases = [
+            (order("o-8", "RESERVED", &good), "order"),
+            (order("o-9", "PENDING", &good), "RESERVED"),
+            (order("o-9", "RESERVED", &good[..2]), "2 lines"),
+            (order("o-9", "RESERVED", &[good[0].clone(), good[1].clone(), line("s-4", 1, "r3")]), "s-3"),
+            (order("o-9", "RESERVED", &[good[0].clone(), good[1].clone(), line("s-3", 2, "r3")]), "2 units"),
+            (order("o-9", "RESERVED", &[good[0].clone(), good[1].clone(), line("s-3", 1, "r2")]), "its own"),
+            (r#"{"code":"ORDER_NOT_RESERVABLE"}"#.to_string(), "not a granted order"),
+        ];
+        for (body, why) in cases {
+            let e = granted_lines("o-9", &asked(), 1, body.as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_order_gives_each_line_its_code() {
+        let body = br#"{"code":"ORDER_NOT_RESERVABLE","message":"1 of 3 lines cannot be reserved","lines":[
+            {"skuId":"s-7","warehouseId":"default","code":"INSUFFICIENT_STOCK","available":0},
+            {"skuId":"s-1","warehouseId":"default","code":"OK"},
+            {"skuId":"s-3","warehouseId":"default","code":"SKU_FROZEN"}]}"#;
+        let reply = Reply { status: 409, body: bytes::Bytes::from_static(body) };
+        let refused: OrderRefused = reply.json().unwrap();
+        assert_eq!(classify(&Ok(reply)), (Class::Rejected, ORDER_NOT_RESERVABLE.to_string()));
+        assert_eq!(refused.code, ORDER_NOT_RESERVABLE);
+        let codes: Vec<(&str, &str, Option<i64>)> =
+            refused.lines.iter().map(|l| (l.sku_id.as_str(), l.code.as_str(), l.available)).collect();
+        assert_eq!(codes, [("s-7", "INSUFFICIENT_STOCK", Some(0)), ("s-1", "OK", None), ("s-3", "SKU_FROZEN", None)]);
+    }
+
+    #[test]
+    fn ledgers_merge_buyers_orders_and_the_sell_out() {
+        let mut a = Ledger { sold_out_after: Some(Duration::from_millis(900)), buyers_served: 2, ..Ledger::default() };
+        a.buyers.entry(1).or_default().grants.push(("r1".into(), 1));
+        a.refused_lines.insert("INSUFFICIENT_STOCK".into(), 2);
+        let mut b = Ledger { sold_out_after: Some(Duration::from_millis(700)), buyers_served: 3, ..Ledger::default() };
+        b.buyers.entry(1).or_default().grants.push(("r2".into(), 1));
+        b.buyers.entry(1).or_default().released.push("r1".into());
+        b.refused_lines.insert("INSUFFICIENT_STOCK".into(), 1);
+        b.orders_acked = 4;
+        a.merge(b);
+        assert_eq!(a.sold_out_after, Some(Duration::from_millis(700)));
+        assert_eq!(a.buyers_served, 5);
+        assert_eq!(a.buyers[&1].grants.len(), 2);
+        assert_eq!(a.buyers[&1].released, vec!["r1".to_string()]);
+        assert_eq!(a.refused_lines["INSUFFICIENT_STOCK"], 3);
+        assert_eq!(a.orders_acked, 4);
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::audit::AuditReport;
+use crate::audit::{held_units, AuditReport};
+use crate::loadgen::Ledger;
 use crate::stats::{OpSummary, TimelinePoint};
 use crate::target::TargetKind;
-use crate::workload::{Catalogue, Mode, Plan, Scenario};
+use crate::workload::{Catalogue, DropPlan, Mode, Plan, Scenario};
 use crate::{BenchError, Result};
 
 #[derive(Clone, Debug, Serialize)]
@@ -94,6 +95,109 @@ pub struct TargetReport {
     /// by those alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_flood: Option<ReadFlood>,
+    /// A drop: its buyers, rates and who got the stock (the per-buyer
+    /// limit's audit is in `audit.buyers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop: Option<DropReport>,
+    /// Multi-line orders (`--lines`): orders and lines per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orders: Option<OrderReport>,
+}
+
+/// What a drop's buyers got: units and buyers, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BuyersGot {
+    pub buyers: u64,
+    /// Of them, those granted at least one unit.
+    pub buyers_with_units: u64,
+    /// Units granted and not released.
+    pub units: u64,
+}
+
+/// A drop's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DropReport {
+    pub buyers: u64,
+    /// Buyers who had their turn before the phase ended.
+    pub buyers_served: u64,
+    pub max_per_buyer: u64,
+    pub bot_attempts: u64,
+    pub stock_units: u64,
+    /// Units the buyers were after: the limit, per buyer.
+    pub demand_units: u64,
+    /// Reserves answered, granted or refused, per second of the phase (it
+    /// ends when the last buyer is done).
+    pub reserves_answered_per_s: f64,
+    pub reserves_granted_per_s: f64,
+    /// Latency of every reserve, granted or refused.
+    pub reserve_p50_ms: f64,
+    pub reserve_p99_ms: f64,
+    /// When the first `INSUFFICIENT_STOCK` came back.
+    pub sold_out_after_s: Option<f64>,
+    pub honest: BuyersGot,
+    pub bots: BuyersGot,
+}
+
+impl DropReport {
+    pub fn of(plan: &DropPlan, stock: u64, ledger: &Ledger, reserve: Option<&OpSummary>, seconds: f64) -> DropReport {
+        let mut honest = BuyersGot { buyers: plan.buyers - plan.bots(), ..BuyersGot::default() };
+        let mut bots = BuyersGot { buyers: plan.bots(), ..BuyersGot::default() };
+        for (&buyer, l) in &ledger.buyers {
+            let got = if DropPlan::is_bot(buyer) { &mut bots } else { &mut honest };
+            let units = held_units(l);
+            got.units += units;
+            got.buyers_with_units += u64::from(units > 0);
+        }
+        let seconds = seconds.max(f64::MIN_POSITIVE);
+        let (answered, granted) = reserve.map_or((0, 0), |r| (r.ok + r.rejected, r.ok));
+        DropReport {
+            buyers: plan.buyers,
+            buyers_served: ledger.buyers_served,
+            max_per_buyer: plan.max_per_buyer,
+            bot_attempts: plan.bot_attempts,
+            stock_units: stock,
+            demand_units: plan.demand_units(),
+            reserves_answered_per_s: answered as f64 / seconds,
+            reserves_granted_per_s: granted as f64 / seconds,
+            reserve_p50_ms: reserve.map_or(0.0, |r| r.p50_ms),
+            reserve_p99_ms: reserve.map_or(0.0, |r| r.p99_ms),
+            sold_out_after_s: ledger.sold_out_after.map(|d| d.as_secs_f64()),
+            honest,
+            bots,
+        }
+    }
+}
+
+/// Multi-line orders: each one request of `lines` lines.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OrderReport {
+    pub lines: usize,
+    pub orders_ok: u64,
+    pub orders_ok_per_s: f64,
+    pub lines_ok_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// Orders refused (`ORDER_NOT_RESERVABLE` and any other 4xx).
+    pub refused: u64,
+    /// Lines of the `ORDER_NOT_RESERVABLE` refusals, by each line's code.
+    pub refused_lines: BTreeMap<String, u64>,
+}
+
+impl OrderReport {
+    pub fn of(lines: usize, order: &OpSummary, ledger: &Ledger) -> OrderReport {
+        OrderReport {
+            lines,
+            orders_ok: order.ok,
+            orders_ok_per_s: order.ok_per_s,
+            lines_ok_per_s: order.ok_per_s * lines as f64,
+            p50_ms: order.p50_ms,
+            p99_ms: order.p99_ms,
+            p999_ms: order.p999_ms,
+            refused: order.rejected,
+            refused_lines: ledger.refused_lines.clone(),
+        }
+    }
 }
 
 /// What the concurrent read flood got: stock queries answered 200 and
@@ -222,8 +326,9 @@ impl TargetReport {
 }
 
 impl TargetReport {
+    /// The reserves, or with `--lines` the orders.
     pub fn reserve(&self) -> Option<&OpSummary> {
-        self.ops.get("reserve")
+        self.ops.get("reserve").or_else(|| self.ops.get("order"))
     }
 }
 
@@ -439,22 +544,49 @@ pub fn table(report: &RunReport) -> String {
         Mode::Closed => "closed loop".to_string(),
     };
     let c = &report.catalogue;
-    let _ = writeln!(
-        s,
-        "\n{} ({mode}, {} connections, {:.0} s; {} SKUs, {} hot taking {:.0}%; mix reserve/confirm/release/query \
-         {}/{}/{}/{}; {} cpus)",
-        report.scenario.name(),
-        report.connections,
-        report.plan.duration.as_secs_f64(),
-        c.skus,
-        c.hot,
-        c.hot_share * 100.0,
-        report.plan.mix.reserve,
-        report.plan.mix.confirm,
-        report.plan.mix.release,
-        report.plan.mix.query,
-        report.host.cpus,
-    );
+    if report.plan.drop.is_some() {
+        let _ = writeln!(
+            s,
+            "\n{} ({mode}, {} connections, at most {:.0} s; one SKU of {} units under a limit per buyer; {} cpus)",
+            report.scenario.name(),
+            report.connections,
+            report.plan.duration.as_secs_f64(),
+            c.flash_stock,
+            report.host.cpus,
+        );
+    } else if report.plan.lines > 1 {
+        let _ = writeln!(
+            s,
+            "\n{} ({mode}, {} connections, {:.0} s; {} SKUs, {} hot taking {:.0}%; orders of {} lines of {} units; {} \
+             cpus)",
+            report.scenario.name(),
+            report.connections,
+            report.plan.duration.as_secs_f64(),
+            c.skus,
+            c.hot,
+            c.hot_share * 100.0,
+            report.plan.lines,
+            report.plan.qty,
+            report.host.cpus,
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\n{} ({mode}, {} connections, {:.0} s; {} SKUs, {} hot taking {:.0}%; mix reserve/confirm/release/query \
+             {}/{}/{}/{}; {} cpus)",
+            report.scenario.name(),
+            report.connections,
+            report.plan.duration.as_secs_f64(),
+            c.skus,
+            c.hot,
+            c.hot_share * 100.0,
+            report.plan.mix.reserve,
+            report.plan.mix.confirm,
+            report.plan.mix.release,
+            report.plan.mix.query,
+            report.host.cpus,
+        );
+    }
     let _ = writeln!(
         s,
         "{:<15} {:>9} {:>9} | {:>7} {:>7} {:>7} {:>7} {:>8} | {:>7} | {:>7} {:>8} {:>5} | {:>8} {:>6}",
@@ -573,6 +705,76 @@ pub fn table(report: &RunReport) -> String {
                 "  read flood: {} connections, {:.0} ok/s (200), {:.0} rate-limited/s (429), {} other answers or \
                  failures",
                 f.connections, f.ok_per_s, f.rate_limited_per_s, f.other
+            );
+        }
+        if let Some(d) = &t.drop {
+            let _ = writeln!(
+                s,
+                "  drop: {} buyers ({} served), {} bots firing {} reserves of 1 unit, the others one of {}; limit {} \
+                 per buyer; stock {} units for a demand of {}",
+                d.buyers,
+                d.buyers_served,
+                d.bots.buyers,
+                d.bot_attempts,
+                d.max_per_buyer,
+                d.max_per_buyer,
+                d.stock_units,
+                d.demand_units
+            );
+            let _ = writeln!(
+                s,
+                "  drop: reserves answered {:.0}/s, granted {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; sold out after {}",
+                d.reserves_answered_per_s,
+                d.reserves_granted_per_s,
+                d.reserve_p50_ms,
+                d.reserve_p99_ms,
+                d.sold_out_after_s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "- (never)".into())
+            );
+            let _ = writeln!(
+                s,
+                "  drop: honest buyers got {} units ({} of {} buyers), bots {} units ({} of {})",
+                d.honest.units,
+                d.honest.buyers_with_units,
+                d.honest.buyers,
+                d.bots.units,
+                d.bots.buyers_with_units,
+                d.bots.buyers
+            );
+        }
+        if let Some(b) = &t.audit.buyers {
+            let _ = writeln!(
+                s,
+                "  per buyer (acknowledged units, less released): most {} units, {} buyers over the limit of {} -> {}",
+                b.max_units,
+                b.buyers_over_limit,
+                b.limit,
+                if b.buyers_over_limit == 0 { "clean" } else { "NOT CLEAN" }
+            );
+        }
+        if let Some(o) = &t.orders {
+            let refused: Vec<String> = o.refused_lines.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = writeln!(
+                s,
+                "  orders of {} lines: {:.0} orders/s, {:.0} lines/s, p50 {:.2} p99 {:.2} p99.9 {:.2} ms; {} refused{}",
+                o.lines,
+                o.orders_ok_per_s,
+                o.lines_ok_per_s,
+                o.p50_ms,
+                o.p99_ms,
+                o.p999_ms,
+                o.refused,
+                if refused.is_empty() { String::new() } else { format!(" (lines: {})", refused.join(", ")) }
+            );
+            let a = &t.audit;
+            let _ = writeln!(
+                s,
+                "  orders audit: {}/{} acknowledged orders read back, {} with a line not held; {} refused orders \
+                 read back, {} holding something",
+                a.orders_checked,
+                a.orders_acked,
+                a.lost_acked_orders,
+                a.refused_orders_checked,
+                a.refused_orders_holding
             );
         }
         if let Some(after) = t.target_lost_after_s {
@@ -695,6 +897,8 @@ mod tests {
             cold_filters: None,
             target_lost_after_s: None,
             read_flood: None,
+            drop: None,
+            orders: None,
         }
     }
 

@@ -12,11 +12,20 @@ use crate::audit::{audit, AuditReport};
 use crate::auth::{Auth, AuthFiles};
 use crate::cli::{MixKind, RunArgs};
 use crate::loadgen::{self, LoadConfig, Progress};
-use crate::report::{self, ColdFilters, ColdLookups, HostInfo, ReadFlood, ResourceSample, RunReport, TargetReport};
+use crate::report::{
+    self, ColdFilters, ColdLookups, DropReport, HostInfo, OrderReport, ReadFlood, ResourceSample, RunReport,
+    TargetReport,
+};
 use crate::stats::OpSummary;
 use crate::target::{self, Running, StartOptions, TargetKind};
-use crate::workload::{Burst, Catalogue, Mix, Mode, Op, Plan, Scenario};
+use crate::workload::{Burst, Catalogue, DropPlan, Mix, Mode, Op, Plan, Scenario};
 use crate::{BenchError, Result};
+
+/// How long a drop's holds outlive its measured phase: none may expire
+/// before the audit has read them back, or its units would return to the
+/// buyer's allowance and the per-buyer audit, which counts only the
+/// harness's releases, would not hold.
+const DROP_HOLD_MARGIN_SECS: u64 = 900;
 
 /// The measured phase's plan for `args`.
 pub fn plan(args: &RunArgs) -> Plan {
@@ -32,20 +41,34 @@ pub fn plan(args: &RunArgs) -> Plan {
         }),
         _ => None,
     };
+    let drop = (args.scenario == Scenario::Drop).then_some(DropPlan {
+        buyers: args.buyers,
+        max_per_buyer: args.max_per_buyer,
+        bot_attempts: args.bot_attempts,
+        bot_qty: 1,
+        honest_qty: args.max_per_buyer,
+    });
+    let hold_ttl_secs = match drop {
+        Some(_) => args.hold_ttl_secs.max(args.duration.as_secs() + DROP_HOLD_MARGIN_SECS),
+        None => args.hold_ttl_secs,
+    };
     Plan {
         scenario: args.scenario,
         mode,
         duration: args.duration,
         mix: match args.mix {
             MixKind::Orders if args.scenario == Scenario::Soak => Mix::SOAK,
+            MixKind::Orders if args.scenario == Scenario::Drop => Mix::RESERVES,
             MixKind::Orders => Mix::ORDERS,
             MixKind::Reserves => Mix::RESERVES,
         },
-        flash_only: args.scenario == Scenario::HotOnly,
+        flash_only: matches!(args.scenario, Scenario::HotOnly | Scenario::Drop),
         burst,
         qty: args.qty,
-        hold_ttl_secs: args.hold_ttl_secs,
+        hold_ttl_secs,
         seed: args.seed,
+        lines: args.lines,
+        drop,
     }
 }
 
@@ -54,8 +77,21 @@ pub fn catalogue(args: &RunArgs, plan: &Plan, tag: &str) -> Catalogue {
     let flash_stock = args.flash_stock.unwrap_or(match args.scenario {
         Scenario::HotOnly => (100_000.0 * args.duration.as_secs_f64()).max(1_000_000.0) as u64 * args.qty,
         Scenario::HotBurst => (plan.burst_demand() / 2).max(args.qty),
+        Scenario::Drop => plan.drop.map_or(0, |d| d.default_stock()),
         _ => 0,
     });
+    if plan.drop.is_some() {
+        // The drop's one SKU and nothing else.
+        return Catalogue {
+            prefix: format!("b{tag}-"),
+            skus: 0,
+            hot: 0,
+            hot_share: 0.0,
+            stock: 0,
+            hot_stock: 0,
+            flash_stock,
+        };
+    }
     Catalogue {
         prefix: format!("b{tag}-"),
         skus: args.catalogue,
@@ -162,6 +198,9 @@ async fn measure(
         None => Running::start(kind, options)?,
     };
     running.wait_ready().await?;
+    if plan.lines > 1 {
+        target::probe_orders(running.addr, &catalogue.prefix, args.timeout, auth).await?;
+    }
 
     let seeding = bar(
         args.no_progress,
@@ -183,6 +222,14 @@ async fn measure(
     seeding.finish_and_clear();
     let seed_s = t0.elapsed().as_secs_f64();
     eprintln!("{name}: seeded {} SKUs in {seed_s:.1} s ({receives} receive requests)", catalogue.skus);
+    if let Some(drop) = plan.drop {
+        let sku_id = catalogue.sku_id(catalogue.flash());
+        target::set_buyer_limit(running.addr, &sku_id, drop.max_per_buyer, args.timeout, auth).await?;
+        eprintln!(
+            "{name}: {sku_id}: {} units, at most {} per buyer, for {} buyers",
+            catalogue.flash_stock, drop.max_per_buyer, drop.buyers
+        );
+    }
 
     let progress = Arc::new(Progress::default());
     let running_bar = bar(
@@ -258,7 +305,8 @@ async fn measure(
         }
         None => {
             eprintln!("{name}: auditing {} SKUs and {} holds", load.ledger.skus.len(), load.ledger.holds.len());
-            audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger, auth).await?
+            let buyer_limit = plan.drop.map(|d| d.max_per_buyer);
+            audit(running.addr, args.connections, args.timeout, &catalogue, &load.ledger, buyer_limit, auth).await?
         }
     };
     if let Err(e) = running.stop() {
@@ -280,6 +328,8 @@ async fn measure(
     let loadgen_cpu_us_per_request = per_request(loadgen_cpu);
     let target_cpu_us_per_request = target_cpu.map(per_request);
     let error_rate = if attempted > 0 { (total.errors + load.unsent) as f64 / attempted as f64 } else { 0.0 };
+    let drop = plan.drop.map(|d| DropReport::of(&d, catalogue.flash_stock, &load.ledger, ops.get("reserve"), seconds));
+    let orders = ops.get("order").map(|o| OrderReport::of(plan.lines, o, &load.ledger));
     Ok(TargetReport {
         target: kind,
         label: kind.label().into(),
@@ -302,6 +352,8 @@ async fn measure(
         cold_filters,
         target_lost_after_s: lost.map(|d| d.as_secs_f64()),
         read_flood: load.flood.map(|f| ReadFlood::of(f, seconds)),
+        drop,
+        orders,
     })
 }
 

@@ -405,6 +405,75 @@ pub async fn seed(
     Ok(sent.load(Ordering::Relaxed))
 }
 
+/// Puts a sale policy of at most `max_per_buyer` units per buyer on
+/// `sku_id` (`PUT /api/admin/skus/{skuId}/policy`, as operator "bench").
+pub async fn set_buyer_limit(
+    addr: SocketAddr,
+    sku_id: &str,
+    max_per_buyer: u64,
+    timeout: Duration,
+    auth: Option<&Arc<crate::auth::Auth>>,
+) -> Result<()> {
+    let mut conn = Conn::with_auth(addr, timeout, auth);
+    let path = format!("/api/admin/skus/{}/policy", crate::client::segment(sku_id));
+    let body = format!(r#"{{"maxPerBuyer":{max_per_buyer},"idemKey":"policy:{sku_id}"}}"#);
+    let mut last = String::new();
+    for attempt in 0..8u32 {
+        let reply =
+            conn.request_with(hyper::Method::PUT, &path, Some(body.clone().into_bytes()), &[("x-operator", "bench")]);
+        match reply.await {
+            Ok(r) if r.status == 200 => {
+                let set = r.json::<serde_json::Value>().and_then(|v| v["policy"]["maxPerBuyer"].as_u64());
+                return match set {
+                    Some(n) if n == max_per_buyer => Ok(()),
+                    _ => Err(BenchError::Seed(format!(
+                        "PUT {path}: the answer shows no maxPerBuyer {max_per_buyer}: {}",
+                        String::from_utf8_lossy(&r.body)
+                    ))),
+                };
+            }
+            Ok(r) if r.status == 503 => last = r.code(),
+            Ok(r) => {
+                return Err(BenchError::Seed(format!(
+                    "PUT {path}: HTTP {} {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                )))
+            }
+            Err(f) => last = f.code().into(),
+        }
+        tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+    }
+    Err(BenchError::Seed(format!("PUT {path}: {last}")))
+}
+
+/// Checks that the target answers multi-line orders
+/// (`POST /api/orders/{orderId}/reserve`) with an order of no lines, which
+/// it must refuse without holding anything; a target without the route
+/// (404 `NOT_FOUND`, 405) is refused before the run.
+pub async fn probe_orders(
+    addr: SocketAddr,
+    prefix: &str,
+    timeout: Duration,
+    auth: Option<&Arc<crate::auth::Auth>>,
+) -> Result<()> {
+    let mut conn = Conn::with_auth(addr, timeout, auth);
+    let path = format!("/api/orders/{}/reserve", crate::client::segment(&format!("{prefix}probe")));
+    let body = format!(r#"{{"lines":[],"idemKey":"{prefix}probe:reserve"}}"#);
+    let reply = conn
+        .request(hyper::Method::POST, &path, Some(body.into_bytes()))
+        .await
+        .map_err(|f| BenchError::Start { what: "the orders probe".into(), reason: f.code().into() })?;
+    if reply.status == 405 || (reply.status == 404 && reply.code() == "NOT_FOUND") {
+        return Err(BenchError::Config(format!(
+            "--lines needs POST /api/orders/{{orderId}}/reserve, which this target does not have (HTTP {} {})",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        )));
+    }
+    Ok(())
+}
+
 async fn receive_with_retry(conn: &mut Conn, body: String) -> Result<()> {
     let mut last = String::new();
     for attempt in 0..8u32 {

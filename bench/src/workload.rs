@@ -51,10 +51,13 @@ pub enum Op {
     /// or its reserve retried with the same key (answered from the cold
     /// tier once those have left memory).
     Recall,
+    /// An order of several lines reserved in one request
+    /// (`POST /api/orders/{orderId}/reserve`, `--lines`).
+    Order,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Reserve, Op::Confirm, Op::Release, Op::Query, Op::Recall];
+    pub const ALL: [Op; 6] = [Op::Reserve, Op::Confirm, Op::Release, Op::Query, Op::Recall, Op::Order];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +66,7 @@ impl Op {
             Op::Release => "release",
             Op::Query => "query",
             Op::Recall => "recall",
+            Op::Order => "order",
         }
     }
 
@@ -160,6 +164,20 @@ impl Catalogue {
             self.hot + rng.below(cold)
         }
     }
+
+    /// `n` distinct SKUs for the lines of one order, each picked as
+    /// [`Catalogue::pick`] does (`n` at most the catalogue's size).
+    pub fn pick_distinct(&self, rng: &mut Rng, n: usize) -> Vec<u64> {
+        assert!(n as u64 <= self.skus, "{n} distinct SKUs from a catalogue of {}", self.skus);
+        let mut picked = Vec::with_capacity(n);
+        while picked.len() < n {
+            let sku = self.pick(rng);
+            if !picked.contains(&sku) {
+                picked.push(sku);
+            }
+        }
+        picked
+    }
 }
 
 /// Named scenarios (the list).
@@ -180,6 +198,11 @@ pub enum Scenario {
     /// Closed loop at saturation for a long time (default 10 minutes),
     /// sampling the target's resident memory and disk use as it goes.
     Soak,
+    /// A limited drop: one SKU under a sale policy of a few units per
+    /// buyer, a crowd of buyers ten times larger than the stock, half of
+    /// them bots firing reserve after reserve. Closed loop; ends when every
+    /// buyer has had their turn (or at `--duration`).
+    Drop,
 }
 
 impl Scenario {
@@ -191,6 +214,7 @@ impl Scenario {
             Scenario::HotOnly => "hot-only",
             Scenario::Max => "max",
             Scenario::Soak => "soak",
+            Scenario::Drop => "drop",
         }
     }
 
@@ -200,7 +224,7 @@ impl Scenario {
             Scenario::Peak => Some(30_000.0),
             Scenario::DoublePeak => Some(60_000.0),
             Scenario::HotBurst => Some(3_000.0),
-            Scenario::HotOnly | Scenario::Max | Scenario::Soak => None,
+            Scenario::HotOnly | Scenario::Max | Scenario::Soak | Scenario::Drop => None,
         }
     }
 }
@@ -225,6 +249,54 @@ pub struct Burst {
     pub rate: f64,
 }
 
+/// The buyers of a `drop` and what each of them sends. Buyers take their
+/// turn in order (one connection each at a time); odd-numbered buyers are
+/// bots, so exactly half of them (rounded down) are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DropPlan {
+    pub buyers: u64,
+    /// The sale policy's `maxPerBuyer`: units one buyer may hold.
+    pub max_per_buyer: u64,
+    /// A bot's reserves, fired back to back whatever the answer (a refusal
+    /// is retried at once, a grant is followed by a try for more), each
+    /// with a new order id and idempotency key.
+    pub bot_attempts: u64,
+    /// Units per bot reserve: one, the small orders bots use to slip under
+    /// a per-order cap.
+    pub bot_qty: u64,
+    /// Units of an honest buyer's single reserve: the limit.
+    pub honest_qty: u64,
+}
+
+impl DropPlan {
+    pub fn is_bot(buyer: u64) -> bool {
+        buyer % 2 == 1
+    }
+
+    pub fn bots(&self) -> u64 {
+        self.buyers / 2
+    }
+
+    /// Units the buyers are after: the limit, per buyer.
+    pub fn demand_units(&self) -> u64 {
+        self.buyers * self.max_per_buyer
+    }
+
+    /// The stock of a drop by default: a tenth of the demand.
+    pub fn default_stock(&self) -> u64 {
+        (self.demand_units() / 10).max(1)
+    }
+
+    /// What `buyer` sends: `(reserves, units each)`.
+    pub fn requests_of(&self, buyer: u64) -> (u64, u64) {
+        if Self::is_bot(buyer) {
+            (self.bot_attempts, self.bot_qty)
+        } else {
+            (1, self.honest_qty)
+        }
+    }
+}
+
 /// Everything the load generator needs to know about one measured phase.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -238,6 +310,13 @@ pub struct Plan {
     pub qty: u64,
     pub hold_ttl_secs: u64,
     pub seed: u64,
+    /// Lines of each order: 1 sends single-line reserves
+    /// (`POST /api/inventory/reserve`), more sends orders
+    /// (`POST /api/orders/{orderId}/reserve`) of that many distinct SKUs.
+    pub lines: usize,
+    /// The buyers of a `drop`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop: Option<DropPlan>,
 }
 
 impl Plan {
@@ -302,6 +381,32 @@ mod tests {
         assert!((hot as f64 / n as f64 - 0.15).abs() < 0.01, "{hot}");
         assert_eq!(cat.sku_id(cat.flash()), "s-flash");
         assert_eq!(cat.sku_id(3), "s-3");
+    }
+
+    #[test]
+    fn order_lines_are_distinct_skus() {
+        let cat =
+            Catalogue { prefix: "s-".into(), skus: 4, hot: 1, hot_share: 0.9, stock: 1, hot_stock: 1, flash_stock: 1 };
+        let mut rng = Rng::new(3);
+        for _ in 0..1_000 {
+            let mut lines = cat.pick_distinct(&mut rng, 3);
+            lines.sort_unstable();
+            lines.dedup();
+            assert_eq!(lines.len(), 3);
+            assert!(lines.iter().all(|&s| s < 4));
+        }
+        assert_eq!(cat.pick_distinct(&mut rng, 4).len(), 4);
+    }
+
+    #[test]
+    fn half_the_drop_buyers_are_bots() {
+        let plan = DropPlan { buyers: 100_000, max_per_buyer: 2, bot_attempts: 4, bot_qty: 1, honest_qty: 2 };
+        assert_eq!((0..plan.buyers).filter(|&b| DropPlan::is_bot(b)).count() as u64, plan.bots());
+        assert_eq!(plan.bots(), 50_000);
+        assert_eq!(plan.demand_units(), 200_000);
+        assert_eq!(plan.default_stock(), 20_000);
+        assert_eq!(plan.requests_of(0), (1, 2));
+        assert_eq!(plan.requests_of(1), (4, 1));
     }
 
     #[test]

@@ -66,13 +66,17 @@ fn targets() -> String {
 
 /// Runs one scenario against all targets and returns the parsed report.
 fn smoke(scenario: &str, extra: &[&str]) -> serde_json::Value {
+    smoke_on(scenario, &targets(), extra)
+}
+
+/// Runs one scenario against `targets` and returns the parsed report.
+fn smoke_on(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().expect("temp dir");
     let inventoryd = inventoryd();
-    let targets = targets();
     let mut command = Command::new(bench_bin());
     command
-        .args(["run", "--scenario", scenario, "--targets", &targets])
+        .args(["run", "--scenario", scenario, "--targets", targets])
         .args(["--duration", "2s", "--catalogue", "1000", "--hot-skus", "10", "--connections", "4"])
         .args(["--hold-ttl-secs", "1", "--no-progress"])
         .arg("--inventoryd")
@@ -154,6 +158,38 @@ fn hot_only_smoke() {
 #[test]
 fn max_smoke() {
     smoke("max", &["--mix", "reserves"]);
+}
+
+/// A drop against the service (the only target with sale policies): the
+/// SKU sells out, bots meet the limit, and no buyer holds more than it.
+#[test]
+fn drop_smoke() {
+    let report = smoke_on("drop", "service,service-file", &["--buyers", "2000"]);
+    for t in report["targets"].as_array().unwrap() {
+        let name = t["target"].as_str().unwrap();
+        let codes = &t["ops"]["reserve"]["codes"];
+        assert!(codes["INSUFFICIENT_STOCK"].as_u64().unwrap_or(0) > 0, "{name} never sold out: {codes}");
+        assert!(codes["PURCHASE_LIMIT_EXCEEDED"].as_u64().unwrap_or(0) > 0, "{name}: no bot met the limit: {codes}");
+        let buyers = &t["audit"]["buyers"];
+        assert_eq!(buyers["limit"], 2, "{name}: {buyers}");
+        assert_eq!(buyers["buyers_over_limit"], 0, "{name}: {buyers}");
+        assert_eq!(buyers["max_units"], 2, "{name}: {buyers}");
+        // 2,000 buyers after 2 units each: 400 units, all sold.
+        assert_eq!(t["drop"]["stock_units"], 400, "{name}");
+        assert_eq!(buyers["units"], 400, "{name}: {buyers}");
+        assert!(t["drop"]["sold_out_after_s"].as_f64().is_some(), "{name}");
+    }
+}
+
+#[test]
+fn drop_refuses_targets_without_sale_policies() {
+    let output = Command::new(bench_bin())
+        .args(["run", "--scenario", "drop", "--targets", "service,postgres"])
+        .output()
+        .expect("run inventory-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only the service has"), "{stderr}");
 }
 
 #[test]

@@ -39,12 +39,21 @@ async function receive(url, sku, qty, warehouseId, auth = {}) {
   assert.equal(r.status, 200, r.text);
 }
 
-async function fillReserve(page, { sku, qty, orderId, warehouse }) {
+async function fillReserve(page, { sku, qty, orderId, warehouse, buyer, channel }) {
   await page.getByLabel("SKU").fill(sku);
   if (warehouse) await page.getByLabel("Warehouse").fill(warehouse);
   await page.getByLabel("Quantity").fill(String(qty));
   await page.getByLabel("Order id").fill(orderId);
+  await page.getByLabel("Buyer").fill(buyer ?? "");
+  await page.getByLabel("Channel").fill(channel ?? "");
   await page.getByRole("button", { name: "Reserve" }).click();
+}
+
+async function signInAs(page, operator) {
+  await page.goto("/console/#/sign-in");
+  await page.getByRole("textbox", { name: /Operator name/ }).fill(operator);
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByTestId("identity").getByText(`${operator} (X-Operator)`).waitFor(WAIT);
 }
 
 describe("without authentication, with the PostgreSQL read model", () => {
@@ -313,6 +322,125 @@ describe("without authentication, with the PostgreSQL read model", () => {
     assert.equal(record.body.createdBy, "omar");
     stock = await api(server.url, "GET", `/api/inventory/${sku}`);
     assert.deepEqual([stock.body.available, stock.body.inTransit], [9, 0], stock.text);
+    await page.close();
+  });
+
+  test("an operator limits an SKU to 1 unit per buyer; the buyer's second reserve says limit reached", async () => {
+    const sku = unique("toy");
+    await receive(server.url, sku, 10);
+    const page = await context.newPage();
+    await signInAs(page, "pia");
+    await page.goto("/console/#/ops");
+    const form = page.getByRole("form", { name: "Sale policy" });
+    await form.getByLabel("SKU").fill(sku);
+    await form.getByLabel("Limit per buyer").fill("1");
+    await form.getByRole("button", { name: "Set policy" }).click();
+    const result = page.getByTestId("policy-result");
+    await result.waitFor(WAIT);
+    assert.match(await result.innerText(), /1 unit per buyer; no sale window; no channel quotas/);
+    await shot(page, "operations-policy");
+
+    // The Stock page shows it, and counts the buyers.
+    await page.goto(`/console/#/stock/${sku}`);
+    await page.getByTestId("policy").waitFor(WAIT);
+    assert.equal(await page.getByTestId("policy-limit").innerText(), "1 unit per buyer");
+    assert.match(await page.getByTestId("policy-buyers").innerText(), /^0 holding/);
+
+    await page.goto("/console/#/reserve");
+    const first = unique("o");
+    await fillReserve(page, { sku, qty: 1, orderId: first, buyer: "buyer-7" });
+    await page.getByTestId("reserve-done").waitFor(WAIT);
+    // The same buyer again, for another order: refused, and not retried.
+    const sent = [];
+    page.on("request", (req) => req.url().endsWith("/api/inventory/reserve") && sent.push(req.postDataJSON()));
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o"), buyer: "buyer-7" });
+    const rejected = page.getByTestId("reserve-rejected");
+    await rejected.waitFor(WAIT);
+    const text = await rejected.innerText();
+    assert.match(text, /Not reserved: limit reached/);
+    assert.match(text, /PURCHASE_LIMIT_EXCEEDED \(409\)/);
+    assert.match(text, /limit 1 per buyer, 1 already held or bought/);
+    assert.equal(sent.length, 1, "a 409 is a decision: not retried");
+    assert.equal(sent[0].buyerId, "buyer-7");
+    assert.equal(sent[0].channel, undefined, "an empty channel is not sent");
+    await shot(page, "reserve-limit-reached");
+    await page.setViewportSize(PHONE);
+    await shot(page, "reserve-limit-reached-phone");
+    await page.setViewportSize(DESKTOP);
+    // Without a buyer the SKU refuses too, in words.
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o") });
+    await page.getByTestId("reserve-rejected").getByText(/a buyer is required/).waitFor(WAIT);
+
+    const stock = await api(server.url, "GET", `/api/inventory/${sku}`);
+    assert.deepEqual([stock.body.reserved, stock.body.policy.buyers], [1, 1], stock.text);
+    await page.goto(`/console/#/stock/${sku}`);
+    await page.getByTestId("policy-buyers").getByText(/^1 holding/).waitFor(WAIT);
+    await page.close();
+  });
+
+  test("a sale window and channel quotas on the Stock page, their refusals, and the policy removed", async () => {
+    const sku = unique("kit");
+    await receive(server.url, sku, 20);
+    const starts = new Date(Date.now() - 60_000).toISOString();
+    const ends = new Date(Date.now() + 3_600_000).toISOString();
+    const set = await api(server.url, "PUT", `/api/admin/skus/${sku}/policy`, {
+      body: { saleStartsAt: starts, saleEndsAt: ends, channelQuotas: { web: 3, app: 2 }, idemKey: unique("pol") },
+      operator: "ops",
+    });
+    assert.equal(set.status, 200, set.text);
+    const r = await api(server.url, "POST", "/api/inventory/reserve", {
+      body: { orderId: unique("o"), skuId: sku, qty: 2, channel: "app", idemKey: unique("k") },
+    });
+    assert.equal(r.status, 200, r.text);
+
+    const page = await context.newPage();
+    await page.goto(`/console/#/stock/${sku}`);
+    await page.getByTestId("policy").waitFor(WAIT);
+    assert.equal(await page.getByTestId("policy-limit").innerText(), "no limit");
+    assert.match(await page.getByTestId("policy-window").innerText(), /^from .+ until .+open$/is);
+    assert.match(await page.getByTestId("policy-buyers").innerText(), /not counted/);
+    const quotas = page.getByRole("table", { name: "Channel quotas" });
+    assert.match(await quotas.getByRole("row", { name: /app/ }).innerText(), /app\s+2\s+2\s+0/);
+    assert.match(await quotas.getByRole("row", { name: /web/ }).innerText(), /web\s+3\s+0\s+3/);
+    await shot(page, "stock-policy");
+    await page.setViewportSize(PHONE);
+    await shot(page, "stock-policy-phone");
+    await page.setViewportSize(DESKTOP);
+
+    await page.goto("/console/#/reserve");
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o") });
+    await page.getByTestId("reserve-rejected").getByText(/a sales channel is required/).waitFor(WAIT);
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o"), channel: "phone" });
+    await page.getByTestId("reserve-rejected").getByText(/this channel has no quota/).waitFor(WAIT);
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o"), channel: "app" });
+    await page.getByTestId("reserve-rejected").getByText(/quota 2, 2 held or sold/).waitFor(WAIT);
+    assert.match(await page.getByTestId("reserve-rejected").innerText(), /the channel's quota is used up/);
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o"), channel: "web" });
+    await page.getByTestId("reserve-done").waitFor(WAIT);
+
+    // A sale that has not started says when it starts.
+    const later = new Date(Date.now() + 3_600_000).toISOString();
+    const moved = await api(server.url, "PUT", `/api/admin/skus/${sku}/policy`, {
+      body: { saleStartsAt: later, idemKey: unique("pol") },
+      operator: "ops",
+    });
+    assert.equal(moved.status, 200, moved.text);
+    await fillReserve(page, { sku, qty: 1, orderId: unique("o") });
+    const early = page.getByTestId("reserve-rejected");
+    await early.getByText(/the sale has not started/).waitFor(WAIT);
+    assert.match(await early.getByTestId("error-detail").innerText(), /^starts \S/);
+
+    // Removed from the Operations page.
+    await signInAs(page, "pia");
+    await page.goto("/console/#/ops");
+    const form = page.getByRole("form", { name: "Sale policy" });
+    await form.getByLabel("SKU").fill(sku);
+    await form.getByRole("button", { name: "Remove policy" }).click();
+    await page.getByTestId("policy-result").getByText("no sale policy").waitFor(WAIT);
+    const stock = await api(server.url, "GET", `/api/inventory/${sku}`);
+    assert.equal(stock.body.policy, undefined, stock.text);
+    await page.goto(`/console/#/stock/${sku}`);
+    await page.getByText(/No sale policy/).waitFor(WAIT);
     await page.close();
   });
 

@@ -831,9 +831,11 @@ fn path_params(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
 }
 
-/// A path parameter: an id, of the form its kind has.
+/// A path parameter: an id, of the form its kind has; the console's
+/// catch-all is any path (a deep link of any length gets the page).
 fn path_param_schema(name: &str) -> Schema {
     let prefix = match name {
+        "*path" => return ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).into(),
         "reservation_id" => "rsv",
         "adjustment_id" => "adj",
         "transfer_id" => "trf",
@@ -849,6 +851,7 @@ fn path_param_description(name: &str) -> &'static str {
         "order_id" => "The order.",
         "adjustment_id" => "The adjustment: `adj-<shard>-<seq>`.",
         "transfer_id" => "The transfer: `trf-<shard>-<seq>`.",
+        "*path" => "A file of the console, or any other path (answered with its page).",
         _ => "",
     }
 }
@@ -932,6 +935,10 @@ mod tests {
         let reservation_id = json!(format!("^rsv{}$", api::SHARD_SEQ_PATTERN));
         assert_eq!(schema("ConfirmBody")["reservationId"]["pattern"], reservation_id);
         assert_eq!(schema("ReleaseBody")["reservationId"]["pattern"], reservation_id);
+        // Any path under /console/ is a deep link into the page, however long.
+        let console_path = &doc["paths"]["/console/{*path}"]["get"]["parameters"][0];
+        assert_eq!(console_path["name"], "*path");
+        assert!(console_path["schema"]["maxLength"].is_null(), "{console_path}");
         for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
             for (field, property) in schema["properties"].as_object().into_iter().flatten() {
                 if let Some(max) = property["maxLength"].as_u64() {

@@ -1,225 +1,93 @@
-// The service's JSON, exactly as inventoryd sends and takes it (camelCase).
-// Every API type of the console lives in this one file, so that it can be
-// checked against the service's OpenAPI document (GET /openapi.json).
+// The service's JSON as the console uses it, under the console's names. Each
+// type is the schema of the service's OpenAPI document (GET /openapi.json,
+// committed as gateway/openapi/openapi.json), from `generated.ts`, which
+// `npm run gen:api` makes from that document and `npm run check:api` keeps
+// fresh. So a change to the service's JSON reaches these types, and
+// `tsc --noEmit` (in `npm run build`) fails where the console does not
+// follow it. Write no shape by hand here that the document describes.
+import type { components } from "./generated";
 
-/** Every error: `{code, message}`, plus details for some codes. */
-export interface ApiErrorBody {
-  code: string;
-  message: string;
-  /** INSUFFICIENT_STOCK */
-  available?: number;
-  /** DUPLICATE_ORDER_LINE: the existing hold */
-  reservationId?: string;
-  status?: string;
-  /** FORBIDDEN */
-  requiredRoles?: string[];
-  /** RISK_CHECK_REQUIRED, QUANTITY_OVERFLOW */
-  limit?: number;
-  held?: number;
-  /** METHOD_NOT_ALLOWED */
-  allow?: string;
-}
+type Schemas = components["schemas"];
+
+/** Every error: `{code, message}`, plus details for some codes (null or absent otherwise). */
+export type ApiErrorBody = Schemas["Error"];
 
 // ----- stock -----------------------------------------------------------------
 
 /** One warehouse row of an SKU. */
-export interface WarehouseStock {
-  warehouseId: string;
-  available: number;
-  reserved: number;
-  sold: number;
-  inTransit: number;
-  frozen: boolean;
-  version: number;
-  updatedAt: string;
-}
+export type WarehouseStock = Schemas["WarehouseStock"];
 
-/** `GET /api/inventory/{skuId}`: totals and per-warehouse rows. */
-export interface Stock {
-  skuId: string;
-  available: number;
-  reserved: number;
-  sold: number;
-  inTransit: number;
-  /** Every warehouse row is frozen. */
-  frozen: boolean;
-  updatedAt: string;
-  warehouses: WarehouseStock[];
-  /** The SKU's sale policy, where the service reports one. */
-  policy?: Record<string, unknown>;
-}
+/** `GET /api/inventory/{skuId}`: totals, per-warehouse rows, and the sale policy if the SKU has one. */
+export type Stock = Schemas["Stock"];
 
-/** `POST /api/inventory/receive`: the row it changed. */
-export interface ReceiveRequest {
-  skuId: string;
-  warehouseId?: string;
-  qty: number;
-  idemKey?: string;
-  ref?: string;
-}
+/** An SKU's sale policy and what it counted (`Stock.policy`). */
+export type Policy = Schemas["Policy"];
 
-export interface ReceivedRow {
-  skuId: string;
-  warehouseId: string;
-  available: number;
-  reserved: number;
-  sold: number;
-  version: number;
-  updatedAt: string;
-}
+/** `POST /api/inventory/receive`. */
+export type ReceiveRequest = Schemas["ReceiveBody"];
+
+/** The row a receipt changed. */
+export type ReceivedRow = Schemas["Row"];
 
 // ----- holds -----------------------------------------------------------------
 
-export type ReservationStatus = "RESERVED" | "CONFIRMED" | "RELEASED" | "EXPIRED";
-
 /** `POST /api/inventory/reserve`. */
-export interface ReserveRequest {
-  orderId: string;
-  skuId: string;
-  qty: number;
-  idemKey?: string;
-  warehouseId?: string;
-  ttlSeconds?: number;
-  buyerId?: string;
-}
+export type ReserveRequest = Schemas["ReserveBody"];
 
 /** The answer to reserve, confirm and release. */
-export interface HoldReply {
-  reservationId: string;
-  status: ReservationStatus;
-  /** Reserve only. */
-  expireAt?: string;
-}
+export type HoldReply = Schemas["Hold"];
+
+export type ReservationStatus = HoldReply["status"];
 
 /** A hold: `GET /api/reservations/{id}` and the holds of an order. */
-export interface Reservation {
-  reservationId: string;
-  orderId: string;
-  skuId: string;
-  warehouseId: string;
-  qty: number;
-  status: ReservationStatus;
-  expireAt: string;
-  createdAt: string;
-  updatedAt: string;
-  paymentId?: string;
-  releaseReason?: string;
-}
+export type Reservation = Schemas["Reservation"];
 
 /** `GET /api/orders/{orderId}/inventory-status`. */
-export interface OrderStatus {
-  orderId: string;
-  reservations: Reservation[];
-}
+export type OrderStatus = Schemas["OrderHolds"];
 
-/** `GET /api/read-model/orders/{orderId}/inventory-status`: the same from PostgreSQL. */
-export interface ReadModelOrderStatus extends OrderStatus {
-  /** Some change acknowledged before the request is not in the answer. */
-  stale: boolean;
-  /** How long the oldest change PostgreSQL lacks has been acknowledged. */
-  lagMs: number;
-  /** Journal entries acknowledged before the request and not in the answer. */
-  lagRecords: number;
-}
+/** `GET /api/read-model/orders/{orderId}/inventory-status`: the same from PostgreSQL, with its lag. */
+export type ReadModelOrderStatus = Schemas["ReadModelOrderHolds"];
 
 // ----- operator actions ----------------------------------------------------------
 
 /** `POST /api/admin/skus/{skuId}/freeze` and `/unfreeze` (answer: Stock). */
-export interface FreezeRequest {
-  warehouseId?: string;
-  reason: string;
-  idemKey?: string;
-}
+export type FreezeRequest = Schemas["FreezeBody"];
 
-export interface Levels {
-  available: number;
-  reserved: number;
-  sold: number;
-}
+/** `PUT /api/admin/skus/{skuId}/policy` (answer: Stock with its policy). */
+export type PolicyRequest = Schemas["PolicyRequest"];
 
-export type AdjustmentStatus = "PENDING" | "APPLIED" | "REJECTED" | "EXPIRED";
+/** `DELETE /api/admin/skus/{skuId}/policy` (answer: Stock). */
+export type PolicyRemoval = Schemas["PolicyRemoval"];
+
+export type Levels = Schemas["Levels"];
+
+export type Adjustment = Schemas["Adjustment"];
+
+export type AdjustmentStatus = Adjustment["status"];
 
 /** `POST /api/admin/adjustments`. */
-export interface ProposeRequest {
-  skuId: string;
-  warehouseId?: string;
-  delta: number;
-  reason: string;
-  idemKey?: string;
-}
+export type ProposeRequest = Schemas["ProposeBody"];
 
 /** `POST .../approve`, `.../reject`, `.../arrive`, `.../cancel`. */
-export interface DecisionRequest {
-  reason?: string;
-  idemKey?: string;
-}
-
-export interface Adjustment {
-  adjustmentId: string;
-  status: AdjustmentStatus;
-  skuId: string;
-  warehouseId: string;
-  delta: number;
-  reason: string;
-  proposedBy: string;
-  proposedAt: string;
-  expiresAt: string;
-  /** The row when proposed, or just before it was applied. */
-  before: Levels;
-  after?: Levels;
-  approvedBy?: string;
-  rejectedBy?: string;
-  decisionReason?: string;
-  decidedAt?: string;
-}
+export type DecisionRequest = Schemas["DecisionBody"];
 
 /** `GET /api/admin/adjustments?status=&skuId=`. */
-export interface AdjustmentList {
-  adjustments: Adjustment[];
-}
+export type AdjustmentList = Schemas["AdjustmentList"];
 
-export type TransferStatus = "IN_TRANSIT" | "ARRIVED" | "CANCELLED";
+export type Transfer = Schemas["Transfer"];
+
+export type TransferStatus = Transfer["status"];
 
 /** `POST /api/admin/transfers`. */
-export interface TransferRequest {
-  skuId: string;
-  fromWarehouseId: string;
-  toWarehouseId: string;
-  qty: number;
-  reason: string;
-  idemKey?: string;
-  expectedArrivalSeconds?: number;
-}
-
-export interface Transfer {
-  transferId: string;
-  status: TransferStatus;
-  skuId: string;
-  fromWarehouseId: string;
-  toWarehouseId: string;
-  qty: number;
-  reason: string;
-  createdBy: string;
-  createdAt: string;
-  expectedArrivalAt?: string;
-  overdue: boolean;
-  arrivedAt?: string;
-  cancelledAt?: string;
-  finishedBy?: string;
-  cancelReason?: string;
-}
+export type TransferRequest = Schemas["TransferBody"];
 
 /** `GET /api/admin/transfers?status=&skuId=` (status may be OVERDUE). */
-export interface TransferList {
-  transfers: Transfer[];
-}
+export type TransferList = Schemas["TransferList"];
 
 // ----- admin -------------------------------------------------------------------
 
 /** `POST /api/admin/reconcile`. */
-export interface ReconcileRequest {
-  repair?: boolean;
-}
+export type ReconcileRequest = Schemas["ReconcileRequest"];
 
 export interface RowImage {
   available: number;
@@ -228,7 +96,12 @@ export interface RowImage {
   version: number;
 }
 
-/** One mismatch of a reconciliation (at most 100 are listed). */
+/**
+ * One mismatch of a reconciliation (at most 100 are listed). The document
+ * leaves these untyped (`items: {}`, described in words); this is the shape
+ * gateway/src/http/admin.rs builds, and the console reads only `skuId`,
+ * `warehouseId`, `side`, `problem` and `action` from it.
+ */
 export interface ReconcileDetail {
   skuId: string;
   warehouseId: string;
@@ -241,35 +114,8 @@ export interface ReconcileDetail {
   problem?: string;
 }
 
-export interface PgReconcileReport {
-  compared: number;
-  mismatched: number;
-  repaired: number;
-  historyBroken: number;
-  skippedNewer: number;
-}
-
-export interface ReconcileReport {
-  repair: boolean;
-  checked: number;
-  mismatched: number;
-  repaired: number;
-  coreMismatches: number;
-  postgres: PgReconcileReport | null;
-  details: ReconcileDetail[];
-}
+/** `POST /api/admin/reconcile`'s report, its details read as {@link ReconcileDetail}. */
+export type ReconcileReport = Omit<Schemas["ReconcileReport"], "details"> & { details: ReconcileDetail[] };
 
 /** `GET /api/admin/persistence`. */
-export interface PersistenceStatus {
-  enabled: boolean;
-  schema: string | null;
-  shards: {
-    shard: number;
-    durableSeq: number;
-    appliedSeq: number;
-    lagRecords: number;
-    lagSeconds: number;
-    connected: boolean;
-    lastError: string | null;
-  }[];
-}
+export type PersistenceStatus = Schemas["PersistenceStatus"];

@@ -1,7 +1,7 @@
 // Small building blocks shared by the pages.
 import { useId, type ReactNode } from "react";
 import type { ApiErrorBody } from "../api/types";
-import { describeCode } from "../lib/errors";
+import { describeCode, describeDetail } from "../lib/errors";
 import type { Reply } from "../lib/http";
 
 /** A labelled input; the label is tied to the input for screen readers and clicks. */
@@ -9,7 +9,7 @@ export function Field(props: {
   label: string;
   value: string;
   onChange: (v: string) => void;
-  type?: "text" | "number";
+  type?: "text" | "number" | "datetime-local";
   required?: boolean;
   placeholder?: string;
   hint?: string;
@@ -50,6 +50,7 @@ export function Field(props: {
 
 /** An error answer: the code in words, then the code and the service's message. */
 export function ErrorNote({ error, status, title }: { error: ApiErrorBody; status?: number; title?: string }) {
+  const detail = describeDetail(error, time);
   return (
     <div className="note error" role="alert">
       <strong>
@@ -59,8 +60,12 @@ export function ErrorNote({ error, status, title }: { error: ApiErrorBody; statu
       <div className="detail">
         <code>{error.code}</code>
         {status ? ` (${status})` : ""}: {error.message}
-        {error.available !== undefined && ` (${error.available} available)`}
       </div>
+      {detail && (
+        <div className="detail" data-testid="error-detail">
+          {detail}
+        </div>
+      )}
     </div>
   );
 }
@@ -108,7 +113,7 @@ export function Loading({ what }: { what: string }) {
   );
 }
 
-export function time(iso: string | undefined): string {
+export function time(iso: string | null | undefined): string {
   if (!iso) return "";
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();

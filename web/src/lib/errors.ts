@@ -1,5 +1,6 @@
 // What each error code means to the person at the console. The codes are the
 // service's (gateway/src/api.rs, core/src/outcome.rs and the http modules).
+import type { ApiErrorBody } from "../api/types";
 
 const WORDS: Record<string, string> = {
   // Reserve decisions
@@ -10,6 +11,13 @@ const WORDS: Record<string, string> = {
   RISK_CHECK_REQUIRED: "limit reached: a risk check is needed for more units",
   SKU_NOT_FOUND: "unknown SKU (or warehouse)",
   DUPLICATE_ORDER_LINE: "this order already holds this SKU",
+  // The SKU's sale policy
+  BUYER_REQUIRED: "a buyer is required: this SKU limits units per buyer",
+  SALE_NOT_STARTED: "the sale has not started",
+  SALE_ENDED: "the sale has ended",
+  CHANNEL_REQUIRED: "a sales channel is required: this SKU has channel quotas",
+  UNKNOWN_CHANNEL: "this channel has no quota for this SKU",
+  CHANNEL_QUOTA_EXHAUSTED: "the channel's quota is used up",
   // Holds
   RESERVATION_NOT_FOUND: "no such hold",
   RESERVATION_EXPIRED: "the hold expired",
@@ -61,4 +69,24 @@ const WORDS: Record<string, string> = {
 /** The code in words, e.g. `INSUFFICIENT_STOCK` → "sold out". */
 export function describeCode(code: string): string {
   return WORDS[code] ?? code.toLowerCase().replace(/_/g, " ");
+}
+
+/**
+ * The detail fields an error carries, in words, or null: units available,
+ * a buyer's limit and units held, when a sale starts, a channel's quota and
+ * units used. `when` formats a time.
+ */
+export function describeDetail(error: ApiErrorBody, when: (iso: string) => string = (iso) => iso): string | null {
+  const parts: string[] = [];
+  if (error.available != null) parts.push(`${error.available} available`);
+  if (error.limit != null && error.held != null) {
+    parts.push(
+      error.code === "PURCHASE_LIMIT_EXCEEDED"
+        ? `limit ${error.limit} per buyer, ${error.held} already held or bought`
+        : `limit ${error.limit}, ${error.held} held`,
+    );
+  }
+  if (error.startsAt != null) parts.push(`starts ${when(error.startsAt)}`);
+  if (error.quota != null && error.used != null) parts.push(`quota ${error.quota}, ${error.used} held or sold`);
+  return parts.length > 0 ? parts.join("; ") : null;
 }

@@ -24,7 +24,7 @@ export type Reply<T> =
   | { kind: "network"; message: string };
 
 export interface CallOptions {
-  method?: "GET" | "POST";
+  method?: "GET" | "POST" | "PUT" | "DELETE";
   body?: unknown;
   headers?: Record<string, string>;
   /** Give up (as a network failure) after this long. */

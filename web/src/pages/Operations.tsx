@@ -7,6 +7,7 @@ import type {
   Adjustment,
   AdjustmentList,
   DecisionRequest,
+  PolicyRequest,
   ProposeRequest,
   ReconcileReport,
   Stock,
@@ -16,6 +17,7 @@ import type {
 } from "../api/types";
 import { Badge, Field, Loading, ReplyError, Section, time } from "../components/ui";
 import { newIdemKey, type Reply } from "../lib/http";
+import { describePolicy, policyRequest } from "../lib/policy";
 import { href } from "../lib/route";
 import { useSession, type Session } from "../lib/session";
 
@@ -50,6 +52,7 @@ export function OperationsPage() {
     <>
       <WhoActs />
       {canOperate && <FreezeForm />}
+      {canOperate && <PolicyForm />}
       {(canOperate || canApprove) && <Adjustments />}
       {canOperate && <Transfers />}
       {canAdmin && <Reconcile />}
@@ -113,6 +116,88 @@ function FreezeForm() {
         <div className="note ok" role="status">
           <a href={href("stock", reply.data.skuId)}>{reply.data.skuId}</a>:{" "}
           {reply.data.warehouses.map((w) => `${w.warehouseId} ${w.frozen ? "frozen" : "on sale"}`).join(", ")}
+        </div>
+      )}
+      {reply && <ReplyError reply={reply} />}
+    </Section>
+  );
+}
+
+// ----- sale policy -------------------------------------------------------------------
+
+function PolicyForm() {
+  const session = useSession();
+  const [sku, setSku] = useState("");
+  const [max, setMax] = useState("");
+  const [starts, setStarts] = useState("");
+  const [ends, setEnds] = useState("");
+  const [quotas, setQuotas] = useState("");
+  const [invalid, setInvalid] = useState<string | null>(null);
+  const { busy, reply, run } = useSubmit<Stock>();
+  const path = () => `/api/admin/skus/${encodeURIComponent(sku.trim())}/policy`;
+  const set = (e: FormEvent) => {
+    e.preventDefault();
+    const parsed = policyRequest({ maxPerBuyer: max, saleStartsAt: starts, saleEndsAt: ends, channelQuotas: quotas });
+    if (!parsed.ok) {
+      setInvalid(parsed.problem);
+      return;
+    }
+    setInvalid(null);
+    const body: PolicyRequest = { ...parsed.value, idemKey: newIdemKey("policy") };
+    void run(() => session.api<Stock>(path(), { method: "PUT", body, timeoutMs: 10_000 }));
+  };
+  const remove = () => {
+    setInvalid(null);
+    const headers = { "Idempotency-Key": newIdemKey("unpolicy") };
+    void run(() => session.api<Stock>(path(), { method: "DELETE", headers, timeoutMs: 10_000 }));
+  };
+  const done = reply?.kind === "ok" ? reply.data : null;
+  const summary = done?.policy ? describePolicy(done.policy, Date.now(), time) : null;
+  return (
+    <Section title="Sale policy of an SKU">
+      <form className="grid-form" onSubmit={set} aria-label="Sale policy" noValidate>
+        <p className="muted wide">
+          Setting a policy replaces the SKU's policy (what it counted is kept); reserves must then name their buyer (with a limit)
+          and channel (with quotas). Leave a field empty for no such rule.
+        </p>
+        <Field label="SKU" value={sku} onChange={setSku} required name="policySku" />
+        <Field label="Limit per buyer" value={max} onChange={setMax} type="number" min={1} name="policyMax" hint="Units one buyer may hold and buy" />
+        <Field label="Sale starts" value={starts} onChange={setStarts} type="datetime-local" name="policyStarts" hint="Your time zone" />
+        <Field label="Sale ends" value={ends} onChange={setEnds} type="datetime-local" name="policyEnds" hint="Your time zone" />
+        <Field
+          label="Channel quotas"
+          value={quotas}
+          onChange={setQuotas}
+          name="policyQuotas"
+          placeholder="web=100, app=50"
+          hint="channel=units, separated by commas"
+        />
+        <div className="wide actions">
+          <button type="submit" disabled={busy || !sku.trim()}>
+            Set policy
+          </button>
+          <button type="button" className="secondary" disabled={busy || !sku.trim()} onClick={remove}>
+            Remove policy
+          </button>
+        </div>
+      </form>
+      {invalid && (
+        <div className="note error" role="alert">
+          {invalid}
+        </div>
+      )}
+      {done && (
+        <div className="note ok" role="status" data-testid="policy-result">
+          <a href={href("stock", done.skuId)}>{done.skuId}</a>:{" "}
+          {summary
+            ? [
+                summary.limit,
+                summary.window === "always" ? "no sale window" : `on sale ${summary.windowText}`,
+                summary.channels.length > 0
+                  ? `quotas ${summary.channels.map((c) => `${c.channel} ${c.quota ?? 0}`).join(", ")}`
+                  : "no channel quotas",
+              ].join("; ")
+            : "no sale policy"}
         </div>
       )}
       {reply && <ReplyError reply={reply} />}

@@ -17,6 +17,8 @@ export function ReservePage() {
   const [warehouse, setWarehouse] = useState("");
   const [qty, setQty] = useState("1");
   const [orderId, setOrderId] = useState("");
+  const [buyer, setBuyer] = useState("");
+  const [channel, setChannel] = useState("");
   const [state, setState] = useState<State>({ phase: "idle" });
   const [invalid, setInvalid] = useState<string | null>(null);
   const busy = useRef(false);
@@ -33,7 +35,14 @@ export function ReservePage() {
     busy.current = true;
     setState({ phase: "loading", event: { phase: "sending", attempt: 1 } });
     const result = await reserveWithRetry(
-      { orderId: orderId.trim(), skuId: sku.trim(), qty: n, ...(warehouse.trim() ? { warehouseId: warehouse.trim() } : {}) },
+      {
+        orderId: orderId.trim(),
+        skuId: sku.trim(),
+        qty: n,
+        ...(warehouse.trim() ? { warehouseId: warehouse.trim() } : {}),
+        ...(buyer.trim() ? { buyerId: buyer.trim() } : {}),
+        ...(channel.trim() ? { channel: channel.trim() } : {}),
+      },
       { fetch: fetch.bind(globalThis), sleep },
       { headers: session.headers(), onAttempt: (event) => setState({ phase: "loading", event }) },
     );
@@ -53,6 +62,8 @@ export function ReservePage() {
         <Field label="Warehouse" value={warehouse} onChange={setWarehouse} name="warehouseId" hint="Empty: the default warehouse" />
         <Field label="Quantity" value={qty} onChange={setQty} type="number" min={1} required name="qty" />
         <Field label="Order id" value={orderId} onChange={setOrderId} required name="orderId" />
+        <Field label="Buyer" value={buyer} onChange={setBuyer} name="buyerId" hint="For the SKU's limit per buyer" />
+        <Field label="Channel" value={channel} onChange={setChannel} name="channel" hint="For the SKU's channel quotas" />
         <div className="wide actions">
           <button type="submit" disabled={loading} aria-busy={loading}>
             {loading ? "Reserving…" : "Reserve"}

@@ -1,10 +1,11 @@
 // Stock of one SKU, per warehouse, refreshed every few seconds; recently
 // looked-up SKUs are kept in this browser.
 import { useEffect, useState, type FormEvent } from "react";
-import type { Stock } from "../api/types";
+import type { Policy, Stock } from "../api/types";
 import { Badge, Field, Loading, ReplyError, Section, clock, time } from "../components/ui";
 import type { Reply } from "../lib/http";
 import { href } from "../lib/route";
+import { describePolicy, type WindowState } from "../lib/policy";
 import { useSession } from "../lib/session";
 
 const RECENT_KEY = "inventory-console.recent-skus";
@@ -190,19 +191,82 @@ function StockView({ stock, at }: { stock: Stock; at: number }) {
           </tbody>
         </table>
       </div>
-      {stock.policy !== undefined && (
-        <div className="policy">
-          <h3>Policy</h3>
-          <dl className="kv">
-            {Object.entries(stock.policy).map(([k, v]) => (
-              <div key={k}>
-                <dt>{k}</dt>
-                <dd>{typeof v === "object" ? JSON.stringify(v) : String(v)}</dd>
-              </div>
-            ))}
-          </dl>
+      {stock.policy ? <PolicyView policy={stock.policy} at={at} /> : <p className="muted">No sale policy: any buyer, any channel, any time.</p>}
+    </Section>
+  );
+}
+
+const WINDOW_TONE: Record<WindowState, "ok" | "warn" | "bad" | "info"> = {
+  always: "ok",
+  open: "ok",
+  "not started": "warn",
+  ended: "bad",
+};
+
+/** The SKU's sale policy and what it counted. */
+function PolicyView({ policy, at }: { policy: Policy; at: number }) {
+  const v = describePolicy(policy, at, time);
+  return (
+    <div className="policy" data-testid="policy">
+      <h3>Sale policy</h3>
+      <dl className="kv">
+        <div>
+          <dt>Limit</dt>
+          <dd data-testid="policy-limit">{v.limit}</dd>
+        </div>
+        <div>
+          <dt>Sale window</dt>
+          <dd data-testid="policy-window">
+            {v.windowText} <Badge tone={WINDOW_TONE[v.window]}>{v.window === "always" ? "no window" : v.window}</Badge>
+          </dd>
+        </div>
+        <div>
+          <dt>Buyers</dt>
+          <dd data-testid="policy-buyers">
+            {v.buyersCounted ? `${v.buyers} holding or having bought units` : "not counted (no limit per buyer)"}
+          </dd>
+        </div>
+      </dl>
+      {v.channels.length === 0 ? (
+        <p className="muted">No channel quotas: reserves from any channel, or none.</p>
+      ) : (
+        <div className="table-wrap">
+          <table className="stack" aria-label="Channel quotas">
+            <thead>
+              <tr>
+                <th scope="col">Channel</th>
+                <th scope="col" className="num">
+                  Quota
+                </th>
+                <th scope="col" className="num">
+                  Used
+                </th>
+                <th scope="col" className="num">
+                  Left
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {v.channels.map((c) => (
+                <tr key={c.channel}>
+                  <th scope="row" data-label="Channel">
+                    {c.channel}
+                  </th>
+                  <td className="num" data-label="Quota">
+                    {c.quota ?? "none"}
+                  </td>
+                  <td className="num" data-label="Used">
+                    {c.used}
+                  </td>
+                  <td className="num" data-label="Left">
+                    {c.left === null ? "" : c.left === 0 ? <Badge tone="bad">0</Badge> : c.left}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
         </div>
       )}
-    </Section>
+    </div>
   );
 }
