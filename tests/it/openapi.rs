@@ -416,6 +416,41 @@ async fn every_endpoint_answers_as_the_document_says() {
     let r = k.call(c, PolicyRemove, "/api/admin/skus/tea/policy", &ann, None).await;
     assert_eq!(status_of(&r), (StatusCode::BAD_REQUEST, "IDEMPOTENCY_KEY_REQUIRED"));
 
+    // Orders of several lines.
+    c.receive("cake", 5).await;
+    let lines = json!([{"skuId": "tea", "qty": 1}, {"skuId": "cake", "qty": 1}]);
+    let r = k
+        .call(c, OrderReserve, "/api/orders/ord-1/reserve", &[], Some(json!({"lines": lines, "idemKey": "or1"})))
+        .await;
+    assert_eq!(r.body["status"], "RESERVED", "{}", r.text);
+    let short = json!({"lines": [{"skuId": "cake", "qty": 99}], "idemKey": "or2"});
+    let r = k.call(c, OrderReserve, "/api/orders/ord-2/reserve", &[], Some(short)).await;
+    assert_eq!(status_of(&r), (StatusCode::CONFLICT, "ORDER_NOT_RESERVABLE"));
+    let r =
+        k.call(c, OrderReserve, "/api/orders/ord-3/reserve", &[], Some(json!({"lines": [], "idemKey": "or3"}))).await;
+    assert_eq!(status_of(&r), (StatusCode::BAD_REQUEST, "INVALID_FIELD"));
+    let paid = json!({"paymentId": "pay-o", "idemKey": "oc1"});
+    let r = k.call(c, OrderConfirm, "/api/orders/ord-1/confirm", &[], Some(paid)).await;
+    assert_eq!(r.body["status"], "CONFIRMED", "{}", r.text);
+    let r = k
+        .call(c, OrderConfirm, "/api/orders/ord-9/confirm", &[], Some(json!({"paymentId": "p", "idemKey": "oc2"})))
+        .await;
+    assert_eq!(status_of(&r), (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND"));
+    let r =
+        k.call(c, OrderRelease, "/api/orders/ord-1/release", &[], Some(json!({"reason": "x", "idemKey": "ol1"}))).await;
+    assert_eq!(status_of(&r), (StatusCode::CONFLICT, "RESERVATION_CONFIRMED"));
+    k.call(
+        c,
+        OrderReserve,
+        "/api/orders/ord-4/reserve",
+        &[],
+        Some(json!({"lines": [{"skuId": "cake", "qty": 1}], "idemKey": "or4"})),
+    )
+    .await;
+    let r =
+        k.call(c, OrderRelease, "/api/orders/ord-4/release", &[], Some(json!({"reason": "x", "idemKey": "ol2"}))).await;
+    assert_eq!(r.body["status"], "RELEASED", "{}", r.text);
+
     // The read model needs PostgreSQL (below, with it).
     let r = k.call(c, ReadModelOrderStatus, "/api/read-model/orders/o-1/inventory-status", &[], None).await;
     assert_eq!(status_of(&r), (StatusCode::SERVICE_UNAVAILABLE, "READ_MODEL_UNAVAILABLE"));

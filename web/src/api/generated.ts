@@ -506,6 +506,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/orders/{order_id}/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirm an order: every line is sold
+         * @description Decided by the order's home before its `expireAt`; then every shard follows. A repeated payment callback answers `CONFIRMED` again.
+         *
+         *     Role (with `--auth jwt`): `payment`.
+         */
+        post: operations["orderConfirm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/orders/{order_id}/inventory-status": {
         parameters: {
             query?: never;
@@ -522,6 +544,50 @@ export interface paths {
         get: operations["orderStatus"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/orders/{order_id}/release": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Release an order: every line is available again
+         * @description An order that had timed out answers `EXPIRED`.
+         *
+         *     Role (with `--auth jwt`): `reserver`.
+         */
+        post: operations["orderRelease"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/orders/{order_id}/reserve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Hold every line of an order, or none
+         * @description Each shard holds its lines on its own; the order's home (the lowest of its shards) then decides, and the answer comes once every line is the order's. Any line that cannot be held is named with its own code, and no line stays held. One `expireAt` for every line. A retry with the same key answers the same holds.
+         *
+         *     Role (with `--auth jwt`): `reserver`.
+         */
+        post: operations["orderReserve"];
         delete?: never;
         options?: never;
         head?: never;
@@ -857,6 +923,11 @@ export interface components {
             quota?: number | null;
             /** Format: int64 */
             used?: number | null;
+            /**
+             * @description `ORDER_NOT_RESERVABLE`: every line that cannot be held, with its own
+             *     code.
+             */
+            lines?: components["schemas"]["OrderLineRefusal"][] | null;
             /** @description `FORBIDDEN`: the roles any one of which the endpoint takes. */
             requiredRoles?: string[] | null;
             /** @description `METHOD_NOT_ALLOWED`: the methods the path takes. */
@@ -901,10 +972,84 @@ export interface components {
             /** Format: int64 */
             sold: number;
         };
+        /** @description An order's answer: its state and its lines. */
+        Order: {
+            orderId: string;
+            /** @description `RESERVED`, `CONFIRMED`, `RELEASED` or `EXPIRED`. */
+            status: string;
+            /**
+             * Format: date-time
+             * @description When the unconfirmed lines are released together (reason `TIMEOUT`).
+             */
+            expireAt: string;
+            lines: components["schemas"]["OrderLine"][];
+        };
+        /** @description `POST /api/orders/{orderId}/confirm`. */
+        OrderConfirmRequest: {
+            paymentId: string;
+            /** @description Or the `Idempotency-Key` header. */
+            idemKey?: string | null;
+        };
         /** @description An order's holds, oldest first. */
         OrderHolds: {
             orderId: string;
             reservations: components["schemas"]["Reservation"][];
+        };
+        /** @description One line of an order's answer. */
+        OrderLine: {
+            skuId: string;
+            warehouseId: string;
+            /** Format: int64 */
+            qty: number;
+            /** @description `rsv-<shard>-<seq>`. */
+            reservationId: string;
+        };
+        /** @description Why one line of an order could not be held (`ORDER_NOT_RESERVABLE`). */
+        OrderLineRefusal: {
+            skuId: string;
+            warehouseId: string;
+            /** @description The code a reserve of this line alone would get. */
+            code: string;
+            /**
+             * Format: int64
+             * @description `INSUFFICIENT_STOCK`: units available.
+             */
+            available?: number | null;
+        };
+        /** @description One line of `POST /api/orders/{orderId}/reserve`. */
+        OrderLineRequest: {
+            skuId: string;
+            /** @description `default` when not given. */
+            warehouseId?: string | null;
+            /**
+             * Format: int64
+             * @description At most `--max-qty`.
+             */
+            qty: number;
+        };
+        /** @description `POST /api/orders/{orderId}/release`. */
+        OrderReleaseRequest: {
+            /** @description Not `TIMEOUT` nor `ORDER_ABORTED`, which the service gives itself. */
+            reason: string;
+            /** @description Or the `Idempotency-Key` header. */
+            idemKey?: string | null;
+        };
+        /** @description `POST /api/orders/{orderId}/reserve`: every line held, or none. */
+        OrderReserveRequest: {
+            /** @description 1 to 100 lines, each SKU once. */
+            lines: components["schemas"]["OrderLineRequest"][];
+            /** @description The buyer, for the SKUs' purchase limits. */
+            buyerId?: string | null;
+            /** @description The sales channel, for the SKUs' channel quotas. */
+            channel?: string | null;
+            /** @description Or the `Idempotency-Key` header. */
+            idemKey?: string | null;
+            /**
+             * Format: int64
+             * @description How long the order's lines are held unconfirmed (`--reservation-ttl-secs`
+             *     when not given); one `expireAt` for every line.
+             */
+            ttlSeconds?: number | null;
         };
         /** @description `GET /api/admin/persistence`: the PostgreSQL writer. */
         PersistenceStatus: {
@@ -3611,7 +3756,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `RESERVATION_EXPIRED`, `RESERVATION_RELEASED`, `PAYMENT_MISMATCH`. */
+            /** @description Conflict: `RESERVATION_EXPIRED`, `RESERVATION_RELEASED`, `PAYMENT_MISMATCH`, `PART_OF_ORDER`. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3619,7 +3764,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "RESERVATION_EXPIRED" | "RESERVATION_RELEASED" | "PAYMENT_MISMATCH";
+                        code?: "RESERVATION_EXPIRED" | "RESERVATION_RELEASED" | "PAYMENT_MISMATCH" | "PART_OF_ORDER";
                     };
                 };
             };
@@ -3996,7 +4141,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Conflict: `RESERVATION_CONFIRMED`. */
+            /** @description Conflict: `RESERVATION_CONFIRMED`, `PART_OF_ORDER`. */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4004,7 +4149,7 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
-                        code?: "RESERVATION_CONFIRMED";
+                        code?: "RESERVATION_CONFIRMED" | "PART_OF_ORDER";
                     };
                 };
             };
@@ -4302,6 +4447,152 @@ export interface operations {
             };
         };
     };
+    orderConfirm: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The write's idempotency key, if the body has no `idemKey` (both must agree); kept 72 h. A repeat is answered as the first request was, with `idempotent-replayed: true`. */
+                "Idempotency-Key"?: string;
+                /** @description Without a token: who acts (1 to 128 characters), journaled with the change (`anonymous` when not given). With a token its `sub` is the operator and this header is ignored. */
+                "X-Operator"?: string;
+            };
+            path: {
+                /** @description The order. */
+                order_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrderConfirmRequest"];
+            };
+        };
+        responses: {
+            /** @description `CONFIRMED` (or `EXPIRED`, if it came too late, as a 409). */
+            200: {
+                headers: {
+                    /** @description `true` on the answer to a repeat of an earlier request. */
+                    "idempotent-replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Order"];
+                };
+            };
+            /** @description Bad Request: `MALFORMED_JSON`, `INVALID_FIELD`, `IDEMPOTENCY_KEY_REQUIRED`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "MALFORMED_JSON" | "INVALID_FIELD" | "IDEMPOTENCY_KEY_REQUIRED";
+                    };
+                };
+            };
+            /** @description Unauthorized: `UNAUTHENTICATED`, `STALE_REQUEST`, `REPLAYED_REQUEST`, `BAD_SIGNATURE`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="inventory"` with `UNAUTHENTICATED`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "UNAUTHENTICATED" | "STALE_REQUEST" | "REPLAYED_REQUEST" | "BAD_SIGNATURE";
+                    };
+                };
+            };
+            /** @description Forbidden: `FORBIDDEN`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "FORBIDDEN";
+                    };
+                };
+            };
+            /** @description Not Found: `ORDER_NOT_FOUND`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "ORDER_NOT_FOUND";
+                    };
+                };
+            };
+            /** @description Request Timeout: `REQUEST_TIMEOUT`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "REQUEST_TIMEOUT";
+                    };
+                };
+            };
+            /** @description Conflict: `ORDER_ABORTED`, `RESERVATION_EXPIRED`, `RESERVATION_RELEASED`, `RESERVATION_CONFIRMED`, `PAYMENT_MISMATCH`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "ORDER_ABORTED" | "RESERVATION_EXPIRED" | "RESERVATION_RELEASED" | "RESERVATION_CONFIRMED" | "PAYMENT_MISMATCH";
+                    };
+                };
+            };
+            /** @description Payload Too Large: `PAYLOAD_TOO_LARGE`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    };
+                };
+            };
+            /** @description Unprocessable Entity: `IDEMPOTENCY_KEY_REUSED`. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "IDEMPOTENCY_KEY_REUSED";
+                    };
+                };
+            };
+            /** @description Service Unavailable: `NOT_READY`, `REPLICATION_LAG`, `OVERLOADED`, `JOURNAL_UNAVAILABLE`, `COLD_TIER_UNAVAILABLE`, `SHUTTING_DOWN`, `TOO_MANY_CONNECTIONS`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "NOT_READY" | "REPLICATION_LAG" | "OVERLOADED" | "JOURNAL_UNAVAILABLE" | "COLD_TIER_UNAVAILABLE" | "SHUTTING_DOWN" | "TOO_MANY_CONNECTIONS";
+                    };
+                };
+            };
+        };
+    };
     orderStatus: {
         parameters: {
             query?: never;
@@ -4384,6 +4675,286 @@ export interface operations {
                     "application/json": components["schemas"]["Error"] & {
                         /** @enum {string} */
                         code?: "NOT_READY" | "OVERLOADED" | "SHUTTING_DOWN" | "COLD_TIER_UNAVAILABLE" | "TOO_MANY_CONNECTIONS";
+                    };
+                };
+            };
+        };
+    };
+    orderRelease: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The write's idempotency key, if the body has no `idemKey` (both must agree); kept 72 h. A repeat is answered as the first request was, with `idempotent-replayed: true`. */
+                "Idempotency-Key"?: string;
+                /** @description Without a token: who acts (1 to 128 characters), journaled with the change (`anonymous` when not given). With a token its `sub` is the operator and this header is ignored. */
+                "X-Operator"?: string;
+            };
+            path: {
+                /** @description The order. */
+                order_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrderReleaseRequest"];
+            };
+        };
+        responses: {
+            /** @description `RELEASED`, or `EXPIRED`. */
+            200: {
+                headers: {
+                    /** @description `true` on the answer to a repeat of an earlier request. */
+                    "idempotent-replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Order"];
+                };
+            };
+            /** @description Bad Request: `MALFORMED_JSON`, `INVALID_FIELD`, `IDEMPOTENCY_KEY_REQUIRED`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "MALFORMED_JSON" | "INVALID_FIELD" | "IDEMPOTENCY_KEY_REQUIRED";
+                    };
+                };
+            };
+            /** @description Unauthorized: `UNAUTHENTICATED`, `STALE_REQUEST`, `REPLAYED_REQUEST`, `BAD_SIGNATURE`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="inventory"` with `UNAUTHENTICATED`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "UNAUTHENTICATED" | "STALE_REQUEST" | "REPLAYED_REQUEST" | "BAD_SIGNATURE";
+                    };
+                };
+            };
+            /** @description Forbidden: `FORBIDDEN`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "FORBIDDEN";
+                    };
+                };
+            };
+            /** @description Not Found: `ORDER_NOT_FOUND`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "ORDER_NOT_FOUND";
+                    };
+                };
+            };
+            /** @description Request Timeout: `REQUEST_TIMEOUT`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "REQUEST_TIMEOUT";
+                    };
+                };
+            };
+            /** @description Conflict: `ORDER_ABORTED`, `RESERVATION_EXPIRED`, `RESERVATION_RELEASED`, `RESERVATION_CONFIRMED`, `PAYMENT_MISMATCH`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "ORDER_ABORTED" | "RESERVATION_EXPIRED" | "RESERVATION_RELEASED" | "RESERVATION_CONFIRMED" | "PAYMENT_MISMATCH";
+                    };
+                };
+            };
+            /** @description Payload Too Large: `PAYLOAD_TOO_LARGE`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    };
+                };
+            };
+            /** @description Unprocessable Entity: `IDEMPOTENCY_KEY_REUSED`. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "IDEMPOTENCY_KEY_REUSED";
+                    };
+                };
+            };
+            /** @description Service Unavailable: `NOT_READY`, `REPLICATION_LAG`, `OVERLOADED`, `JOURNAL_UNAVAILABLE`, `COLD_TIER_UNAVAILABLE`, `SHUTTING_DOWN`, `TOO_MANY_CONNECTIONS`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "NOT_READY" | "REPLICATION_LAG" | "OVERLOADED" | "JOURNAL_UNAVAILABLE" | "COLD_TIER_UNAVAILABLE" | "SHUTTING_DOWN" | "TOO_MANY_CONNECTIONS";
+                    };
+                };
+            };
+        };
+    };
+    orderReserve: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The write's idempotency key, if the body has no `idemKey` (both must agree); kept 72 h. A repeat is answered as the first request was, with `idempotent-replayed: true`. */
+                "Idempotency-Key"?: string;
+                /** @description Without a token: who acts (1 to 128 characters), journaled with the change (`anonymous` when not given). With a token its `sub` is the operator and this header is ignored. */
+                "X-Operator"?: string;
+            };
+            path: {
+                /** @description The order. */
+                order_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrderReserveRequest"];
+            };
+        };
+        responses: {
+            /** @description Held: `RESERVED`, each line with its hold. */
+            200: {
+                headers: {
+                    /** @description `true` on the answer to a repeat of an earlier request. */
+                    "idempotent-replayed"?: "true";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Order"];
+                };
+            };
+            /** @description Bad Request: `MALFORMED_JSON`, `INVALID_FIELD`, `IDEMPOTENCY_KEY_REQUIRED`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "MALFORMED_JSON" | "INVALID_FIELD" | "IDEMPOTENCY_KEY_REQUIRED";
+                    };
+                };
+            };
+            /** @description Unauthorized: `UNAUTHENTICATED`, `STALE_REQUEST`, `REPLAYED_REQUEST`, `BAD_SIGNATURE`. */
+            401: {
+                headers: {
+                    /** @description `Bearer realm="inventory"` with `UNAUTHENTICATED`. */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "UNAUTHENTICATED" | "STALE_REQUEST" | "REPLAYED_REQUEST" | "BAD_SIGNATURE";
+                    };
+                };
+            };
+            /** @description Forbidden: `FORBIDDEN`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "FORBIDDEN";
+                    };
+                };
+            };
+            /** @description Request Timeout: `REQUEST_TIMEOUT`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "REQUEST_TIMEOUT";
+                    };
+                };
+            };
+            /** @description Conflict: `ORDER_NOT_RESERVABLE`, `ORDER_ABORTED`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "ORDER_NOT_RESERVABLE" | "ORDER_ABORTED";
+                    };
+                };
+            };
+            /** @description Payload Too Large: `PAYLOAD_TOO_LARGE`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "PAYLOAD_TOO_LARGE";
+                    };
+                };
+            };
+            /** @description Unprocessable Entity: `IDEMPOTENCY_KEY_REUSED`, `INVALID_BATCH`. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "IDEMPOTENCY_KEY_REUSED" | "INVALID_BATCH";
+                    };
+                };
+            };
+            /** @description Service Unavailable: `NOT_READY`, `REPLICATION_LAG`, `OVERLOADED`, `JOURNAL_UNAVAILABLE`, `COLD_TIER_UNAVAILABLE`, `SHUTTING_DOWN`, `TOO_MANY_CONNECTIONS`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"] & {
+                        /** @enum {string} */
+                        code?: "NOT_READY" | "REPLICATION_LAG" | "OVERLOADED" | "JOURNAL_UNAVAILABLE" | "COLD_TIER_UNAVAILABLE" | "SHUTTING_DOWN" | "TOO_MANY_CONNECTIONS";
                     };
                 };
             };
