@@ -280,3 +280,36 @@ async fn a_kill_9_during_concurrent_orders_leaves_every_order_whole_or_released(
         daemon.wait();
     }
 }
+
+/// PostgreSQL keeps every line of an order as a reservation row of the
+/// order, and follows the order's state.
+#[tokio::test]
+async fn postgres_has_a_row_for_every_line_of_an_order() {
+    use crate::pg::{url_for, wait_caught_up, TestSchema, PG_ADDR};
+    use crate::support::Options;
+    let Some(schema) = TestSchema::create("orders").await else { return };
+    let server = TestServer::start_with(Options {
+        postgres: Some((url_for(PG_ADDR), schema.name.clone())),
+        ..Options::default()
+    })
+    .await;
+    let c = &server.client;
+    let (a, b) = skus_on_different_shards(&format!("pg-{}", unique()), server.shards);
+    c.receive(&a, 10).await;
+    c.receive(&b, 10).await;
+    let r = c.post("/api/orders/o-pg/reserve", order_body(&[(&a, 2), (&b, 3)], "k1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    let rows = |status: &'static str| {
+        format!("SELECT count(*) FROM reservation WHERE order_id = 'o-pg' AND status = '{status}'")
+    };
+    assert_eq!(schema.count(&rows("RESERVED")).await, 2);
+    let total: i64 = schema.count("SELECT sum(qty)::bigint FROM reservation WHERE order_id = 'o-pg'").await;
+    assert_eq!(total, 5);
+    let r = c.post("/api/orders/o-pg/confirm", json!({"paymentId": "pay", "idemKey": "k2"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    wait_caught_up(c, Duration::from_secs(20)).await;
+    assert_eq!(schema.count(&rows("CONFIRMED")).await, 2);
+    server.stop().await;
+    schema.drop().await;
+}

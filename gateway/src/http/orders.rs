@@ -441,13 +441,13 @@ async fn resolve_pass(app: &App, all: bool) -> Result<(), ApiError> {
         let query = Query::UnsettledOrders { at: now, tentative_before: now.saturating_sub(TENTATIVE_MAX_MS), all };
         let QueryResult::OrderLines(lines) = read(app, shard, query).await? else { continue };
         for line in lines {
-            resolve_line(app, shard, &line, all, &meta).await?;
+            resolve_line(app, shard, &line, &meta).await?;
         }
     }
     Ok(())
 }
 
-async fn resolve_line(app: &App, shard: u16, line: &OrderLineView, all: bool, meta: &Meta) -> Result<(), ApiError> {
+async fn resolve_line(app: &App, shard: u16, line: &OrderLineView, meta: &Meta) -> Result<(), ApiError> {
     let query = Query::OrderRecord { order_id: line.order_id.clone() };
     let record = match read(app, line.home, query).await? {
         QueryResult::OrderRecord(record) => record,
@@ -469,7 +469,8 @@ async fn resolve_line(app: &App, shard: u16, line: &OrderLineView, all: bool, me
         OrderState::Committed => line.tentative,
         _ => true,
     };
-    if follow && shard != line.home || (follow && all && shard == line.home && state != OrderState::Committed) {
+    // The home's own lines follow its decisions in the same command.
+    if follow && shard != line.home {
         let command = Command::FinishOrder(Box::new(FinishOrder { order_id: line.order_id.clone(), state, detail }));
         send_order(app, shard, command, meta).await?;
     }
