@@ -1,10 +1,11 @@
-//! `max --lines 3` end to end against a stand-in for the service's
-//! multi-line order endpoint, which the service does not have yet: a small
-//! in-process server answering exactly the contract the harness is written
-//! against (receive, stock, order reserve, order status), all or nothing
-//! per order. It checks the harness's side, not the service: the probe,
-//! the orders sent and read, the refusals counted, the audit of granted
-//! and refused orders, and the report.
+//! The harness's side of `max --lines 3`, against a stand-in for the
+//! service's multi-line order endpoint: a small in-process server answering
+//! the contract the harness is written against (receive, stock, order
+//! reserve, order status), all or nothing per order, with a store small
+//! enough to sell out. It checks the probe, the orders sent and read, the
+//! refusals counted, the audit of granted and refused orders, and the
+//! report; `max_orders_smoke` in `smoke.rs` runs the same against the
+//! service itself.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -102,8 +102,13 @@ fn smoke_on(scenario: &str, targets: &str, extra: &[&str]) -> serde_json::Value 
         assert_eq!(audit["lost_acked_holds"], 0, "{name} lost acknowledged holds: {stdout}");
         assert_eq!(audit["unbalanced_skus"], 0, "{name}: {stdout}");
         assert_eq!(audit["negative_counters"], 0, "{name}: {stdout}");
-        assert!(audit["holds_checked"].as_u64().unwrap() > 0, "{name} audited no hold: {stdout}");
-        assert!(t["ops"]["reserve"]["ok"].as_u64().unwrap() > 0, "{name} granted no reserve: {stdout}");
+        if t["orders"].is_null() {
+            assert!(audit["holds_checked"].as_u64().unwrap() > 0, "{name} audited no hold: {stdout}");
+            assert!(t["ops"]["reserve"]["ok"].as_u64().unwrap() > 0, "{name} granted no reserve: {stdout}");
+        } else {
+            assert!(audit["orders_checked"].as_u64().unwrap() > 0, "{name} audited no order: {stdout}");
+            assert!(t["ops"]["order"]["ok"].as_u64().unwrap() > 0, "{name} granted no order: {stdout}");
+        }
         assert_eq!(t["total"]["errors"], 0, "{name} had errors: {stdout}");
         // Sending, receiving and recording a request costs the harness some
         // CPU, and far less than a second of it.
@@ -158,6 +163,21 @@ fn hot_only_smoke() {
 #[test]
 fn max_smoke() {
     smoke("max", &["--mix", "reserves"]);
+}
+
+/// `max` with orders of 3 lines against the service's order endpoint:
+/// granted orders are read back whole, refused ones hold nothing.
+#[test]
+fn max_orders_smoke() {
+    let report = smoke_on("max", "service,service-file", &["--mix", "reserves", "--lines", "3"]);
+    for t in report["targets"].as_array().unwrap() {
+        let name = t["target"].as_str().unwrap();
+        let audit = &t["audit"];
+        assert_eq!(audit["lost_acked_orders"], 0, "{name}: {audit}");
+        assert_eq!(audit["refused_orders_holding"], 0, "{name}: {audit}");
+        assert_eq!(t["orders"]["lines"], 3, "{name}: {}", t["orders"]);
+        assert!(t["orders"]["orders_ok"].as_u64().unwrap_or(0) > 0, "{name}: no order granted: {}", t["orders"]);
+    }
 }
 
 /// A drop against the service (the only target with sale policies): the
