@@ -58,6 +58,9 @@ pub async fn read_stream(url: &str) -> Vec<Published> {
 
 /// Waits until the relay has published everything journaled.
 pub async fn caught_up(c: &Client, within: Duration) -> Value {
+    // Until the shards have recovered, a journal's head is not known and
+    // the relay's lag reads 0.
+    c.wait_ready().await;
     let deadline = Instant::now() + within;
     loop {
         let r = c.get("/api/admin/events").await;
